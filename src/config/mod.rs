@@ -1,0 +1,501 @@
+//! Configuration (SPEC §8): the TOML file, checked completely before anything starts.
+//!
+//! [`Config::load`] parses the file, resolves secret references and checks every key, reporting
+//! *all* problems with their key paths (`agents[0].functions[1].connection: ...`) in one
+//! [`ConfigError`]. A `Config` value that exists is valid: a bad config never starts a server.
+
+mod parse;
+mod secret;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::RegexSet;
+use reqwest::Url;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+pub use parse::did_you_mean;
+pub use secret::{Secret, SecretBytes, token_digest};
+
+use crate::bindings::{Binding, CallContext, SessionRef, ValueRule};
+use crate::catalog::{Action, Provider};
+
+/// A fully checked configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `[storage]`
+    pub storage: StorageSettings,
+    /// `[admin]`
+    pub admin: AdminSettings,
+    /// `[defaults]`
+    pub defaults: Defaults,
+    /// `[evidence]`
+    pub evidence: EvidenceSettings,
+    /// `[[orgs]]`
+    pub orgs: Vec<Org>,
+    /// `[[connections]]`
+    pub connections: Vec<Arc<Connection>>,
+    /// `[[agents]]`
+    pub agents: Vec<Arc<Agent>>,
+    /// Problems that do not stop the config from working (literal secrets, ...).
+    pub warnings: Vec<Problem>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// WebSocket listener (`listen`).
+    pub listen: String,
+    /// Admin HTTP listener (`admin_listen`).
+    pub admin_listen: String,
+    /// Largest accepted frame (`max_frame_bytes`, default 65536).
+    pub max_frame_bytes: usize,
+    /// How long a dropped socket's session waits for a reconnect (`disconnect_grace_ms`).
+    pub disconnect_grace: Duration,
+    /// Most concurrent sessions before `overloaded` (`max_sessions`).
+    pub max_sessions: usize,
+    /// Most unanswered tool calls per session before `overloaded` (`max_inflight_per_session`).
+    pub max_inflight_per_session: usize,
+    /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).
+    pub max_frames_per_second: u32,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// `backend` (only `sqlite` today).
+    pub backend: String,
+    /// `path` of the SQLite file.
+    pub path: PathBuf,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default)]
+pub struct AdminSettings {
+    /// Admin bearer tokens that see every org.
+    pub tokens: Vec<Secret>,
+}
+
+/// `[defaults]`
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// `[defaults.timing]`
+    pub timing: Timing,
+    /// Filler lines for functions that configure none.
+    pub filler: Vec<String>,
+}
+
+/// `[evidence]`
+#[derive(Debug, Clone)]
+pub struct EvidenceSettings {
+    /// Keep free-text bodies instead of length and hash.
+    pub keep_bodies: bool,
+    /// Days to keep evidence.
+    pub retain_days: u32,
+}
+
+/// `[[orgs]]`
+#[derive(Debug, Clone)]
+pub struct Org {
+    /// Org id.
+    pub id: String,
+    /// Bearer tokens media servers of this org present.
+    pub session_tokens: Vec<Secret>,
+    /// Admin tokens that see only this org.
+    pub admin_tokens: Vec<Secret>,
+}
+
+/// `[[connections]]`: an org's credentials for one provider.
+#[derive(Debug)]
+pub struct Connection {
+    /// Connection id.
+    pub id: String,
+    /// Owning org.
+    pub org: String,
+    /// `enabled = false` marks it `disconnected`.
+    pub enabled: bool,
+    /// `rate = "30/10s"`.
+    pub rate: Option<Rate>,
+    /// Provider-specific settings.
+    pub settings: ConnectionSettings,
+}
+
+impl Connection {
+    /// The provider of this connection.
+    pub fn provider(&self) -> Provider {
+        match self.settings {
+            ConnectionSettings::Resend { .. } => Provider::Resend,
+            ConnectionSettings::Wati { .. } => Provider::Wati,
+            ConnectionSettings::Webhook { .. } => Provider::Webhook,
+        }
+    }
+}
+
+/// Provider-specific connection settings, secrets resolved.
+#[derive(Debug)]
+pub enum ConnectionSettings {
+    /// Resend.
+    Resend {
+        /// API key (`re_...`).
+        api_key: Secret,
+        /// Default sender, `Name <addr@domain>`.
+        from: String,
+        /// API base, default `https://api.resend.com`.
+        base_url: Url,
+    },
+    /// Wati.
+    Wati {
+        /// Tenant endpoint as the dashboard shows it, without a trailing slash.
+        endpoint: Url,
+        /// Bearer token, without any pasted `Bearer ` prefix.
+        token: Secret,
+    },
+    /// Signed webhook.
+    Webhook {
+        /// Where to POST.
+        url: Url,
+        /// The decoded signing key of the `whsec_...` secret.
+        key: SecretBytes,
+    },
+}
+
+/// A token-bucket rate (`30/10s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+/// `[[agents]]`
+#[derive(Debug)]
+pub struct Agent {
+    /// Agent id, named by `session.start`.
+    pub id: String,
+    /// Owning org.
+    pub org: String,
+    /// The functions the model may call.
+    pub functions: Vec<Function>,
+    /// `session.ready.tools` when every session fallback resolves.
+    tools: Box<RawValue>,
+}
+
+impl Agent {
+    /// The function of this name.
+    pub fn function(&self, name: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.name == name)
+    }
+
+    /// The tool list for `session.ready`: a parameter with a session fallback is required
+    /// only when that value is absent from this call.
+    pub fn tools_for(&self, ctx: &CallContext) -> std::borrow::Cow<'_, RawValue> {
+        let needs_own = self.functions.iter().any(|f| {
+            f.params
+                .iter()
+                .any(|p| p.required && p.fallback.as_ref().is_some_and(|r| r.get(ctx).is_none()))
+        });
+        if needs_own {
+            std::borrow::Cow::Owned(render_tools(&self.functions, Some(ctx)))
+        } else {
+            std::borrow::Cow::Borrowed(&self.tools)
+        }
+    }
+
+    /// The tool list as check-config prints it (assuming every session fallback resolves).
+    pub fn tools(&self) -> &RawValue {
+        &self.tools
+    }
+}
+
+fn render_tools(functions: &[Function], ctx: Option<&CallContext>) -> Box<RawValue> {
+    let tools: Vec<Value> = functions.iter().map(|f| f.tool_schema(ctx)).collect();
+    serde_json::value::to_raw_value(&tools).expect("tool schemas serialize")
+}
+
+/// `[[agents.functions]]`: what the model sees and how it maps to an action.
+#[derive(Debug)]
+pub struct Function {
+    /// Name the model calls.
+    pub name: String,
+    /// Description (the prompt for when to call it).
+    pub description: String,
+    /// The catalog action.
+    pub action: Action,
+    /// The connection that runs it.
+    pub connection: Arc<Connection>,
+    /// Consent requirement.
+    pub consent: Option<ConsentRule>,
+    /// Recipient policy.
+    pub recipient: Option<RecipientRule>,
+    /// Most successful or pending invocations per call.
+    pub max_per_call: Option<u32>,
+    /// Filler lines, rotating.
+    pub filler: Vec<String>,
+    /// Timing budget.
+    pub timing: Timing,
+    /// Action input bindings, in config order.
+    pub inputs: Vec<(String, Binding)>,
+    /// The model-visible parameters derived from the bindings.
+    pub params: Vec<Param>,
+    /// `next` text overrides per error code.
+    pub next: HashMap<String, String>,
+}
+
+impl Function {
+    /// The tool entry of `session.ready` for this function.
+    pub fn tool_schema(&self, ctx: Option<&CallContext>) -> Value {
+        let mut properties = serde_json::Map::new();
+        let mut required = Vec::new();
+        for p in &self.params {
+            properties.insert(p.name.clone(), p.rule.schema(p.description.as_deref()));
+            let has_fallback = match (&p.fallback, ctx) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(r), Some(ctx)) => r.get(ctx).is_some(),
+            };
+            if p.required && !has_fallback {
+                required.push(p.name.clone());
+            }
+        }
+        json!({
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        })
+    }
+}
+
+/// A model-visible parameter.
+#[derive(Debug, Clone)]
+pub struct Param {
+    /// Parameter name.
+    pub name: String,
+    /// Its value rule.
+    pub rule: ValueRule,
+    /// Description for the model.
+    pub description: Option<String>,
+    /// Whether some required input depends on it.
+    pub required: bool,
+    /// The session value used when the model gives none.
+    pub fallback: Option<SessionRef>,
+}
+
+/// `consent = { scope, within_turns, allow, deny }`
+#[derive(Debug, Clone)]
+pub struct ConsentRule {
+    /// Scope matched against `consent` events.
+    pub scope: String,
+    /// How many recent caller turns may carry the consent.
+    pub within_turns: usize,
+    /// Affirmations (case-insensitive).
+    pub allow: RegexSet,
+    /// Negations (case-insensitive); a turn matching both is a no.
+    pub deny: RegexSet,
+}
+
+/// Default consent affirmations: a clear yes, or a direct request ("can you email me that").
+pub const DEFAULT_ALLOW: &[&str] = &[
+    r"\b(yes|yeah|yep|yup|sure|ok|okay|alright|all right|of course|absolutely|definitely|certainly|correct|go ahead|please do|do it|sounds good|that works|please)\b",
+    r"\b(can|could|would|will) you (please |just )?(send|email|text|message|whatsapp|forward)\b",
+    r"\b(send|email|text|message|whatsapp|forward) (it|me|that|this|them)\b",
+    r"\bi('d| would) like (it|that|one|a copy)\b",
+];
+
+/// Default consent negations.
+pub const DEFAULT_DENY: &[&str] =
+    &[r"\b(no|nope|nah|never|stop|cancel|not now|not yet|rather not|do not|don['’]?t|dont)\b"];
+
+/// `recipient = { input, policy }`
+#[derive(Debug, Clone)]
+pub struct RecipientRule {
+    /// The action input that holds the recipient.
+    pub input: String,
+    /// The policy.
+    pub policy: RecipientPolicy,
+}
+
+/// Who an action may be sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecipientPolicy {
+    /// Only the caller's own number.
+    Caller,
+    /// The caller's number or a value of the call's variables.
+    Known,
+    /// Also anything the caller said in a transcript turn.
+    Spoken,
+    /// Anyone.
+    Any,
+}
+
+impl RecipientPolicy {
+    /// Config names.
+    pub const NAMES: [&'static str; 4] = ["caller", "known", "spoken", "any"];
+}
+
+/// How a function runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live, deferring on budget.
+    Auto,
+    /// Live, never deferring.
+    Live,
+    /// Queued at once, run after the call.
+    Workflow,
+}
+
+/// The timing budget of a function (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// First filler after this long.
+    pub filler_after: Duration,
+    /// Repeat fillers this often (zero: no repeats).
+    pub filler_repeat: Duration,
+    /// Hand off to a workflow after this long (auto mode).
+    pub defer_after: Duration,
+    /// Abandon the live request after this long.
+    pub hard_timeout: Duration,
+    /// How the function runs.
+    pub mode: Mode,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            filler_after: Duration::from_millis(500),
+            filler_repeat: Duration::ZERO,
+            defer_after: Duration::from_millis(2500),
+            hard_timeout: Duration::from_millis(10_000),
+            mode: Mode::Auto,
+        }
+    }
+}
+
+/// Default filler line when neither the function nor `[defaults]` gives one.
+pub const DEFAULT_FILLER: &str = "One moment while I take care of that.";
+
+/// One problem found in a config, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `agents[0].functions[1].connection` (empty for the whole file).
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem of a config that cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, when loaded from one.
+    pub file: Option<PathBuf>,
+    /// Every problem found.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        match &self.file {
+            Some(file) => writeln!(
+                f,
+                "{}: {n} problem{}",
+                file.display(),
+                if n == 1 { "" } else { "s" }
+            )?,
+            None => writeln!(f, "config: {n} problem{}", if n == 1 { "" } else { "s" })?,
+        }
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An environment lookup for `{ env = ... }` references.
+pub type EnvLookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How secret references are resolved while loading.
+pub struct LoadOptions {
+    /// Base directory for relative `{ file = ... }` references and `storage.path`.
+    pub base_dir: PathBuf,
+    /// Environment lookup for `{ env = ... }` references.
+    pub env: EnvLookup,
+}
+
+impl LoadOptions {
+    /// Resolve relative paths against `base_dir` and read the process environment.
+    pub fn new(base_dir: impl Into<PathBuf>) -> Self {
+        LoadOptions {
+            base_dir: base_dir.into(),
+            env: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+
+    /// Use this environment lookup instead of the process environment.
+    pub fn with_env(
+        mut self,
+        env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.env = Box::new(env);
+        self
+    }
+}
+
+impl Config {
+    /// Load and check a config file; relative paths resolve against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::from_toml(&text, &LoadOptions::new(base)).map_err(|mut e| {
+            e.file = Some(path.to_owned());
+            e
+        })
+    }
+
+    /// Parse and check config text.
+    pub fn from_toml(text: &str, opts: &LoadOptions) -> Result<Config, ConfigError> {
+        parse::parse(text, opts).map_err(|problems| ConfigError {
+            file: None,
+            problems,
+        })
+    }
+
+    /// The agent of this id.
+    pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
+        self.agents.iter().find(|a| a.id == id)
+    }
+
+    /// The org of this id.
+    pub fn org(&self, id: &str) -> Option<&Org> {
+        self.orgs.iter().find(|o| o.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

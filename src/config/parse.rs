@@ -1,0 +1,1426 @@
+//! Walks the TOML tree, building the checked [`Config`] and collecting every problem with its
+//! key path. Walking a `toml::Table` by hand (rather than deriving `Deserialize`) is what lets
+//! one run report all problems, not just the first, and suggest the key that was meant.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use regex::RegexSetBuilder;
+use reqwest::Url;
+use toml::{Table, Value};
+
+use super::{
+    AdminSettings, Agent, Config, Connection, ConnectionSettings, ConsentRule, DEFAULT_ALLOW,
+    DEFAULT_DENY, DEFAULT_FILLER, Defaults, EvidenceSettings, Function, LoadOptions, Mode, Org,
+    Param, Problem, Rate, RecipientPolicy, RecipientRule, Secret, SecretBytes, ServerSettings,
+    StorageSettings, Timing, render_tools,
+};
+use crate::bindings::{
+    Binding, SessionRef, Source, Template, ValueRule, ValueType, is_email, is_identifier,
+};
+use crate::catalog::{Action, InputKind, Provider};
+
+/// Error codes a function's `next` table may override.
+pub(crate) const NEXT_CODES: &[&str] = &[
+    "succeeded",
+    "invalid_arguments",
+    "missing_fields",
+    "connection_unavailable",
+    "consent_required",
+    "recipient_not_allowed",
+    "limit_reached",
+    "rate_limited",
+    "duplicate",
+    "cancelled",
+    "deferred",
+    "provider_rejected",
+    "provider_auth_failed",
+    "provider_unavailable",
+    "timeout",
+    "bad_response",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "server",
+    "storage",
+    "admin",
+    "defaults",
+    "evidence",
+    "workflow",
+    "orgs",
+    "connections",
+    "agents",
+];
+
+/// The checker: collects problems while building.
+struct Ck<'a> {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    opts: &'a LoadOptions,
+}
+
+fn at(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn idx(path: &str, i: usize) -> String {
+    format!("{path}[{i}]")
+}
+
+/// The closest candidate, when it is close enough to be a likely typo.
+pub fn did_you_mean<'c>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
+    let limit = (name.chars().count() / 3).clamp(1, 4);
+    candidates
+        .into_iter()
+        .map(|c| (strsim::levenshtein(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn suggestion<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> String {
+    match did_you_mean(name, candidates) {
+        Some(c) => format!(" (did you mean {c:?}?)"),
+        None => String::new(),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a datetime",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+impl<'a> Ck<'a> {
+    fn err(&mut self, path: impl Into<String>, message: impl Display) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.to_string(),
+        });
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Display) {
+        self.warnings.push(Problem {
+            path: path.into(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Report keys of `t` not in `allowed`.
+    fn keys(&mut self, t: &Table, path: &str, allowed: &[&str]) {
+        for key in t.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let hint = suggestion(key, allowed.iter().copied());
+                self.err(at(path, key), format!("unknown key{hint}"));
+            }
+        }
+    }
+
+    fn table<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Option<&'t Table> {
+        match t.get(key)? {
+            Value::Table(inner) => Some(inner),
+            other => {
+                self.err(
+                    at(path, key),
+                    format!("expected a table, got {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, t: &Table, path: &str, key: &str, required: bool) -> Option<String> {
+        match t.get(key) {
+            None => {
+                if required {
+                    self.err(at(path, key), "is required");
+                }
+                None
+            }
+            Some(Value::String(s)) if required && s.trim().is_empty() => {
+                self.err(at(path, key), "must not be empty");
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(
+                    at(path, key),
+                    format!("expected a string, got {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn ident(&mut self, t: &Table, path: &str, key: &str) -> Option<String> {
+        let s = self.string(t, path, key, true)?;
+        if !is_identifier(&s) {
+            self.err(
+                at(path, key),
+                format!("{s:?}: use 1..64 letters, digits, `_` or `-`"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn uint(&mut self, t: &Table, path: &str, key: &str, min: u64, max: u64) -> Option<u64> {
+        match t.get(key)? {
+            Value::Integer(n) if (min as i64..=max as i64).contains(n) => Some(*n as u64),
+            Value::Integer(n) => {
+                self.err(at(path, key), format!("{n} is out of range {min}..={max}"));
+                None
+            }
+            other => {
+                self.err(
+                    at(path, key),
+                    format!("expected an integer, got {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: &Table, path: &str, key: &str) -> Option<bool> {
+        match t.get(key)? {
+            Value::Boolean(b) => Some(*b),
+            other => {
+                self.err(
+                    at(path, key),
+                    format!("expected true or false, got {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, t: &Table, path: &str, key: &str) -> Option<Vec<String>> {
+        match t.get(key)? {
+            Value::Array(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(s) => out.push(s.clone()),
+                        other => self.err(
+                            idx(&at(path, key), i),
+                            format!("expected a string, got {}", type_name(other)),
+                        ),
+                    }
+                }
+                Some(out)
+            }
+            Value::String(s) => Some(vec![s.clone()]),
+            other => {
+                self.err(
+                    at(path, key),
+                    format!("expected a list of strings, got {}", type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[[name]]` arrays of tables.
+    fn tables<'t>(&mut self, t: &'t Table, path: &str, key: &str) -> Vec<(String, &'t Table)> {
+        match t.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let p = idx(&at(path, key), i);
+                    match item {
+                        Value::Table(inner) => out.push((p, inner)),
+                        other => self.err(p, format!("expected a table, got {}", type_name(other))),
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                self.err(
+                    at(path, key),
+                    format!(
+                        "expected an array of tables ([[{key}]]), got {}",
+                        type_name(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A secret: `{ env = "NAME" }`, `{ file = "PATH" }`, or a literal string (with a warning).
+    fn secret_value(&mut self, v: &Value, path: &str) -> Option<Secret> {
+        match v {
+            Value::String(s) => {
+                self.warn(
+                    path,
+                    "literal secret in the config file; prefer { env = \"NAME\" } or { file = \"PATH\" }",
+                );
+                if s.is_empty() {
+                    self.err(path, "must not be empty");
+                    return None;
+                }
+                Some(Secret::new(s.as_str()))
+            }
+            Value::Table(t) => {
+                self.keys(t, path, &["env", "file"]);
+                match (t.get("env"), t.get("file")) {
+                    (Some(Value::String(name)), None) => match (self.opts.env)(name) {
+                        Some(v) if !v.is_empty() => Some(Secret::new(v)),
+                        _ => {
+                            self.err(
+                                at(path, "env"),
+                                format!("environment variable {name} is not set"),
+                            );
+                            None
+                        }
+                    },
+                    (None, Some(Value::String(file))) => {
+                        let full = self.opts.base_dir.join(file);
+                        match std::fs::read_to_string(&full) {
+                            Ok(s) => {
+                                let s = s.trim_end_matches(['\n', '\r']);
+                                if s.is_empty() {
+                                    self.err(at(path, "file"), format!("{file} is empty"));
+                                    None
+                                } else {
+                                    Some(Secret::new(s))
+                                }
+                            }
+                            Err(e) => {
+                                self.err(at(path, "file"), format!("cannot read {file}: {e}"));
+                                None
+                            }
+                        }
+                    }
+                    (Some(_), Some(_)) => {
+                        self.err(path, "give either `env` or `file`, not both");
+                        None
+                    }
+                    _ => {
+                        self.err(
+                            path,
+                            "expected { env = \"NAME\" } or { file = \"PATH\" } with a string",
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.err(
+                    path,
+                    format!(
+                        "expected {{ env = \"NAME\" }} or {{ file = \"PATH\" }}, got {}",
+                        type_name(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, t: &Table, path: &str, key: &str, required: bool) -> Option<Secret> {
+        match t.get(key) {
+            None => {
+                if required {
+                    self.err(at(path, key), "is required");
+                }
+                None
+            }
+            Some(v) => self.secret_value(v, &at(path, key)),
+        }
+    }
+
+    fn secrets(&mut self, t: &Table, path: &str, key: &str) -> Vec<Secret> {
+        match t.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.secret_value(v, &idx(&at(path, key), i)))
+                .collect(),
+            Some(other) => {
+                self.err(
+                    at(path, key),
+                    format!(
+                        "expected a list of secret references, got {}",
+                        type_name(other)
+                    ),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn url(&mut self, t: &Table, path: &str, key: &str, required: bool) -> Option<Url> {
+        let s = self.string(t, path, key, required)?;
+        match Url::parse(s.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(_) => {
+                self.err(at(path, key), format!("{s:?} is not an http(s) URL"));
+                None
+            }
+            Err(e) => {
+                self.err(at(path, key), format!("{s:?} is not a URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn timing(&mut self, t: &Table, path: &str, base: Timing) -> Timing {
+        self.keys(
+            t,
+            path,
+            &[
+                "filler_after_ms",
+                "filler_repeat_ms",
+                "defer_after_ms",
+                "hard_timeout_ms",
+                "mode",
+            ],
+        );
+        let ms = |ck: &mut Self, key: &str, min: u64, d: Duration| {
+            ck.uint(t, path, key, min, 600_000)
+                .map(Duration::from_millis)
+                .unwrap_or(d)
+        };
+        let mut out = Timing {
+            filler_after: ms(self, "filler_after_ms", 0, base.filler_after),
+            filler_repeat: ms(self, "filler_repeat_ms", 0, base.filler_repeat),
+            defer_after: ms(self, "defer_after_ms", 1, base.defer_after),
+            hard_timeout: ms(self, "hard_timeout_ms", 1, base.hard_timeout),
+            mode: base.mode,
+        };
+        if let Some(m) = self.string(t, path, "mode", false) {
+            match m.as_str() {
+                "auto" => out.mode = Mode::Auto,
+                "live" => out.mode = Mode::Live,
+                "workflow" => out.mode = Mode::Workflow,
+                other => {
+                    let hint = suggestion(other, ["auto", "live", "workflow"]);
+                    self.err(
+                        at(path, "mode"),
+                        format!("{other:?} is not auto, live or workflow{hint}"),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    fn check_timing(&mut self, timing: &Timing, path: &str) {
+        if timing.defer_after > timing.hard_timeout {
+            self.err(
+                path,
+                format!(
+                    "defer_after_ms ({}) must not exceed hard_timeout_ms ({})",
+                    timing.defer_after.as_millis(),
+                    timing.hard_timeout.as_millis()
+                ),
+            );
+        }
+        if timing.mode == Mode::Auto && timing.filler_after >= timing.defer_after {
+            self.warn(
+                path,
+                "filler_after_ms is not below defer_after_ms: the caller hears no filler before the handoff",
+            );
+        }
+    }
+}
+
+/// Parse `30/10s`, `5/s`, `100/1m`.
+pub(crate) fn parse_rate(s: &str) -> Result<Rate, String> {
+    let bad = || format!("{s:?} is not a rate like \"30/10s\" (count per period: ms, s, m or h)");
+    let (count, period) = s.trim().split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let period = period.trim();
+    let split = period.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = period.split_at(split);
+    let n: u64 = if n.is_empty() {
+        1
+    } else {
+        n.parse().map_err(|_| bad())?
+    };
+    let per = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => return Err(bad()),
+    };
+    if count == 0 || per.is_zero() {
+        return Err(format!("{s:?}: count and period must be above zero"));
+    }
+    Ok(Rate { count, per })
+}
+
+fn compile_patterns(
+    ck: &mut Ck<'_>,
+    t: &Table,
+    path: &str,
+    key: &str,
+    default: &[&str],
+) -> regex::RegexSet {
+    let patterns = ck
+        .strings(t, path, key)
+        .unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+    match RegexSetBuilder::new(&patterns)
+        .case_insensitive(true)
+        .build()
+    {
+        Ok(set) => set,
+        Err(e) => {
+            ck.err(at(path, key), format!("bad regular expression: {e}"));
+            regex::RegexSet::empty()
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Problem>> {
+    let root: Table = match text.parse::<Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![Problem {
+                path: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim_end()),
+            }]);
+        }
+    };
+    let mut ck = Ck {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        opts,
+    };
+    ck.keys(&root, "", TOP_KEYS);
+
+    let empty = Table::new();
+    let server_t = ck_table(&mut ck, &root, "server").unwrap_or(&empty);
+    let server = parse_server(&mut ck, server_t);
+    let storage_t = ck_table(&mut ck, &root, "storage").unwrap_or(&empty);
+    let storage = parse_storage(&mut ck, storage_t);
+    let admin_t = ck_table(&mut ck, &root, "admin").unwrap_or(&empty);
+    ck.keys(admin_t, "admin", &["tokens"]);
+    let admin = AdminSettings {
+        tokens: ck.secrets(admin_t, "admin", "tokens"),
+    };
+    let defaults_t = ck_table(&mut ck, &root, "defaults").unwrap_or(&empty);
+    let defaults = parse_defaults(&mut ck, defaults_t);
+    let evidence_t = ck_table(&mut ck, &root, "evidence").unwrap_or(&empty);
+    ck.keys(evidence_t, "evidence", &["keep_bodies", "retain_days"]);
+    let evidence = EvidenceSettings {
+        keep_bodies: ck
+            .boolean(evidence_t, "evidence", "keep_bodies")
+            .unwrap_or(false),
+        retain_days: ck
+            .uint(evidence_t, "evidence", "retain_days", 1, 3650)
+            .unwrap_or(30) as u32,
+    };
+    if let Some(w) = ck_table(&mut ck, &root, "workflow") {
+        ck.keys(w, "workflow", &["max_attempts"]);
+        ck.uint(w, "workflow", "max_attempts", 1, 100);
+    }
+
+    let orgs = parse_orgs(&mut ck, &root);
+    let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
+    let connections = parse_connections(&mut ck, &root, &org_ids);
+    let agents = parse_agents(&mut ck, &root, &org_ids, &connections, &defaults);
+
+    if ck.problems.is_empty() {
+        Ok(Config {
+            server,
+            storage,
+            admin,
+            defaults,
+            evidence,
+            orgs,
+            connections,
+            agents,
+            warnings: ck.warnings,
+        })
+    } else {
+        Err(ck.problems)
+    }
+}
+
+fn ck_table<'t>(ck: &mut Ck<'_>, root: &'t Table, key: &str) -> Option<&'t Table> {
+    ck.table(root, "", key)
+}
+
+fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
+    const P: &str = "server";
+    ck.keys(
+        t,
+        P,
+        &[
+            "listen",
+            "admin_listen",
+            "max_frame_bytes",
+            "disconnect_grace_ms",
+            "max_sessions",
+            "max_inflight_per_session",
+            "max_frames_per_second",
+        ],
+    );
+    let addr = |ck: &mut Ck<'_>, key: &str, default: &str| {
+        let s = ck
+            .string(t, P, key, false)
+            .unwrap_or_else(|| default.to_owned());
+        if s.parse::<std::net::SocketAddr>().is_err() {
+            ck.err(
+                at(P, key),
+                format!("{s:?} is not an address like \"127.0.0.1:8787\""),
+            );
+        }
+        s
+    };
+    let listen = addr(ck, "listen", "127.0.0.1:8787");
+    let admin_listen = addr(ck, "admin_listen", "127.0.0.1:9090");
+    ServerSettings {
+        listen,
+        admin_listen,
+        max_frame_bytes: ck
+            .uint(t, P, "max_frame_bytes", 1024, 16 << 20)
+            .unwrap_or(65536) as usize,
+        disconnect_grace: Duration::from_millis(
+            ck.uint(t, P, "disconnect_grace_ms", 0, 600_000)
+                .unwrap_or(5000),
+        ),
+        max_sessions: ck
+            .uint(t, P, "max_sessions", 1, 1_000_000)
+            .unwrap_or(20_000) as usize,
+        max_inflight_per_session: ck
+            .uint(t, P, "max_inflight_per_session", 1, 1024)
+            .unwrap_or(16) as usize,
+        max_frames_per_second: ck
+            .uint(t, P, "max_frames_per_second", 1, 100_000)
+            .unwrap_or(200) as u32,
+    }
+}
+
+fn parse_storage(ck: &mut Ck<'_>, t: &Table) -> StorageSettings {
+    const P: &str = "storage";
+    ck.keys(
+        t,
+        P,
+        &[
+            "backend",
+            "path",
+            "nats_url",
+            "stream_prefix",
+            "replicas",
+            "fallback",
+        ],
+    );
+    let backend = ck
+        .string(t, P, "backend", false)
+        .unwrap_or_else(|| "sqlite".into());
+    if backend != "sqlite" {
+        let hint = suggestion(&backend, ["sqlite", "nats"]);
+        if backend == "nats" {
+            ck.err(
+                at(P, "backend"),
+                "\"nats\" is not available in this version yet; use \"sqlite\"",
+            );
+        } else {
+            ck.err(
+                at(P, "backend"),
+                format!("{backend:?} is not a storage backend{hint}"),
+            );
+        }
+    }
+    let path = ck
+        .string(t, P, "path", false)
+        .unwrap_or_else(|| "toolgate-data/toolgate.db".into());
+    StorageSettings {
+        backend,
+        path: ck.opts.base_dir.join(path),
+    }
+}
+
+fn parse_defaults(ck: &mut Ck<'_>, t: &Table) -> Defaults {
+    const P: &str = "defaults";
+    ck.keys(t, P, &["timing", "filler"]);
+    let timing = match ck.table(t, P, "timing") {
+        Some(tt) => ck.timing(tt, "defaults.timing", Timing::default()),
+        None => Timing::default(),
+    };
+    ck.check_timing(&timing, "defaults.timing");
+    let filler = ck
+        .strings(t, P, "filler")
+        .unwrap_or_else(|| vec![DEFAULT_FILLER.to_owned()]);
+    Defaults { timing, filler }
+}
+
+fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
+    let mut orgs: Vec<Org> = Vec::new();
+    let mut token_owner: HashMap<[u8; 32], String> = HashMap::new();
+    for (p, t) in ck.tables(root, "", "orgs") {
+        ck.keys(t, &p, &["id", "session_tokens", "admin_tokens"]);
+        let Some(id) = ck.ident(t, &p, "id") else {
+            continue;
+        };
+        if orgs.iter().any(|o| o.id == id) {
+            ck.err(at(&p, "id"), format!("org {id:?} is defined twice"));
+            continue;
+        }
+        let session_tokens = ck.secrets(t, &p, "session_tokens");
+        if session_tokens.is_empty() && !t.contains_key("session_tokens") {
+            ck.warn(
+                &p,
+                format!("org {id:?} has no session_tokens: no media server can connect for it"),
+            );
+        }
+        for (i, tok) in session_tokens.iter().enumerate() {
+            if let Some(other) = token_owner.insert(tok.digest(), id.clone()) {
+                ck.err(
+                    idx(&at(&p, "session_tokens"), i),
+                    format!("the same token is already a session token of org {other:?}"),
+                );
+            }
+        }
+        let admin_tokens = ck.secrets(t, &p, "admin_tokens");
+        orgs.push(Org {
+            id,
+            session_tokens,
+            admin_tokens,
+        });
+    }
+    if orgs.is_empty() && !root.contains_key("orgs") {
+        ck.warn("orgs", "no [[orgs]]: no media server can connect");
+    }
+    orgs
+}
+
+fn check_org(ck: &mut Ck<'_>, t: &Table, path: &str, org_ids: &[&str]) -> Option<String> {
+    let org = ck.string(t, path, "org", true)?;
+    if !org_ids.contains(&org.as_str()) {
+        let hint = suggestion(&org, org_ids.iter().copied());
+        ck.err(at(path, "org"), format!("no org {org:?}{hint}"));
+        return None;
+    }
+    Some(org)
+}
+
+fn parse_connections(ck: &mut Ck<'_>, root: &Table, org_ids: &[&str]) -> Vec<Arc<Connection>> {
+    let mut out: Vec<Arc<Connection>> = Vec::new();
+    for (p, t) in ck.tables(root, "", "connections") {
+        let provider_name = ck.string(t, &p, "provider", true);
+        let provider = provider_name.as_deref().and_then(|name| {
+            let found = Provider::parse(name);
+            if found.is_none() {
+                let hint = suggestion(name, Provider::ALL.iter().map(|p| p.as_str()));
+                ck.err(
+                    at(&p, "provider"),
+                    format!("unknown provider {name:?}{hint}; known: resend, wati, webhook"),
+                );
+            }
+            found
+        });
+        let common = ["id", "org", "provider", "enabled", "rate"];
+        let specific: &[&str] = match provider {
+            Some(Provider::Resend) => &["api_key", "from", "base_url"],
+            Some(Provider::Wati) => &["endpoint", "token"],
+            Some(Provider::Webhook) => &["url", "secret", "health_url"],
+            None => &[],
+        };
+        if provider.is_some() {
+            let allowed: Vec<&str> = common.iter().chain(specific).copied().collect();
+            ck.keys(t, &p, &allowed);
+        }
+        let id = ck.ident(t, &p, "id");
+        let org = check_org(ck, t, &p, org_ids);
+        let enabled = ck.boolean(t, &p, "enabled").unwrap_or(true);
+        let rate = ck
+            .string(t, &p, "rate", false)
+            .and_then(|s| match parse_rate(&s) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    ck.err(at(&p, "rate"), e);
+                    None
+                }
+            });
+        let settings = match provider {
+            Some(Provider::Resend) => {
+                let api_key = ck.secret(t, &p, "api_key", true);
+                let from = ck.string(t, &p, "from", true);
+                if let Some(f) = &from
+                    && !is_email(sender_address(f))
+                {
+                    ck.err(
+                        at(&p, "from"),
+                        format!("{f:?} is not \"Name <address@domain>\" or an address"),
+                    );
+                }
+                let base_url = if t.contains_key("base_url") {
+                    ck.url(t, &p, "base_url", false)
+                } else {
+                    Some(Url::parse("https://api.resend.com").expect("static URL"))
+                };
+                match (api_key, from, base_url) {
+                    (Some(api_key), Some(from), Some(base_url)) => {
+                        Some(ConnectionSettings::Resend {
+                            api_key,
+                            from,
+                            base_url,
+                        })
+                    }
+                    _ => None,
+                }
+            }
+            Some(Provider::Wati) => {
+                let endpoint = ck.url(t, &p, "endpoint", true).map(|mut u| {
+                    let trimmed = u.path().trim_end_matches('/').to_owned();
+                    u.set_path(&trimmed);
+                    u.set_query(None);
+                    u
+                });
+                let token = ck.secret(t, &p, "token", true).map(normalize_wati_token);
+                match (endpoint, token) {
+                    (Some(endpoint), Some(token)) => {
+                        Some(ConnectionSettings::Wati { endpoint, token })
+                    }
+                    _ => None,
+                }
+            }
+            Some(Provider::Webhook) => {
+                let url = ck.url(t, &p, "url", true);
+                if t.contains_key("health_url") {
+                    ck.url(t, &p, "health_url", false);
+                }
+                let key =
+                    ck.secret(t, &p, "secret", true).and_then(|s| {
+                        match decode_webhook_secret(s.expose()) {
+                            Some(key) => Some(key),
+                            None => {
+                                ck.err(
+                                at(&p, "secret"),
+                                "must be a Standard Webhooks secret: \"whsec_\" followed by base64",
+                            );
+                                None
+                            }
+                        }
+                    });
+                match (url, key) {
+                    (Some(url), Some(key)) => Some(ConnectionSettings::Webhook { url, key }),
+                    _ => None,
+                }
+            }
+            None => None,
+        };
+        let (Some(id), Some(org), Some(settings)) = (id, org, settings) else {
+            continue;
+        };
+        if out.iter().any(|c| c.id == id) {
+            ck.err(at(&p, "id"), format!("connection {id:?} is defined twice"));
+            continue;
+        }
+        out.push(Arc::new(Connection {
+            id,
+            org,
+            enabled,
+            rate,
+            settings,
+        }));
+    }
+    out
+}
+
+/// The address part of `Name <addr@domain>` (or the whole string).
+pub(crate) fn sender_address(from: &str) -> &str {
+    match (from.rfind('<'), from.rfind('>')) {
+        (Some(l), Some(r)) if l < r => from[l + 1..r].trim(),
+        _ => from.trim(),
+    }
+}
+
+/// Users paste Wati tokens with `Bearer ` already on them.
+fn normalize_wati_token(s: Secret) -> Secret {
+    let raw = s.expose().trim();
+    let stripped = raw
+        .strip_prefix("Bearer ")
+        .or_else(|| raw.strip_prefix("bearer "))
+        .unwrap_or(raw)
+        .trim();
+    if stripped.len() == s.expose().len() {
+        s
+    } else {
+        Secret::new(stripped)
+    }
+}
+
+/// The HMAC key of a `whsec_<base64>` secret.
+pub(crate) fn decode_webhook_secret(s: &str) -> Option<SecretBytes> {
+    let b64 = s.trim().strip_prefix("whsec_")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (!bytes.is_empty()).then(|| SecretBytes::new(bytes))
+}
+
+fn parse_agents(
+    ck: &mut Ck<'_>,
+    root: &Table,
+    org_ids: &[&str],
+    connections: &[Arc<Connection>],
+    defaults: &Defaults,
+) -> Vec<Arc<Agent>> {
+    let mut out: Vec<Arc<Agent>> = Vec::new();
+    for (p, t) in ck.tables(root, "", "agents") {
+        ck.keys(t, &p, &["id", "org", "functions"]);
+        let id = ck.ident(t, &p, "id");
+        let org = check_org(ck, t, &p, org_ids);
+        let mut functions: Vec<Function> = Vec::new();
+        for (fp, ft) in ck.tables(t, &p, "functions") {
+            if let Some(f) = parse_function(ck, &fp, ft, org.as_deref(), connections, defaults) {
+                if functions.iter().any(|g| g.name == f.name) {
+                    ck.err(
+                        at(&fp, "name"),
+                        format!("function {:?} is defined twice in this agent", f.name),
+                    );
+                    continue;
+                }
+                functions.push(f);
+            }
+        }
+        let (Some(id), Some(org)) = (id, org) else {
+            continue;
+        };
+        if out.iter().any(|a| a.id == id) {
+            ck.err(at(&p, "id"), format!("agent {id:?} is defined twice"));
+            continue;
+        }
+        if functions.is_empty() && !t.contains_key("functions") {
+            ck.warn(&p, format!("agent {id:?} has no functions"));
+        }
+        let tools = render_tools(&functions, None);
+        out.push(Arc::new(Agent {
+            id,
+            org,
+            functions,
+            tools,
+        }));
+    }
+    out
+}
+
+const FUNCTION_KEYS: &[&str] = &[
+    "name",
+    "action",
+    "connection",
+    "description",
+    "consent",
+    "recipient",
+    "max_per_call",
+    "filler",
+    "timing",
+    "inputs",
+    "next",
+];
+
+fn parse_function(
+    ck: &mut Ck<'_>,
+    p: &str,
+    t: &Table,
+    agent_org: Option<&str>,
+    connections: &[Arc<Connection>],
+    defaults: &Defaults,
+) -> Option<Function> {
+    ck.keys(t, p, FUNCTION_KEYS);
+    let name = ck.ident(t, p, "name");
+    let description = ck.string(t, p, "description", true);
+    let action = ck.string(t, p, "action", true).and_then(|a| {
+        let found = Action::parse(&a);
+        if found.is_none() {
+            let hint = suggestion(&a, Action::ALL.iter().map(|a| a.as_str()));
+            ck.err(at(p, "action"), format!("no action {a:?}{hint}"));
+        }
+        found
+    });
+    let connection = ck.string(t, p, "connection", true).and_then(|c| {
+        match connections.iter().find(|x| x.id == c) {
+            Some(conn) => Some(conn.clone()),
+            None => {
+                let hint = suggestion(&c, connections.iter().map(|x| x.id.as_str()));
+                ck.err(at(p, "connection"), format!("no connection {c:?}{hint}"));
+                None
+            }
+        }
+    });
+    if let (Some(conn), Some(org)) = (&connection, agent_org)
+        && conn.org != org
+    {
+        ck.err(
+            at(p, "connection"),
+            format!(
+                "connection {:?} belongs to org {:?}, not to this agent's org {org:?}",
+                conn.id, conn.org
+            ),
+        );
+    }
+    if let (Some(conn), Some(action)) = (&connection, action)
+        && conn.provider() != action.provider()
+    {
+        ck.err(
+            at(p, "connection"),
+            format!(
+                "{action} needs a {} connection; {:?} is {}",
+                action.provider(),
+                conn.id,
+                conn.provider()
+            ),
+        );
+    }
+
+    let timing = match ck.table(t, p, "timing") {
+        Some(tt) => ck.timing(tt, &at(p, "timing"), defaults.timing),
+        None => defaults.timing,
+    };
+    ck.check_timing(&timing, &at(p, "timing"));
+
+    let filler = ck
+        .strings(t, p, "filler")
+        .unwrap_or_else(|| defaults.filler.clone());
+    let max_per_call = ck.uint(t, p, "max_per_call", 1, 1000).map(|n| n as u32);
+
+    let consent = ck.table(t, p, "consent").and_then(|ct| {
+        let cp = at(p, "consent");
+        ck.keys(ct, &cp, &["scope", "within_turns", "allow", "deny"]);
+        let scope = ck.string(ct, &cp, "scope", true);
+        let within_turns = ck.uint(ct, &cp, "within_turns", 1, 100).unwrap_or(3) as usize;
+        let allow = compile_patterns(ck, ct, &cp, "allow", DEFAULT_ALLOW);
+        let deny = compile_patterns(ck, ct, &cp, "deny", DEFAULT_DENY);
+        Some(ConsentRule {
+            scope: scope?,
+            within_turns,
+            allow,
+            deny,
+        })
+    });
+
+    let inputs = match (action, ck.table(t, p, "inputs")) {
+        (Some(action), Some(it)) => parse_inputs(ck, &at(p, "inputs"), it, action),
+        (Some(action), None) => {
+            check_required_inputs(ck, &at(p, "inputs"), action, &[]);
+            Vec::new()
+        }
+        (None, _) => Vec::new(),
+    };
+
+    let recipient = ck.table(t, p, "recipient").and_then(|rt| {
+        let rp = at(p, "recipient");
+        ck.keys(rt, &rp, &["input", "policy"]);
+        let input = ck.string(rt, &rp, "input", true);
+        if let Some(i) = &input
+            && !inputs.iter().any(|(n, _)| n == i)
+        {
+            let hint = suggestion(i, inputs.iter().map(|(n, _)| n.as_str()));
+            ck.err(
+                at(&rp, "input"),
+                format!("{i:?} is not one of this function's inputs{hint}"),
+            );
+        }
+        let policy = ck
+            .string(rt, &rp, "policy", true)
+            .and_then(|s| match s.as_str() {
+                "caller" => Some(RecipientPolicy::Caller),
+                "known" => Some(RecipientPolicy::Known),
+                "spoken" => Some(RecipientPolicy::Spoken),
+                "any" => Some(RecipientPolicy::Any),
+                other => {
+                    let hint = suggestion(other, RecipientPolicy::NAMES);
+                    ck.err(
+                        at(&rp, "policy"),
+                        format!("{other:?} is not caller, known, spoken or any{hint}"),
+                    );
+                    None
+                }
+            });
+        Some(RecipientRule {
+            input: input?,
+            policy: policy?,
+        })
+    });
+    if let (None, Some(action)) = (&recipient, action)
+        && let Some(r) = action
+            .inputs()
+            .iter()
+            .find(|i| matches!(i.kind, InputKind::Email | InputKind::E164) && i.required)
+    {
+        ck.warn(
+                p,
+                format!(
+                    "no recipient policy: the model may send to any {}; set recipient = {{ input = \"{}\", policy = \"caller\" }} or policy = \"any\" to say so",
+                    if r.kind == InputKind::Email { "address" } else { "number" },
+                    r.name
+                ),
+            );
+    }
+
+    let mut next = HashMap::new();
+    if let Some(nt) = ck.table(t, p, "next") {
+        let np = at(p, "next");
+        for (code, v) in nt {
+            if !NEXT_CODES.contains(&code.as_str()) {
+                let hint = suggestion(code, NEXT_CODES.iter().copied());
+                ck.err(at(&np, code), format!("not an error code{hint}"));
+                continue;
+            }
+            match v {
+                Value::String(s) => {
+                    next.insert(code.clone(), s.clone());
+                }
+                other => ck.err(
+                    at(&np, code),
+                    format!("expected a string, got {}", type_name(other)),
+                ),
+            }
+        }
+    }
+
+    let params = collect_params(ck, p, &inputs);
+    Some(Function {
+        name: name?,
+        description: description?,
+        action: action?,
+        connection: connection?,
+        consent,
+        recipient,
+        max_per_call,
+        filler,
+        timing,
+        inputs,
+        params,
+        next,
+    })
+}
+
+const BINDING_KEYS: &[&str] = &[
+    "arg",
+    "from",
+    "value",
+    "map",
+    "description",
+    "required",
+    "type",
+    "enum",
+    "max_length",
+];
+
+fn parse_inputs(ck: &mut Ck<'_>, p: &str, t: &Table, action: Action) -> Vec<(String, Binding)> {
+    let mut out = Vec::new();
+    let names: Vec<&str> = action.inputs().iter().map(|i| i.name).collect();
+    for (name, v) in t {
+        let ip = at(p, name);
+        let Some(spec) = action.input(name) else {
+            let hint = suggestion(name, names.iter().copied());
+            ck.err(
+                ip,
+                format!(
+                    "{action} has no input {name:?}{hint}; its inputs are {}",
+                    names.join(", ")
+                ),
+            );
+            continue;
+        };
+        if action.open_inputs() && !is_identifier(name) {
+            ck.err(&ip, "input names are letters, digits, `_` and `-`");
+            continue;
+        }
+        let map_ok = spec.kind == InputKind::Map || action.open_inputs();
+        if let Some(b) = parse_binding(ck, &ip, v, spec.kind, spec.required, map_ok) {
+            out.push((name.clone(), b));
+        }
+    }
+    check_required_inputs(ck, p, action, &out);
+    out
+}
+
+fn check_required_inputs(ck: &mut Ck<'_>, p: &str, action: Action, bound: &[(String, Binding)]) {
+    for spec in action.inputs() {
+        if spec.required && !bound.iter().any(|(n, _)| n == spec.name) {
+            ck.err(
+                p,
+                format!(
+                    "{action} needs the input {:?}; bind it with {{ arg = ... }}, {{ from = ... }} or {{ value = ... }}",
+                    spec.name
+                ),
+            );
+        }
+    }
+}
+
+fn parse_binding(
+    ck: &mut Ck<'_>,
+    p: &str,
+    v: &Value,
+    kind: InputKind,
+    input_required: bool,
+    map_ok: bool,
+) -> Option<Binding> {
+    let Value::Table(t) = v else {
+        ck.err(
+            p,
+            format!(
+                "expected a binding like {{ arg = \"name\" }}, {{ from = \"var.name\" }} or {{ value = \"text\" }}, got {}",
+                type_name(v)
+            ),
+        );
+        return None;
+    };
+    ck.keys(t, p, BINDING_KEYS);
+    let has = |k: &str| t.contains_key(k);
+    let forms = [has("arg") || has("from"), has("value"), has("map")]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if forms != 1 {
+        ck.err(
+            p,
+            "give exactly one of: arg (optionally with from), from, value, map",
+        );
+        return None;
+    }
+    let explicit_required = ck.boolean(t, p, "required");
+    let required = explicit_required.unwrap_or(input_required);
+
+    if has("map") {
+        if !map_ok {
+            ck.err(at(p, "map"), "this input takes a single value, not a map");
+            return None;
+        }
+        let mt = ck.table(t, p, "map")?;
+        let mut entries = Vec::new();
+        for (key, ev) in mt {
+            let ep = at(&at(p, "map"), key);
+            if key.trim().is_empty() {
+                ck.err(&ep, "map keys must not be empty");
+                continue;
+            }
+            if let Some(b) =
+                parse_binding(ck, &ep, ev, InputKind::Text { max_len: None }, false, false)
+            {
+                entries.push((key.clone(), b));
+            }
+        }
+        return Some(Binding {
+            source: Source::Map(entries),
+            rule: ValueRule::of(ValueType::String),
+            required,
+            description: None,
+        });
+    }
+    if kind == InputKind::Map {
+        ck.err(
+            p,
+            "this input is a map: bind it with { map = { name = { arg = ... } } }",
+        );
+        return None;
+    }
+
+    let rule = parse_rule(ck, p, t, kind)?;
+    let source = if has("value") {
+        let text = match t.get("value") {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Integer(n)) => n.to_string(),
+            Some(Value::Boolean(b)) => b.to_string(),
+            Some(Value::Float(f)) => f.to_string(),
+            Some(other) => {
+                ck.err(
+                    at(p, "value"),
+                    format!("expected text, got {}", type_name(other)),
+                );
+                return None;
+            }
+            None => unreachable!("checked by has(\"value\")"),
+        };
+        match Template::parse(&text) {
+            Ok(tpl) => {
+                if tpl.is_constant()
+                    && let Err(reason) = rule.check_text(&text)
+                {
+                    ck.err(at(p, "value"), reason);
+                }
+                Source::Value(tpl)
+            }
+            Err(e) => {
+                ck.err(at(p, "value"), e);
+                return None;
+            }
+        }
+    } else {
+        let from = ck
+            .string(t, p, "from", false)
+            .and_then(|f| match SessionRef::parse(&f) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    ck.err(at(p, "from"), e);
+                    None
+                }
+            });
+        if has("from") && from.is_none() {
+            return None;
+        }
+        match ck.string(t, p, "arg", false) {
+            Some(param) => {
+                if !is_identifier(&param) {
+                    ck.err(
+                        at(p, "arg"),
+                        format!("{param:?}: parameter names are 1..64 letters, digits, `_` or `-`"),
+                    );
+                    return None;
+                }
+                Source::Arg {
+                    param,
+                    fallback: from,
+                }
+            }
+            None if has("arg") => return None,
+            None => Source::Session(from?),
+        }
+    };
+    let description = ck.string(t, p, "description", false);
+    if description.is_some() && !matches!(source, Source::Arg { .. }) {
+        ck.warn(
+            at(p, "description"),
+            "only a model parameter ({ arg = ... }) has a description the model sees",
+        );
+    }
+    Some(Binding {
+        source,
+        rule,
+        required,
+        description,
+    })
+}
+
+fn parse_rule(ck: &mut Ck<'_>, p: &str, t: &Table, kind: InputKind) -> Option<ValueRule> {
+    let (kind_ty, kind_max) = match kind {
+        InputKind::Email => (ValueType::Email, None),
+        InputKind::E164 => (ValueType::E164, None),
+        InputKind::Text { max_len } => (ValueType::String, max_len),
+        InputKind::Map => (ValueType::String, None),
+    };
+    let enum_values = ck.strings(t, p, "enum");
+    let ty = match ck.string(t, p, "type", false) {
+        None => match &enum_values {
+            Some(values) => ValueType::Enum(values.clone()),
+            None => kind_ty.clone(),
+        },
+        Some(name) => match name.as_str() {
+            "string" => ValueType::String,
+            "integer" => ValueType::Integer,
+            "boolean" => ValueType::Boolean,
+            "email" => ValueType::Email,
+            "e164" => ValueType::E164,
+            "enum" => match &enum_values {
+                Some(values) => ValueType::Enum(values.clone()),
+                None => {
+                    ck.err(at(p, "enum"), "type \"enum\" needs enum = [\"a\", \"b\"]");
+                    return None;
+                }
+            },
+            other => {
+                let hint = suggestion(other, ValueType::NAMES);
+                ck.err(
+                    at(p, "type"),
+                    format!(
+                        "{other:?} is not one of {}{hint}",
+                        ValueType::NAMES.join(", ")
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    if let ValueType::Enum(values) = &ty {
+        if values.is_empty() {
+            ck.err(at(p, "enum"), "must list at least one value");
+            return None;
+        }
+    } else if enum_values.is_some() {
+        ck.err(
+            at(p, "enum"),
+            format!("enum values need type \"enum\", not {:?}", ty.name()),
+        );
+        return None;
+    }
+    if matches!(kind_ty, ValueType::Email | ValueType::E164) && ty != kind_ty {
+        ck.err(
+            at(p, "type"),
+            format!(
+                "this input takes {}; leave `type` out or set it to {:?}",
+                if kind_ty == ValueType::Email {
+                    "an email address"
+                } else {
+                    "an E.164 phone number"
+                },
+                kind_ty.name()
+            ),
+        );
+        return None;
+    }
+    let max_length = ck.uint(t, p, "max_length", 1, 1 << 20).map(|n| n as usize);
+    let max_length = match (max_length, kind_max) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Some(ValueRule { ty, max_length })
+}
+
+fn collect_params(ck: &mut Ck<'_>, p: &str, inputs: &[(String, Binding)]) -> Vec<Param> {
+    fn walk<'b>(bindings: &'b [(String, Binding)], out: &mut Vec<&'b Binding>) {
+        for (_, b) in bindings {
+            match &b.source {
+                Source::Map(entries) => walk(entries, out),
+                Source::Arg { .. } => out.push(b),
+                _ => {}
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(inputs, &mut found);
+    let mut params: Vec<Param> = Vec::new();
+    for b in found {
+        let Source::Arg { param, fallback } = &b.source else {
+            continue;
+        };
+        if let Some(existing) = params.iter_mut().find(|x| &x.name == param) {
+            if existing.rule != b.rule {
+                ck.err(
+                    at(p, "inputs"),
+                    format!("parameter {param:?} is bound twice with different types"),
+                );
+            }
+            existing.required |= b.required;
+            if existing.fallback.is_none() {
+                existing.fallback = fallback.clone();
+            }
+            if existing.description.is_none() {
+                existing.description = b.description.clone();
+            }
+            continue;
+        }
+        params.push(Param {
+            name: param.clone(),
+            rule: b.rule.clone(),
+            description: b.description.clone(),
+            required: b.required,
+            fallback: fallback.clone(),
+        });
+    }
+    params
+}

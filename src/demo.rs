@@ -1,0 +1,361 @@
+//! `toolgate demo`: the sidecar on loopback with a demo config, mock Resend, Wati and webhook
+//! servers (real HTTP), and scripted calls whose timelines are printed.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use crate::client::{CallClient, Received};
+use crate::config::{Config, LoadOptions};
+use crate::mock::{MockProvider, Recorded, Reply};
+use crate::server::Server;
+
+const SESSION_TOKEN: &str = "demo-session-token";
+const RESEND_KEY: &str = "re_demo_5f2b8c";
+const WATI_TOKEN: &str = "wati-demo-token";
+const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// The demo config; `{resend}`, `{wati}` and `{webhook}` become the mock URLs.
+pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+
+/// The demo's secrets, handed to the config loader instead of the process environment.
+fn demo_env(name: &str) -> Option<String> {
+    match name {
+        "ACME_SESSION_TOKEN" => Some(SESSION_TOKEN.into()),
+        "ACME_RESEND_KEY" => Some(RESEND_KEY.into()),
+        "ACME_WATI_TOKEN" => Some(WATI_TOKEN.into()),
+        "ACME_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
+        _ => None,
+    }
+}
+
+/// The three mock providers of the demo.
+pub struct Mocks {
+    /// Mock Resend.
+    pub resend: MockProvider,
+    /// Mock Wati.
+    pub wati: MockProvider,
+    /// Mock webhook receiver.
+    pub webhook: MockProvider,
+}
+
+impl Mocks {
+    /// Start all three on loopback.
+    pub async fn start() -> std::io::Result<Mocks> {
+        Ok(Mocks {
+            resend: MockProvider::resend(RESEND_KEY).await?,
+            wati: MockProvider::wati(WATI_TOKEN).await?,
+            webhook: MockProvider::webhook(WEBHOOK_SECRET).await?,
+        })
+    }
+
+    /// The demo config pointing at these mocks.
+    pub fn config(&self) -> Config {
+        let text = DEMO_CONFIG
+            .replace("{resend}", &self.resend.url())
+            .replace("{wati}", &self.wati.url())
+            .replace("{webhook}", &self.webhook.url());
+        Config::from_toml(&text, &LoadOptions::new(".").with_env(demo_env))
+            .expect("the demo config is valid")
+    }
+}
+
+/// A printable timeline of one call.
+struct Timeline {
+    start: Instant,
+    out: String,
+}
+
+impl Timeline {
+    fn new(start: Instant) -> Self {
+        Timeline {
+            start,
+            out: String::new(),
+        }
+    }
+
+    fn line(&mut self, at: Instant, arrow: &str, what: &str) {
+        let ms = at.saturating_duration_since(self.start).as_millis();
+        let _ = writeln!(self.out, "  {ms:>6} ms  {arrow} {what}");
+    }
+
+    fn note(&mut self, what: &str) {
+        let _ = writeln!(self.out, "             {what}");
+    }
+
+    fn sent(&mut self, frame: &Value) {
+        self.line(Instant::now(), "→", &describe_sent(frame));
+    }
+
+    fn received(&mut self, r: &Received) {
+        self.line(r.at, "←", &describe_received(&r.frame));
+    }
+}
+
+fn describe_sent(f: &Value) -> String {
+    let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("");
+    match s("type") {
+        "session.start" => format!(
+            "session.start  call_id={} agent={}",
+            s("call_id"),
+            s("agent")
+        ),
+        "transcript" => format!("transcript     {}: {:?}", s("role"), s("text")),
+        "consent" => format!(
+            "consent        scope={} granted={}",
+            s("scope"),
+            f["granted"]
+        ),
+        "tool.call" => format!(
+            "tool.call      {} {} {}",
+            s("id"),
+            s("name"),
+            f["arguments"]
+        ),
+        "session.end" => "session.end".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+fn describe_received(f: &Value) -> String {
+    let s = |k: &str| f.get(k).and_then(Value::as_str).unwrap_or("");
+    match s("type") {
+        "session.ready" => {
+            let names: Vec<&str> = f["tools"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|x| x["name"].as_str()).collect())
+                .unwrap_or_default();
+            format!("session.ready  tools: {}", names.join(", "))
+        }
+        "tool.filler" => format!("tool.filler    #{} {:?}", f["seq"], s("text")),
+        "tool.result" => format!(
+            "tool.result    {} after {} ms\n                               output {}",
+            s("status").to_uppercase(),
+            f["elapsed_ms"],
+            s("output")
+        ),
+        "session.ended" => format!(
+            "session.ended  invocations={} deferred={}",
+            f["invocations"], f["deferred"]
+        ),
+        "error" => format!("error          {} {}", s("code"), s("message")),
+        other => other.to_owned(),
+    }
+}
+
+fn describe_request(provider: &str, r: &Recorded) -> String {
+    let target = match &r.query {
+        Some(q) => format!("{}?{q}", r.path),
+        None => r.path.clone(),
+    };
+    let mut extra = Vec::new();
+    if r.header("authorization").is_some() {
+        extra.push("authorization: Bearer [redacted]".to_owned());
+    }
+    if let Some(k) = r.header("idempotency-key") {
+        extra.push(format!("idempotency-key: {k}"));
+    }
+    if let Some(v) = r.signature_valid {
+        extra.push(format!("signature {}", if v { "valid" } else { "INVALID" }));
+    }
+    let body = if r.body.is_empty() {
+        String::new()
+    } else {
+        format!("\n               body {}", String::from_utf8_lossy(&r.body))
+    };
+    format!(
+        "{provider} received {} {target}  [{}]{body}",
+        r.method,
+        extra.join(", ")
+    )
+}
+
+/// A scripted call.
+struct Script {
+    title: &'static str,
+    call_id: &'static str,
+    variables: Value,
+    steps: Vec<Value>,
+    /// `(mock name, mock)` whose new requests are printed after the call.
+    watch: Vec<(&'static str, MockProvider)>,
+    expect: Vec<&'static str>,
+}
+
+async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::client::ClientError> {
+    let before: Vec<usize> = script
+        .watch
+        .iter()
+        .map(|(_, m)| m.requests().len())
+        .collect();
+    let mut client = CallClient::connect(url, Some(SESSION_TOKEN)).await?;
+    let mut tl = Timeline::new(Instant::now());
+    let start = json!({
+        "type": "session.start", "call_id": script.call_id, "agent": "support-bot",
+        "caller": {"number": "+14155550100", "name": "Ana"},
+        "variables": script.variables,
+    });
+    client.send(&start).await?;
+    tl.sent(&start);
+    let ready = client.recv(Duration::from_secs(5)).await?;
+    tl.received(&ready);
+    let mut statuses = Vec::new();
+    for step in &script.steps {
+        client.send(step).await?;
+        tl.sent(step);
+        if step["type"] == "tool.call" {
+            let id = step["id"].as_str().unwrap_or_default();
+            for r in client.until_result(id, Duration::from_secs(15)).await? {
+                if r.ty() == "tool.result" {
+                    statuses.push(r.frame["status"].as_str().unwrap_or("").to_owned());
+                }
+                tl.received(&r);
+            }
+        }
+    }
+    let end = json!({"type": "session.end", "reason": "hangup"});
+    client.send(&end).await?;
+    tl.sent(&end);
+    let ended = client.recv(Duration::from_secs(5)).await?;
+    tl.received(&ended);
+    for ((name, mock), n) in script.watch.iter().zip(before) {
+        let reqs = mock.requests();
+        if reqs.len() == n {
+            tl.note(&format!("{name} received nothing"));
+        }
+        for r in &reqs[n..] {
+            tl.note(&describe_request(name, r));
+        }
+    }
+    let ok = statuses == script.expect;
+    Ok((tl.out, ok))
+}
+
+fn tool_call(id: &str, name: &str, args: Value) -> Value {
+    json!({"type": "tool.call", "id": id, "name": name, "arguments": args.to_string()})
+}
+
+fn turn(role: &str, text: &str) -> Value {
+    json!({"type": "transcript", "role": role, "text": text, "final": true})
+}
+
+/// Run the demo; with `keep_running` the sidecar and mocks stay up until Ctrl-C.
+pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
+    let mocks = Mocks::start().await?;
+    let config = mocks.config();
+    let server = Server::start(config).await?;
+    let url = server.session_url();
+    println!("toolgate demo");
+    println!("  sidecar   {url}  (admin http://{})", server.admin_addr);
+    println!(
+        "  mocks     Resend {}   Wati {}   webhook {}",
+        mocks.resend.url(),
+        mocks.wati.url(),
+        mocks.webhook.url()
+    );
+    println!("  agent     support-bot (org acme), config in src/demo.toml\n");
+
+    let order = json!({"email": "ana@example.com", "order_id": "A-1042"});
+    let scripts = [
+        Script {
+            title: "direct request: the caller asks for a WhatsApp confirmation (then the model asks twice)",
+            call_id: "demo-direct",
+            variables: order.clone(),
+            steps: vec![
+                turn(
+                    "agent",
+                    "Your order A-1042 is confirmed. Would you like the confirmation on WhatsApp?",
+                ),
+                turn("caller", "Yes please, send it on WhatsApp."),
+                tool_call(
+                    "call_01",
+                    "send_whatsapp_confirmation",
+                    json!({"order_id": "A-1042"}),
+                ),
+                tool_call(
+                    "call_02",
+                    "send_whatsapp_confirmation",
+                    json!({"order_id": "A-1042"}),
+                ),
+            ],
+            watch: vec![("mock Wati", mocks.wati.clone())],
+            expect: vec!["succeeded", "duplicate"],
+        },
+        Script {
+            title: "no consent: the caller declines, the model calls anyway",
+            call_id: "demo-no-consent",
+            variables: order.clone(),
+            steps: vec![
+                turn("agent", "Shall I send you the confirmation on WhatsApp?"),
+                turn("caller", "No thanks, I don't need anything on WhatsApp."),
+                tool_call(
+                    "call_01",
+                    "send_whatsapp_confirmation",
+                    json!({"order_id": "A-1042"}),
+                ),
+            ],
+            watch: vec![("mock Wati", mocks.wati.clone())],
+            expect: vec!["rejected"],
+        },
+        Script {
+            title: "missing field: a vague request and no email address on file",
+            call_id: "demo-missing-field",
+            variables: json!({"order_id": "A-1042"}),
+            steps: vec![
+                turn("caller", "Can you just email me all that?"),
+                tool_call(
+                    "call_01",
+                    "send_email_summary",
+                    json!({"summary": "Order A-1042 ships Friday."}),
+                ),
+            ],
+            watch: vec![("mock Resend", mocks.resend.clone())],
+            expect: vec!["rejected"],
+        },
+        Script {
+            title: "slow provider: Resend takes 1.4 s, the caller hears fillers instead of silence",
+            call_id: "demo-slow-provider",
+            variables: order.clone(),
+            steps: vec![
+                turn("caller", "Yes, please email me the summary."),
+                tool_call(
+                    "call_01",
+                    "send_email_summary",
+                    json!({"summary": "Order A-1042 ships Friday; refund of $12 approved."}),
+                ),
+            ],
+            watch: vec![("mock Resend", mocks.resend.clone())],
+            expect: vec!["succeeded"],
+        },
+    ];
+
+    let mut all_ok = true;
+    for (i, script) in scripts.iter().enumerate() {
+        if script.call_id == "demo-slow-provider" {
+            mocks.resend.push(Reply::slow(1400));
+        }
+        println!("Call {} of {}: {}", i + 1, scripts.len(), script.title);
+        let (text, ok) = play(&url, script).await?;
+        print!("{text}");
+        if !ok {
+            println!("  !! expected {:?}", script.expect);
+        }
+        all_ok &= ok;
+        println!();
+    }
+
+    println!("What to look at next:");
+    println!(
+        "  examples/toolgate.toml      a config to start from (toolgate check-config examples/toolgate.toml)"
+    );
+    println!("  toolgate serve --config F   run the sidecar for your media server");
+    if keep_running {
+        println!(
+            "\nStill running. Connect with: Authorization: Bearer {SESSION_TOKEN} to {url}\nCtrl-C to stop."
+        );
+        tokio::signal::ctrl_c().await?;
+    }
+    server.shutdown(Duration::from_secs(2)).await;
+    Ok(all_ok)
+}

@@ -1,0 +1,172 @@
+//! The `toolgate` command line: thin verbs over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use toolgate::config::Config;
+use toolgate::server::Server;
+
+#[derive(Parser)]
+#[command(
+    name = "toolgate",
+    version,
+    about = "Tool-call sidecar for live voice-AI calls"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: the WebSocket listener for media servers and the admin API.
+    Serve {
+        /// Config file.
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
+    /// Check a config file: every problem with its key path, then each agent's tools.
+    CheckConfig {
+        /// Config file.
+        file: PathBuf,
+    },
+    /// Run the sidecar with mock providers on loopback and play a few scripted calls.
+    Demo {
+        /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("toolgate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve { config } => {
+            toolgate::telemetry::init_tracing("info");
+            runtime.block_on(serve(config))
+        }
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Demo { keep_running } => {
+            toolgate::telemetry::init_tracing("warn");
+            match runtime.block_on(toolgate::demo::run(keep_running)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("toolgate demo: a call did not end as scripted");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("toolgate demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: OK ({} org{}, {} connection{}, {} agent{})",
+        file.display(),
+        config.orgs.len(),
+        plural(config.orgs.len()),
+        config.connections.len(),
+        plural(config.connections.len()),
+        config.agents.len(),
+        plural(config.agents.len()),
+    );
+    for w in &config.warnings {
+        println!("warning: {w}");
+    }
+    for agent in &config.agents {
+        println!(
+            "\nagent {} (org {}) exposes {} tool{}:",
+            agent.id,
+            agent.org,
+            agent.functions.len(),
+            plural(agent.functions.len())
+        );
+        let tools: serde_json::Value =
+            serde_json::from_str(agent.tools().get()).expect("tools are JSON");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tools).expect("JSON prints")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+async fn serve(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("toolgate: not starting with a bad config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let drain = config
+        .agents
+        .iter()
+        .flat_map(|a| a.functions.iter().map(|f| f.timing.hard_timeout))
+        .max()
+        .unwrap_or(Duration::from_secs(10));
+    let server = match Server::start(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: no new sessions; waiting for live ones"
+    );
+    server.shutdown(drain).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

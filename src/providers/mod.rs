@@ -1,0 +1,480 @@
+//! Provider adapters: real HTTP to Resend, Wati and signed webhooks (SPEC §5).
+//!
+//! Each adapter is two pure functions, `prepare` (inputs to an HTTP request) and `interpret`
+//! (HTTP response to [`Accepted`] or a classified [`ProviderError`]); [`send`] between them is
+//! the only I/O, through one pooled [`reqwest::Client`]. Providers know nothing of sessions or
+//! budgets: the caller decides how long to wait by dropping the future.
+//!
+//! Errors are classified the way the rest of toolgate needs to decide between `failed`, a
+//! deferral and a retry without double sends: what failed ([`FailureKind`]), whether a retry
+//! may help (`retryable`), and whether the request was *not sent*, *possibly sent* or
+//! *answered* ([`Delivery`]).
+
+// Provider errors travel the cold path only (one per failed request); their detail (message,
+// fields, body for the evidence) is worth more than a smaller `Result`.
+#![allow(clippy::result_large_err)]
+
+pub mod resend;
+pub mod wati;
+pub mod webhook;
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, Url};
+
+use crate::bindings::{Resolution, Resolved};
+use crate::catalog::{Action, Provider};
+use crate::config::{Connection, ConnectionSettings};
+
+/// The `User-Agent` toolgate sends (Resend answers 403 without one).
+pub const USER_AGENT: &str = concat!("toolgate/", env!("CARGO_PKG_VERSION"));
+
+/// Largest provider response body read; the rest is dropped.
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// What failed, in the terms of the model-facing error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// A definitive refusal (4xx, Wati `result:false`).
+    Rejected,
+    /// The provider refused the credentials (401/403).
+    AuthFailed,
+    /// 5xx, 429 or unreachable.
+    Unavailable,
+    /// No answer within the budget.
+    Timeout,
+    /// An answer that cannot be understood.
+    BadResponse,
+}
+
+impl FailureKind {
+    /// The error code in `tool.result.output`.
+    pub fn code(self) -> &'static str {
+        match self {
+            FailureKind::Rejected => "provider_rejected",
+            FailureKind::AuthFailed => "provider_auth_failed",
+            FailureKind::Unavailable => "provider_unavailable",
+            FailureKind::Timeout => "timeout",
+            FailureKind::BadResponse => "bad_response",
+        }
+    }
+}
+
+/// Whether the provider may have acted on the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// The request never left (connect failure, cancelled first): safe to send again.
+    NotSent,
+    /// It may or may not have been acted on (timeout, reset, 5xx).
+    PossiblySent,
+    /// The provider answered definitively.
+    Answered,
+}
+
+/// A classified provider failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    /// What failed.
+    pub kind: FailureKind,
+    /// Whether the provider may have acted.
+    pub delivery: Delivery,
+    /// Whether a later retry may succeed.
+    pub retryable: bool,
+    /// How long the provider asked us to wait (`Retry-After`, `ratelimit-reset`).
+    pub retry_after: Option<Duration>,
+    /// The HTTP status, when there was one.
+    pub http_status: Option<u16>,
+    /// The provider's own error name (Resend `name`), when given.
+    pub provider_code: Option<String>,
+    /// The provider's message (or ours, for transport errors).
+    pub message: String,
+    /// Action input names the provider said were wrong or missing.
+    pub fields: Vec<String>,
+    /// The response body, when there was one (for the evidence).
+    pub body: Option<Bytes>,
+}
+
+impl ProviderError {
+    fn new(kind: FailureKind, delivery: Delivery, message: impl Into<String>) -> Self {
+        ProviderError {
+            kind,
+            delivery,
+            retryable: matches!(kind, FailureKind::Unavailable | FailureKind::Timeout),
+            retry_after: None,
+            http_status: None,
+            provider_code: None,
+            message: message.into(),
+            fields: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The live request ran out of budget.
+    pub fn timeout(after: Duration) -> Self {
+        ProviderError::new(
+            FailureKind::Timeout,
+            Delivery::PossiblySent,
+            format!("no answer within {} ms", after.as_millis()),
+        )
+    }
+
+    /// The request could not be built (a value that is not valid in a URL or header).
+    pub fn unsendable(message: impl Into<String>) -> Self {
+        let mut e = ProviderError::new(FailureKind::Rejected, Delivery::NotSent, message);
+        e.retryable = false;
+        e
+    }
+
+    /// Classify an HTTP status that the adapter has no more specific reading of.
+    pub(crate) fn from_status(raw: &RawResponse, message: String) -> Self {
+        let status = raw.status;
+        let (kind, delivery) = match status {
+            401 | 403 => (FailureKind::AuthFailed, Delivery::Answered),
+            408 | 429 => (FailureKind::Unavailable, Delivery::Answered),
+            500..=599 => (FailureKind::Unavailable, Delivery::PossiblySent),
+            _ => (FailureKind::Rejected, Delivery::Answered),
+        };
+        let mut e = ProviderError::new(kind, delivery, message);
+        e.http_status = Some(status);
+        e.retry_after = retry_after(&raw.headers);
+        e.body = Some(raw.body.clone());
+        e
+    }
+
+    /// Whether this failure says the credentials are bad (marks the connection `error`).
+    pub fn is_auth(&self) -> bool {
+        self.kind == FailureKind::AuthFailed
+    }
+}
+
+/// A provider's acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The provider's id for the message, when it gives one.
+    pub message_id: Option<String>,
+    /// HTTP status.
+    pub http_status: u16,
+    /// Response body (for the evidence).
+    pub body: Bytes,
+}
+
+/// One request header; `secret` ones are never logged or recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Header name (lowercase).
+    pub name: &'static str,
+    /// Header value.
+    pub value: String,
+    /// Whether the value is a credential.
+    pub secret: bool,
+}
+
+/// A request ready to send.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// HTTP method.
+    pub method: Method,
+    /// Full URL.
+    pub url: Url,
+    /// Headers, credentials marked.
+    pub headers: Vec<Header>,
+    /// JSON body, when there is one.
+    pub body: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    fn post(url: Url) -> Self {
+        Prepared {
+            method: Method::POST,
+            url,
+            headers: vec![Header {
+                name: "user-agent",
+                value: USER_AGENT.to_owned(),
+                secret: false,
+            }],
+            body: None,
+        }
+    }
+
+    fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push(Header {
+            name,
+            value: value.into(),
+            secret: false,
+        });
+        self
+    }
+
+    fn bearer(mut self, token: &str) -> Self {
+        self.headers.push(Header {
+            name: "authorization",
+            value: format!("Bearer {token}"),
+            secret: true,
+        });
+        self
+    }
+
+    fn json(mut self, body: &impl serde::Serialize) -> Self {
+        self.body = Some(serde_json::to_vec(body).expect("request bodies serialize"));
+        self.header("content-type", "application/json")
+    }
+}
+
+/// What an action needs to know about the call it runs for.
+#[derive(Debug, Clone)]
+pub struct ActionContext<'a> {
+    /// The media server's call id.
+    pub call_id: &'a str,
+    /// The function name.
+    pub function: &'a str,
+    /// Stable across retries of this action: Resend `Idempotency-Key`, webhook `webhook-id`.
+    pub idempotency_key: &'a str,
+    /// When the request is built (webhook timestamp).
+    pub now: SystemTime,
+}
+
+/// A raw HTTP answer.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body, at most [`MAX_RESPONSE_BYTES`].
+    pub body: Bytes,
+}
+
+/// The pooled HTTP client every provider request goes through.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// Build the pooled client (rustls with the ring provider, no redirects, short connects).
+    pub fn new() -> Result<Client, reqwest::Error> {
+        // Installing twice is harmless: the first provider stays.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Client { http })
+    }
+}
+
+/// Build the request for an action.
+pub fn prepare(
+    conn: &Connection,
+    action: Action,
+    inputs: &Resolution,
+    ctx: &ActionContext<'_>,
+) -> Result<Prepared, ProviderError> {
+    match (&conn.settings, action) {
+        (ConnectionSettings::Resend { .. }, Action::ResendSendEmail) => {
+            resend::prepare(&conn.settings, inputs, ctx)
+        }
+        (ConnectionSettings::Wati { .. }, Action::WatiSendTemplateMessage) => {
+            wati::prepare_template(&conn.settings, inputs)
+        }
+        (ConnectionSettings::Wati { .. }, Action::WatiSendSessionMessage) => {
+            wati::prepare_session(&conn.settings, inputs)
+        }
+        (ConnectionSettings::Webhook { .. }, Action::WebhookPost) => {
+            webhook::prepare(&conn.settings, inputs, ctx)
+        }
+        _ => Err(ProviderError::unsendable(format!(
+            "{action} cannot run on a {} connection",
+            conn.provider()
+        ))),
+    }
+}
+
+/// Read an answer for an action.
+pub fn interpret(action: Action, raw: RawResponse) -> Result<Accepted, ProviderError> {
+    match action.provider() {
+        Provider::Resend => resend::interpret(raw),
+        Provider::Wati => wati::interpret(raw),
+        Provider::Webhook => webhook::interpret(raw),
+    }
+}
+
+/// Send a prepared request. The caller bounds the time by dropping the future.
+pub async fn send(client: &Client, req: &Prepared) -> Result<RawResponse, ProviderError> {
+    let mut builder = client.http.request(req.method.clone(), req.url.clone());
+    for h in &req.headers {
+        builder = builder.header(h.name, &h.value);
+    }
+    if let Some(body) = &req.body {
+        builder = builder.body(body.clone());
+    }
+    let mut resp = builder.send().await.map_err(transport_error)?;
+    let status = resp.status().as_u16();
+    let headers = std::mem::take(resp.headers_mut());
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if room <= chunk.len() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // The status line arrived, so the provider has the request: whatever it did,
+                // it did. Reading the rest failed, so treat the answer as unknown.
+                let mut err = ProviderError::new(
+                    FailureKind::BadResponse,
+                    Delivery::PossiblySent,
+                    format!("the response body broke off: {}", describe(&e)),
+                );
+                err.http_status = Some(status);
+                err.retryable = status >= 500;
+                return Err(err);
+            }
+        }
+    }
+    Ok(RawResponse {
+        status,
+        headers,
+        body: Bytes::from(body),
+    })
+}
+
+/// Prepare, send and interpret in one step.
+pub async fn execute(
+    client: &Client,
+    conn: &Connection,
+    action: Action,
+    inputs: &Resolution,
+    ctx: &ActionContext<'_>,
+) -> Result<Accepted, ProviderError> {
+    let req = prepare(conn, action, inputs, ctx)?;
+    let raw = send(client, &req).await?;
+    interpret(action, raw)
+}
+
+fn transport_error(e: reqwest::Error) -> ProviderError {
+    let text = describe(&e);
+    if e.is_connect() {
+        ProviderError::new(
+            FailureKind::Unavailable,
+            Delivery::NotSent,
+            format!("cannot connect: {text}"),
+        )
+    } else if e.is_timeout() {
+        ProviderError::new(FailureKind::Timeout, Delivery::PossiblySent, text)
+    } else {
+        ProviderError::new(
+            FailureKind::Unavailable,
+            Delivery::PossiblySent,
+            format!("the connection failed: {text}"),
+        )
+    }
+}
+
+/// The error chain without the URL (which may carry a phone number in its query).
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
+}
+
+/// `Retry-After` (seconds or HTTP date), else `ratelimit-reset` (seconds).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = text("retry-after") {
+        if let Ok(secs) = v.parse::<f64>()
+            && secs.is_finite()
+            && secs >= 0.0
+        {
+            return Some(Duration::from_secs_f64(secs.min(86_400.0)));
+        }
+        if let Ok(when) = httpdate::parse_http_date(v) {
+            return Some(
+                when.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO),
+            );
+        }
+    }
+    text("ratelimit-reset")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(86_400)))
+}
+
+/// The text value of an input.
+fn text<'a>(inputs: &'a Resolution, name: &str) -> Option<&'a str> {
+    inputs.get(name).and_then(|i| i.value.as_text())
+}
+
+/// The text value of a required input (guards make sure it is there).
+fn required<'a>(inputs: &'a Resolution, name: &str) -> Result<&'a str, ProviderError> {
+    text(inputs, name)
+        .ok_or_else(|| ProviderError::unsendable(format!("input {name:?} did not resolve")))
+}
+
+/// The map value of an input.
+fn map<'a>(inputs: &'a Resolution, name: &str) -> &'a [(String, String)] {
+    match inputs.get(name).map(|i| &i.value) {
+        Some(Resolved::Map(pairs)) => pairs,
+        _ => &[],
+    }
+}
+
+/// A provider message for the model and the evidence: trimmed and bounded.
+fn short(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(300) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_reads_seconds_dates_and_ratelimit_reset() {
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+        let mut h = HeaderMap::new();
+        h.insert("ratelimit-reset", HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let mut h = HeaderMap::new();
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
+        let d = retry_after(&h).unwrap();
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn short_bounds_long_messages() {
+        assert_eq!(short("  hi "), "hi");
+        assert_eq!(short(&"x".repeat(400)).chars().count(), 301);
+    }
+}

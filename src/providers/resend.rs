@@ -1,0 +1,221 @@
+//! Resend: `POST {base}/emails` (`resend.send_email`).
+//!
+//! Errors arrive as `{"statusCode":422,"name":"missing_required_field","message":"Missing `to`
+//! field."}`; we branch on `name` and status, never on the wording, and lift the backticked
+//! field names out of the message so the model can be told which value was wrong.
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Accepted, ActionContext, Delivery, FailureKind, Prepared, ProviderError, RawResponse, short,
+    text,
+};
+use crate::bindings::{Resolution, is_identifier};
+use crate::config::ConnectionSettings;
+
+#[derive(Serialize)]
+struct Email<'a> {
+    from: &'a str,
+    to: &'a str,
+    subject: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    html: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+/// Build `POST /emails` with `Idempotency-Key`.
+pub fn prepare(
+    settings: &ConnectionSettings,
+    inputs: &Resolution,
+    ctx: &ActionContext<'_>,
+) -> Result<Prepared, ProviderError> {
+    let ConnectionSettings::Resend {
+        api_key,
+        from,
+        base_url,
+    } = settings
+    else {
+        unreachable!("dispatched by connection kind");
+    };
+    let email = Email {
+        from: text(inputs, "from").unwrap_or(from),
+        to: super::required(inputs, "to")?,
+        subject: super::required(inputs, "subject")?,
+        text: text(inputs, "text"),
+        html: text(inputs, "html"),
+        reply_to: text(inputs, "reply_to"),
+    };
+    let url = join(base_url, "emails");
+    Ok(Prepared::post(url)
+        .bearer(api_key.expose())
+        .header("idempotency-key", ctx.idempotency_key)
+        .json(&email))
+}
+
+/// `{base}/{path}`, keeping any path prefix of the base.
+pub(crate) fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}/{path}"));
+    url
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    name: Option<String>,
+    message: Option<String>,
+}
+
+/// Read the answer to `POST /emails`.
+pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
+    if (200..300).contains(&raw.status) {
+        return match serde_json::from_slice::<Sent>(&raw.body) {
+            Ok(sent) if !sent.id.is_empty() => Ok(Accepted {
+                message_id: Some(sent.id),
+                http_status: raw.status,
+                body: raw.body,
+            }),
+            _ => Err(bad_response(&raw, "a success without an email id")),
+        };
+    }
+    let parsed: Option<ErrorBody> = serde_json::from_slice(&raw.body).ok();
+    let name = parsed.as_ref().and_then(|b| b.name.clone());
+    let message = parsed
+        .as_ref()
+        .and_then(|b| b.message.as_deref())
+        .map(short)
+        .unwrap_or_else(|| format!("HTTP {}", raw.status));
+    let mut e = ProviderError::from_status(&raw, message);
+    match (raw.status, name.as_deref()) {
+        // Same key while the first request is still running: the first one may still send.
+        (409, Some("concurrent_idempotent_requests")) => {
+            e.kind = FailureKind::Unavailable;
+            e.delivery = Delivery::PossiblySent;
+            e.retryable = true;
+        }
+        (429, _) => {
+            e.kind = FailureKind::Unavailable;
+            e.retryable = true;
+        }
+        _ => {}
+    }
+    if e.kind == FailureKind::Rejected {
+        e.fields = backticked_fields(&e.message);
+    }
+    e.provider_code = name;
+    Err(e)
+}
+
+fn bad_response(raw: &RawResponse, what: &str) -> ProviderError {
+    let mut e = ProviderError::from_status(raw, format!("Resend answered {what}"));
+    e.kind = FailureKind::BadResponse;
+    e.delivery = Delivery::PossiblySent;
+    e.retryable = false;
+    e
+}
+
+/// Field names Resend quotes in backticks: "Missing `to` field." gives `to`.
+fn backticked_fields(message: &str) -> Vec<String> {
+    message
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| is_identifier(s))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use reqwest::header::{HeaderMap, HeaderValue};
+
+    fn raw(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn success_carries_the_email_id() {
+        let ok = interpret(raw(200, r#"{"id":"49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"}"#)).unwrap();
+        assert_eq!(
+            ok.message_id.as_deref(),
+            Some("49a3999c-0ce1-4ea6-ab68-afcd6dc2e794")
+        );
+        let e = interpret(raw(200, "<html>")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::BadResponse);
+        assert!(!e.retryable);
+    }
+
+    #[test]
+    fn errors_are_classified_by_name_and_status() {
+        let e = interpret(raw(
+            422,
+            r#"{"statusCode":422,"name":"missing_required_field","message":"Missing `to` field."}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+        assert_eq!(e.fields, vec!["to"]);
+        assert_eq!(e.provider_code.as_deref(), Some("missing_required_field"));
+        assert!(!e.retryable);
+
+        let e = interpret(raw(
+            422,
+            r#"{"statusCode":422,"name":"invalid_parameter","message":"Invalid `to` field. The email address needs to follow the `email@example.com` or `Name <email@example.com>` format."}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.fields, vec!["to"]);
+
+        let e = interpret(raw(
+            403,
+            r#"{"statusCode":403,"name":"invalid_api_key","message":"API key is invalid"}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::AuthFailed);
+
+        let mut r = raw(
+            429,
+            r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests."}"#,
+        );
+        r.headers
+            .insert("retry-after", HeaderValue::from_static("2"));
+        let e = interpret(r).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Unavailable);
+        assert!(e.retryable);
+        assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(2)));
+
+        let e = interpret(raw(
+            409,
+            r#"{"statusCode":409,"name":"concurrent_idempotent_requests","message":"..."}"#,
+        ))
+        .unwrap_err();
+        assert!(e.retryable && e.delivery == Delivery::PossiblySent);
+
+        let e = interpret(raw(
+            409,
+            r#"{"statusCode":409,"name":"invalid_idempotent_request","message":"..."}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+
+        let e = interpret(raw(503, "upstream down")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Unavailable);
+        assert_eq!(e.delivery, Delivery::PossiblySent);
+
+        let e = interpret(raw(400, "not json")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+        assert_eq!(e.message, "HTTP 400");
+    }
+}

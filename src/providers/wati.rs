@@ -1,0 +1,208 @@
+//! Wati (WhatsApp): template and session messages.
+//!
+//! Success is two-level: HTTP 200 *and* `result` true (or `"success"`). Business failures often
+//! arrive inside a 200 (`{"result":false,"info":"Template is not approved."}`, or
+//! `validWhatsAppNumber: false`), and 401/403 bodies may be plain text or empty. Wati has no
+//! idempotency key: after a 5xx, timeout or reset the message may or may not have gone out.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    Accepted, Delivery, FailureKind, Prepared, ProviderError, RawResponse, map, required, short,
+};
+use crate::bindings::Resolution;
+use crate::config::ConnectionSettings;
+
+#[derive(Serialize)]
+struct TemplateBody<'a> {
+    template_name: &'a str,
+    broadcast_name: &'a str,
+    parameters: Vec<Param<'a>>,
+}
+
+#[derive(Serialize)]
+struct Param<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+fn endpoint(settings: &ConnectionSettings) -> (&reqwest::Url, &str) {
+    let ConnectionSettings::Wati { endpoint, token } = settings else {
+        unreachable!("dispatched by connection kind");
+    };
+    (endpoint, token.expose())
+}
+
+/// `+14155550100` as Wati wants it: digits only.
+fn wati_number(e164: &str) -> &str {
+    e164.trim_start_matches('+')
+}
+
+/// `POST {endpoint}/api/v1/sendTemplateMessage?whatsappNumber=...`
+pub fn prepare_template(
+    settings: &ConnectionSettings,
+    inputs: &Resolution,
+) -> Result<Prepared, ProviderError> {
+    let (base, token) = endpoint(settings);
+    let number = wati_number(required(inputs, "whatsapp_number")?);
+    let mut url = super::resend::join(base, "api/v1/sendTemplateMessage");
+    url.query_pairs_mut().append_pair("whatsappNumber", number);
+    let body = TemplateBody {
+        template_name: required(inputs, "template_name")?,
+        broadcast_name: required(inputs, "broadcast_name")?,
+        parameters: map(inputs, "parameters")
+            .iter()
+            .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+            .map(|(name, value)| Param { name, value })
+            .collect(),
+    };
+    Ok(Prepared::post(url).bearer(token).json(&body))
+}
+
+/// `POST {endpoint}/api/v1/sendSessionMessage/{number}?messageText=...` (no body).
+pub fn prepare_session(
+    settings: &ConnectionSettings,
+    inputs: &Resolution,
+) -> Result<Prepared, ProviderError> {
+    let (base, token) = endpoint(settings);
+    let number = wati_number(required(inputs, "whatsapp_number")?);
+    let mut url = super::resend::join(base, &format!("api/v1/sendSessionMessage/{number}"));
+    url.query_pairs_mut()
+        .append_pair("messageText", required(inputs, "message_text")?);
+    Ok(Prepared::post(url).bearer(token))
+}
+
+/// Read a Wati send answer.
+pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
+    let json: Option<Value> = serde_json::from_slice(&raw.body).ok();
+    let info = json.as_ref().and_then(info_of);
+    if raw.status != 200 {
+        let message = info.unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&raw.body);
+            if text.trim().is_empty() {
+                format!("HTTP {}", raw.status)
+            } else {
+                short(&text)
+            }
+        });
+        return Err(ProviderError::from_status(&raw, message));
+    }
+    let Some(json) = json else {
+        let mut e = ProviderError::from_status(&raw, "Wati answered 200 without JSON".into());
+        e.kind = FailureKind::BadResponse;
+        e.delivery = Delivery::PossiblySent;
+        e.retryable = false;
+        return Err(e);
+    };
+    let ok = match json.get("result") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s.eq_ignore_ascii_case("success"),
+        _ => false,
+    };
+    if json.get("validWhatsAppNumber") == Some(&Value::Bool(false)) {
+        let mut e = ProviderError::from_status(
+            &raw,
+            info.unwrap_or_else(|| "not a valid WhatsApp number".into()),
+        );
+        e.kind = FailureKind::Rejected;
+        e.fields = vec!["whatsapp_number".into()];
+        return Err(e);
+    }
+    if !ok {
+        let mut e = ProviderError::from_status(
+            &raw,
+            info.unwrap_or_else(|| "Wati answered result:false".into()),
+        );
+        e.kind = FailureKind::Rejected;
+        return Err(e);
+    }
+    Ok(Accepted {
+        message_id: message_id(&json),
+        http_status: raw.status,
+        body: raw.body,
+    })
+}
+
+fn info_of(json: &Value) -> Option<String> {
+    ["info", "message", "error", "title"]
+        .iter()
+        .find_map(|k| json.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.trim().is_empty())
+        .map(short)
+}
+
+fn message_id(json: &Value) -> Option<String> {
+    let candidates = [
+        json.pointer("/model/ids/0"),
+        json.pointer("/message/whatsappMessageId"),
+        json.pointer("/message/id"),
+        json.get("id"),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use reqwest::header::HeaderMap;
+
+    fn raw(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn success_needs_200_and_result_true() {
+        let ok = interpret(raw(
+            200,
+            r#"{"result":true,"phone_number":"14155550100","template_name":"order_confirmed","validWhatsAppNumber":true,"model":{"ids":["664300afcb326f1388e50697"]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(ok.message_id.as_deref(), Some("664300afcb326f1388e50697"));
+        assert!(interpret(raw(200, r#"{"result":"success"}"#)).is_ok());
+    }
+
+    #[test]
+    fn failures_inside_http_200_are_refusals_with_their_info() {
+        let e = interpret(raw(
+            200,
+            r#"{"result":false,"info":"Template is not approved."}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+        assert_eq!(e.message, "Template is not approved.");
+        assert!(!e.retryable);
+
+        let e = interpret(raw(200, r#"{"result":true,"validWhatsAppNumber":false}"#)).unwrap_err();
+        assert_eq!(e.fields, vec!["whatsapp_number"]);
+
+        let e = interpret(raw(200, "<html>oops</html>")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::BadResponse);
+        assert_eq!(e.delivery, Delivery::PossiblySent);
+    }
+
+    #[test]
+    fn http_errors_are_classified() {
+        let e = interpret(raw(401, "")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::AuthFailed);
+        assert_eq!(e.message, "HTTP 401");
+        let e = interpret(raw(403, "Forbidden: missing scope")).unwrap_err();
+        assert!(e.is_auth());
+        assert_eq!(e.message, "Forbidden: missing scope");
+        let e = interpret(raw(400, r#"{"result":false,"info":"Invalid template"}"#)).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+        assert_eq!(e.message, "Invalid template");
+        let e = interpret(raw(429, "")).unwrap_err();
+        assert!(e.retryable && e.kind == FailureKind::Unavailable);
+        let e = interpret(raw(502, "")).unwrap_err();
+        assert_eq!(e.delivery, Delivery::PossiblySent);
+    }
+}

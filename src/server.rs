@@ -1,0 +1,231 @@
+//! The sidecar process: the WebSocket listener (`GET /v1/session`) and the admin listener.
+//!
+//! Authentication happens before the upgrade: a missing or unknown session token gets HTTP 401
+//! and never a WebSocket, so an unauthenticated peer costs one HTTP exchange.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::admin;
+use crate::config::Config;
+use crate::net::{self, HttpResponse, json_error};
+use crate::runtime::Runtime;
+use crate::session;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("{0}")]
+    Bind(#[from] std::io::Error),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+/// A running sidecar.
+pub struct Server {
+    /// Where the WebSocket listener is bound.
+    pub ws_addr: SocketAddr,
+    /// Where the admin listener is bound.
+    pub admin_addr: SocketAddr,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Bind both listeners and start serving. Ports of `0` pick free ports (tests, demo).
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        for w in &config.warnings {
+            warn!(problem = %w, "config warning");
+        }
+        let ws_listener = net::bind(&config.server.listen).await?;
+        let admin_listener = net::bind(&config.server.admin_listen).await?;
+        let ws_addr = ws_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let runtime = Runtime::new(config)?;
+        let shutdown = CancellationToken::new();
+
+        let rt = runtime.clone();
+        let ws_task = net::spawn_http(
+            ws_listener,
+            move |req, peer| {
+                let rt = rt.clone();
+                async move { Ok::<_, Infallible>(upgrade(req, peer, rt).await) }
+            },
+            shutdown.clone(),
+        );
+        let rt = runtime.clone();
+        let admin_task = net::spawn_http(
+            admin_listener,
+            move |req, _| {
+                let rt = rt.clone();
+                async move { Ok::<_, Infallible>(admin::handle(req, rt).await) }
+            },
+            shutdown.clone(),
+        );
+        info!(listen = %ws_addr, admin = %admin_addr, "toolgate serving");
+        Ok(Server {
+            ws_addr,
+            admin_addr,
+            runtime,
+            shutdown,
+            tasks: vec![ws_task, admin_task],
+        })
+    }
+
+    /// The shared runtime (connection health, live sessions).
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// The WebSocket URL media servers connect to.
+    pub fn session_url(&self) -> String {
+        format!("ws://{}/v1/session", self.ws_addr)
+    }
+
+    /// Stop accepting connections, then wait up to `drain` for live sessions to finish.
+    pub async fn shutdown(self, drain: Duration) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + drain;
+        while self
+            .runtime
+            .active_sessions
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    // Small frames, many idle calls: a small eager read buffer (tungstenite's default is
+    // 128 KiB per connection) and writes that go out at once.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> bool {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| part.trim().eq_ignore_ascii_case(want))
+}
+
+async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>) -> HttpResponse {
+    if req.uri().path() != "/v1/session" {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the WebSocket endpoint is /v1/session",
+        );
+    }
+    if req.method() != Method::GET {
+        return json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET",
+        );
+    }
+    let Some(org) = bearer(&req).and_then(|t| rt.org_for_session_token(t)) else {
+        debug!(%peer, "session upgrade refused: missing or unknown token");
+        let mut resp = json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send Authorization: Bearer <org session token>",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    let org = org.to_owned();
+    let is_upgrade = header_has(&req, header::CONNECTION, "upgrade")
+        && header_has(&req, header::UPGRADE, "websocket");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket only",
+        );
+    };
+    if !is_upgrade {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this endpoint speaks WebSocket only",
+        );
+    }
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut resp = json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "Sec-WebSocket-Version 13 is required",
+        );
+        resp.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return resp;
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let max_frame = rt.config.server.max_frame_bytes;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(ws_config(max_frame)),
+                )
+                .await;
+                session::serve_connection(ws, org, rt).await;
+            }
+            Err(e) => debug!(%peer, error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Default::default())
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,774 @@
+//! Sessions: one live call over one WebSocket (SPEC §2).
+//!
+//! One task owns a session: its socket, its history and its ledger of actions. Frames from the
+//! media server and events from running tool calls ([`dispatch::Event`]) meet in a single
+//! `select!` loop, so session state needs no locks and, because each call's fillers and its
+//! result travel through the same FIFO channel, a filler can never follow its result.
+//!
+//! When the socket drops without `session.end`, the session lives on for
+//! `server.disconnect_grace_ms`: calls keep running, results are kept, and a `session.start`
+//! with the same `call_id` on a new socket resumes it and receives them.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{Instrument, debug, info, info_span};
+
+use crate::answer::{self, Answer, ProviderOutcome};
+use crate::bindings::CallContext;
+use crate::config::{Agent, DEFAULT_FILLER};
+use crate::dispatch::{self, Event, LiveCall, Outcome};
+use crate::guards::{self, CallView, Decision};
+use crate::protocol::{
+    self, ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
+};
+use crate::runtime::{Runtime, SessionKey};
+use state::{ActionState, Entry, History, Ledger, LedgerEntry};
+
+/// The server side of a media server's WebSocket.
+pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A live session's entry in the registry: how a reconnecting socket finds it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    attached: Arc<AtomicBool>,
+    reattach: mpsc::Sender<Ws>,
+    agent_id: String,
+}
+
+/// A new invocation id (`inv_` + ULID: sortable by time).
+pub fn invocation_id() -> String {
+    format!("inv_{}", ulid::Ulid::generate())
+}
+
+fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
+    Outbound::Error {
+        code,
+        message,
+        reference,
+    }
+    .encode()
+}
+
+fn frame_error(e: &FrameError) -> String {
+    error_frame(e.code, &e.message, e.reference.as_deref())
+}
+
+async fn send(ws: &mut Ws, text: String) -> Result<(), WsError> {
+    ws.send(Message::text(text)).await
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let _ = ws
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        }))
+        .await;
+}
+
+/// What the read side of a socket produced.
+enum Read {
+    /// A text frame.
+    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
+    /// A binary frame.
+    Binary,
+    /// Control frames tungstenite handles itself.
+    Control,
+    /// The socket is gone (close, EOF or error); the session should detach.
+    Gone,
+}
+
+async fn read(ws: &mut Ws) -> Read {
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => Read::Text(t),
+        Some(Ok(Message::Binary(_))) => Read::Binary,
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Read::Control,
+        Some(Ok(Message::Close(_))) | None => Read::Gone,
+        Some(Err(WsError::Capacity(e))) => {
+            debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
+            close(ws, CloseCode::Size, "frame too large").await;
+            Read::Gone
+        }
+        Some(Err(e)) => {
+            debug!(error = %e, "socket read failed");
+            Read::Gone
+        }
+    }
+}
+
+async fn read_opt(ws: &mut Option<Ws>) -> Read {
+    match ws {
+        Some(ws) => read(ws).await,
+        None => std::future::pending().await,
+    }
+}
+
+const BINARY_MESSAGE: &str = "binary frames are not supported; send JSON text frames";
+
+/// A fixed one-second window on inbound frames.
+struct FrameLimiter {
+    max: u32,
+    window: Instant,
+    count: u32,
+}
+
+impl FrameLimiter {
+    fn new(max: u32) -> Self {
+        FrameLimiter {
+            max,
+            window: Instant::now(),
+            count: 0,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= self.max
+    }
+}
+
+/// The `id` of a frame, read cheaply for the `ref` of a rate-limit error.
+fn frame_id(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Id>(text).ok().and_then(|i| i.id)
+}
+
+/// Serve one upgraded connection: wait for `session.start`, then run (or resume) its session.
+pub async fn serve_connection(mut ws: Ws, org: String, rt: Arc<Runtime>) {
+    let mut limiter = FrameLimiter::new(rt.config.server.max_frames_per_second);
+    loop {
+        let text = match read(&mut ws).await {
+            Read::Text(t) => t,
+            Read::Binary => {
+                if send(
+                    &mut ws,
+                    error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None),
+                )
+                .await
+                .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Read::Control => continue,
+            Read::Gone => return,
+        };
+        let received = Instant::now();
+        let reply = if !limiter.allow(received) {
+            error_frame(
+                ErrorCode::RateLimited,
+                "too many frames per second",
+                frame_id(&text).as_deref(),
+            )
+        } else {
+            match protocol::decode(&text) {
+                Err(e) => frame_error(&e),
+                Ok(Inbound::Ping) => Outbound::Pong.encode(),
+                Ok(Inbound::SessionStart(start)) => match open(start, &org, &rt) {
+                    Open::New(session, call_id) => {
+                        let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
+                        session.run(ws).instrument(span).await;
+                        return;
+                    }
+                    Open::Resume(tx) => match tx.try_send(ws) {
+                        Ok(()) => return,
+                        Err(e) => {
+                            ws = e.into_inner();
+                            error_frame(
+                                ErrorCode::SessionExists,
+                                "the session is being resumed by another connection",
+                                None,
+                            )
+                        }
+                    },
+                    Open::Refuse {
+                        code,
+                        message,
+                        close_with,
+                    } => {
+                        let _ = send(&mut ws, error_frame(code, &message, None)).await;
+                        if let Some(cc) = close_with {
+                            close(&mut ws, cc, code.as_str()).await;
+                            return;
+                        }
+                        continue;
+                    }
+                },
+                Ok(_) => error_frame(
+                    ErrorCode::NoSession,
+                    "send session.start before any other frame",
+                    None,
+                ),
+            }
+        };
+        if send(&mut ws, reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+enum Open {
+    New(Box<Session>, String),
+    Resume(mpsc::Sender<Ws>),
+    Refuse {
+        code: ErrorCode,
+        message: String,
+        close_with: Option<CloseCode>,
+    },
+}
+
+fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
+    let Some(agent) = rt.agent(&start.agent) else {
+        let hint = crate::config::did_you_mean(&start.agent, rt.agent_ids())
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        return Open::Refuse {
+            code: ErrorCode::UnknownAgent,
+            message: format!("no agent {:?}{hint}", start.agent),
+            close_with: None,
+        };
+    };
+    if agent.org != org {
+        return Open::Refuse {
+            code: ErrorCode::Forbidden,
+            message: format!("agent {:?} belongs to another org", start.agent),
+            close_with: Some(CloseCode::Policy),
+        };
+    }
+    let key: SessionKey = (org.to_owned(), start.call_id.clone());
+    match rt.sessions.entry(key.clone()) {
+        dashmap::Entry::Occupied(e) => {
+            let h = e.get();
+            if !h.attached.load(Ordering::Acquire) && h.agent_id == start.agent {
+                Open::Resume(h.reattach.clone())
+            } else {
+                Open::Refuse {
+                    code: ErrorCode::SessionExists,
+                    message: format!("call {:?} already has a live session", start.call_id),
+                    close_with: None,
+                }
+            }
+        }
+        dashmap::Entry::Vacant(v) => {
+            let max = rt.config.server.max_sessions;
+            if rt.active_sessions.load(Ordering::Acquire) >= max {
+                return Open::Refuse {
+                    code: ErrorCode::Overloaded,
+                    message: format!("this sidecar is at its limit of {max} sessions"),
+                    close_with: Some(CloseCode::Again),
+                };
+            }
+            rt.active_sessions.fetch_add(1, Ordering::AcqRel);
+            let attached = Arc::new(AtomicBool::new(true));
+            let (reattach_tx, reattach_rx) = mpsc::channel(1);
+            v.insert(SessionHandle {
+                attached: attached.clone(),
+                reattach: reattach_tx,
+                agent_id: agent.id.clone(),
+            });
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let ctx = CallContext {
+                call_id: start.call_id.clone(),
+                agent_id: agent.id.clone(),
+                caller: start.caller,
+                variables: start.variables,
+            };
+            let session = Session {
+                rt: rt.clone(),
+                key,
+                filler_rotation: vec![0; agent.functions.len()],
+                agent: agent.clone(),
+                ctx: Arc::new(ctx),
+                started: Instant::now(),
+                history: History::default(),
+                ledger: Ledger::default(),
+                calls: HashMap::new(),
+                inflight: 0,
+                invocations: 0,
+                deferred: 0,
+                events_tx,
+                events_rx,
+                reattach_rx,
+                attached,
+                outbox: Vec::new(),
+                pending: Vec::new(),
+                limiter: FrameLimiter::new(rt.config.server.max_frames_per_second),
+                registered: true,
+            };
+            Open::New(Box::new(session), start.call_id)
+        }
+    }
+}
+
+/// One tool call of this session.
+struct Slot {
+    function: Option<usize>,
+    invocation_id: String,
+    received: Instant,
+    answered: bool,
+    cancelled: Arc<AtomicBool>,
+    cancel_reason: Option<String>,
+}
+
+/// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Always,
+    LiveOnly,
+}
+
+enum Flow {
+    Continue,
+    End,
+}
+
+struct Session {
+    rt: Arc<Runtime>,
+    key: SessionKey,
+    agent: Arc<Agent>,
+    ctx: Arc<CallContext>,
+    started: Instant,
+    history: History,
+    ledger: Ledger,
+    calls: HashMap<String, Slot>,
+    inflight: usize,
+    invocations: u32,
+    deferred: u32,
+    filler_rotation: Vec<usize>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    reattach_rx: mpsc::Receiver<Ws>,
+    attached: Arc<AtomicBool>,
+    /// Results produced while detached, sent on resume.
+    outbox: Vec<String>,
+    /// Frames produced by the current handler, written after it returns.
+    pending: Vec<(String, Keep)>,
+    limiter: FrameLimiter,
+    registered: bool,
+}
+
+impl Session {
+    async fn run(mut self: Box<Self>, ws: Ws) {
+        info!("session started");
+        let mut ws = Some(ws);
+        self.push(self.ready_frame(false), Keep::LiveOnly);
+        self.flush(&mut ws).await;
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut grace_until: Option<Instant> = None;
+        let mut ended = false;
+        loop {
+            if ended && self.inflight == 0 {
+                break;
+            }
+            if ws.is_none() && !ended && grace_until.is_none() {
+                // A write failed: the socket is gone.
+                self.attached.store(false, Ordering::Release);
+                grace_until = Some(Instant::now() + self.rt.config.server.disconnect_grace);
+            }
+            let grace = grace_until.unwrap_or(far);
+            tokio::select! {
+                read = read_opt(&mut ws) => match read {
+                    Read::Text(text) => {
+                        let received = Instant::now();
+                        if let Flow::End = self.on_text(&text, received) {
+                            self.flush(&mut ws).await;
+                            if let Some(w) = ws.as_mut() {
+                                close(w, CloseCode::Normal, "session ended").await;
+                            }
+                            ws = None;
+                            ended = true;
+                            self.deregister();
+                        }
+                    }
+                    Read::Binary => self.push(error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None), Keep::LiveOnly),
+                    Read::Control => {}
+                    Read::Gone => {
+                        ws = None;
+                        self.attached.store(false, Ordering::Release);
+                        let grace = self.rt.config.server.disconnect_grace;
+                        info!(grace_ms = grace.as_millis() as u64, "socket dropped without session.end; waiting for a reconnect");
+                        grace_until = Some(Instant::now() + grace);
+                    }
+                },
+                Some(event) = self.events_rx.recv() => self.on_event(event, ended),
+                Some(new_ws) = self.reattach_rx.recv(), if ws.is_none() && !ended => {
+                    info!(kept = self.outbox.len(), "session resumed");
+                    ws = Some(new_ws);
+                    grace_until = None;
+                    self.attached.store(true, Ordering::Release);
+                    self.push(self.ready_frame(true), Keep::LiveOnly);
+                    for frame in std::mem::take(&mut self.outbox) {
+                        self.push(frame, Keep::Always);
+                    }
+                }
+                _ = sleep_until(grace), if ws.is_none() && !ended && grace_until.is_some() => {
+                    info!(inflight = self.inflight, "disconnect grace over; session ended");
+                    ended = true;
+                    self.outbox.clear();
+                    self.deregister();
+                }
+            }
+            self.flush(&mut ws).await;
+        }
+        self.deregister();
+        info!(
+            invocations = self.invocations,
+            deferred = self.deferred,
+            "session closed"
+        );
+    }
+
+    fn deregister(&mut self) {
+        if self.registered {
+            self.registered = false;
+            self.rt.sessions.remove(&self.key);
+            self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
+            // Sockets that raced to resume get told, not left hanging.
+            while let Ok(mut late) = self.reattach_rx.try_recv() {
+                tokio::spawn(async move {
+                    let _ = send(
+                        &mut late,
+                        error_frame(ErrorCode::NoSession, "the session has ended", None),
+                    )
+                    .await;
+                    close(&mut late, CloseCode::Normal, "session ended").await;
+                });
+            }
+        }
+    }
+
+    fn ready_frame(&self, resumed: bool) -> String {
+        let tools = self.agent.tools_for(&self.ctx);
+        let tools: &RawValue = &tools;
+        Outbound::SessionReady {
+            protocol: PROTOCOL_VERSION,
+            call_id: &self.ctx.call_id,
+            tools,
+            resumed,
+        }
+        .encode()
+    }
+
+    fn push(&mut self, frame: String, keep: Keep) {
+        self.pending.push((frame, keep));
+    }
+
+    /// Write pending frames; while detached keep results for a resume and drop the rest.
+    async fn flush(&mut self, ws: &mut Option<Ws>) {
+        for (frame, keep) in std::mem::take(&mut self.pending) {
+            let written = match ws.as_mut() {
+                Some(w) => send(w, frame.clone()).await.is_ok(),
+                None => false,
+            };
+            if !written {
+                *ws = None;
+                if keep == Keep::Always && self.registered {
+                    self.outbox.push(frame);
+                }
+            }
+        }
+    }
+
+    fn on_text(&mut self, text: &str, received: Instant) -> Flow {
+        if !self.limiter.allow(received) {
+            self.push(
+                error_frame(
+                    ErrorCode::RateLimited,
+                    "too many frames per second",
+                    frame_id(text).as_deref(),
+                ),
+                Keep::LiveOnly,
+            );
+            return Flow::Continue;
+        }
+        let frame = match protocol::decode(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.push(frame_error(&e), Keep::LiveOnly);
+                return Flow::Continue;
+            }
+        };
+        let at = received.duration_since(self.started);
+        match frame {
+            Inbound::SessionStart(s) => {
+                let message = if s.call_id == self.ctx.call_id {
+                    "this connection already runs this session".to_owned()
+                } else {
+                    format!(
+                        "this connection already runs session {:?}; open a new connection for another call",
+                        self.ctx.call_id
+                    )
+                };
+                self.push(
+                    error_frame(ErrorCode::SessionExists, &message, None),
+                    Keep::LiveOnly,
+                );
+            }
+            Inbound::Transcript(t) => self.history.push(Entry::Turn {
+                role: t.role,
+                text: t.text,
+                is_final: t.is_final,
+                at,
+            }),
+            Inbound::Consent(c) => self.history.push(Entry::Consent {
+                scope: c.scope,
+                granted: c.granted,
+                source: c.source,
+                at,
+            }),
+            Inbound::ToolCall(call) => self.on_tool_call(call, received),
+            Inbound::ToolCancel(c) => match self.calls.get_mut(&c.id) {
+                None => self.push(
+                    error_frame(
+                        ErrorCode::UnknownCallId,
+                        &format!("no tool call {:?} in this session", c.id),
+                        Some(&c.id),
+                    ),
+                    Keep::LiveOnly,
+                ),
+                Some(slot) if slot.answered => {}
+                Some(slot) => {
+                    debug!(id = %c.id, "tool call cancelled by the media server");
+                    slot.cancelled.store(true, Ordering::Release);
+                    slot.cancel_reason = c.reason;
+                }
+            },
+            Inbound::SessionEnd { reason } => {
+                info!(
+                    reason = reason.as_deref().unwrap_or(""),
+                    inflight = self.inflight,
+                    "session.end"
+                );
+                let frame = Outbound::SessionEnded {
+                    call_id: &self.ctx.call_id,
+                    invocations: self.invocations,
+                    deferred: self.deferred,
+                }
+                .encode();
+                self.push(frame, Keep::LiveOnly);
+                return Flow::End;
+            }
+            Inbound::Ping => self.push(Outbound::Pong.encode(), Keep::LiveOnly),
+        }
+        Flow::Continue
+    }
+
+    fn on_tool_call(&mut self, call: ToolCall, received: Instant) {
+        if self.calls.contains_key(&call.id) {
+            self.push(
+                error_frame(
+                    ErrorCode::DuplicateCallId,
+                    &format!(
+                        "tool call id {:?} was already used in this session",
+                        call.id
+                    ),
+                    Some(&call.id),
+                ),
+                Keep::LiveOnly,
+            );
+            return;
+        }
+        let max = self.rt.config.server.max_inflight_per_session;
+        if self.inflight >= max {
+            self.push(
+                error_frame(
+                    ErrorCode::Overloaded,
+                    &format!("{max} tool calls are already running in this session"),
+                    Some(&call.id),
+                ),
+                Keep::LiveOnly,
+            );
+            return;
+        }
+        let invocation_id = invocation_id();
+        self.invocations += 1;
+        let checked = {
+            let view = CallView {
+                ctx: &self.ctx,
+                history: &self.history,
+                ledger: &self.ledger,
+                connections: &self.rt.connections,
+            };
+            guards::check(&self.agent, &call, &view)
+        };
+        let function = checked.function.map(|i| &self.agent.functions[i]);
+        let immediate = match (&checked.decision, function) {
+            (Decision::Rejected(r), f) => Some(answer::rejected(f, &call.name, r)),
+            (
+                Decision::Duplicate {
+                    tool_call_id,
+                    state,
+                    ..
+                },
+                Some(f),
+            ) => Some(answer::duplicate(f, tool_call_id, state)),
+            (Decision::Duplicate { .. }, None) => unreachable!("duplicates have a function"),
+            (Decision::Proceed, _) => None,
+        };
+        debug!(
+            id = %call.id,
+            function = %call.name,
+            verdicts = ?checked.verdicts.iter().filter(|v| !v.passed).map(|v| v.name).collect::<Vec<_>>(),
+            "guards checked"
+        );
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.calls.insert(
+            call.id.clone(),
+            Slot {
+                function: checked.function,
+                invocation_id: invocation_id.clone(),
+                received,
+                answered: immediate.is_some(),
+                cancelled: cancelled.clone(),
+                cancel_reason: None,
+            },
+        );
+        if let Some(a) = immediate {
+            self.push_result(&call.id, &invocation_id, received, &a);
+            return;
+        }
+        let (Some(index), Some(key)) = (checked.function, checked.key) else {
+            unreachable!("a call that proceeds has a function and a key");
+        };
+        self.ledger.push(LedgerEntry {
+            function: call.name.clone(),
+            key: key.clone(),
+            tool_call_id: call.id.clone(),
+            invocation_id,
+            state: ActionState::InFlight,
+        });
+        self.inflight += 1;
+        let live = LiveCall {
+            id: call.id,
+            agent: self.agent.clone(),
+            function: index,
+            ctx: self.ctx.clone(),
+            inputs: checked.resolution,
+            key,
+            received,
+            cancelled,
+        };
+        tokio::spawn(
+            dispatch::run(live, self.rt.clone(), self.events_tx.clone()).in_current_span(),
+        );
+    }
+
+    fn push_result(&mut self, id: &str, invocation_id: &str, received: Instant, a: &Answer) {
+        let frame = Outbound::ToolResult {
+            id,
+            status: a.status,
+            invocation_id,
+            output: &a.output,
+            elapsed_ms: received.elapsed().as_millis() as u64,
+            data: a.data.as_ref(),
+        }
+        .encode();
+        self.push(frame, Keep::Always);
+    }
+
+    fn on_event(&mut self, event: Event, ended: bool) {
+        match event {
+            Event::Filler { id, seq, elapsed } => {
+                if ended {
+                    return;
+                }
+                let Some(slot) = self.calls.get(&id) else {
+                    return;
+                };
+                if slot.answered || slot.cancelled.load(Ordering::Acquire) {
+                    return;
+                }
+                let Some(index) = slot.function else {
+                    return;
+                };
+                let lines = &self.agent.functions[index].filler;
+                let text = if lines.is_empty() {
+                    DEFAULT_FILLER
+                } else {
+                    let i = self.filler_rotation[index];
+                    self.filler_rotation[index] = i.wrapping_add(1);
+                    lines[i % lines.len()].as_str()
+                };
+                let frame = Outbound::ToolFiller {
+                    id: &id,
+                    text,
+                    elapsed_ms: elapsed.as_millis() as u64,
+                    seq,
+                }
+                .encode();
+                self.push(frame, Keep::LiveOnly);
+            }
+            Event::Done {
+                id,
+                outcome,
+                timing,
+            } => {
+                let Some(slot) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                slot.answered = true;
+                self.inflight -= 1;
+                let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
+                let cancelled = slot.cancelled.load(Ordering::Acquire);
+                let reason = slot.cancel_reason.clone();
+                let function =
+                    &self.agent.functions[slot.function.expect("live calls have a function")];
+                let state = match &outcome {
+                    Outcome::Accepted(a) => ActionState::Succeeded {
+                        message_id: a.message_id.clone(),
+                    },
+                    Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
+                };
+                self.ledger.set_state(&id, state);
+                let a = if cancelled {
+                    let po = match &outcome {
+                        Outcome::Accepted(_) => ProviderOutcome::Succeeded,
+                        Outcome::Failed(_) => ProviderOutcome::Failed,
+                        Outcome::NotSent => ProviderOutcome::NotSent,
+                    };
+                    answer::cancelled(function, po, reason.as_deref())
+                } else {
+                    match &outcome {
+                        Outcome::Accepted(_) => answer::succeeded(function),
+                        Outcome::Failed(e) => answer::failed(function, e),
+                        Outcome::NotSent => {
+                            answer::cancelled(function, ProviderOutcome::NotSent, None)
+                        }
+                    }
+                };
+                debug!(
+                    id = %id,
+                    status = a.status.as_str(),
+                    provider_ms = timing.done.zip(timing.sent).map(|(d, s)| (d - s).as_millis() as u64),
+                    "tool call finished"
+                );
+                if !ended {
+                    self.push_result(&id, &invocation_id, received, &a);
+                }
+            }
+        }
+    }
+}
