@@ -31,6 +31,9 @@ enum Command {
     CheckConfig {
         /// Config file.
         file: PathBuf,
+        /// Do not read `{ env }` / `{ file }` secret references (check the shape only).
+        #[arg(long)]
+        skip_secrets: bool,
     },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
@@ -57,7 +60,7 @@ fn main() -> ExitCode {
             toolgate::telemetry::init_tracing("info");
             runtime.block_on(serve(config))
         }
-        Command::CheckConfig { file } => check_config(&file),
+        Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
             match runtime.block_on(toolgate::demo::run(keep_running)) {
@@ -75,11 +78,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(file: &std::path::Path) -> ExitCode {
-    let config = match Config::load(file) {
+fn check_config(file: &std::path::Path, skip_secrets: bool) -> ExitCode {
+    let loaded = if skip_secrets {
+        Config::load_with(file, |o| o.without_secrets())
+    } else {
+        Config::load(file)
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
+            let secret_refs = e
+                .problems
+                .iter()
+                .any(|p| p.path.ends_with(".env") || p.path.ends_with(".file"));
+            if secret_refs && !skip_secrets {
+                eprintln!(
+                    "(secrets are read as serve would; --skip-secrets checks everything else)"
+                );
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -437,6 +437,9 @@ pub struct LoadOptions {
     pub base_dir: PathBuf,
     /// Environment lookup for `{ env = ... }` references.
     pub env: EnvLookup,
+    /// Read `{ env }` and `{ file }` references (`false`: check the config's shape only,
+    /// as `check-config --skip-secrets` does).
+    pub resolve_secrets: bool,
 }
 
 impl LoadOptions {
@@ -445,7 +448,14 @@ impl LoadOptions {
         LoadOptions {
             base_dir: base_dir.into(),
             env: Box::new(|name| std::env::var(name).ok()),
+            resolve_secrets: true,
         }
+    }
+
+    /// Do not read secret references (for checking a config where its secrets are absent).
+    pub fn without_secrets(mut self) -> Self {
+        self.resolve_secrets = false;
+        self
     }
 
     /// Use this environment lookup instead of the process environment.
@@ -461,6 +471,14 @@ impl LoadOptions {
 impl Config {
     /// Load and check a config file; relative paths resolve against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, |opts| opts)
+    }
+
+    /// [`Config::load`] with adjusted options (e.g. [`LoadOptions::without_secrets`]).
+    pub fn load_with(
+        path: &Path,
+        adjust: impl FnOnce(LoadOptions) -> LoadOptions,
+    ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: Some(path.to_owned()),
             problems: vec![Problem {
@@ -472,7 +490,7 @@ impl Config {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        Config::from_toml(&text, &LoadOptions::new(base)).map_err(|mut e| {
+        Config::from_toml(&text, &adjust(LoadOptions::new(base))).map_err(|mut e| {
             e.file = Some(path.to_owned());
             e
         })

@@ -43,6 +43,9 @@ pub(crate) const NEXT_CODES: &[&str] = &[
     "bad_response",
 ];
 
+/// Stands in for a secret reference that `check-config --skip-secrets` does not read.
+pub(crate) const UNRESOLVED_SECRET: &str = "whsec_dW5yZXNvbHZlZA==";
+
 const TOP_KEYS: &[&str] = &[
     "server",
     "storage",
@@ -281,6 +284,11 @@ impl<'a> Ck<'a> {
             Value::Table(t) => {
                 self.keys(t, path, &["env", "file"]);
                 match (t.get("env"), t.get("file")) {
+                    (Some(Value::String(_)), None) | (None, Some(Value::String(_)))
+                        if !self.opts.resolve_secrets =>
+                    {
+                        Some(Secret::new(UNRESOLVED_SECRET))
+                    }
                     (Some(Value::String(name)), None) => match (self.opts.env)(name) {
                         Some(v) if !v.is_empty() => Some(Secret::new(v)),
                         _ => {
@@ -425,7 +433,7 @@ impl<'a> Ck<'a> {
     }
 
     fn check_timing(&mut self, timing: &Timing, path: &str) {
-        if timing.defer_after > timing.hard_timeout {
+        if timing.mode == Mode::Auto && timing.defer_after > timing.hard_timeout {
             self.err(
                 path,
                 format!(
@@ -539,7 +547,12 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
     let orgs = parse_orgs(&mut ck, &root);
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
     let connections = parse_connections(&mut ck, &root, &org_ids);
-    let agents = parse_agents(&mut ck, &root, &org_ids, &connections, &defaults);
+    let declared: Vec<String> = ck
+        .tables(&root, "", "connections")
+        .iter()
+        .filter_map(|(_, t)| t.get("id").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    let agents = parse_agents(&mut ck, &root, &org_ids, &connections, &declared, &defaults);
 
     if ck.problems.is_empty() {
         Ok(Config {
@@ -686,7 +699,11 @@ fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
                 format!("org {id:?} has no session_tokens: no media server can connect for it"),
             );
         }
-        for (i, tok) in session_tokens.iter().enumerate() {
+        for (i, tok) in session_tokens
+            .iter()
+            .enumerate()
+            .filter(|_| ck.opts.resolve_secrets)
+        {
             if let Some(other) = token_owner.insert(tok.digest(), id.clone()) {
                 ck.err(
                     idx(&at(&p, "session_tokens"), i),
@@ -876,6 +893,7 @@ fn parse_agents(
     root: &Table,
     org_ids: &[&str],
     connections: &[Arc<Connection>],
+    declared: &[String],
     defaults: &Defaults,
 ) -> Vec<Arc<Agent>> {
     let mut out: Vec<Arc<Agent>> = Vec::new();
@@ -885,7 +903,12 @@ fn parse_agents(
         let org = check_org(ck, t, &p, org_ids);
         let mut functions: Vec<Function> = Vec::new();
         for (fp, ft) in ck.tables(t, &p, "functions") {
-            if let Some(f) = parse_function(ck, &fp, ft, org.as_deref(), connections, defaults) {
+            let known = Known {
+                org: org.as_deref(),
+                connections,
+                declared,
+            };
+            if let Some(f) = parse_function(ck, &fp, ft, &known, defaults) {
                 if functions.iter().any(|g| g.name == f.name) {
                     ck.err(
                         at(&fp, "name"),
@@ -931,14 +954,25 @@ const FUNCTION_KEYS: &[&str] = &[
     "next",
 ];
 
+/// What a function may refer to.
+struct Known<'k> {
+    /// The agent's org, when valid.
+    org: Option<&'k str>,
+    /// Valid connections.
+    connections: &'k [Arc<Connection>],
+    /// Every declared connection id, valid or not (an invalid one has its own problems
+    /// reported; naming it is not another problem).
+    declared: &'k [String],
+}
+
 fn parse_function(
     ck: &mut Ck<'_>,
     p: &str,
     t: &Table,
-    agent_org: Option<&str>,
-    connections: &[Arc<Connection>],
+    known: &Known<'_>,
     defaults: &Defaults,
 ) -> Option<Function> {
+    let (agent_org, connections) = (known.org, known.connections);
     ck.keys(t, p, FUNCTION_KEYS);
     let name = ck.ident(t, p, "name");
     let description = ck.string(t, p, "description", true);
@@ -953,8 +987,9 @@ fn parse_function(
     let connection = ck.string(t, p, "connection", true).and_then(|c| {
         match connections.iter().find(|x| x.id == c) {
             Some(conn) => Some(conn.clone()),
+            None if known.declared.contains(&c) => None,
             None => {
-                let hint = suggestion(&c, connections.iter().map(|x| x.id.as_str()));
+                let hint = suggestion(&c, known.declared.iter().map(String::as_str));
                 ck.err(at(p, "connection"), format!("no connection {c:?}{hint}"));
                 None
             }
@@ -1011,6 +1046,10 @@ fn parse_function(
         })
     });
 
+    let declared_inputs: Vec<String> = match t.get("inputs") {
+        Some(Value::Table(it)) => it.keys().cloned().collect(),
+        _ => Vec::new(),
+    };
     let inputs = match (action, ck.table(t, p, "inputs")) {
         (Some(action), Some(it)) => parse_inputs(ck, &at(p, "inputs"), it, action),
         (Some(action), None) => {
@@ -1024,10 +1063,10 @@ fn parse_function(
         let rp = at(p, "recipient");
         ck.keys(rt, &rp, &["input", "policy"]);
         let input = ck.string(rt, &rp, "input", true);
-        if let Some(i) = &input
-            && !inputs.iter().any(|(n, _)| n == i)
+        if let (Some(i), Some(_)) = (&input, action)
+            && !declared_inputs.contains(i)
         {
-            let hint = suggestion(i, inputs.iter().map(|(n, _)| n.as_str()));
+            let hint = suggestion(i, declared_inputs.iter().map(String::as_str));
             ck.err(
                 at(&rp, "input"),
                 format!("{i:?} is not one of this function's inputs{hint}"),

@@ -1,0 +1,215 @@
+//! Test harness: a real toolgate on ephemeral ports, real loopback mock providers, and a real
+//! WebSocket client. Nothing of toolgate's own internals is mocked.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use toolgate::client::{CallClient, Received};
+use toolgate::config::{Config, LoadOptions};
+use toolgate::mock::MockProvider;
+use toolgate::server::Server;
+
+pub const ACME_TOKEN: &str = "acme-session-token-7f3a";
+pub const BETA_TOKEN: &str = "beta-session-token-91c2";
+pub const RESEND_KEY: &str = "re_test_secret_4b1d9e";
+pub const WATI_TOKEN: &str = "wati-test-secret-88e1";
+pub const BETA_WATI_TOKEN: &str = "wati-beta-secret-0a7c";
+pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// Every secret of the test config, for leak checks.
+pub const SECRETS: [&str; 6] = [
+    ACME_TOKEN,
+    BETA_TOKEN,
+    RESEND_KEY,
+    WATI_TOKEN,
+    BETA_WATI_TOKEN,
+    "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+];
+
+pub const CALLER: &str = "+14155550100";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+fn env(name: &str) -> Option<String> {
+    Some(
+        match name {
+            "ACME_SESSION_TOKEN" => ACME_TOKEN,
+            "BETA_SESSION_TOKEN" => BETA_TOKEN,
+            "ACME_RESEND_KEY" => RESEND_KEY,
+            "ACME_WATI_TOKEN" => WATI_TOKEN,
+            "BETA_WATI_TOKEN" => BETA_WATI_TOKEN,
+            "ACME_WEBHOOK_SECRET" => WEBHOOK_SECRET,
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+pub struct Env {
+    pub server: Server,
+    pub resend: MockProvider,
+    pub wati: MockProvider,
+    pub webhook: MockProvider,
+    pub beta_wati: MockProvider,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        Env::start_with(|t| t).await
+    }
+
+    /// Start with an edited config text.
+    pub async fn start_with(edit: impl FnOnce(String) -> String) -> Env {
+        let resend = MockProvider::resend(RESEND_KEY).await.unwrap();
+        let wati = MockProvider::wati(WATI_TOKEN).await.unwrap();
+        let webhook = MockProvider::webhook(WEBHOOK_SECRET).await.unwrap();
+        let beta_wati = MockProvider::wati(BETA_WATI_TOKEN).await.unwrap();
+        let text = include_str!("test.toml")
+            .replace("{resend}", &resend.url())
+            .replace("{wati}", &wati.url())
+            .replace("{webhook}", &webhook.url())
+            .replace("{beta_wati}", &beta_wati.url());
+        let config = Config::from_toml(&edit(text), &LoadOptions::new(".").with_env(env))
+            .unwrap_or_else(|e| panic!("test config: {e}"));
+        let server = Server::start(config).await.unwrap();
+        Env {
+            server,
+            resend,
+            wati,
+            webhook,
+            beta_wati,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.session_url()
+    }
+
+    pub async fn connect(&self) -> CallClient {
+        CallClient::connect(&self.url(), Some(ACME_TOKEN))
+            .await
+            .unwrap()
+    }
+
+    /// A started session of `support-bot` for the standard caller.
+    pub async fn session(&self, call_id: &str, variables: Value) -> Session {
+        let mut client = self.connect().await;
+        let ready = start(&mut client, call_id, "support-bot", variables).await;
+        assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);
+        Session { client, ready }
+    }
+}
+
+pub async fn start(
+    client: &mut CallClient,
+    call_id: &str,
+    agent: &str,
+    variables: Value,
+) -> Received {
+    client
+        .send(&json!({
+            "type": "session.start", "call_id": call_id, "agent": agent,
+            "caller": {"number": CALLER, "name": "Ana"},
+            "variables": variables,
+        }))
+        .await
+        .unwrap();
+    client.recv(WAIT).await.unwrap()
+}
+
+pub fn order_vars() -> Value {
+    json!({"email": "ana@example.com", "order_id": "A-1042"})
+}
+
+pub struct Session {
+    pub client: CallClient,
+    pub ready: Received,
+}
+
+/// The answer to one tool call: frames before the result, and the result.
+pub struct Answer {
+    pub before: Vec<Received>,
+    pub result: Received,
+}
+
+impl Answer {
+    pub fn status(&self) -> &str {
+        self.result.frame["status"].as_str().unwrap()
+    }
+
+    pub fn output(&self) -> Value {
+        serde_json::from_str(self.result.frame["output"].as_str().unwrap()).unwrap()
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.output()["error"].as_str().map(str::to_owned)
+    }
+
+    pub fn fillers(&self) -> Vec<&Received> {
+        self.before
+            .iter()
+            .filter(|r| r.ty() == "tool.filler")
+            .collect()
+    }
+}
+
+impl Session {
+    pub async fn say(&mut self, text: &str) {
+        self.client
+            .send(&json!({"type": "transcript", "role": "caller", "text": text, "final": true}))
+            .await
+            .unwrap();
+    }
+
+    pub async fn agent_says(&mut self, text: &str) {
+        self.client
+            .send(&json!({"type": "transcript", "role": "agent", "text": text, "final": true}))
+            .await
+            .unwrap();
+    }
+
+    pub async fn consent(&mut self, scope: &str, granted: bool) {
+        self.client
+            .send(&json!({"type": "consent", "scope": scope, "granted": granted, "source": "dtmf"}))
+            .await
+            .unwrap();
+    }
+
+    /// Send a tool call (arguments as the OpenAI-style JSON string).
+    pub async fn send_call(&mut self, id: &str, name: &str, args: Value) {
+        self.client
+            .send(&json!({"type": "tool.call", "id": id, "name": name, "arguments": args.to_string()}))
+            .await
+            .unwrap();
+    }
+
+    pub async fn result_of(&mut self, id: &str) -> Answer {
+        let mut frames = self.client.until_result(id, WAIT).await.unwrap();
+        let result = frames.pop().unwrap();
+        Answer {
+            before: frames,
+            result,
+        }
+    }
+
+    pub async fn call(&mut self, id: &str, name: &str, args: Value) -> Answer {
+        self.send_call(id, name, args).await;
+        self.result_of(id).await
+    }
+
+    /// The next frame, which must be an `error` with this code.
+    pub async fn expect_error(&mut self, code: &str) -> Received {
+        let r = self.client.recv(WAIT).await.unwrap();
+        assert_eq!(r.ty(), "error", "{:?}", r.frame);
+        assert_eq!(r.frame["code"], code, "{:?}", r.frame);
+        r
+    }
+
+    /// Nothing arrives within `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        match self.client.recv(d).await {
+            Err(toolgate::client::ClientError::Timeout(_)) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+}

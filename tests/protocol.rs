@@ -1,0 +1,389 @@
+//! Wire protocol v1 over a real WebSocket: auth, session lifecycle, every error frame, and a
+//! session that keeps working after bad input.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use toolgate::client::{CallClient, ClientError};
+
+#[tokio::test]
+async fn upgrade_without_a_valid_token_is_refused_with_401() {
+    let env = Env::start().await;
+    for token in [None, Some("wrong-token"), Some("")] {
+        match CallClient::connect(&env.url(), token).await {
+            Err(ClientError::Refused(401)) => {}
+            Err(other) => panic!("{token:?}: expected 401, got {other}"),
+            Ok(_) => panic!("{token:?}: expected 401, got a WebSocket"),
+        }
+    }
+    // A plain HTTP request with a good token but no upgrade gets 426, not a socket.
+    let resp = reqwest::Client::new()
+        .get(format!("http://{}/v1/session", env.server.ws_addr))
+        .bearer_auth(ACME_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 426);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "upgrade_required");
+}
+
+#[tokio::test]
+async fn session_start_is_answered_with_the_agents_tools() {
+    let env = Env::start().await;
+    let s = env.session("c-ready", order_vars()).await;
+    let f = &s.ready.frame;
+    assert_eq!(f["protocol"], 1);
+    assert_eq!(f["call_id"], "c-ready");
+    let tools = f["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "send_whatsapp_confirmation",
+            "send_email_summary",
+            "email_someone",
+            "whatsapp_note",
+            "notify_team"
+        ]
+    );
+    // Inputs bound to session values are not parameters; `required` lists only what the
+    // model must supply in this call.
+    assert_eq!(
+        tools[0]["parameters"],
+        json!({"type": "object",
+               "properties": {"order_id": {"type": "string", "description": "The order number the caller gave"}},
+               "required": ["order_id"]})
+    );
+    assert_eq!(tools[1]["parameters"]["required"], json!(["summary"]));
+    assert_eq!(
+        tools[4]["parameters"]["properties"]["reason"]["enum"],
+        json!(["billing", "delivery", "other"])
+    );
+
+    // Without the `email` variable the model is told it must supply the address.
+    let s2 = env.session("c-ready-2", json!({"order_id": "A-1"})).await;
+    assert_eq!(
+        s2.ready.frame["tools"][1]["parameters"]["required"],
+        json!(["email", "summary"])
+    );
+}
+
+#[tokio::test]
+async fn frames_before_session_start_and_unknown_agents_get_errors() {
+    let env = Env::start().await;
+    let mut client = env.connect().await;
+    client
+        .send(&json!({"type": "transcript", "role": "caller", "text": "hi"}))
+        .await
+        .unwrap();
+    let r = client.recv(WAIT).await.unwrap();
+    assert_eq!(r.frame["code"], "no_session");
+    client.send(&json!({"type": "ping"})).await.unwrap();
+    assert_eq!(client.recv(WAIT).await.unwrap().ty(), "pong");
+
+    let r = start(&mut client, "c-1", "support-bott", json!({})).await;
+    assert_eq!(r.frame["code"], "unknown_agent");
+    assert!(
+        r.frame["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"support-bot\"")
+    );
+    // The connection is still usable: a correct start works.
+    let r = start(&mut client, "c-1", "support-bot", json!({})).await;
+    assert_eq!(r.ty(), "session.ready");
+}
+
+#[tokio::test]
+async fn malformed_input_gets_error_frames_and_the_session_keeps_working() {
+    let env = Env::start().await;
+    let mut s = env.session("c-malformed", order_vars()).await;
+
+    s.client.send_text("{\"type\": ").await.unwrap();
+    let e = s.expect_error("bad_json").await;
+    assert!(
+        e.frame["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 1 column")
+    );
+    assert_eq!(e.frame["ref"], serde_json::Value::Null);
+
+    s.client.send_text("[1, 2]").await.unwrap();
+    s.expect_error("bad_frame").await;
+    s.client
+        .send(&json!({"type": "transcript", "role": "caller", "text": 42}))
+        .await
+        .unwrap();
+    s.expect_error("bad_frame").await;
+    s.client
+        .send(&json!({"type": "tool.invoke", "id": "x"}))
+        .await
+        .unwrap();
+    s.expect_error("unknown_type").await;
+    s.client.send(&json!({"id": "x"})).await.unwrap();
+    s.expect_error("missing_field").await;
+    s.client
+        .send(&json!({"type": "tool.call", "id": "call_x"}))
+        .await
+        .unwrap();
+    let e = s.expect_error("missing_field").await;
+    assert_eq!(e.frame["ref"], "call_x");
+    s.client
+        .send(&json!({"type": "consent", "scope": "email"}))
+        .await
+        .unwrap();
+    s.expect_error("missing_field").await;
+    s.client.send_binary(vec![1, 2, 3]).await.unwrap();
+    s.expect_error("bad_frame").await;
+    let again = json!({"type": "session.start", "call_id": "c-other", "agent": "support-bot"});
+    s.client.send(&again).await.unwrap();
+    s.expect_error("session_exists").await;
+    s.client
+        .send(&json!({"type": "tool.cancel", "id": "never-sent"}))
+        .await
+        .unwrap();
+    let e = s.expect_error("unknown_call_id").await;
+    assert_eq!(e.frame["ref"], "never-sent");
+
+    // After all that, a tool call still goes through and the provider gets exactly one request.
+    s.say("Yes please, email me the summary.").await;
+    let a = s
+        .call(
+            "call_1",
+            "send_email_summary",
+            json!({"summary": "Ships Friday."}),
+        )
+        .await;
+    assert_eq!(a.status(), "succeeded", "{:?}", a.output());
+
+    // Reusing a tool call id is refused without a second result.
+    s.send_call(
+        "call_1",
+        "send_email_summary",
+        json!({"summary": "Ships Friday."}),
+    )
+    .await;
+    let e = s.expect_error("duplicate_call_id").await;
+    assert_eq!(e.frame["ref"], "call_1");
+    assert_eq!(env.resend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn oversized_frames_close_the_connection_with_1009() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "disconnect_grace_ms = 2000",
+            "disconnect_grace_ms = 2000\nmax_frame_bytes = 2048",
+        )
+    })
+    .await;
+    let mut s = env.session("c-big", json!({})).await;
+    let big = json!({"type": "transcript", "role": "caller", "text": "x".repeat(4096)});
+    s.client.send(&big).await.unwrap();
+    assert_eq!(s.client.closed(WAIT).await.unwrap(), Some(1009));
+}
+
+#[tokio::test]
+async fn a_token_of_one_org_cannot_use_another_orgs_agent() {
+    let env = Env::start().await;
+    let mut client = CallClient::connect(&env.url(), Some(BETA_TOKEN))
+        .await
+        .unwrap();
+    let r = start(&mut client, "c-x", "support-bot", json!({})).await;
+    assert_eq!(r.frame["code"], "forbidden");
+    assert_eq!(client.closed(WAIT).await.unwrap(), Some(1008));
+
+    // Its own agent works.
+    let mut client = CallClient::connect(&env.url(), Some(BETA_TOKEN))
+        .await
+        .unwrap();
+    let r = start(&mut client, "c-x", "beta-bot", json!({})).await;
+    assert_eq!(r.ty(), "session.ready");
+}
+
+#[tokio::test]
+async fn session_end_is_answered_then_the_socket_closes_normally() {
+    let env = Env::start().await;
+    let mut s = env.session("c-end", order_vars()).await;
+    s.client.send(&json!({"type": "ping"})).await.unwrap();
+    assert_eq!(s.client.recv(WAIT).await.unwrap().ty(), "pong");
+    s.say("Yes, send it please.").await;
+    let a = s
+        .call(
+            "call_1",
+            "send_whatsapp_confirmation",
+            json!({"order_id": "A-1042"}),
+        )
+        .await;
+    assert_eq!(a.status(), "succeeded");
+    let a = s.call("call_2", "unknown_fn", json!({})).await;
+    assert_eq!(a.status(), "rejected");
+    s.client
+        .send(&json!({"type": "session.end", "reason": "hangup"}))
+        .await
+        .unwrap();
+    let ended = s.client.recv(WAIT).await.unwrap();
+    assert_eq!(
+        ended.frame,
+        json!({"type": "session.ended", "call_id": "c-end", "invocations": 2, "deferred": 0})
+    );
+    assert_eq!(s.client.closed(WAIT).await.unwrap(), Some(1000));
+}
+
+#[tokio::test]
+async fn a_second_connection_cannot_take_over_a_live_session() {
+    let env = Env::start().await;
+    let _s = env.session("c-live", json!({})).await;
+    let mut other = env.connect().await;
+    let r = start(&mut other, "c-live", "support-bot", json!({})).await;
+    assert_eq!(r.frame["code"], "session_exists");
+    // The same call id under another org is a different session.
+    let mut beta = CallClient::connect(&env.url(), Some(BETA_TOKEN))
+        .await
+        .unwrap();
+    let r = start(&mut beta, "c-live", "beta-bot", json!({})).await;
+    assert_eq!(r.ty(), "session.ready");
+}
+
+#[tokio::test]
+async fn a_reconnect_within_the_grace_resumes_and_receives_results() {
+    let env = Env::start().await;
+    env.resend.push(toolgate::mock::Reply::slow(700));
+    let mut s = env.session("c-resume", order_vars()).await;
+    s.say("Yes please, email it.").await;
+    s.send_call(
+        "call_1",
+        "send_email_summary",
+        json!({"summary": "Ships Friday."}),
+    )
+    .await;
+    // The media server crashes before the provider answers.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.client.abort();
+
+    let mut client = env.connect().await;
+    let ready = start(&mut client, "c-resume", "support-bot", json!({})).await;
+    assert_eq!(ready.ty(), "session.ready");
+    assert_eq!(ready.frame["resumed"], true);
+    let frames = client.until_result("call_1", WAIT).await.unwrap();
+    let result = frames.last().unwrap();
+    assert_eq!(result.frame["status"], "succeeded");
+    assert_eq!(env.resend.delivered(), 1);
+
+    // The resumed session still remembers its actions: a repeat is a duplicate.
+    client
+        .send(
+            &json!({"type": "tool.call", "id": "call_2", "name": "send_email_summary",
+                      "arguments": {"summary": "Ships Friday."}}),
+        )
+        .await
+        .unwrap();
+    let frames = client.until_result("call_2", WAIT).await.unwrap();
+    assert_eq!(frames.last().unwrap().frame["status"], "duplicate");
+    assert_eq!(env.resend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn after_the_grace_a_dropped_session_is_gone() {
+    let env =
+        Env::start_with(|t| t.replace("disconnect_grace_ms = 2000", "disconnect_grace_ms = 100"))
+            .await;
+    let s = env.session("c-gone", json!({})).await;
+    s.client.abort();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut client = env.connect().await;
+    let ready = start(&mut client, "c-gone", "support-bot", json!({})).await;
+    assert_eq!(ready.ty(), "session.ready");
+    assert_eq!(
+        ready.frame.get("resumed"),
+        None,
+        "a fresh session, not a resume"
+    );
+}
+
+#[tokio::test]
+async fn frame_floods_are_rate_limited() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "disconnect_grace_ms = 2000",
+            "disconnect_grace_ms = 2000\nmax_frames_per_second = 5",
+        )
+    })
+    .await;
+    let mut s = env.session("c-flood", json!({})).await;
+    for _ in 0..5 {
+        s.client.send(&json!({"type": "ping"})).await.unwrap();
+    }
+    s.client
+        .send(&json!({"type": "ping", "id": "p6"}))
+        .await
+        .unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let r = s.client.recv(WAIT).await.unwrap();
+        codes.push(r.frame["code"].as_str().unwrap_or(r.ty()).to_owned());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "pong").count(),
+        5,
+        "{codes:?}"
+    );
+    assert_eq!(codes.last().unwrap(), "rate_limited");
+}
+
+#[tokio::test]
+async fn too_many_calls_in_flight_is_overloaded() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "disconnect_grace_ms = 2000",
+            "disconnect_grace_ms = 2000\nmax_inflight_per_session = 1",
+        )
+    })
+    .await;
+    env.webhook.push(toolgate::mock::Reply::slow(500));
+    let mut s = env.session("c-busy", json!({})).await;
+    s.send_call("call_1", "notify_team", json!({"reason": "billing"}))
+        .await;
+    s.send_call("call_2", "notify_team", json!({"reason": "delivery"}))
+        .await;
+    let e = s.expect_error("overloaded").await;
+    assert_eq!(e.frame["ref"], "call_2");
+    let a = s.result_of("call_1").await;
+    assert_eq!(a.status(), "succeeded");
+}
+
+#[tokio::test]
+async fn no_frame_ever_carries_a_secret() {
+    let env = Env::start().await;
+    env.wati.push(toolgate::mock::Reply::Raw {
+        status: 401,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-leak", order_vars()).await;
+    s.say("yes").await;
+    let mut seen = vec![s.ready.frame.to_string()];
+    for (i, (name, args)) in [
+        ("send_whatsapp_confirmation", json!({"order_id": "A-1"})),
+        ("send_email_summary", json!({"summary": "x"})),
+        ("notify_team", json!({"reason": "nope"})),
+        ("whatsapp_note", json!({"text": "hi"})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = s.call(&format!("call_{i}"), name, args).await;
+        seen.extend(a.before.iter().map(|r| r.frame.to_string()));
+        seen.push(a.result.frame.to_string());
+    }
+    for frame in &seen {
+        for secret in SECRETS {
+            assert!(!frame.contains(secret), "secret leaked in {frame}");
+        }
+    }
+}
