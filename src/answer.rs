@@ -228,6 +228,21 @@ pub fn failed(function: &Function, e: &ProviderError) -> Answer {
     }
 }
 
+/// toolgate itself failed while running the call.
+pub fn internal(function: &Function) -> Answer {
+    let next = next_text(
+        Some(function),
+        "internal",
+        &[],
+        "Something went wrong on our side and it is not known whether this went through. Tell the caller you could not confirm it; do not call it again in this call.".to_owned(),
+    );
+    Answer {
+        status: ResultStatus::Failed,
+        output: failure("internal", next, []),
+        data: None,
+    }
+}
+
 /// The outcome of a cancelled call's provider request, for `data.provider_outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderOutcome {

@@ -53,7 +53,12 @@ impl Mocks {
 
     /// The demo config pointing at these mocks.
     pub fn config(&self) -> Config {
-        let text = DEMO_CONFIG
+        self.config_with(|t| t)
+    }
+
+    /// The demo config, edited (benches raise limits this way).
+    pub fn config_with(&self, edit: impl FnOnce(String) -> String) -> Config {
+        let text = edit(DEMO_CONFIG.to_owned())
             .replace("{resend}", &self.resend.url())
             .replace("{wati}", &self.wati.url())
             .replace("{webhook}", &self.webhook.url());

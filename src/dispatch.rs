@@ -98,6 +98,8 @@ pub enum Outcome {
     Failed(ProviderError),
     /// Cancelled before it was sent.
     NotSent,
+    /// toolgate itself failed (a bug); whether anything was sent is unknown.
+    Internal(String),
 }
 
 /// Timestamps of one provider request, relative to the `tool.call`.
@@ -153,8 +155,29 @@ pub struct LiveCall {
     pub cancelled: Arc<AtomicBool>,
 }
 
-/// Run one call to completion, reporting fillers and the outcome to the session.
+/// Run one call to completion, reporting fillers and the outcome to the session. Whatever
+/// happens inside, including a panic, the session gets exactly one `Done` for the call.
 pub async fn run(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
+    use futures_util::FutureExt;
+    let id = call.id.clone();
+    let done = events.clone();
+    let work = std::panic::AssertUnwindSafe(run_inner(call, rt, events)).catch_unwind();
+    if let Err(panic) = work.await {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned());
+        tracing::error!(id = %id, panic = %what, "tool call task failed; answering it as an internal error");
+        let _ = done.send(Event::Done {
+            id,
+            outcome: Outcome::Internal(what),
+            timing: ProviderTiming::default(),
+        });
+    }
+}
+
+async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
     let function = &call.agent.functions[call.function];
     let budget = Budget::from(&function.timing);
     let mut timing = ProviderTiming::default();

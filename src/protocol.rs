@@ -221,26 +221,25 @@ pub struct ToolCall {
 pub enum Arguments {
     /// No `arguments` field: treated as an empty object.
     Absent,
-    /// The raw JSON text of the `arguments` value.
+    /// The raw JSON text of a non-string `arguments` value (normally an object).
     Json(String),
+    /// The contents of a string `arguments` value: JSON text the model wrote.
+    Text(String),
 }
 
 impl Arguments {
     /// Parse into a JSON object. Errors describe the problem for the model.
     pub fn parse(&self) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-        let raw = match self {
+        let value: serde_json::Value = match self {
             Arguments::Absent => return Ok(serde_json::Map::new()),
-            Arguments::Json(raw) => raw,
-        };
-        let value: serde_json::Value =
-            serde_json::from_str(raw).map_err(|e| format!("arguments are not JSON: {e}"))?;
-        let value = match value {
-            serde_json::Value::String(inner) if inner.trim().is_empty() => {
+            Arguments::Text(inner) if inner.trim().is_empty() => {
                 return Ok(serde_json::Map::new());
             }
-            serde_json::Value::String(inner) => serde_json::from_str(&inner)
+            Arguments::Text(inner) => serde_json::from_str(inner)
                 .map_err(|e| format!("arguments string is not JSON: {e}"))?,
-            other => other,
+            Arguments::Json(raw) => {
+                serde_json::from_str(raw).map_err(|e| format!("arguments are not JSON: {e}"))?
+            }
         };
         match value {
             serde_json::Value::Object(map) => Ok(map),
@@ -284,9 +283,36 @@ pub enum Inbound {
     Ping,
 }
 
+/// How a parser hands over the `arguments` value: serde_json keeps the raw text
+/// ([`RawValue`]); parsers without raw values hand over a parsed value.
+trait RawArguments {
+    fn into_arguments(self) -> Result<Arguments, FrameError>;
+}
+
+impl RawArguments for &RawValue {
+    fn into_arguments(self) -> Result<Arguments, FrameError> {
+        let raw = self.get();
+        if raw.starts_with('"') {
+            let inner: String = serde_json::from_str(raw).map_err(json_error)?;
+            Ok(Arguments::Text(inner))
+        } else {
+            Ok(Arguments::Json(raw.to_owned()))
+        }
+    }
+}
+
+impl RawArguments for serde_json::Value {
+    fn into_arguments(self) -> Result<Arguments, FrameError> {
+        match self {
+            serde_json::Value::String(inner) => Ok(Arguments::Text(inner)),
+            other => Ok(Arguments::Json(other.to_string())),
+        }
+    }
+}
+
 /// Every field any inbound frame may carry, borrowed from the frame text where possible.
 #[derive(Deserialize)]
-struct RawFrame<'a> {
+struct RawFrame<'a, A> {
     #[serde(rename = "type", borrow)]
     ty: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -310,15 +336,14 @@ struct RawFrame<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    arguments: Option<&'a RawValue>,
+    arguments: Option<A>,
     #[serde(borrow)]
     reason: Option<Cow<'a, str>>,
 }
 
 /// Decode one text frame.
 pub fn decode(text: &str) -> Result<Inbound, FrameError> {
-    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(json_error)?;
+    let raw: RawFrame<'_, &RawValue> = serde_json::from_str(text).map_err(json_error)?;
     let reference = raw.id.as_deref().map(str::to_owned);
     decode_raw(raw).map_err(|mut e| {
         e.reference = reference;
@@ -326,7 +351,21 @@ pub fn decode(text: &str) -> Result<Inbound, FrameError> {
     })
 }
 
-fn decode_raw(raw: RawFrame<'_>) -> Result<Inbound, FrameError> {
+/// [`decode`] with simd-json instead of serde_json, for the parser comparison in
+/// `benches/tool_call.rs`. simd-json parses in place, so it needs a mutable copy of the frame.
+#[cfg(feature = "simd-json")]
+#[doc(hidden)]
+pub fn decode_simd(buf: &mut [u8]) -> Result<Inbound, FrameError> {
+    let raw: RawFrame<'_, serde_json::Value> = simd_json::serde::from_slice(buf)
+        .map_err(|e| FrameError::new(ErrorCode::BadJson, e.to_string()))?;
+    let reference = raw.id.as_deref().map(str::to_owned);
+    decode_raw(raw).map_err(|mut e| {
+        e.reference = reference;
+        e
+    })
+}
+
+fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameError> {
     let ty = raw
         .ty
         .ok_or_else(|| FrameError::new(ErrorCode::MissingField, "every frame needs a `type`"))?;
@@ -394,7 +433,7 @@ fn decode_raw(raw: RawFrame<'_>) -> Result<Inbound, FrameError> {
             }
             let arguments = match raw.arguments {
                 None => Arguments::Absent,
-                Some(v) => Arguments::Json(v.get().to_owned()),
+                Some(v) => v.into_arguments()?,
             };
             Ok(Inbound::ToolCall(ToolCall {
                 id,
@@ -668,13 +707,41 @@ mod tests {
 
     #[test]
     fn arguments_accept_object_string_and_reject_other_shapes() {
-        let parse = |raw: &str| Arguments::Json(raw.to_owned()).parse();
+        let parse = |args: &str| {
+            let frame = format!(r#"{{"type":"tool.call","id":"c","name":"f","arguments":{args}}}"#);
+            match decode(&frame).unwrap() {
+                Inbound::ToolCall(call) => call.arguments.parse(),
+                other => panic!("{other:?}"),
+            }
+        };
         assert!(parse("{}").unwrap().is_empty());
         assert!(parse(r#""""#).unwrap().is_empty());
         assert!(parse("null").unwrap().is_empty());
+        assert_eq!(parse(r#""{\"a\":\"\u00e9\"}""#).unwrap()["a"], "é");
         assert!(parse("[1]").unwrap_err().contains("an array"));
         assert!(parse(r#""{not json""#).unwrap_err().contains("not JSON"));
         assert!(Arguments::Absent.parse().unwrap().is_empty());
+    }
+
+    #[cfg(feature = "simd-json")]
+    #[test]
+    fn simd_json_decodes_the_same_frames() {
+        for frame in [
+            r#"{"type":"tool.call","id":"call_01","name":"send","arguments":"{\"order_id\":\"A-1042\"}"}"#,
+            r#"{"type":"tool.call","id":"c2","name":"send","arguments":{"a":1}}"#,
+            r#"{"type":"session.start","call_id":"c","agent":"a","caller":{"number":"+14155550100"},"variables":{"x":1,"y":"z"}}"#,
+            r#"{"type":"transcript","role":"caller","text":"Yes please.","final":true}"#,
+        ] {
+            let a = decode(frame).unwrap();
+            let b = decode_simd(&mut frame.as_bytes().to_vec()).unwrap();
+            match (&a, &b) {
+                (Inbound::ToolCall(x), Inbound::ToolCall(y)) => {
+                    assert_eq!(x.arguments.parse(), y.arguments.parse());
+                    assert_eq!((&x.id, &x.name), (&y.id, &y.name));
+                }
+                _ => assert_eq!(a, b),
+            }
+        }
     }
 
     #[test]

@@ -370,6 +370,13 @@ struct Session {
     registered: bool,
 }
 
+impl Drop for Session {
+    /// A session that ends any way at all, a panic included, leaves the registry.
+    fn drop(&mut self) {
+        self.deregister();
+    }
+}
+
 impl Session {
     async fn run(mut self: Box<Self>, ws: Ws) {
         info!("session started");
@@ -446,9 +453,13 @@ impl Session {
             self.registered = false;
             self.rt.sessions.remove(&self.key);
             self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
-            // Sockets that raced to resume get told, not left hanging.
+            // Sockets that raced to resume get told, not left hanging (when a runtime is
+            // still there to tell them; at shutdown they are simply dropped).
+            let Ok(handle) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
             while let Ok(mut late) = self.reattach_rx.try_recv() {
-                tokio::spawn(async move {
+                handle.spawn(async move {
                     let _ = send(
                         &mut late,
                         error_frame(ErrorCode::NoSession, "the session has ended", None),
@@ -740,24 +751,33 @@ impl Session {
                     Outcome::Accepted(a) => ActionState::Succeeded {
                         message_id: a.message_id.clone(),
                     },
+                    // The outcome of an internal failure is unknown: keep blocking repeats.
+                    Outcome::Internal(_) => ActionState::InFlight,
                     Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
                 };
                 self.ledger.set_state(&id, state);
-                let a = if cancelled {
-                    let po = match &outcome {
-                        Outcome::Accepted(_) => ProviderOutcome::Succeeded,
-                        Outcome::Failed(_) => ProviderOutcome::Failed,
-                        Outcome::NotSent => ProviderOutcome::NotSent,
-                    };
-                    answer::cancelled(function, po, reason.as_deref())
-                } else {
-                    match &outcome {
-                        Outcome::Accepted(_) => answer::succeeded(function),
-                        Outcome::Failed(e) => answer::failed(function, e),
-                        Outcome::NotSent => {
-                            answer::cancelled(function, ProviderOutcome::NotSent, None)
-                        }
+                if let Outcome::Internal(what) = &outcome
+                    && !ended
+                {
+                    let message = format!("toolgate failed while running this call: {what}");
+                    self.pending.push((
+                        error_frame(ErrorCode::Internal, &message, Some(&id)),
+                        Keep::LiveOnly,
+                    ));
+                }
+                let a = match (&outcome, cancelled) {
+                    (Outcome::Internal(_), _) => answer::internal(function),
+                    (Outcome::Accepted(_), true) => {
+                        answer::cancelled(function, ProviderOutcome::Succeeded, reason.as_deref())
                     }
+                    (Outcome::Failed(_), true) => {
+                        answer::cancelled(function, ProviderOutcome::Failed, reason.as_deref())
+                    }
+                    (Outcome::NotSent, _) => {
+                        answer::cancelled(function, ProviderOutcome::NotSent, reason.as_deref())
+                    }
+                    (Outcome::Accepted(_), false) => answer::succeeded(function),
+                    (Outcome::Failed(e), false) => answer::failed(function, e),
                 };
                 debug!(
                     id = %id,
