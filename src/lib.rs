@@ -1,4 +1,35 @@
 //! toolgate: a tool-call sidecar for live voice-AI calls.
+//!
+//! A voice media server opens one WebSocket per phone call (`GET /v1/session`). When the
+//! model emits a tool call, the media server forwards it here; toolgate decides whether it may
+//! run, runs it against the real provider under a timing budget, keeps the caller from hearing
+//! silence, and answers the model with something it can act on.
+//!
+//! # How a tool call travels
+//!
+//! 1. [`server`] accepts the connection, checks the org's bearer token *before* upgrading
+//!    (401, no socket otherwise) and hands the socket to [`session`].
+//! 2. [`session`] runs one task per call. It owns the socket, the call history (transcript
+//!    turns, consent events) and the ledger of actions taken, so none of that is locked. Frames
+//!    are decoded by [`protocol`]; every malformed frame gets an `error` frame and the call
+//!    goes on.
+//! 3. A `tool.call` goes through [`guards`] synchronously, in memory: function exposed,
+//!    arguments ([`bindings`] resolves and type-checks every action input), required values,
+//!    connection health ([`connections`]), consent, recipient, duplicate, per-call limit.
+//!    A rejection is answered at once; nothing is sent.
+//! 4. An accepted call is spawned into [`dispatch`], which builds the provider request
+//!    ([`providers`]), sends it through the one pooled HTTP client and drives the timing
+//!    [`dispatch::Budget`]: filler events at `filler_after_ms` (and repeats), the hard timeout.
+//! 5. Fillers and the final outcome flow back to the session task over one FIFO channel, so a
+//!    filler can never follow its result; [`answer`] writes the `output` the model reads.
+//!
+//! Data flows one way: sessions call guards and dispatch; providers know nothing of sessions.
+//! Configuration ([`config`]) is checked completely before anything starts, and the
+//! [`runtime::Runtime`] shares it, the provider client and connection health among sessions.
+//!
+//! [`mock`] holds loopback providers that behave like the real APIs (used by the demo, the
+//! tests and the load generator), [`client`] a protocol client, [`demo`] the `toolgate demo`
+//! verb.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

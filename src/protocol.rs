@@ -1,6 +1,6 @@
 //! Wire protocol v1: the JSON text frames exchanged with the media server (SPEC §2).
 //!
-//! Decoding is a single pass of `serde_json` into one flat, borrowing [`RawFrame`] whose fields
+//! Decoding is a single pass of `serde_json` into one flat, borrowing `RawFrame` whose fields
 //! are all optional, followed by a per-type check. This keeps the hot path to one parse and lets
 //! every problem map to the precise error code the media server needs: `bad_json` (not JSON),
 //! `bad_frame` (JSON of the wrong shape), `unknown_type` and `missing_field`.
