@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::bindings::Source;
 use crate::config::Function;
-use crate::guards::Rejection;
+use crate::guards::{Guard, Rejection};
 use crate::protocol::ResultStatus;
 use crate::providers::{Delivery, FailureKind, ProviderError};
 use crate::session::state::ActionState;
@@ -22,15 +22,6 @@ pub struct Answer {
     pub output: String,
     /// Extra detail for the media server (`provider_outcome` of a cancelled call).
     pub data: Option<Value>,
-}
-
-/// The error code of an answer, when it has one (for metrics and evidence).
-pub fn error_code(output: &str) -> Option<String> {
-    serde_json::from_str::<Value>(output)
-        .ok()?
-        .get("error")?
-        .as_str()
-        .map(str::to_owned)
 }
 
 fn humanize(name: &str) -> String {
@@ -87,11 +78,11 @@ fn failure(
 /// A guard stopped the call.
 pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answer {
     let again = format!("call {name} again");
-    let default = match r.code {
-        "unknown_function" => {
+    let default = match r.guard {
+        Guard::FunctionExposed => {
             format!("There is no function named {name}. Use only the functions you were given.")
         }
-        "invalid_arguments" => match r.invalid.first() {
+        Guard::Arguments => match r.invalid.first() {
             Some(i) => format!(
                 "The {} given is not valid ({}). Confirm the correct value with the caller, then {again}.",
                 humanize(&i.field),
@@ -99,20 +90,19 @@ pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answe
             ),
             None => format!("The arguments could not be read ({}). Send a JSON object and {again}.", r.message),
         },
-        "missing_fields" => format!(
+        Guard::RequiredValues => format!(
             "Ask the caller for their {}, confirm it, then {again}.",
             list(&r.missing)
         ),
-        "connection_unavailable" => "This service is not available right now. Tell the caller you cannot do this at the moment and offer another way; do not call it again in this call.".to_owned(),
-        "consent_required" => format!(
+        Guard::Connection => "This service is not available right now. Tell the caller you cannot do this at the moment and offer another way; do not call it again in this call.".to_owned(),
+        Guard::Consent => format!(
             "Do not do this yet. Ask the caller whether they want it, and {again} only after they clearly agree."
         ),
-        "recipient_not_allowed" => "This can only go to the caller's own contact details. Do not send it anywhere else; tell the caller it can only be sent to them.".to_owned(),
-        "limit_reached" => "This has already been done as many times as allowed in this call. Tell the caller it was already taken care of; do not call it again.".to_owned(),
-        "rate_limited" => "Too many of these right now. Tell the caller it cannot be done at this moment.".to_owned(),
-        _ => format!("This could not be done ({}).", r.message),
+        Guard::Recipient => "This can only go to the caller's own contact details. Do not send it anywhere else; tell the caller it can only be sent to them.".to_owned(),
+        Guard::PerCallLimit => "This has already been done as many times as allowed in this call. Tell the caller it was already taken care of; do not call it again.".to_owned(),
+        Guard::Duplicate => format!("This could not be done ({}).", r.message),
     };
-    let next = next_text(function, r.code, &r.missing, default);
+    let next = next_text(function, r.code(), &r.missing, default);
     let mut extra: Vec<(&'static str, Value)> = Vec::new();
     if !r.missing.is_empty() {
         extra.push(("missing", json!(r.missing)));
@@ -130,7 +120,7 @@ pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answe
     }
     Answer {
         status: ResultStatus::Rejected,
-        output: failure(r.code, next, extra),
+        output: failure(r.code(), next, extra),
         data: None,
     }
 }
@@ -141,6 +131,10 @@ pub fn duplicate(function: &Function, earlier_call: &str, state: &ActionState) -
         ActionState::Succeeded { .. } => (
             "already_done",
             "This was already done earlier in the call; nothing new was sent. Tell the caller it is already taken care of.",
+        ),
+        ActionState::Unknown => (
+            "unconfirmed",
+            "An earlier attempt may have gone through and could not be confirmed; nothing new was sent, so the caller does not get it twice. Tell the caller you could not confirm it.",
         ),
         ActionState::Deferred => (
             "queued",
@@ -153,7 +147,7 @@ pub fn duplicate(function: &Function, earlier_call: &str, state: &ActionState) -
     };
     let next = next_text(Some(function), "duplicate", &[], default.to_owned());
     let mut m = Map::new();
-    m.insert("ok".into(), json!(true));
+    m.insert("ok".into(), json!(*state != ActionState::Unknown));
     m.insert("status".into(), json!(status));
     m.insert("duplicate_of".into(), json!(earlier_call));
     m.insert("next".into(), json!(next));
@@ -252,6 +246,8 @@ pub enum ProviderOutcome {
     Succeeded,
     /// The provider refused or errored.
     Failed,
+    /// It may or may not have gone through (timeout, reset, 5xx).
+    Unknown,
 }
 
 impl ProviderOutcome {
@@ -260,6 +256,7 @@ impl ProviderOutcome {
             ProviderOutcome::NotSent => "not_sent",
             ProviderOutcome::Succeeded => "succeeded",
             ProviderOutcome::Failed => "failed",
+            ProviderOutcome::Unknown => "unknown",
         }
     }
 }
@@ -275,6 +272,9 @@ pub fn cancelled(function: &Function, outcome: ProviderOutcome, reason: Option<&
         }
         ProviderOutcome::Failed => {
             "The caller interrupted, and the attempt did not go through. Only try again if the caller still wants it."
+        }
+        ProviderOutcome::Unknown => {
+            "The caller interrupted, and it could not be confirmed whether this went through. Do not try again in this call; tell the caller if they ask."
         }
     };
     let next = next_text(Some(function), "cancelled", &[], default.to_owned());
@@ -302,7 +302,7 @@ mod tests {
     #[test]
     fn missing_fields_read_like_the_spec_example() {
         let r = Rejection {
-            code: "missing_fields",
+            guard: Guard::RequiredValues,
             message: String::new(),
             missing: vec!["email".into()],
             invalid: Vec::new(),
@@ -317,7 +317,6 @@ mod tests {
             v["next"],
             "Ask the caller for their email address, confirm it, then call send_email_summary again."
         );
-        assert_eq!(error_code(&a.output).as_deref(), Some("missing_fields"));
     }
 
     #[test]

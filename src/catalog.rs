@@ -30,6 +30,16 @@ impl Provider {
     pub fn parse(s: &str) -> Option<Provider> {
         Provider::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// Whether sending the same action again cannot act twice: Resend replays the first answer
+    /// for a repeated `Idempotency-Key`, and Standard Webhooks receivers dedupe on the stable
+    /// `webhook-id`. Wati has no such key: after an unknown outcome a repeat may send twice.
+    pub fn idempotent(self) -> bool {
+        match self {
+            Provider::Resend | Provider::Webhook => true,
+            Provider::Wati => false,
+        }
+    }
 }
 
 impl fmt::Display for Provider {

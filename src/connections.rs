@@ -3,7 +3,7 @@
 //! Status is `pending` until validated, `connected`, `error` (the provider refused the
 //! credentials) or `disconnected` (disabled). A 401/403 during an action flips a connection to
 //! `error`, and later calls fail fast with `connection_unavailable` instead of hammering a
-//! provider that will refuse them.
+//! provider that will refuse them. Until validation exists, `error` lasts until a restart.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -14,8 +14,9 @@ use crate::config::{Config, Connection};
 /// A connection's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {
-    /// Not validated yet. Actions are allowed: validation runs in the background and must
-    /// not hold up the first calls after start-up.
+    /// Not validated yet. Actions are allowed: this version has no validation yet (it
+    /// arrives with the connections work, where it runs in the background and must not hold
+    /// up the first calls after start-up), so refusing `pending` would refuse everything.
     Pending,
     /// Validated.
     Connected,

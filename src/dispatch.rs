@@ -223,6 +223,16 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
             }
         }
     };
+    let mut outcome = outcome;
+    if let Outcome::Failed(e) = &mut outcome {
+        // Providers echo inputs and, when misbehaving, headers: nothing they say reaches the
+        // model, the logs or the evidence unredacted.
+        let secrets = function.connection.secret_texts();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        if let std::borrow::Cow::Owned(clean) = crate::redact::text(&e.message, &secrets) {
+            e.message = clean;
+        }
+    }
     if let Outcome::Failed(e) = &outcome {
         debug!(
             function = %function.name,

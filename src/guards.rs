@@ -13,12 +13,63 @@ use crate::connections::Registry;
 use crate::protocol::ToolCall;
 use crate::session::state::{ActionState, Entry, History, Ledger};
 
+/// The guards, in the order SPEC §3 evaluates them: the first failing guard decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Guard {
+    /// The name is one of the agent's functions.
+    FunctionExposed,
+    /// The arguments parse and every value matches its type.
+    Arguments,
+    /// Every required input resolves.
+    RequiredValues,
+    /// The connection is usable.
+    Connection,
+    /// The caller consented.
+    Consent,
+    /// The recipient obeys the function's policy.
+    Recipient,
+    /// The same action is not already done, running or deferred in this call.
+    Duplicate,
+    /// `max_per_call` is not reached.
+    PerCallLimit,
+}
+
+impl Guard {
+    /// The guard's name in the evidence.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Guard::FunctionExposed => "function_exposed",
+            Guard::Arguments => "arguments",
+            Guard::RequiredValues => "required_values",
+            Guard::Connection => "connection",
+            Guard::Consent => "consent",
+            Guard::Recipient => "recipient",
+            Guard::Duplicate => "duplicate",
+            Guard::PerCallLimit => "per_call_limit",
+        }
+    }
+
+    /// The `error` code of a rejection by this guard (`None` for the duplicate guard, whose
+    /// outcome is the `duplicate` status).
+    pub fn reject_code(self) -> Option<&'static str> {
+        match self {
+            Guard::FunctionExposed => Some("unknown_function"),
+            Guard::Arguments => Some("invalid_arguments"),
+            Guard::RequiredValues => Some("missing_fields"),
+            Guard::Connection => Some("connection_unavailable"),
+            Guard::Consent => Some("consent_required"),
+            Guard::Recipient => Some("recipient_not_allowed"),
+            Guard::Duplicate => None,
+            Guard::PerCallLimit => Some("limit_reached"),
+        }
+    }
+}
+
 /// One guard's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
-    /// Guard name: `function_exposed`, `arguments`, `required_values`, `connection`,
-    /// `consent`, `recipient`, `duplicate`, `per_call_limit`.
-    pub name: &'static str,
+    /// Which guard.
+    pub guard: Guard,
     /// Whether it passed.
     pub passed: bool,
     /// Why, for the evidence.
@@ -28,14 +79,30 @@ pub struct Verdict {
 /// Why a call was stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// The `error` code of the output.
-    pub code: &'static str,
-    /// What is wrong, for the model.
+    /// The guard that stopped it.
+    pub guard: Guard,
+    /// What is wrong.
     pub message: String,
     /// Missing values (`missing_fields`).
     pub missing: Vec<String>,
     /// Invalid values (`invalid_arguments`).
     pub invalid: Vec<Invalid>,
+}
+
+impl Rejection {
+    fn new(guard: Guard, message: impl Into<String>) -> Self {
+        Rejection {
+            guard,
+            message: message.into(),
+            missing: Vec::new(),
+            invalid: Vec::new(),
+        }
+    }
+
+    /// The `error` code of the output.
+    pub fn code(&self) -> &'static str {
+        self.guard.reject_code().unwrap_or("duplicate")
+    }
 }
 
 /// What the guards decided.
@@ -84,216 +151,177 @@ pub struct CallView<'a> {
     pub connections: &'a Registry,
 }
 
-fn verdict(name: &'static str, passed: bool, detail: impl Into<String>) -> Verdict {
-    Verdict {
-        name,
-        passed,
-        detail: detail.into(),
+/// Collects verdicts and the failures that may decide.
+struct Chain {
+    verdicts: Vec<Verdict>,
+    stops: Vec<Decision>,
+}
+
+impl Chain {
+    fn pass(&mut self, guard: Guard, detail: impl Into<String>) {
+        self.verdicts.push(Verdict {
+            guard,
+            passed: true,
+            detail: detail.into(),
+        });
+    }
+
+    fn fail(&mut self, rejection: Rejection) {
+        self.verdicts.push(Verdict {
+            guard: rejection.guard,
+            passed: false,
+            detail: rejection.message.clone(),
+        });
+        self.stops.push(Decision::Rejected(rejection));
+    }
+
+    /// The first failing guard in SPEC order decides.
+    fn decision(&mut self) -> Decision {
+        let rank = |d: &Decision| match d {
+            Decision::Rejected(r) => r.guard,
+            Decision::Duplicate { .. } => Guard::Duplicate,
+            Decision::Proceed => Guard::PerCallLimit,
+        };
+        self.stops
+            .drain(..)
+            .min_by_key(rank)
+            .unwrap_or(Decision::Proceed)
     }
 }
 
 /// Run the guard chain for one tool call.
 pub fn check(agent: &Agent, call: &ToolCall, view: &CallView<'_>) -> Checked {
-    let mut verdicts = Vec::with_capacity(8);
+    let mut chain = Chain {
+        verdicts: Vec::with_capacity(8),
+        stops: Vec::new(),
+    };
     let Some(index) = agent.functions.iter().position(|f| f.name == call.name) else {
-        verdicts.push(verdict(
-            "function_exposed",
-            false,
+        chain.fail(Rejection::new(
+            Guard::FunctionExposed,
             format!("agent {:?} has no function {:?}", agent.id, call.name),
         ));
         return Checked {
             function: None,
-            verdicts,
-            decision: Decision::Rejected(Rejection {
-                code: "unknown_function",
-                message: format!("there is no function named {:?}", call.name),
-                missing: Vec::new(),
-                invalid: Vec::new(),
-            }),
+            decision: chain.decision(),
+            verdicts: chain.verdicts,
             resolution: Resolution::default(),
             key: None,
         };
     };
     let function = &agent.functions[index];
-    verdicts.push(verdict("function_exposed", true, ""));
-    let mut rejections: Vec<Rejection> = Vec::new();
+    chain.pass(Guard::FunctionExposed, "");
 
-    // arguments
     let resolution = match call.arguments.parse() {
-        Ok(args) => {
-            let r = resolve(&function.inputs, &args, view.ctx);
-            if r.invalid.is_empty() {
-                verdicts.push(verdict("arguments", true, ""));
-            } else {
-                let detail = r
-                    .invalid
-                    .iter()
-                    .map(|i| format!("{}: {}", i.field, i.reason))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                verdicts.push(verdict("arguments", false, detail.clone()));
-                rejections.push(Rejection {
-                    code: "invalid_arguments",
-                    message: detail,
-                    missing: Vec::new(),
-                    invalid: r.invalid.clone(),
-                });
-            }
-            Some(r)
-        }
+        Ok(args) => Some(resolve(&function.inputs, &args, view.ctx)),
         Err(e) => {
-            verdicts.push(verdict("arguments", false, e.clone()));
-            rejections.push(Rejection {
-                code: "invalid_arguments",
-                message: e,
-                missing: Vec::new(),
-                invalid: Vec::new(),
-            });
+            chain.fail(Rejection::new(Guard::Arguments, e));
             None
         }
     };
-
-    // required values
     if let Some(r) = &resolution {
-        if r.missing.is_empty() {
-            verdicts.push(verdict("required_values", true, ""));
+        if r.invalid.is_empty() {
+            chain.pass(Guard::Arguments, "");
         } else {
-            let detail = r.missing_detail.join("; ");
-            verdicts.push(verdict("required_values", false, detail.clone()));
-            rejections.push(Rejection {
-                code: "missing_fields",
-                message: format!("missing {}", r.missing.join(", ")),
-                missing: r.missing.clone(),
-                invalid: Vec::new(),
-            });
+            let detail = r
+                .invalid
+                .iter()
+                .map(|i| format!("{}: {}", i.field, i.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut rej = Rejection::new(Guard::Arguments, detail);
+            rej.invalid = r.invalid.clone();
+            chain.fail(rej);
+        }
+        if r.missing.is_empty() {
+            chain.pass(Guard::RequiredValues, "");
+        } else {
+            let mut rej = Rejection::new(Guard::RequiredValues, r.missing_detail.join("; "));
+            rej.missing = r.missing.clone();
+            chain.fail(rej);
         }
     }
 
-    // connection
     let conn = &function.connection;
     match view.connections.health(&conn.id) {
-        Some(h) if h.status().usable() => {
-            verdicts.push(verdict("connection", true, h.status().as_str()));
-        }
-        other => {
-            let detail = match other {
-                Some(h) => match h.reason() {
-                    Some(reason) => format!("{} is {}: {reason}", conn.id, h.status().as_str()),
-                    None => format!("{} is {}", conn.id, h.status().as_str()),
-                },
-                None => format!("{} is not registered", conn.id),
+        Some(h) if h.status().usable() => chain.pass(Guard::Connection, h.status().as_str()),
+        Some(h) => {
+            let detail = match h.reason() {
+                Some(reason) => format!("{} is {}: {reason}", conn.id, h.status().as_str()),
+                None => format!("{} is {}", conn.id, h.status().as_str()),
             };
-            verdicts.push(verdict("connection", false, detail.clone()));
-            rejections.push(Rejection {
-                code: "connection_unavailable",
-                message: detail,
-                missing: Vec::new(),
-                invalid: Vec::new(),
-            });
+            chain.fail(Rejection::new(Guard::Connection, detail));
         }
+        None => chain.fail(Rejection::new(
+            Guard::Connection,
+            format!("{} is not registered", conn.id),
+        )),
     }
 
-    // consent
-    if let Some(rule) = &function.consent {
-        let (passed, detail) = consent(rule, view.history);
-        verdicts.push(verdict("consent", passed, detail.clone()));
-        if !passed {
-            rejections.push(Rejection {
-                code: "consent_required",
-                message: detail,
-                missing: Vec::new(),
-                invalid: Vec::new(),
-            });
-        }
-    } else {
-        verdicts.push(verdict("consent", true, "no consent required"));
+    match &function.consent {
+        Some(rule) => match consent(rule, view.history) {
+            (true, detail) => chain.pass(Guard::Consent, detail),
+            (false, detail) => chain.fail(Rejection::new(Guard::Consent, detail)),
+        },
+        None => chain.pass(Guard::Consent, "no consent required"),
     }
 
     let complete = resolution
         .as_ref()
         .is_some_and(|r| r.missing.is_empty() && r.invalid.is_empty());
-
-    // recipient
-    if let (Some(rule), Some(r)) = (&function.recipient, &resolution) {
-        match r.get(&rule.input).and_then(|i| i.value.as_text()) {
-            Some(value) => {
-                let (passed, detail) = recipient(rule, value, view);
-                verdicts.push(verdict("recipient", passed, detail.clone()));
-                if !passed {
-                    rejections.push(Rejection {
-                        code: "recipient_not_allowed",
-                        message: detail,
-                        missing: Vec::new(),
-                        invalid: Vec::new(),
-                    });
-                }
-            }
-            None if complete => verdicts.push(verdict("recipient", true, "no recipient given")),
+    match (&function.recipient, &resolution) {
+        (None, _) => chain.pass(Guard::Recipient, "no recipient policy"),
+        (Some(rule), Some(r)) => match r.get(&rule.input).and_then(|i| i.value.as_text()) {
+            Some(value) => match recipient(rule, value, view) {
+                (true, detail) => chain.pass(Guard::Recipient, detail),
+                (false, detail) => chain.fail(Rejection::new(Guard::Recipient, detail)),
+            },
+            None if complete => chain.pass(Guard::Recipient, "no recipient given"),
+            // The recipient did not resolve: nothing to judge yet.
             None => {}
-        }
-    } else if function.recipient.is_none() {
-        verdicts.push(verdict("recipient", true, "no recipient policy"));
+        },
+        (Some(_), None) => {}
     }
 
-    // duplicate and per-call limit: only for a complete action
+    // The duplicate and per-call-limit guards judge a complete action only.
     let mut key = None;
-    let mut duplicate = None;
     if let (true, Some(r)) = (complete, &resolution) {
         let k = action_key(view.ctx, function, r);
         match view.ledger.live_with_key(&k) {
             Some(earlier) => {
-                verdicts.push(verdict(
-                    "duplicate",
-                    false,
-                    format!(
+                chain.verdicts.push(Verdict {
+                    guard: Guard::Duplicate,
+                    passed: false,
+                    detail: format!(
                         "same action as {} ({})",
                         earlier.tool_call_id, earlier.invocation_id
                     ),
-                ));
-                duplicate = Some(Decision::Duplicate {
+                });
+                chain.stops.push(Decision::Duplicate {
                     tool_call_id: earlier.tool_call_id.clone(),
                     invocation_id: earlier.invocation_id.clone(),
                     state: earlier.state.clone(),
                 });
             }
-            None => verdicts.push(verdict("duplicate", true, "")),
+            None => chain.pass(Guard::Duplicate, ""),
         }
         key = Some(k);
         if let Some(max) = function.max_per_call {
             let n = view.ledger.live_count(&function.name);
             if n >= max as usize {
-                let detail = format!("{n} of {max} allowed per call already done or pending");
-                verdicts.push(verdict("per_call_limit", false, detail.clone()));
-                rejections.push(Rejection {
-                    code: "limit_reached",
-                    message: detail,
-                    missing: Vec::new(),
-                    invalid: Vec::new(),
-                });
-            } else {
-                verdicts.push(verdict(
-                    "per_call_limit",
-                    true,
-                    format!("{n} of {max} used"),
+                chain.fail(Rejection::new(
+                    Guard::PerCallLimit,
+                    format!("{n} of {max} allowed per call already done or pending"),
                 ));
+            } else {
+                chain.pass(Guard::PerCallLimit, format!("{n} of {max} used"));
             }
         }
     }
 
-    // The first failure in SPEC order decides: every rejection but the per-call limit comes
-    // before the duplicate guard, the limit after it.
-    let decision = match rejections.iter().find(|r| r.code != "limit_reached") {
-        Some(first) => Decision::Rejected(first.clone()),
-        None => match (duplicate, rejections.into_iter().next()) {
-            (Some(dup), _) => dup,
-            (None, Some(limit)) => Decision::Rejected(limit),
-            (None, None) => Decision::Proceed,
-        },
-    };
     Checked {
         function: Some(index),
-        verdicts,
-        decision,
+        decision: chain.decision(),
+        verdicts: chain.verdicts,
         resolution: resolution.unwrap_or_default(),
         key,
     }
@@ -333,11 +361,21 @@ fn action_key(ctx: &CallContext, function: &Function, r: &Resolution) -> String 
     out
 }
 
-/// The most recent clear yes or no decides: a `consent` event for the scope (any time), or a
-/// final caller turn among the last `within_turns` that matches `deny` (no) or `allow` (yes).
+/// The most recent clear yes or no decides: a `consent` event for the scope (at any time), or a
+/// final caller turn that matches `deny` (a no) or, among the last `within_turns` caller turns,
+/// `allow` (a yes). A no outside the window still outweighs an older grant; a yes outside it
+/// no longer counts.
 fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
+    let entries = history.entries();
+    let last_event = entries
+        .iter()
+        .rposition(|e| matches!(e, Entry::Consent { scope, .. } if *scope == rule.scope));
     let mut caller_turns = 0usize;
-    for entry in history.entries().iter().rev() {
+    for (i, entry) in entries.iter().enumerate().rev() {
+        let within = caller_turns < rule.within_turns;
+        if !within && last_event.is_none_or(|e| i < e) {
+            break;
+        }
         match entry {
             Entry::Consent {
                 scope,
@@ -357,7 +395,7 @@ fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
                 text,
                 is_final: true,
                 ..
-            } if caller_turns < rule.within_turns => {
+            } => {
                 caller_turns += 1;
                 if rule.deny.is_match(text) {
                     return (
@@ -365,7 +403,7 @@ fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
                         format!("the caller declined {caller_turns} turn(s) ago"),
                     );
                 }
-                if rule.allow.is_match(text) {
+                if within && rule.allow.is_match(text) {
                     return (
                         true,
                         format!("the caller agreed {caller_turns} turn(s) ago"),
@@ -433,31 +471,63 @@ fn policy_name(p: RecipientPolicy) -> &'static str {
     }
 }
 
-/// Whether a caller turn contains the recipient: an email written or spelled out ("ana at
-/// example dot com"), or a phone number's last nine digits (seven at least) among the turn's
-/// digits, so "415 555 0100" matches +14155550100.
+/// Whether a caller turn contains the recipient as a whole: an email written or spelled out
+/// ("bo at example dot com"), or a phone number spoken as one run of digits (spaces, dashes,
+/// dots and parentheses allowed between them), in international or national form
+/// ("415 555 0100" and "(415) 555-0100" match +14155550100; a trunk `0` is ignored).
 fn spoken(value: &str, history: &History) -> bool {
     let value = value.trim();
     if value.contains('@') {
         let want = value.to_ascii_lowercase();
         return history.caller_turns_rev().any(|turn| {
-            let t = turn
-                .to_ascii_lowercase()
+            let t = format!(" {} ", turn.to_ascii_lowercase())
                 .replace(" at ", "@")
                 .replace(" dot ", ".");
-            let compact: String = t.chars().filter(|c| !c.is_whitespace()).collect();
-            compact.contains(&want)
+            t.split(|c: char| {
+                c.is_whitespace()
+                    || matches!(
+                        c,
+                        ',' | ';' | '!' | '?' | '"' | '\'' | '(' | ')' | '<' | '>'
+                    )
+            })
+            .map(|tok| tok.trim_end_matches('.'))
+            .any(|tok| tok == want)
         });
     }
-    let digits: String = value.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() < 7 {
-        return false;
+    let number: String = value.chars().filter(char::is_ascii_digit).collect();
+    history
+        .caller_turns_rev()
+        .any(|turn| digit_runs(turn).any(|run| same_number(&number, &run)))
+}
+
+/// Runs of digits in text, joined across the separators people use inside one number.
+fn digit_runs(text: &str) -> impl Iterator<Item = String> + '_ {
+    let mut runs = Vec::new();
+    let mut cur = String::new();
+    let mut pending_sep = false;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            cur.push(c);
+            pending_sep = false;
+        } else if !cur.is_empty() && matches!(c, ' ' | '-' | '.' | '(' | ')') && !pending_sep {
+            pending_sep = true;
+        } else if c == '(' && cur.is_empty() {
+        } else if !cur.is_empty() {
+            runs.push(std::mem::take(&mut cur));
+            pending_sep = false;
+        }
     }
-    let tail = &digits[digits.len().saturating_sub(9)..];
-    history.caller_turns_rev().any(|turn| {
-        let turn_digits: String = turn.chars().filter(char::is_ascii_digit).collect();
-        turn_digits.contains(tail)
-    })
+    if !cur.is_empty() {
+        runs.push(cur);
+    }
+    runs.into_iter()
+}
+
+/// The same phone number in international (`14155550100`) or national (`4155550100`,
+/// `07911123456`) digits; at least seven digits must agree.
+fn same_number(international: &str, spoken: &str) -> bool {
+    let spoken = spoken.trim_start_matches('0');
+    spoken.len() >= 7 && (international == spoken || international.ends_with(spoken))
 }
 
 #[cfg(test)]
@@ -568,5 +638,78 @@ mod tests {
         assert!(!spoken("al@example.org", &h));
         assert!(spoken("+14155550199", &h));
         assert!(!spoken("+14155550100", &h));
+    }
+
+    #[test]
+    fn spoken_accepts_formatted_and_national_numbers() {
+        let mut h = History::default();
+        turn(
+            &mut h,
+            Role::Caller,
+            "my cell is (415) 555-0199, or my office 020 7946 0958.",
+        );
+        assert!(spoken("+14155550199", &h));
+        assert!(spoken("+442079460958", &h));
+        assert!(!spoken("+14155550100", &h));
+    }
+
+    #[test]
+    fn spoken_needs_the_whole_address_or_number() {
+        let mut h = History::default();
+        turn(&mut h, Role::Caller, "it's jimbo at example dot org");
+        turn(
+            &mut h,
+            Role::Caller,
+            "order 4155 and then 550199 was the code",
+        );
+        assert!(!spoken("bo@example.org", &h), "a suffix of another address");
+        assert!(spoken("jimbo@example.org", &h));
+        assert!(!spoken("+14155550199", &h), "digits of two numbers joined");
+    }
+
+    #[test]
+    fn a_later_no_outside_the_window_outweighs_an_older_grant() {
+        let mut h = History::default();
+        event(&mut h, true);
+        turn(
+            &mut h,
+            Role::Caller,
+            "Actually no, don't send me anything on WhatsApp.",
+        );
+        for _ in 0..3 {
+            turn(&mut h, Role::Caller, "My order is A-1042.");
+        }
+        let (ok, detail) = consent(&rule(3), &h);
+        assert!(!ok, "{detail}");
+    }
+
+    #[test]
+    fn default_patterns_need_a_clear_yes_or_a_direct_request() {
+        let r = rule(3);
+        for yes in [
+            "Yes please, send it on WhatsApp.",
+            "Sure.",
+            "okay",
+            "Ok!",
+            "Go ahead.",
+            "Can you email me the summary?",
+            "Please send it.",
+        ] {
+            let mut h = History::default();
+            turn(&mut h, Role::Caller, yes);
+            assert!(consent(&r, &h).0, "{yes:?} should consent");
+        }
+        for not_yes in [
+            "Please, what is the status of my refund?",
+            "OK so when does it ship?",
+            "That's correct, it was Tuesday.",
+            "No thanks.",
+            "Yes, but don't send anything.",
+            "I don't know.",
+        ] {
+            let mut h = History::default();
+            turn(&mut h, Role::Caller, not_yes);
+            assert!(!consent(&r, &h).0, "{not_yes:?} should not consent");
+        }
     }
 }

@@ -47,6 +47,7 @@ pub mod mock;
 pub mod net;
 pub mod protocol;
 pub mod providers;
+pub mod redact;
 pub mod runtime;
 pub mod server;
 pub mod session;

@@ -58,6 +58,11 @@ where
                 },
             };
             let _ = stream.set_nodelay(true);
+            // Dead peers behind NATs and crashed hosts send no FIN: let the kernel notice too.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             let handler = handler.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -69,8 +69,11 @@ impl Runtime {
         self.agents.get(id)
     }
 
-    /// Every agent id, for did-you-mean hints.
-    pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
-        self.agents.keys().map(String::as_str)
+    /// The agent ids of one org, for did-you-mean hints.
+    pub fn agents_of<'a>(&'a self, org: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.agents
+            .values()
+            .filter(move |a| a.org == org)
+            .map(|a| a.id.as_str())
     }
 }

@@ -250,10 +250,26 @@ async fn a_second_connection_cannot_take_over_a_live_session() {
     assert_eq!(r.ty(), "session.ready");
 }
 
+/// `session.start` on a new socket until the server has noticed the old one is gone.
+async fn resume(
+    env: &Env,
+    call_id: &str,
+) -> (toolgate::client::CallClient, toolgate::client::Received) {
+    for _ in 0..100 {
+        let mut client = env.connect().await;
+        let ready = start(&mut client, call_id, "support-bot", json!({})).await;
+        if ready.frame["code"] != "session_exists" {
+            return (client, ready);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the old socket was never noticed gone");
+}
+
 #[tokio::test]
 async fn a_reconnect_within_the_grace_resumes_and_receives_results() {
     let env = Env::start().await;
-    env.resend.push(toolgate::mock::Reply::slow(700));
+    env.resend.push(toolgate::mock::Reply::slow(300));
     let mut s = env.session("c-resume", order_vars()).await;
     s.say("Yes please, email it.").await;
     s.send_call(
@@ -262,16 +278,23 @@ async fn a_reconnect_within_the_grace_resumes_and_receives_results() {
         json!({"summary": "Ships Friday."}),
     )
     .await;
-    // The media server crashes before the provider answers.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The media server crashes while the provider works; the result completes while no socket
+    // is attached and must wait for the resume.
+    let reqs = env.resend.wait_for_requests(1, WAIT).await;
+    assert_eq!(reqs.len(), 1);
     s.client.abort();
+    tokio::time::sleep(Duration::from_millis(600)).await;
 
-    let mut client = env.connect().await;
-    let ready = start(&mut client, "c-resume", "support-bot", json!({})).await;
-    assert_eq!(ready.ty(), "session.ready");
+    let (mut client, ready) = resume(&env, "c-resume").await;
+    assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);
     assert_eq!(ready.frame["resumed"], true);
-    let frames = client.until_result("call_1", WAIT).await.unwrap();
-    let result = frames.last().unwrap();
+    let result = client.recv(WAIT).await.unwrap();
+    assert_eq!(
+        result.ty(),
+        "tool.result",
+        "the kept result follows session.ready"
+    );
+    assert_eq!(result.frame["id"], "call_1");
     assert_eq!(result.frame["status"], "succeeded");
     assert_eq!(env.resend.delivered(), 1);
 
@@ -328,9 +351,10 @@ async fn frame_floods_are_rate_limited() {
         let r = s.client.recv(WAIT).await.unwrap();
         codes.push(r.frame["code"].as_str().unwrap_or(r.ty()).to_owned());
     }
+    // The limit is per connection: session.start was the first of the five.
     assert_eq!(
         codes.iter().filter(|c| *c == "pong").count(),
-        5,
+        4,
         "{codes:?}"
     );
     assert_eq!(codes.last().unwrap(), "rate_limited");
@@ -360,10 +384,22 @@ async fn too_many_calls_in_flight_is_overloaded() {
 #[tokio::test]
 async fn no_frame_ever_carries_a_secret() {
     let env = Env::start().await;
+    // Misbehaving providers echo what they were sent.
     env.wati.push(toolgate::mock::Reply::Raw {
         status: 401,
         headers: vec![],
-        body: String::new(),
+        body: format!("token {WATI_TOKEN} is not valid for +14155550100"),
+    });
+    env.resend.push(toolgate::mock::Reply::ResendError {
+        status: 422,
+        name: "invalid_parameter".into(),
+        message: format!("Invalid `to` field: ana@example.com (key {RESEND_KEY})"),
+        retry_after: None,
+    });
+    env.webhook.push(toolgate::mock::Reply::Raw {
+        status: 400,
+        headers: vec![],
+        body: "bad request for +1 415 555 0100".into(),
     });
     let mut s = env.session("c-leak", order_vars()).await;
     s.say("yes").await;
@@ -371,7 +407,7 @@ async fn no_frame_ever_carries_a_secret() {
     for (i, (name, args)) in [
         ("send_whatsapp_confirmation", json!({"order_id": "A-1"})),
         ("send_email_summary", json!({"summary": "x"})),
-        ("notify_team", json!({"reason": "nope"})),
+        ("notify_team", json!({"reason": "billing"})),
         ("whatsapp_note", json!({"text": "hi"})),
     ]
     .into_iter()
@@ -381,9 +417,86 @@ async fn no_frame_ever_carries_a_secret() {
         seen.extend(a.before.iter().map(|r| r.frame.to_string()));
         seen.push(a.result.frame.to_string());
     }
+    assert!(
+        seen.iter().any(|f| f.contains("provider_message")),
+        "the provider messages did reach the model: {seen:#?}"
+    );
     for frame in &seen {
         for secret in SECRETS {
             assert!(!frame.contains(secret), "secret leaked in {frame}");
         }
+        for pii in ["14155550100", "415 555 0100", "ana@example.com"] {
+            assert!(!frame.contains(pii), "{pii} leaked in {frame}");
+        }
     }
+}
+
+#[tokio::test]
+async fn unknown_agent_hints_name_only_the_tokens_own_agents() {
+    let env = Env::start().await;
+    let mut beta = CallClient::connect(&env.url(), Some(BETA_TOKEN))
+        .await
+        .unwrap();
+    let r = start(&mut beta, "c-hint", "support-bott", json!({})).await;
+    assert_eq!(r.frame["code"], "unknown_agent");
+    assert!(
+        !r.frame["message"]
+            .as_str()
+            .unwrap()
+            .contains("support-bot\""),
+        "{:?}",
+        r.frame
+    );
+    let r = start(&mut beta, "c-hint", "beta-bott", json!({})).await;
+    assert!(
+        r.frame["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"beta-bot\"")
+    );
+}
+
+#[tokio::test]
+async fn the_session_limit_refuses_new_calls_with_overloaded() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "disconnect_grace_ms = 2000",
+            "disconnect_grace_ms = 2000\nmax_sessions = 1",
+        )
+    })
+    .await;
+    let _first = env.session("c-one", json!({})).await;
+    let mut client = env.connect().await;
+    let r = start(&mut client, "c-two", "support-bot", json!({})).await;
+    assert_eq!(r.frame["code"], "overloaded");
+    assert_eq!(client.closed(WAIT).await.unwrap(), Some(1013));
+}
+
+#[tokio::test]
+async fn a_silent_socket_is_noticed_and_its_session_ends() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "disconnect_grace_ms = 2000",
+            "disconnect_grace_ms = 100\nping_interval_ms = 100\nidle_timeout_ms = 300",
+        )
+    })
+    .await;
+    // A media server that hangs: it neither reads (so never answers pings) nor closes.
+    let hung = env.session("c-hung", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut client = env.connect().await;
+    let ready = start(&mut client, "c-hung", "support-bot", json!({})).await;
+    assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);
+    assert_eq!(
+        ready.frame.get("resumed"),
+        None,
+        "the hung session ended; this one is new"
+    );
+    let active = env
+        .server
+        .runtime()
+        .active_sessions
+        .load(std::sync::atomic::Ordering::Acquire);
+    assert_eq!(active, 1);
+    drop(hung);
 }

@@ -64,6 +64,13 @@ pub struct ServerSettings {
     pub max_inflight_per_session: usize,
     /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).
     pub max_frames_per_second: u32,
+    /// Server pings to a media server this often (`ping_interval_ms`).
+    pub ping_interval: Duration,
+    /// A socket silent this long (not even a pong) is gone (`idle_timeout_ms`).
+    pub idle_timeout: Duration,
+    /// A write that does not complete within this means the socket is gone
+    /// (`write_timeout_ms`).
+    pub write_timeout: Duration,
 }
 
 /// `[storage]`
@@ -127,6 +134,18 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The connection's credentials as text, to scrub from anything a provider echoes back.
+    pub fn secret_texts(&self) -> Vec<String> {
+        use base64::Engine;
+        match &self.settings {
+            ConnectionSettings::Resend { api_key, .. } => vec![api_key.expose().to_owned()],
+            ConnectionSettings::Wati { token, .. } => vec![token.expose().to_owned()],
+            ConnectionSettings::Webhook { key, .. } => {
+                vec![base64::engine::general_purpose::STANDARD.encode(key.expose())]
+            }
+        }
+    }
+
     /// The provider of this connection.
     pub fn provider(&self) -> Provider {
         match self.settings {
@@ -188,11 +207,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The function of this name.
-    pub fn function(&self, name: &str) -> Option<&Function> {
-        self.functions.iter().find(|f| f.name == name)
-    }
-
     /// The tool list for `session.ready`: a parameter with a session fallback is required
     /// only when that value is absent from this call.
     pub fn tools_for(&self, ctx: &CallContext) -> std::borrow::Cow<'_, RawValue> {
@@ -301,9 +315,11 @@ pub struct ConsentRule {
     pub deny: RegexSet,
 }
 
-/// Default consent affirmations: a clear yes, or a direct request ("can you email me that").
+/// Default consent affirmations: a clear yes, a bare "okay" as the whole answer, or a direct
+/// request ("can you email me that", "send it").
 pub const DEFAULT_ALLOW: &[&str] = &[
-    r"\b(yes|yeah|yep|yup|sure|ok|okay|alright|all right|of course|absolutely|definitely|certainly|correct|go ahead|please do|do it|sounds good|that works|please)\b",
+    r"\b(yes|yeah|yep|yup|sure|of course|absolutely|definitely|certainly|go ahead|please do|do it|sounds good|that works)\b",
+    r"^\W*(ok|okay|alright|all right|fine)\W*$",
     r"\b(can|could|would|will) you (please |just )?(send|email|text|message|whatsapp|forward)\b",
     r"\b(send|email|text|message|whatsapp|forward) (it|me|that|this|them)\b",
     r"\bi('d| would) like (it|that|one|a copy)\b",
@@ -507,11 +523,6 @@ impl Config {
     /// The agent of this id.
     pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
         self.agents.iter().find(|a| a.id == id)
-    }
-
-    /// The org of this id.
-    pub fn org(&self, id: &str) -> Option<&Org> {
-        self.orgs.iter().find(|o| o.id == id)
     }
 }
 

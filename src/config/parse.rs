@@ -35,7 +35,6 @@ pub(crate) const NEXT_CODES: &[&str] = &[
     "rate_limited",
     "duplicate",
     "cancelled",
-    "deferred",
     "provider_rejected",
     "provider_auth_failed",
     "provider_unavailable",
@@ -419,7 +418,10 @@ impl<'a> Ck<'a> {
             match m.as_str() {
                 "auto" => out.mode = Mode::Auto,
                 "live" => out.mode = Mode::Live,
-                "workflow" => out.mode = Mode::Workflow,
+                "workflow" => self.err(
+                    at(path, "mode"),
+                    "\"workflow\" needs the post-call workflow queue, which this version does not have yet; use \"auto\" or \"live\"",
+                ),
                 other => {
                     let hint = suggestion(other, ["auto", "live", "workflow"]);
                     self.err(
@@ -546,12 +548,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
 
     let orgs = parse_orgs(&mut ck, &root);
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
-    let connections = parse_connections(&mut ck, &root, &org_ids);
-    let declared: Vec<String> = ck
-        .tables(&root, "", "connections")
-        .iter()
-        .filter_map(|(_, t)| t.get("id").and_then(Value::as_str).map(str::to_owned))
-        .collect();
+    let (connections, declared) = parse_connections(&mut ck, &root, &org_ids);
     let agents = parse_agents(&mut ck, &root, &org_ids, &connections, &declared, &defaults);
 
     if ck.problems.is_empty() {
@@ -588,6 +585,9 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
             "max_sessions",
             "max_inflight_per_session",
             "max_frames_per_second",
+            "ping_interval_ms",
+            "idle_timeout_ms",
+            "write_timeout_ms",
         ],
     );
     let addr = |ck: &mut Ck<'_>, key: &str, default: &str| {
@@ -601,6 +601,9 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
             );
         }
         s
+    };
+    let ms = |ck: &mut Ck<'_>, key: &str, default: u64| {
+        Duration::from_millis(ck.uint(t, P, key, 100, 3_600_000).unwrap_or(default))
     };
     let listen = addr(ck, "listen", "127.0.0.1:8787");
     let admin_listen = addr(ck, "admin_listen", "127.0.0.1:9090");
@@ -623,6 +626,9 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
         max_frames_per_second: ck
             .uint(t, P, "max_frames_per_second", 1, 100_000)
             .unwrap_or(200) as u32,
+        ping_interval: ms(ck, "ping_interval_ms", 15_000),
+        idle_timeout: ms(ck, "idle_timeout_ms", 45_000),
+        write_timeout: ms(ck, "write_timeout_ms", 10_000),
     }
 }
 
@@ -734,9 +740,18 @@ fn check_org(ck: &mut Ck<'_>, t: &Table, path: &str, org_ids: &[&str]) -> Option
     Some(org)
 }
 
-fn parse_connections(ck: &mut Ck<'_>, root: &Table, org_ids: &[&str]) -> Vec<Arc<Connection>> {
+/// The valid connections, and every declared connection id (valid or not).
+fn parse_connections(
+    ck: &mut Ck<'_>,
+    root: &Table,
+    org_ids: &[&str],
+) -> (Vec<Arc<Connection>>, Vec<String>) {
     let mut out: Vec<Arc<Connection>> = Vec::new();
+    let mut declared = Vec::new();
     for (p, t) in ck.tables(root, "", "connections") {
+        if let Some(Value::String(id)) = t.get("id") {
+            declared.push(id.clone());
+        }
         let provider_name = ck.string(t, &p, "provider", true);
         let provider = provider_name.as_deref().and_then(|name| {
             let found = Provider::parse(name);
@@ -855,7 +870,7 @@ fn parse_connections(ck: &mut Ck<'_>, root: &Table, org_ids: &[&str]) -> Vec<Arc
             settings,
         }));
     }
-    out
+    (out, declared)
 }
 
 /// The address part of `Name <addr@domain>` (or the whole string).

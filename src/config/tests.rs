@@ -414,3 +414,29 @@ fn map_bindings_keep_order_and_types() {
     assert!(entries[0].1.required);
     assert_eq!(f.params[0].name, "order_id");
 }
+
+#[test]
+fn workflow_mode_is_refused_until_the_queue_exists() {
+    let p = problems(&GOOD.replace(
+        "timing = { filler_after_ms = 400 }",
+        "timing = { mode = \"workflow\" }",
+    ));
+    assert_eq!(p.len(), 1);
+    assert!(
+        p[0].starts_with(
+            "agents[0].functions[0].timing.mode: \"workflow\" needs the post-call workflow queue"
+        ),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_malformed_connection_is_reported_once() {
+    let p =
+        problems(&format!("connections = [\"x\"]\n{GOOD}").replace("[[connections]]", "[[conns]]"));
+    let n = p
+        .iter()
+        .filter(|l| l.starts_with("connections[0]:"))
+        .count();
+    assert_eq!(n, 1, "{p:#?}");
+}

@@ -137,6 +137,7 @@ impl ProviderError {
             _ => (FailureKind::Rejected, Delivery::Answered),
         };
         let mut e = ProviderError::new(kind, delivery, message);
+        e.retryable = kind == FailureKind::Unavailable;
         e.http_status = Some(status);
         e.retry_after = retry_after(&raw.headers);
         e.body = Some(raw.body.clone());
@@ -348,19 +349,6 @@ pub async fn send(client: &Client, req: &Prepared) -> Result<RawResponse, Provid
     })
 }
 
-/// Prepare, send and interpret in one step.
-pub async fn execute(
-    client: &Client,
-    conn: &Connection,
-    action: Action,
-    inputs: &Resolution,
-    ctx: &ActionContext<'_>,
-) -> Result<Accepted, ProviderError> {
-    let req = prepare(conn, action, inputs, ctx)?;
-    let raw = send(client, &req).await?;
-    interpret(action, raw)
-}
-
 fn transport_error(e: reqwest::Error) -> ProviderError {
     let text = describe(&e);
     if e.is_connect() {
@@ -421,6 +409,19 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     text("ratelimit-reset")
         .and_then(|v| v.parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(86_400)))
+}
+
+/// The message for a credential refusal: fixed, because such bodies may echo the credential.
+fn auth_message(status: u16) -> String {
+    format!("the provider refused the credentials (HTTP {status})")
+}
+
+/// `{base}/{path}`, keeping any path prefix of the base (Wati endpoints carry the tenant).
+fn join(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = base.path().trim_end_matches('/');
+    url.set_path(&format!("{prefix}/{path}"));
+    url
 }
 
 /// The text value of an input.

@@ -48,19 +48,11 @@ pub fn prepare(
         html: text(inputs, "html"),
         reply_to: text(inputs, "reply_to"),
     };
-    let url = join(base_url, "emails");
+    let url = super::join(base_url, "emails");
     Ok(Prepared::post(url)
         .bearer(api_key.expose())
         .header("idempotency-key", ctx.idempotency_key)
         .json(&email))
-}
-
-/// `{base}/{path}`, keeping any path prefix of the base.
-pub(crate) fn join(base: &reqwest::Url, path: &str) -> reqwest::Url {
-    let mut url = base.clone();
-    let prefix = base.path().trim_end_matches('/');
-    url.set_path(&format!("{prefix}/{path}"));
-    url
 }
 
 #[derive(Deserialize)]
@@ -94,18 +86,11 @@ pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
         .map(short)
         .unwrap_or_else(|| format!("HTTP {}", raw.status));
     let mut e = ProviderError::from_status(&raw, message);
-    match (raw.status, name.as_deref()) {
-        // Same key while the first request is still running: the first one may still send.
-        (409, Some("concurrent_idempotent_requests")) => {
-            e.kind = FailureKind::Unavailable;
-            e.delivery = Delivery::PossiblySent;
-            e.retryable = true;
-        }
-        (429, _) => {
-            e.kind = FailureKind::Unavailable;
-            e.retryable = true;
-        }
-        _ => {}
+    // Same key while the first request is still running: the first one may still send.
+    if raw.status == 409 && name.as_deref() == Some("concurrent_idempotent_requests") {
+        e.kind = FailureKind::Unavailable;
+        e.delivery = Delivery::PossiblySent;
+        e.retryable = true;
     }
     if e.kind == FailureKind::Rejected {
         e.fields = backticked_fields(&e.message);

@@ -46,7 +46,7 @@ pub fn prepare_template(
 ) -> Result<Prepared, ProviderError> {
     let (base, token) = endpoint(settings);
     let number = wati_number(required(inputs, "whatsapp_number")?);
-    let mut url = super::resend::join(base, "api/v1/sendTemplateMessage");
+    let mut url = super::join(base, "api/v1/sendTemplateMessage");
     url.query_pairs_mut().append_pair("whatsappNumber", number);
     let body = TemplateBody {
         template_name: required(inputs, "template_name")?,
@@ -67,7 +67,7 @@ pub fn prepare_session(
 ) -> Result<Prepared, ProviderError> {
     let (base, token) = endpoint(settings);
     let number = wati_number(required(inputs, "whatsapp_number")?);
-    let mut url = super::resend::join(base, &format!("api/v1/sendSessionMessage/{number}"));
+    let mut url = super::join(base, &format!("api/v1/sendSessionMessage/{number}"));
     url.query_pairs_mut()
         .append_pair("messageText", required(inputs, "message_text")?);
     Ok(Prepared::post(url).bearer(token))
@@ -78,14 +78,13 @@ pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
     let json: Option<Value> = serde_json::from_slice(&raw.body).ok();
     let info = json.as_ref().and_then(info_of);
     if raw.status != 200 {
-        let message = info.unwrap_or_else(|| {
-            let text = String::from_utf8_lossy(&raw.body);
-            if text.trim().is_empty() {
-                format!("HTTP {}", raw.status)
-            } else {
-                short(&text)
-            }
-        });
+        // Plain-text and HTML bodies are kept for the evidence only; 401/403 bodies may echo
+        // the token, so their text is never used.
+        let message = match (raw.status, info) {
+            (401 | 403, _) => super::auth_message(raw.status),
+            (_, Some(info)) => info,
+            (status, None) => format!("HTTP {status}"),
+        };
         return Err(ProviderError::from_status(&raw, message));
     }
     let Some(json) = json else {
@@ -193,10 +192,12 @@ mod tests {
     fn http_errors_are_classified() {
         let e = interpret(raw(401, "")).unwrap_err();
         assert_eq!(e.kind, FailureKind::AuthFailed);
-        assert_eq!(e.message, "HTTP 401");
-        let e = interpret(raw(403, "Forbidden: missing scope")).unwrap_err();
+        assert_eq!(e.message, "the provider refused the credentials (HTTP 401)");
+        let e = interpret(raw(403, "Forbidden: token abc123 lacks scope")).unwrap_err();
         assert!(e.is_auth());
-        assert_eq!(e.message, "Forbidden: missing scope");
+        assert_eq!(e.message, "the provider refused the credentials (HTTP 403)");
+        let e = interpret(raw(404, "<html>Not Found</html>")).unwrap_err();
+        assert_eq!(e.message, "HTTP 404");
         let e = interpret(raw(400, r#"{"result":false,"info":"Invalid template"}"#)).unwrap_err();
         assert_eq!(e.kind, FailureKind::Rejected);
         assert_eq!(e.message, "Invalid template");

@@ -11,7 +11,7 @@ use hmac::{KeyInit, Mac};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::{Accepted, ActionContext, FailureKind, Prepared, ProviderError, RawResponse, short};
+use super::{Accepted, ActionContext, Prepared, ProviderError, RawResponse};
 use crate::bindings::{Resolution, Resolved};
 use crate::config::ConnectionSettings;
 
@@ -130,18 +130,13 @@ pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
             body: raw.body,
         });
     }
-    let text = String::from_utf8_lossy(&raw.body);
+    // A receiver's body is arbitrary (and may echo what it was sent): the status speaks.
     let message = match raw.status {
-        410 => "the webhook endpoint is gone (410)".to_owned(),
-        _ if text.trim().is_empty() => format!("HTTP {}", raw.status),
-        _ => short(&text),
+        410 => "the webhook endpoint is gone (HTTP 410)".to_owned(),
+        401 | 403 => super::auth_message(raw.status),
+        status => format!("HTTP {status}"),
     };
-    let mut e = ProviderError::from_status(&raw, message);
-    if raw.status == 429 {
-        e.kind = FailureKind::Unavailable;
-        e.retryable = true;
-    }
-    Err(e)
+    Err(ProviderError::from_status(&raw, message))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! `server.disconnect_grace_ms`: calls keep running, results are kept, and a `session.start`
 //! with the same `call_id` on a new socket resumes it and receives them.
 
+mod socket;
 pub mod state;
 
 use std::collections::HashMap;
@@ -16,16 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{Instrument, debug, info, info_span};
 
 use crate::answer::{self, Answer, ProviderOutcome};
@@ -34,9 +32,11 @@ use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome};
 use crate::guards::{self, CallView, Decision};
 use crate::protocol::{
-    self, ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
+    ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
 };
+use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
+use socket::{Incoming, Socket};
 use state::{ActionState, Entry, History, Ledger, LedgerEntry};
 
 /// The server side of a media server's WebSocket.
@@ -46,7 +46,7 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 #[derive(Debug)]
 pub struct SessionHandle {
     attached: Arc<AtomicBool>,
-    reattach: mpsc::Sender<Ws>,
+    reattach: mpsc::Sender<Socket>,
     agent_id: String,
 }
 
@@ -68,171 +68,88 @@ fn frame_error(e: &FrameError) -> String {
     error_frame(e.code, &e.message, e.reference.as_deref())
 }
 
-async fn send(ws: &mut Ws, text: String) -> Result<(), WsError> {
-    ws.send(Message::text(text)).await
-}
-
-async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
-    let _ = ws
-        .close(Some(CloseFrame {
-            code,
-            reason: reason.to_owned().into(),
-        }))
-        .await;
-}
-
-/// What the read side of a socket produced.
-enum Read {
-    /// A text frame.
-    Text(tokio_tungstenite::tungstenite::Utf8Bytes),
-    /// A binary frame.
-    Binary,
-    /// Control frames tungstenite handles itself.
-    Control,
-    /// The socket is gone (close, EOF or error); the session should detach.
-    Gone,
-}
-
-async fn read(ws: &mut Ws) -> Read {
-    match ws.next().await {
-        Some(Ok(Message::Text(t))) => Read::Text(t),
-        Some(Ok(Message::Binary(_))) => Read::Binary,
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Read::Control,
-        Some(Ok(Message::Close(_))) | None => Read::Gone,
-        Some(Err(WsError::Capacity(e))) => {
-            debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
-            close(ws, CloseCode::Size, "frame too large").await;
-            Read::Gone
-        }
-        Some(Err(e)) => {
-            debug!(error = %e, "socket read failed");
-            Read::Gone
-        }
-    }
-}
-
-async fn read_opt(ws: &mut Option<Ws>) -> Read {
-    match ws {
-        Some(ws) => read(ws).await,
-        None => std::future::pending().await,
-    }
-}
-
-const BINARY_MESSAGE: &str = "binary frames are not supported; send JSON text frames";
-
-/// A fixed one-second window on inbound frames.
-struct FrameLimiter {
-    max: u32,
-    window: Instant,
-    count: u32,
-}
-
-impl FrameLimiter {
-    fn new(max: u32) -> Self {
-        FrameLimiter {
-            max,
-            window: Instant::now(),
-            count: 0,
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        if now.duration_since(self.window) >= Duration::from_secs(1) {
-            self.window = now;
-            self.count = 0;
-        }
-        self.count += 1;
-        self.count <= self.max
-    }
-}
-
-/// The `id` of a frame, read cheaply for the `ref` of a rate-limit error.
-fn frame_id(text: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
-    }
-    serde_json::from_str::<Id>(text).ok().and_then(|i| i.id)
-}
-
 /// Serve one upgraded connection: wait for `session.start`, then run (or resume) its session.
-pub async fn serve_connection(mut ws: Ws, org: String, rt: Arc<Runtime>) {
-    let mut limiter = FrameLimiter::new(rt.config.server.max_frames_per_second);
+pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
+    let mut sock = Socket::new(ws, &rt.config.server);
+    // A connection that never starts a session does not hold a socket forever.
+    let start_by = Instant::now() + sock.idle_after();
     loop {
-        let text = match read(&mut ws).await {
-            Read::Text(t) => t,
-            Read::Binary => {
-                if send(
-                    &mut ws,
-                    error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None),
-                )
-                .await
-                .is_err()
-                {
-                    return;
-                }
-                continue;
+        let incoming = tokio::select! {
+            incoming = sock.next() => incoming,
+            _ = sleep_until(start_by) => {
+                let _ = sock.send(error_frame(ErrorCode::NoSession, "no session.start in time", None)).await;
+                sock.close(CloseCode::Policy, "no session.start").await;
+                return;
             }
-            Read::Control => continue,
-            Read::Gone => return,
         };
-        let received = Instant::now();
-        let reply = if !limiter.allow(received) {
-            error_frame(
-                ErrorCode::RateLimited,
-                "too many frames per second",
-                frame_id(&text).as_deref(),
-            )
-        } else {
-            match protocol::decode(&text) {
-                Err(e) => frame_error(&e),
-                Ok(Inbound::Ping) => Outbound::Pong.encode(),
-                Ok(Inbound::SessionStart(start)) => match open(start, &org, &rt) {
-                    Open::New(session, call_id) => {
-                        let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
-                        session.run(ws).instrument(span).await;
-                        return;
-                    }
-                    Open::Resume(tx) => match tx.try_send(ws) {
-                        Ok(()) => return,
-                        Err(e) => {
-                            ws = e.into_inner();
-                            error_frame(
-                                ErrorCode::SessionExists,
-                                "the session is being resumed by another connection",
-                                None,
-                            )
-                        }
-                    },
-                    Open::Refuse {
-                        code,
-                        message,
-                        close_with,
-                    } => {
-                        let _ = send(&mut ws, error_frame(code, &message, None)).await;
-                        if let Some(cc) = close_with {
-                            close(&mut ws, cc, code.as_str()).await;
+        let reply = match incoming {
+            Incoming::Gone => return,
+            Incoming::Refused(frame) => frame,
+            Incoming::Frame(Inbound::Ping, _) => Outbound::Pong.encode(),
+            Incoming::Frame(Inbound::SessionStart(start), _) => {
+                // A session that ends while we hand it the socket is gone for good: then the
+                // second attempt starts a fresh one.
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match open(start.clone(), &org, &rt) {
+                        Open::New(session, call_id) => {
+                            let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
+                            session.run(sock).instrument(span).await;
                             return;
                         }
-                        continue;
+                        Open::Resume(tx) => match tx.try_send(sock) {
+                            Ok(()) => return,
+                            Err(mpsc::error::TrySendError::Closed(back)) if attempt == 1 => {
+                                sock = back;
+                                continue;
+                            }
+                            Err(e) => {
+                                sock = e.into_inner();
+                                break error_frame(
+                                    ErrorCode::SessionExists,
+                                    "the session is being resumed by another connection",
+                                    None,
+                                );
+                            }
+                        },
+                        Open::Refuse {
+                            code,
+                            message,
+                            close_with,
+                        } => {
+                            if let Some(cc) = close_with {
+                                let _ = sock.send(error_frame(code, &message, None)).await;
+                                sock.close(cc, code.as_str()).await;
+                                return;
+                            }
+                            break error_frame(code, &message, None);
+                        }
                     }
-                },
-                Ok(_) => error_frame(
-                    ErrorCode::NoSession,
-                    "send session.start before any other frame",
-                    None,
-                ),
+                }
             }
+            Incoming::Frame(_, _) => error_frame(
+                ErrorCode::NoSession,
+                "send session.start before any other frame",
+                None,
+            ),
         };
-        if send(&mut ws, reply).await.is_err() {
+        if !sock.send(reply).await {
             return;
         }
     }
 }
 
+async fn next_opt(sock: &mut Option<Socket>) -> Incoming {
+    match sock {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 enum Open {
     New(Box<Session>, String),
-    Resume(mpsc::Sender<Ws>),
+    Resume(mpsc::Sender<Socket>),
     Refuse {
         code: ErrorCode,
         message: String,
@@ -242,7 +159,9 @@ enum Open {
 
 fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
     let Some(agent) = rt.agent(&start.agent) else {
-        let hint = crate::config::did_you_mean(&start.agent, rt.agent_ids())
+        // Suggest only this org's agents: others' names are not this token's business.
+        let own = rt.agents_of(org);
+        let hint = crate::config::did_you_mean(&start.agent, own)
             .map(|s| format!(" (did you mean {s:?}?)"))
             .unwrap_or_default();
         return Open::Refuse {
@@ -315,7 +234,6 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 attached,
                 outbox: Vec::new(),
                 pending: Vec::new(),
-                limiter: FrameLimiter::new(rt.config.server.max_frames_per_second),
                 registered: true,
             };
             Open::New(Box::new(session), start.call_id)
@@ -360,13 +278,12 @@ struct Session {
     filler_rotation: Vec<usize>,
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
-    reattach_rx: mpsc::Receiver<Ws>,
+    reattach_rx: mpsc::Receiver<Socket>,
     attached: Arc<AtomicBool>,
     /// Results produced while detached, sent on resume.
     outbox: Vec<String>,
     /// Frames produced by the current handler, written after it returns.
     pending: Vec<(String, Keep)>,
-    limiter: FrameLimiter,
     registered: bool,
 }
 
@@ -378,11 +295,11 @@ impl Drop for Session {
 }
 
 impl Session {
-    async fn run(mut self: Box<Self>, ws: Ws) {
+    async fn run(mut self: Box<Self>, sock: Socket) {
         info!("session started");
-        let mut ws = Some(ws);
+        let mut sock = Some(sock);
         self.push(self.ready_frame(false), Keep::LiveOnly);
-        self.flush(&mut ws).await;
+        self.flush(&mut sock).await;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut grace_until: Option<Instant> = None;
         let mut ended = false;
@@ -390,40 +307,37 @@ impl Session {
             if ended && self.inflight == 0 {
                 break;
             }
-            if ws.is_none() && !ended && grace_until.is_none() {
-                // A write failed: the socket is gone.
+            if sock.is_none() && !ended && grace_until.is_none() {
+                // The socket is gone (a read said so, or a write failed): wait for a resume.
                 self.attached.store(false, Ordering::Release);
-                grace_until = Some(Instant::now() + self.rt.config.server.disconnect_grace);
+                let grace = self.rt.config.server.disconnect_grace;
+                info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "socket gone without session.end; waiting for a reconnect"
+                );
+                grace_until = Some(Instant::now() + grace);
             }
             let grace = grace_until.unwrap_or(far);
             tokio::select! {
-                read = read_opt(&mut ws) => match read {
-                    Read::Text(text) => {
-                        let received = Instant::now();
-                        if let Flow::End = self.on_text(&text, received) {
-                            self.flush(&mut ws).await;
-                            if let Some(w) = ws.as_mut() {
-                                close(w, CloseCode::Normal, "session ended").await;
+                incoming = next_opt(&mut sock) => match incoming {
+                    Incoming::Frame(frame, received) => {
+                        if let Flow::End = self.on_frame(frame, received) {
+                            self.flush(&mut sock).await;
+                            if let Some(s) = sock.as_mut() {
+                                s.close(CloseCode::Normal, "session ended").await;
                             }
-                            ws = None;
+                            sock = None;
                             ended = true;
                             self.deregister();
                         }
                     }
-                    Read::Binary => self.push(error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None), Keep::LiveOnly),
-                    Read::Control => {}
-                    Read::Gone => {
-                        ws = None;
-                        self.attached.store(false, Ordering::Release);
-                        let grace = self.rt.config.server.disconnect_grace;
-                        info!(grace_ms = grace.as_millis() as u64, "socket dropped without session.end; waiting for a reconnect");
-                        grace_until = Some(Instant::now() + grace);
-                    }
+                    Incoming::Refused(frame) => self.push(frame, Keep::LiveOnly),
+                    Incoming::Gone => sock = None,
                 },
                 Some(event) = self.events_rx.recv() => self.on_event(event, ended),
-                Some(new_ws) = self.reattach_rx.recv(), if ws.is_none() && !ended => {
+                Some(resumed) = self.reattach_rx.recv(), if sock.is_none() && !ended => {
                     info!(kept = self.outbox.len(), "session resumed");
-                    ws = Some(new_ws);
+                    sock = Some(resumed);
                     grace_until = None;
                     self.attached.store(true, Ordering::Release);
                     self.push(self.ready_frame(true), Keep::LiveOnly);
@@ -431,14 +345,14 @@ impl Session {
                         self.push(frame, Keep::Always);
                     }
                 }
-                _ = sleep_until(grace), if ws.is_none() && !ended && grace_until.is_some() => {
+                _ = sleep_until(grace), if sock.is_none() && !ended && grace_until.is_some() => {
                     info!(inflight = self.inflight, "disconnect grace over; session ended");
                     ended = true;
                     self.outbox.clear();
                     self.deregister();
                 }
             }
-            self.flush(&mut ws).await;
+            self.flush(&mut sock).await;
         }
         self.deregister();
         info!(
@@ -449,25 +363,29 @@ impl Session {
     }
 
     fn deregister(&mut self) {
-        if self.registered {
-            self.registered = false;
-            self.rt.sessions.remove(&self.key);
-            self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
-            // Sockets that raced to resume get told, not left hanging (when a runtime is
-            // still there to tell them; at shutdown they are simply dropped).
-            let Ok(handle) = tokio::runtime::Handle::try_current() else {
-                return;
-            };
-            while let Ok(mut late) = self.reattach_rx.try_recv() {
-                handle.spawn(async move {
-                    let _ = send(
-                        &mut late,
-                        error_frame(ErrorCode::NoSession, "the session has ended", None),
-                    )
-                    .await;
-                    close(&mut late, CloseCode::Normal, "session ended").await;
-                });
-            }
+        if !self.registered {
+            return;
+        }
+        self.registered = false;
+        self.rt.sessions.remove(&self.key);
+        self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
+        // From now on a resume attempt fails at once and starts a fresh session instead.
+        self.reattach_rx.close();
+        // Sockets that raced in before the close get told, not left hanging (when a runtime
+        // is still there to tell them; at shutdown they are simply dropped).
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        while let Ok(mut late) = self.reattach_rx.try_recv() {
+            handle.spawn(async move {
+                late.send(error_frame(
+                    ErrorCode::NoSession,
+                    "the session has ended",
+                    None,
+                ))
+                .await;
+                late.close(CloseCode::Normal, "session ended").await;
+            });
         }
     }
 
@@ -488,14 +406,14 @@ impl Session {
     }
 
     /// Write pending frames; while detached keep results for a resume and drop the rest.
-    async fn flush(&mut self, ws: &mut Option<Ws>) {
+    async fn flush(&mut self, sock: &mut Option<Socket>) {
         for (frame, keep) in std::mem::take(&mut self.pending) {
-            let written = match ws.as_mut() {
-                Some(w) => send(w, frame.clone()).await.is_ok(),
+            let written = match sock.as_mut() {
+                Some(s) => s.send(frame.clone()).await,
                 None => false,
             };
             if !written {
-                *ws = None;
+                *sock = None;
                 if keep == Keep::Always && self.registered {
                     self.outbox.push(frame);
                 }
@@ -503,25 +421,7 @@ impl Session {
         }
     }
 
-    fn on_text(&mut self, text: &str, received: Instant) -> Flow {
-        if !self.limiter.allow(received) {
-            self.push(
-                error_frame(
-                    ErrorCode::RateLimited,
-                    "too many frames per second",
-                    frame_id(text).as_deref(),
-                ),
-                Keep::LiveOnly,
-            );
-            return Flow::Continue;
-        }
-        let frame = match protocol::decode(text) {
-            Ok(f) => f,
-            Err(e) => {
-                self.push(frame_error(&e), Keep::LiveOnly);
-                return Flow::Continue;
-            }
-        };
+    fn on_frame(&mut self, frame: Inbound, received: Instant) -> Flow {
         let at = received.duration_since(self.started);
         match frame {
             Inbound::SessionStart(s) => {
@@ -642,7 +542,7 @@ impl Session {
         debug!(
             id = %call.id,
             function = %call.name,
-            verdicts = ?checked.verdicts.iter().filter(|v| !v.passed).map(|v| v.name).collect::<Vec<_>>(),
+            verdicts = ?checked.verdicts.iter().filter(|v| !v.passed).map(|v| v.guard.as_str()).collect::<Vec<_>>(),
             "guards checked"
         );
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -751,33 +651,47 @@ impl Session {
                     Outcome::Accepted(a) => ActionState::Succeeded {
                         message_id: a.message_id.clone(),
                     },
-                    // The outcome of an internal failure is unknown: keep blocking repeats.
-                    Outcome::Internal(_) => ActionState::InFlight,
+                    Outcome::Internal(_) => ActionState::Unknown,
+                    Outcome::Failed(e)
+                        if e.delivery == Delivery::PossiblySent
+                            && !function.action.provider().idempotent() =>
+                    {
+                        ActionState::Unknown
+                    }
                     Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
                 };
                 self.ledger.set_state(&id, state);
                 if let Outcome::Internal(what) = &outcome
                     && !ended
                 {
-                    let message = format!("toolgate failed while running this call: {what}");
+                    debug!(id = %id, what = %what, "internal failure answered");
                     self.pending.push((
-                        error_frame(ErrorCode::Internal, &message, Some(&id)),
+                        error_frame(
+                            ErrorCode::Internal,
+                            "toolgate failed while running this call; see its logs",
+                            Some(&id),
+                        ),
                         Keep::LiveOnly,
                     ));
                 }
                 let a = match (&outcome, cancelled) {
                     (Outcome::Internal(_), _) => answer::internal(function),
+                    (Outcome::Accepted(_), false) => answer::succeeded(function),
+                    (Outcome::Failed(e), false) => answer::failed(function, e),
                     (Outcome::Accepted(_), true) => {
                         answer::cancelled(function, ProviderOutcome::Succeeded, reason.as_deref())
                     }
-                    (Outcome::Failed(_), true) => {
-                        answer::cancelled(function, ProviderOutcome::Failed, reason.as_deref())
+                    (Outcome::Failed(e), true) => {
+                        let po = match e.delivery {
+                            Delivery::NotSent => ProviderOutcome::NotSent,
+                            Delivery::PossiblySent => ProviderOutcome::Unknown,
+                            Delivery::Answered => ProviderOutcome::Failed,
+                        };
+                        answer::cancelled(function, po, reason.as_deref())
                     }
                     (Outcome::NotSent, _) => {
                         answer::cancelled(function, ProviderOutcome::NotSent, reason.as_deref())
                     }
-                    (Outcome::Accepted(_), false) => answer::succeeded(function),
-                    (Outcome::Failed(e), false) => answer::failed(function, e),
                 };
                 debug!(
                     id = %id,

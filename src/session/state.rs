@@ -75,6 +75,9 @@ pub enum ActionState {
         /// The provider's message id.
         message_id: Option<String>,
     },
+    /// It may or may not have reached the provider (timeout, reset, 5xx) and the provider has
+    /// no idempotency key: a repeat could act twice, so it stays blocked.
+    Unknown,
     /// It failed or was cancelled before sending: it does not block a retry.
     Closed,
 }

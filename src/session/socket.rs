@@ -1,0 +1,191 @@
+//! One media server's socket, as both phases of a connection (before and after
+//! `session.start`) read and write it: frames are screened (rate limit, binary, decode) into
+//! [`Incoming`], the server pings an idle peer, and a peer that stops answering or stops
+//! reading is declared gone instead of holding its session forever.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::debug;
+
+use super::{Ws, error_frame, frame_error};
+use crate::config::ServerSettings;
+use crate::protocol::{self, ErrorCode, Inbound};
+
+const BINARY_MESSAGE: &str = "binary frames are not supported; send JSON text frames";
+
+/// How long a socket may be quiet or slow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Liveness {
+    /// Ping the peer this often.
+    pub ping_every: Duration,
+    /// Declare it gone when nothing (not even a pong) arrived for this long.
+    pub idle_after: Duration,
+    /// Declare it gone when a write does not complete within this.
+    pub write_timeout: Duration,
+}
+
+impl From<&ServerSettings> for Liveness {
+    fn from(s: &ServerSettings) -> Self {
+        Liveness {
+            ping_every: s.ping_interval,
+            idle_after: s.idle_timeout,
+            write_timeout: s.write_timeout,
+        }
+    }
+}
+
+/// What reading the socket produced.
+pub(crate) enum Incoming {
+    /// A decoded frame and when it arrived.
+    Frame(Inbound, Instant),
+    /// A frame that was refused: answer with this `error` frame and carry on.
+    Refused(String),
+    /// The peer closed, vanished, went idle or sent an oversized frame (answered with 1009).
+    Gone,
+}
+
+/// A fixed one-second window on inbound data frames.
+struct FrameLimiter {
+    max: u32,
+    window: Instant,
+    count: u32,
+}
+
+impl FrameLimiter {
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count <= self.max
+    }
+}
+
+/// The `id` of a frame, read cheaply for the `ref` of a rate-limit error.
+fn frame_id(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Id>(text).ok().and_then(|i| i.id)
+}
+
+/// A media server's WebSocket with its liveness rules.
+pub(crate) struct Socket {
+    ws: Ws,
+    live: Liveness,
+    limiter: FrameLimiter,
+    last_seen: Instant,
+    next_ping: Instant,
+}
+
+impl Socket {
+    pub(crate) fn new(ws: Ws, server: &ServerSettings) -> Socket {
+        let now = Instant::now();
+        let live = Liveness::from(server);
+        Socket {
+            ws,
+            live,
+            limiter: FrameLimiter {
+                max: server.max_frames_per_second,
+                window: now,
+                count: 0,
+            },
+            last_seen: now,
+            next_ping: now + live.ping_every,
+        }
+    }
+
+    /// How long a peer may stay silent.
+    pub(crate) fn idle_after(&self) -> Duration {
+        self.live.idle_after
+    }
+
+    /// The next screened frame. Cancel-safe: dropping it loses no frame.
+    pub(crate) async fn next(&mut self) -> Incoming {
+        loop {
+            tokio::select! {
+                msg = self.ws.next() => {
+                    let now = Instant::now();
+                    self.last_seen = now;
+                    let text = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Binary(_))) => {
+                            if !self.limiter.allow(now) {
+                                return Incoming::Refused(error_frame(ErrorCode::RateLimited, "too many frames per second", None));
+                            }
+                            return Incoming::Refused(error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None));
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Ok(Message::Close(_))) | None => return Incoming::Gone,
+                        Some(Err(WsError::Capacity(e))) => {
+                            debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
+                            self.close(CloseCode::Size, "frame too large").await;
+                            return Incoming::Gone;
+                        }
+                        Some(Err(e)) => {
+                            debug!(error = %e, "socket read failed");
+                            return Incoming::Gone;
+                        }
+                    };
+                    if !self.limiter.allow(now) {
+                        return Incoming::Refused(error_frame(
+                            ErrorCode::RateLimited,
+                            "too many frames per second",
+                            frame_id(&text).as_deref(),
+                        ));
+                    }
+                    return match protocol::decode(&text) {
+                        Ok(frame) => Incoming::Frame(frame, now),
+                        Err(e) => Incoming::Refused(frame_error(&e)),
+                    };
+                }
+                _ = sleep_until(self.next_ping) => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_seen) >= self.live.idle_after {
+                        debug!(idle_ms = now.duration_since(self.last_seen).as_millis() as u64, "peer silent past idle_timeout_ms");
+                        return Incoming::Gone;
+                    }
+                    if !self.write(Message::Ping(Default::default())).await {
+                        return Incoming::Gone;
+                    }
+                    self.next_ping = now + self.live.ping_every;
+                }
+            }
+        }
+    }
+
+    /// Send a text frame; `false` when the peer is gone or too slow to take it.
+    pub(crate) async fn send(&mut self, text: String) -> bool {
+        self.write(Message::text(text)).await
+    }
+
+    async fn write(&mut self, msg: Message) -> bool {
+        match timeout(self.live.write_timeout, self.ws.send(msg)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                debug!(error = %e, "socket write failed");
+                false
+            }
+            Err(_) => {
+                debug!("socket write timed out");
+                false
+            }
+        }
+    }
+
+    /// Close with a code (best effort, bounded by the write timeout).
+    pub(crate) async fn close(&mut self, code: CloseCode, reason: &str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        };
+        let _ = timeout(self.live.write_timeout, self.ws.close(Some(frame))).await;
+    }
+}

@@ -1,0 +1,180 @@
+//! The `toolgate` binary as an operator runs it: check-config output and exit codes, a bad
+//! config that never starts a server, and `serve` that answers health checks and exits 0 on
+//! SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn toolgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_toolgate"))
+}
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[[orgs]]
+id = "acme"
+session_tokens = [{ file = "session.token" }]
+
+[[connections]]
+id = "acme-hooks"
+org = "acme"
+provider = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = { file = "webhook.secret" }
+
+[[agents]]
+id = "support-bot"
+org = "acme"
+
+[[agents.functions]]
+name = "request_callback"
+action = "webhook.post"
+connection = "acme-hooks"
+description = "Ask a colleague to call back."
+
+[agents.functions.inputs]
+reason = { arg = "reason", required = true }
+"#;
+
+fn good_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "session.token", "tok-123\n");
+    write(
+        dir.path(),
+        "webhook.secret",
+        "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n",
+    );
+    dir
+}
+
+#[test]
+fn check_config_prints_tools_for_a_good_config() {
+    let dir = good_dir();
+    let cfg = write(dir.path(), "toolgate.toml", GOOD);
+    let out = toolgate().arg("check-config").arg(&cfg).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("OK (1 org, 1 connection, 1 agent)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("agent support-bot (org acme) exposes 1 tool:"));
+    assert!(stdout.contains("\"name\": \"request_callback\""));
+    assert!(!stdout.contains("tok-123"), "secrets never printed");
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_1() {
+    let dir = good_dir();
+    let bad = GOOD
+        .replace("connection = \"acme-hooks\"", "connection = \"acme-hook\"")
+        .replace("[server]", "[sever]");
+    let cfg = write(dir.path(), "bad.toml", &bad);
+    let out = toolgate().arg("check-config").arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("2 problems"), "{stderr}");
+    assert!(
+        stderr.contains("sever: unknown key (did you mean \"server\"?)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "agents[0].functions[0].connection: no connection \"acme-hook\" (did you mean \"acme-hooks\"?)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn serve_with_a_bad_config_never_starts() {
+    let dir = good_dir();
+    let bad = GOOD.replace("[server]", "[server]\nmax_frame_bytes = \"big\"");
+    let cfg = write(dir.path(), "bad.toml", &bad);
+    let out = toolgate()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("server.max_frame_bytes: expected an integer"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("not starting with a bad config"),
+        "{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
+    let dir = good_dir();
+    let cfg = write(dir.path(), "toolgate.toml", GOOD);
+    let mut child = toolgate()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("TOOLGATE_LOG", "info")
+        .env("TOOLGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first log line names the bound addresses.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut admin = None;
+    while admin.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "toolgate serving" {
+            admin = v["admin"].as_str().map(str::to_owned);
+        }
+    }
+    let admin = admin.expect("serve logged its addresses");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = rt.block_on(async {
+        reqwest::get(format!("http://{admin}/healthz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert_eq!(body, r#"{"status":"ok"}"#);
+    // SIGTERM: stop accepting, drain, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert!(code.success(), "exit status {code:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
