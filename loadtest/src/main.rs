@@ -1,18 +1,24 @@
 //! `toolgate-loadtest`: opens many concurrent calls against a running toolgate and sends tool
 //! calls at an open-loop rate: each call's send time is fixed in advance, and latency is
 //! measured from that scheduled time, so a stall in the sidecar cannot hide itself by slowing
-//! the generator down.
+//! the generator down. All calls are opened before the clock starts, so connection setup is
+//! never counted as tool-call latency.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -56,6 +62,8 @@ struct Args {
     duration: u64,
 }
 
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 #[derive(Default)]
 struct Stats {
     sent: u64,
@@ -65,6 +73,13 @@ struct Stats {
     statuses: HashMap<String, u64>,
     latency_us: Vec<u64>,
     first_signal_us: Vec<u64>,
+}
+
+/// Sessions report in, then all start sending at one `t0`.
+struct Phase {
+    connected: AtomicUsize,
+    failed: AtomicUsize,
+    start: watch::Receiver<Option<Instant>>,
 }
 
 fn with_n(v: &Value, n: u64) -> Value {
@@ -85,26 +100,26 @@ fn pct(sorted: &[u64], p: f64) -> String {
     format!("{:.2} ms", sorted[i] as f64 / 1000.0)
 }
 
-async fn run_session(
-    args: Arc<Args>,
+/// Connect, start the session and wait for `session.ready`.
+async fn open_session(
+    args: &Args,
     index: usize,
-    t0: Instant,
-    stats: Arc<Mutex<Stats>>,
-) -> Result<(), String> {
+) -> Result<(SplitSink<Ws, Message>, SplitStream<Ws>), String> {
     let mut req = args
         .url
         .as_str()
         .into_client_request()
         .map_err(|e| e.to_string())?;
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", args.token)
-            .parse()
-            .map_err(|_| "bad token".to_string())?,
-    );
+    let auth = format!("Bearer {}", args.token)
+        .parse()
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    req.headers_mut().insert("authorization", auth);
     let (ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .map_err(|e| e.to_string())?;
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        let _ = s.set_nodelay(true);
+    }
     let (mut tx, mut rx) = ws.split();
     let variables: Value =
         serde_json::from_str(&args.variables).map_err(|e| format!("--variables: {e}"))?;
@@ -113,12 +128,53 @@ async fn run_session(
     tx.send(Message::text(start.to_string()))
         .await
         .map_err(|e| e.to_string())?;
+    loop {
+        match rx.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let frame: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                match frame["type"].as_str() {
+                    Some("session.ready") => break,
+                    Some("error") => {
+                        return Err(format!("session.start refused: {}", frame["message"]));
+                    }
+                    _ => continue,
+                }
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("the socket closed before session.ready".into()),
+        }
+    }
     if let Some(scope) = &args.consent {
         let c = json!({"type": "consent", "scope": scope, "granted": true, "source": "loadtest"});
         tx.send(Message::text(c.to_string()))
             .await
             .map_err(|e| e.to_string())?;
     }
+    Ok((tx, rx))
+}
+
+async fn run_session(
+    args: Arc<Args>,
+    index: usize,
+    phase: Arc<Phase>,
+    stats: Arc<Mutex<Stats>>,
+) -> Result<(), String> {
+    let (mut tx, mut rx) = match open_session(&args, index).await {
+        Ok(halves) => {
+            phase.connected.fetch_add(1, Ordering::AcqRel);
+            halves
+        }
+        Err(e) => {
+            phase.failed.fetch_add(1, Ordering::AcqRel);
+            return Err(e);
+        }
+    };
+    let mut start = phase.start.clone();
+    let t0 = match start.wait_for(Option::is_some).await {
+        Ok(t) => t.expect("waited for Some"),
+        Err(_) => return Err("the run was abandoned".into()),
+    };
     let template: Value = serde_json::from_str(&args.args).map_err(|e| format!("--args: {e}"))?;
     // Scheduled send time per call id, shared with the reader.
     let scheduled: Arc<Mutex<HashMap<String, (Instant, bool)>>> = Arc::default();
@@ -176,7 +232,8 @@ async fn run_session(
         let n = (k * args.sessions as u64) + index as u64;
         let id = format!("call_{n}");
         scheduled.lock().unwrap().insert(id.clone(), (at, false));
-        let call = json!({"type": "tool.call", "id": id, "name": args.function, "arguments": with_n(&template, n).to_string()});
+        let call = json!({"type": "tool.call", "id": id, "name": args.function,
+                          "arguments": with_n(&template, n).to_string()});
         if tx.send(Message::text(call.to_string())).await.is_err() {
             break;
         }
@@ -188,11 +245,8 @@ async fn run_session(
     while !scheduled.lock().unwrap().is_empty() && Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = tx
-        .send(Message::text(
-            json!({"type": "session.end", "reason": "loadtest"}).to_string(),
-        ))
-        .await;
+    let end = json!({"type": "session.end", "reason": "loadtest"});
+    let _ = tx.send(Message::text(end.to_string())).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     reader.abort();
     Ok(())
@@ -206,24 +260,45 @@ async fn main() {
         std::process::exit(2);
     }
     let stats: Arc<Mutex<Stats>> = Arc::default();
-    let t0 = Instant::now() + Duration::from_millis(500);
     eprintln!(
         "toolgate-loadtest: {} sessions, {} tool calls/s for {} s against {}",
         args.sessions, args.rate, args.duration, args.url
     );
+    let (start_tx, start_rx) = watch::channel(None);
+    let phase = Arc::new(Phase {
+        connected: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+        start: start_rx,
+    });
     let mut tasks = Vec::new();
     for i in 0..args.sessions {
         tasks.push(tokio::spawn(run_session(
             args.clone(),
             i,
-            t0,
+            phase.clone(),
             stats.clone(),
         )));
     }
+    let opening = Instant::now();
+    loop {
+        let ok = phase.connected.load(Ordering::Acquire);
+        let bad = phase.failed.load(Ordering::Acquire);
+        if ok + bad == args.sessions {
+            eprintln!(
+                "  {ok} sessions ready, {bad} failed, in {} ms",
+                opening.elapsed().as_millis()
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let _ = start_tx.send(Some(t0));
+
     let progress_stats = stats.clone();
     let progress = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
+        let mut tick =
+            tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
         loop {
             tick.tick().await;
             let st = progress_stats.lock().unwrap();
