@@ -213,6 +213,11 @@ pub fn failed(function: &Function, e: &ProviderError) -> Answer {
     let next = next_text(Some(function), code, &fields, default);
     let mut extra: Vec<(&'static str, Value)> = vec![("provider_message", json!(e.message))];
     if !fields.is_empty() {
+        // A provider that says a value is missing (Resend `missing_required_field`) is asking
+        // for the same thing the required-values guard asks for.
+        if e.provider_code.as_deref() == Some("missing_required_field") {
+            extra.push(("missing", json!(fields)));
+        }
         extra.push(("fields", json!(fields)));
     }
     Answer {

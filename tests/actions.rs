@@ -771,3 +771,26 @@ async fn a_cancel_after_the_first_filler_stops_the_repeats() {
     assert_eq!(a.status(), "cancelled");
     assert_eq!(a.result.frame["data"]["provider_outcome"], "succeeded");
 }
+
+#[tokio::test]
+async fn a_resend_missing_field_reaches_the_model_as_missing() {
+    let env = Env::start().await;
+    env.resend.push(Reply::ResendError {
+        status: 422,
+        name: "missing_required_field".into(),
+        message: "Missing `to` field.".into(),
+        retry_after: None,
+    });
+    let mut s = env.session("c-missing-422", order_vars()).await;
+    s.say("Please email bo at example dot org").await;
+    let a = s
+        .call(
+            "call_01",
+            "email_someone",
+            json!({"email": "bo@example.org", "note": "hi"}),
+        )
+        .await;
+    assert_eq!(a.error().as_deref(), Some("provider_rejected"));
+    assert_eq!(a.output()["missing"], json!(["email"]));
+    assert_eq!(a.output()["provider_message"], "Missing `to` field.");
+}
