@@ -63,6 +63,7 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let text = toolgate::demo::DEMO_CONFIG
+        .replace("{db}", "unused.db")
         .replace("{resend}", "http://127.0.0.1:9")
         .replace("{wati}", "http://127.0.0.1:9/123456")
         .replace("{webhook}", "http://127.0.0.1:9/hook");

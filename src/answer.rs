@@ -7,11 +7,13 @@
 use serde_json::{Map, Value, json};
 
 use crate::bindings::Source;
+use crate::catalog::Action;
 use crate::config::Function;
 use crate::guards::{Guard, Rejection};
 use crate::protocol::ResultStatus;
 use crate::providers::{Delivery, FailureKind, ProviderError};
 use crate::session::state::ActionState;
+use crate::workflow::DeferReason;
 
 /// A `tool.result` body.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +157,32 @@ pub fn duplicate(function: &Function, earlier_call: &str, state: &ActionState) -
         status: ResultStatus::Duplicate,
         output: output(m),
         data: None,
+    }
+}
+
+/// The action is in the post-call workflow queue.
+pub fn deferred(function: &Function, job_id: &str, reason: DeferReason) -> Answer {
+    let what = match function.action {
+        Action::ResendSendEmail => "The email will arrive shortly after the call.",
+        Action::WatiSendTemplateMessage | Action::WatiSendSessionMessage => {
+            "The WhatsApp message will arrive shortly after the call."
+        }
+        Action::WebhookPost => "This will be taken care of right after the call.",
+    };
+    let next = next_text(
+        Some(function),
+        "deferred",
+        &[],
+        format!("Tell the caller: {what} Do not call this again."),
+    );
+    let mut m = Map::new();
+    m.insert("ok".into(), json!(true));
+    m.insert("status".into(), json!("queued"));
+    m.insert("next".into(), json!(next));
+    Answer {
+        status: ResultStatus::Deferred,
+        output: output(m),
+        data: Some(json!({"job_id": job_id, "reason": reason.as_str()})),
     }
 }
 

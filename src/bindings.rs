@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use indexmap::IndexMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::protocol::{Caller, VarValue};
@@ -410,7 +410,7 @@ pub struct Binding {
 }
 
 /// Where a resolved value came from, for the evidence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "name", rename_all = "snake_case")]
 pub enum ValueSource {
     /// The model's argument of this name.
@@ -426,7 +426,7 @@ pub enum ValueSource {
 }
 
 /// A resolved input value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Resolved {
     /// Text.
@@ -446,7 +446,7 @@ impl Resolved {
 }
 
 /// One action input after resolution.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedInput {
     /// The action input name.
     pub name: String,

@@ -31,8 +31,10 @@ fn demo_env(name: &str) -> Option<String> {
     }
 }
 
-/// The three mock providers of the demo.
+/// The three mock providers of the demo, and a scratch directory for its job store.
 pub struct Mocks {
+    /// Holds the demo's SQLite file; removed when the demo ends.
+    pub dir: tempfile::TempDir,
     /// Mock Resend.
     pub resend: MockProvider,
     /// Mock Wati.
@@ -45,6 +47,7 @@ impl Mocks {
     /// Start all three on loopback.
     pub async fn start() -> std::io::Result<Mocks> {
         Ok(Mocks {
+            dir: tempfile::tempdir()?,
             resend: MockProvider::resend(RESEND_KEY).await?,
             wati: MockProvider::wati(WATI_TOKEN).await?,
             webhook: MockProvider::webhook(WEBHOOK_SECRET).await?,
@@ -59,6 +62,10 @@ impl Mocks {
     /// The demo config, edited (benches raise limits this way).
     pub fn config_with(&self, edit: impl FnOnce(String) -> String) -> Config {
         let text = edit(DEMO_CONFIG.to_owned())
+            .replace(
+                "{db}",
+                &self.dir.path().join("toolgate.db").display().to_string(),
+            )
             .replace("{resend}", &self.resend.url())
             .replace("{wati}", &self.wati.url())
             .replace("{webhook}", &self.webhook.url());

@@ -1,28 +1,39 @@
 //! Dispatch (SPEC §4): runs one accepted tool call against its provider under a timing budget,
-//! asking for filler lines while the caller would otherwise hear silence.
+//! asking for filler lines while the caller would otherwise hear silence, and handing the
+//! action to a post-call workflow when the caller should not wait any longer.
 //!
 //! The budget is data ([`Budget`]) that travels with the call; [`drive`] is the one place that
 //! turns it into timers, so the rules (first filler at `filler_after`, repeats every
-//! `filler_repeat`, at most [`MAX_FILLERS`], never a filler once the result is ready, abandon at
-//! `hard_timeout`) are tested on tokio's paused clock without any HTTP.
+//! `filler_repeat`, at most [`MAX_FILLERS`], never a filler once the result is ready, stop at a
+//! deadline without dropping the work) are tested on tokio's paused clock without any HTTP.
 //!
-//! The handoff to a post-call workflow at `defer_after` arrives with the workflow store; until
-//! then `auto` functions behave like `live` ones.
+//! How an accepted call runs, by mode:
+//! - `workflow`: queued at once, held until the call ends. Never sent live.
+//! - `auto`: queued at once when the connection predicts failure (circuit open) or slowness
+//!   (recent p90 above `defer_after`). Otherwise sent live; at `defer_after` the job is
+//!   written (committed, fsynced) and only then is `deferred` answered, while the live request
+//!   keeps the job's lease and runs on until `hard_timeout`: its success closes the job with
+//!   nothing re-sent, a refusal fails it, an unknown outcome leaves it to the worker. A
+//!   retryable failure before the budget is queued too.
+//! - `live`: sent live; `hard_timeout` ends it as `failed` with `timeout`.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tracing::{debug, warn};
+use tracing::{debug, error, info};
 
 use crate::bindings::{CallContext, Resolution};
-use crate::config::{Agent, Timing};
-use crate::connections::Status;
-use crate::providers::{self, Accepted, ActionContext, ProviderError};
+use crate::config::{Agent, Function, Mode, Timing};
+use crate::providers::{self, Accepted, ActionContext, Delivery, ProviderError};
 use crate::runtime::Runtime;
+use crate::telemetry;
+use crate::workflow::store::LEASE_MARGIN;
+use crate::workflow::{DeferReason, Finish, Job, NewJob, Start, now_ms};
 
 /// Most filler lines per tool call.
 pub const MAX_FILLERS: u32 = 3;
@@ -34,7 +45,7 @@ pub struct Budget {
     pub filler_after: Duration,
     /// Repeat fillers this often (zero: no repeats).
     pub filler_repeat: Duration,
-    /// Hand off to a workflow after this long (`auto` mode, with the workflow store).
+    /// Hand off to a workflow after this long (`auto` mode).
     pub defer_after: Duration,
     /// Abandon the live request after this long.
     pub hard_timeout: Duration,
@@ -56,40 +67,39 @@ impl From<&Timing> for Budget {
 pub enum Driven<T> {
     /// The work finished in time.
     Done(T),
-    /// `hard_timeout` passed first; the work was dropped.
-    TimedOut,
+    /// The deadline came first; the work is still pending and was not dropped.
+    Stopped,
 }
 
-/// Await `work`, calling `on_filler(seq, elapsed)` at each filler time, until it finishes or the
-/// hard timeout passes. When the result and a filler fall due together, the result wins.
-pub async fn drive<F: Future>(
+/// Await `work` until it finishes or `until` passes, calling `on_filler(seq, elapsed)` at each
+/// filler time before then. When the result and a filler fall due together, the result wins.
+pub async fn drive<F: Future + ?Sized>(
     start: Instant,
     budget: &Budget,
-    work: F,
+    until: Instant,
+    mut work: Pin<&mut F>,
     mut on_filler: impl FnMut(u32, Duration),
 ) -> Driven<F::Output> {
-    tokio::pin!(work);
-    let deadline = start + budget.hard_timeout;
     let mut seq = 0u32;
-    let mut next_filler = Some(start + budget.filler_after).filter(|t| *t < deadline);
+    let mut next_filler = Some(start + budget.filler_after).filter(|t| *t < until);
     loop {
-        let filler_at = next_filler.unwrap_or(deadline);
+        let filler_at = next_filler.unwrap_or(until);
         tokio::select! {
             biased;
-            out = &mut work => return Driven::Done(out),
-            _ = sleep_until(deadline) => return Driven::TimedOut,
+            out = work.as_mut() => return Driven::Done(out),
+            _ = sleep_until(until) => return Driven::Stopped,
             _ = sleep_until(filler_at), if next_filler.is_some() => {
                 seq += 1;
                 on_filler(seq, Instant::now() - start);
                 next_filler = (seq < MAX_FILLERS && !budget.filler_repeat.is_zero())
                     .then(|| filler_at + budget.filler_repeat)
-                    .filter(|t| *t < deadline);
+                    .filter(|t| *t < until);
             }
         }
     }
 }
 
-/// What happened at the provider.
+/// What happened to the action, as far as this call knows.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Accepted.
@@ -98,6 +108,8 @@ pub enum Outcome {
     Failed(ProviderError),
     /// Cancelled before it was sent.
     NotSent,
+    /// In the workflow queue; the worker will run it.
+    Queued,
     /// toolgate itself failed (a bug); whether anything was sent is unknown.
     Internal(String),
 }
@@ -123,6 +135,16 @@ pub enum Event {
         /// Since the `tool.call` arrived.
         elapsed: Duration,
     },
+    /// The action is durably in the workflow queue: answer `deferred` now. A `Done` follows
+    /// (at once, or when a live request that kept running ends).
+    Deferred {
+        /// The `tool.call` id.
+        id: String,
+        /// The job id.
+        job_id: String,
+        /// Why.
+        reason: DeferReason,
+    },
     /// The call is finished.
     Done {
         /// The `tool.call` id.
@@ -139,6 +161,10 @@ pub enum Event {
 pub struct LiveCall {
     /// The `tool.call` id.
     pub id: String,
+    /// The org of the session.
+    pub org: String,
+    /// The invocation id.
+    pub invocation_id: String,
     /// The session's agent.
     pub agent: Arc<Agent>,
     /// Index of the function in the agent.
@@ -151,7 +177,8 @@ pub struct LiveCall {
     pub key: String,
     /// When the `tool.call` arrived.
     pub received: Instant,
-    /// Set by `tool.cancel`: not sent if not sent yet, and no more fillers.
+    /// Set by `tool.cancel`: not sent if not sent yet, no more fillers, and no handoff (the
+    /// caller interrupted; the live request runs out and its true outcome is reported).
     pub cancelled: Arc<AtomicBool>,
 }
 
@@ -177,92 +204,266 @@ pub async fn run(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender
     }
 }
 
-async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
-    let function = &call.agent.functions[call.function];
-    let budget = Budget::from(&function.timing);
-    let mut timing = ProviderTiming::default();
+struct Run<'a> {
+    call: &'a LiveCall,
+    rt: &'a Runtime,
+    function: &'a Function,
+    events: &'a mpsc::UnboundedSender<Event>,
+}
 
-    if call.cancelled.load(Ordering::Acquire) {
-        let _ = events.send(Event::Done {
-            id: call.id,
-            outcome: Outcome::NotSent,
+impl Run<'_> {
+    fn cancelled(&self) -> bool {
+        self.call.cancelled.load(Ordering::Acquire)
+    }
+
+    fn new_job(&self, reason: DeferReason, start: Start) -> NewJob {
+        NewJob {
+            org: self.call.org.clone(),
+            agent: self.call.agent.id.clone(),
+            function: self.function.name.clone(),
+            call_id: self.call.ctx.call_id.clone(),
+            tool_call_id: self.call.id.clone(),
+            invocation_id: self.call.invocation_id.clone(),
+            action: self.function.action,
+            connection: self.function.connection.id.clone(),
+            inputs: self.call.inputs.inputs.clone(),
+            idempotency_key: self.call.key.clone(),
+            idempotent: self.function.action.provider().idempotent(),
+            reason,
+            max_attempts: self.rt.config.workflow.max_attempts,
+            hard_timeout: self.function.timing.hard_timeout,
+            start,
+        }
+    }
+
+    /// Write the job (committed before this returns), then tell the session to answer.
+    async fn defer(&self, reason: DeferReason, start: Start) -> Option<Job> {
+        match self
+            .rt
+            .jobs
+            .enqueue(self.new_job(reason, start), now_ms())
+            .await
+        {
+            Ok(job) => {
+                telemetry::deferred(reason);
+                info!(id = %self.call.id, job = %job.id, reason = reason.as_str(), "tool call deferred");
+                let _ = self.events.send(Event::Deferred {
+                    id: self.call.id.clone(),
+                    job_id: job.id.clone(),
+                    reason,
+                });
+                Some(job)
+            }
+            Err(e) => {
+                error!(id = %self.call.id, error = %e, "cannot store a workflow job; the call is not deferred");
+                None
+            }
+        }
+    }
+
+    fn done(&self, outcome: Outcome, timing: ProviderTiming) {
+        let _ = self.events.send(Event::Done {
+            id: self.call.id.clone(),
+            outcome,
             timing,
         });
-        return;
     }
+
+    /// A provider failure as the rest of toolgate may see it: redacted, and recorded.
+    fn record(&self, started: Instant, result: &mut Result<Accepted, ProviderError>) {
+        let conn = &self.function.connection;
+        if let Err(e) = result {
+            e.redact_for(conn);
+            debug!(function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
+        }
+        self.rt
+            .connections
+            .record(&conn.id, started.elapsed(), result.as_ref().err());
+    }
+}
+
+async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
+    let function = &call.agent.functions[call.function];
+    let run = Run {
+        call: &call,
+        rt: &rt,
+        function,
+        events: &events,
+    };
+    let budget = Budget::from(&function.timing);
+    let mode = function.timing.mode;
+    let mut timing = ProviderTiming::default();
+
+    if run.cancelled() {
+        return run.done(Outcome::NotSent, timing);
+    }
+
+    // Queue at once: a workflow function, or an auto call that would not meet its budget.
+    let early = match mode {
+        Mode::Workflow => Some(DeferReason::Workflow),
+        Mode::Auto => rt
+            .connections
+            .predict_deferral(&function.connection.id, budget.defer_after),
+        Mode::Live => None,
+    };
+    if let Some(reason) = early {
+        let start = match reason {
+            DeferReason::Workflow => Start::AfterCall,
+            _ => Start::RunnableAt(now_ms()),
+        };
+        if run.defer(reason, start).await.is_some() {
+            return run.done(Outcome::Queued, timing);
+        }
+        if reason == DeferReason::Workflow {
+            // A workflow function never calls the provider live, store or no store.
+            return run.done(
+                Outcome::Internal("the workflow store refused the job".into()),
+                timing,
+            );
+        }
+    }
+
     let ctx = ActionContext {
         call_id: &call.ctx.call_id,
         function: &function.name,
         idempotency_key: &call.key,
         now: SystemTime::now(),
     };
-    let request = providers::prepare(&function.connection, function.action, &call.inputs, &ctx);
-    let outcome = match request {
-        Err(e) => Outcome::Failed(e),
-        Ok(req) => {
-            timing.sent = Some(call.received.elapsed());
-            let work = async {
-                let raw = providers::send(&rt.providers, &req).await?;
-                providers::interpret(function.action, raw)
-            };
-            let driven = drive(call.received, &budget, work, |seq, elapsed| {
-                if !call.cancelled.load(Ordering::Acquire) {
-                    let _ = events.send(Event::Filler {
-                        id: call.id.clone(),
-                        seq,
-                        elapsed,
-                    });
-                }
-            })
-            .await;
-            timing.done = Some(call.received.elapsed());
-            match driven {
-                Driven::Done(Ok(accepted)) => Outcome::Accepted(accepted),
-                Driven::Done(Err(e)) => Outcome::Failed(e),
-                Driven::TimedOut => Outcome::Failed(ProviderError::timeout(budget.hard_timeout)),
-            }
+    let req = match providers::prepare(&function.connection, function.action, &call.inputs, &ctx) {
+        Ok(req) => req,
+        Err(e) => return run.done(Outcome::Failed(e), timing),
+    };
+    let started = Instant::now();
+    timing.sent = Some(call.received.elapsed());
+    let work = async {
+        let raw = providers::send(&rt.providers, &req).await?;
+        providers::interpret(function.action, raw)
+    };
+    tokio::pin!(work);
+    let hard_deadline = call.received + budget.hard_timeout;
+    let may_defer = mode == Mode::Auto;
+    let first_stop = if may_defer {
+        call.received + budget.defer_after
+    } else {
+        hard_deadline
+    };
+    let filler = |seq, elapsed| {
+        if !run.cancelled() {
+            let _ = events.send(Event::Filler {
+                id: call.id.clone(),
+                seq,
+                elapsed,
+            });
         }
     };
-    let mut outcome = outcome;
-    if let Outcome::Failed(e) = &mut outcome {
-        // Providers echo inputs and, when misbehaving, headers: nothing they say reaches the
-        // model, the logs or the evidence unredacted.
-        let secrets = function.connection.secret_texts();
-        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-        if let std::borrow::Cow::Owned(clean) = crate::redact::text(&e.message, &secrets) {
-            e.message = clean;
+    let mut result = match drive(call.received, &budget, first_stop, work.as_mut(), filler).await {
+        Driven::Done(result) => result,
+        Driven::Stopped if first_stop == hard_deadline => {
+            Err(ProviderError::timeout(budget.hard_timeout))
         }
-    }
-    if let Outcome::Failed(e) = &outcome {
-        debug!(
-            function = %function.name,
-            connection = %function.connection.id,
-            kind = e.kind.code(),
-            delivery = ?e.delivery,
-            "provider request failed"
-        );
-        if e.is_auth()
-            && let Some(h) = rt.connections.health(&function.connection.id)
-        {
+        Driven::Stopped => {
+            // The budget ran out with the request still running.
+            let lease_until = now_ms()
+                + hard_deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as i64
+                + LEASE_MARGIN.as_millis() as i64;
+            let job = if run.cancelled() {
+                None
+            } else {
+                let start = Start::Live {
+                    owner: rt.live_owner.clone(),
+                    until: lease_until,
+                };
+                run.defer(DeferReason::Budget, start).await
+            };
+            let mut result = tokio::time::timeout_at(hard_deadline, work.as_mut())
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::timeout(budget.hard_timeout)));
+            timing.done = Some(call.received.elapsed());
+            run.record(started, &mut result);
+            if let Some(job) = job {
+                close_live_job(&rt, &job, &result).await;
+                let outcome = match result {
+                    Ok(a) => Outcome::Accepted(a),
+                    Err(e) if e.retryable => Outcome::Queued,
+                    Err(e) => Outcome::Failed(e),
+                };
+                return run.done(outcome, timing);
+            }
+            // Not handed off (cancelled, or the store refused): answer the live outcome.
+            return run.done(
+                match result {
+                    Ok(a) => Outcome::Accepted(a),
+                    Err(e) => Outcome::Failed(e),
+                },
+                timing,
+            );
+        }
+    };
+    timing.done = Some(call.received.elapsed());
+    run.record(started, &mut result);
+    match result {
+        Ok(a) => run.done(Outcome::Accepted(a), timing),
+        Err(e) if may_defer && e.retryable && !run.cancelled() => {
+            // A 429, 5xx or unreachable provider before the budget ended: the worker retries
+            // it after the call, counting this as the first attempt.
+            let start = Start::Retry {
+                not_before: rt
+                    .config
+                    .workflow
+                    .backoff
+                    .not_before(now_ms(), 1, e.retry_after),
+                possibly_sent: e.delivery != Delivery::NotSent,
+                error: format!("{}: {}", e.kind.code(), e.message),
+            };
+            if run
+                .defer(DeferReason::RetryableFailure, start)
+                .await
+                .is_some()
             {
-                if h.status() != Status::Error {
-                    warn!(connection = %function.connection.id, status = ?e.http_status, "provider refused the credentials; connection marked error");
-                }
-                h.set(
-                    Status::Error,
-                    Some(format!(
-                        "the provider refused the credentials (HTTP {}) during an action",
-                        e.http_status.unwrap_or(0)
-                    )),
-                );
+                run.done(Outcome::Queued, timing)
+            } else {
+                run.done(Outcome::Failed(e), timing)
             }
         }
+        Err(e) => run.done(Outcome::Failed(e), timing),
     }
-    let _ = events.send(Event::Done {
-        id: call.id,
-        outcome,
-        timing,
-    });
+}
+
+/// The live request that held a deferred job's lease has ended: close the job with what it
+/// learned, so nothing is sent twice.
+async fn close_live_job(rt: &Runtime, job: &Job, result: &Result<Accepted, ProviderError>) {
+    let finish = match result {
+        Ok(a) => Finish::Succeeded {
+            message_id: a.message_id.clone(),
+        },
+        Err(e) if e.retryable => Finish::Retry {
+            not_before: rt.config.workflow.backoff.not_before(
+                now_ms(),
+                job.attempts,
+                e.retry_after,
+            ),
+            error: format!("{}: {}", e.kind.code(), e.message),
+            possibly_sent: e.delivery != Delivery::NotSent,
+        },
+        Err(e) => Finish::Failed {
+            error: format!("{}: {}", e.kind.code(), e.message),
+        },
+    };
+    match rt
+        .jobs
+        .finish(&job.id, &rt.live_owner, finish, now_ms())
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            info!(job = %job.id, "the live request outlived its lease; the worker owns the job")
+        }
+        Err(e) => {
+            error!(job = %job.id, error = %e, "cannot close a deferred job; its lease will lapse and the worker will run it again")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,68 +480,85 @@ mod tests {
         }
     }
 
-    async fn run_for(work_ms: u64, b: Budget) -> (Driven<u8>, Vec<(u32, u128)>) {
+    async fn run_for(work_ms: u64, b: Budget, until_ms: u64) -> (Driven<u8>, Vec<(u32, u128)>) {
         let start = Instant::now();
         let mut fillers = Vec::new();
-        let out = drive(
-            start,
-            &b,
-            async {
-                sleep(Duration::from_millis(work_ms)).await;
-                7u8
-            },
-            |seq, elapsed| fillers.push((seq, elapsed.as_millis())),
-        )
+        let work = async {
+            sleep(Duration::from_millis(work_ms)).await;
+            7u8
+        };
+        tokio::pin!(work);
+        let until = start + Duration::from_millis(until_ms);
+        let out = drive(start, &b, until, work.as_mut(), |seq, elapsed| {
+            fillers.push((seq, elapsed.as_millis()))
+        })
         .await;
         (out, fillers)
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_fast_result_gets_no_filler() {
-        let (out, fillers) = run_for(499, budget(500, 0, 10_000)).await;
+        let (out, fillers) = run_for(499, budget(500, 0, 10_000), 10_000).await;
         assert_eq!(out, Driven::Done(7));
         assert!(fillers.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
     async fn result_and_filler_due_together_means_no_filler() {
-        let (out, fillers) = run_for(500, budget(500, 0, 10_000)).await;
+        let (out, fillers) = run_for(500, budget(500, 0, 10_000), 10_000).await;
         assert_eq!(out, Driven::Done(7));
         assert!(fillers.is_empty(), "{fillers:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn one_filler_at_filler_after_without_repeats() {
-        let (out, fillers) = run_for(2_000, budget(500, 0, 10_000)).await;
+        let (out, fillers) = run_for(2_000, budget(500, 0, 10_000), 10_000).await;
         assert_eq!(out, Driven::Done(7));
         assert_eq!(fillers, vec![(1, 500)]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn repeats_stop_at_three_fillers() {
-        let (_, fillers) = run_for(5_000, budget(500, 700, 10_000)).await;
+        let (_, fillers) = run_for(5_000, budget(500, 700, 10_000), 10_000).await;
         assert_eq!(fillers, vec![(1, 500), (2, 1200), (3, 1900)]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn repeats_stop_with_the_result() {
-        let (_, fillers) = run_for(1_300, budget(500, 700, 10_000)).await;
+        let (_, fillers) = run_for(1_300, budget(500, 700, 10_000), 10_000).await;
         assert_eq!(fillers, vec![(1, 500), (2, 1200)]);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn hard_timeout_abandons_the_work() {
+    async fn the_deadline_stops_the_wait_without_dropping_the_work() {
         let start = Instant::now();
-        let (out, fillers) = run_for(60_000, budget(500, 0, 3_000)).await;
-        assert_eq!(out, Driven::TimedOut);
+        let b = budget(500, 0, 10_000);
+        let work = async {
+            sleep(Duration::from_millis(4_000)).await;
+            9u8
+        };
+        tokio::pin!(work);
+        let mut fillers = Vec::new();
+        let out = drive(
+            start,
+            &b,
+            start + Duration::from_millis(2_500),
+            work.as_mut(),
+            |s, e| fillers.push((s, e.as_millis())),
+        )
+        .await;
+        assert_eq!(out, Driven::Stopped);
+        assert_eq!(start.elapsed(), Duration::from_millis(2_500));
         assert_eq!(fillers, vec![(1, 500)]);
-        assert_eq!(start.elapsed(), Duration::from_millis(3_000));
+        // The same work finishes later: the handoff keeps it running.
+        assert_eq!(work.await, 9);
+        assert_eq!(start.elapsed(), Duration::from_millis(4_000));
     }
 
     #[tokio::test(start_paused = true)]
     async fn no_filler_scheduled_at_or_after_the_deadline() {
-        let (out, fillers) = run_for(60_000, budget(3_000, 0, 3_000)).await;
-        assert_eq!(out, Driven::TimedOut);
+        let (out, fillers) = run_for(60_000, budget(3_000, 0, 3_000), 3_000).await;
+        assert_eq!(out, Driven::Stopped);
         assert!(fillers.is_empty());
     }
 }

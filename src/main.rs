@@ -35,6 +35,12 @@ enum Command {
         #[arg(long)]
         skip_secrets: bool,
     },
+    /// Run only the post-call workflow worker (no listeners) against the configured store.
+    Worker {
+        /// Config file.
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+    },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
         /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
@@ -61,6 +67,10 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
         Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
+        Command::Worker { config } => {
+            toolgate::telemetry::init_tracing("info");
+            runtime.block_on(worker(config))
+        }
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
             match runtime.block_on(toolgate::demo::run(keep_running)) {
@@ -136,20 +146,10 @@ fn plural(n: usize) -> &'static str {
 }
 
 async fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            eprintln!("toolgate: not starting with a bad config");
-            return ExitCode::FAILURE;
-        }
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
     };
-    let drain = config
-        .agents
-        .iter()
-        .flat_map(|a| a.functions.iter().map(|f| f.timing.hard_timeout))
-        .max()
-        .unwrap_or(Duration::from_secs(10));
+    let drain = drain_time(&config);
     let server = match Server::start(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -163,6 +163,50 @@ async fn serve(path: PathBuf) -> ExitCode {
         "shutting down: no new sessions; waiting for live ones"
     );
     server.shutdown(drain).await;
+    ExitCode::SUCCESS
+}
+
+/// How long shutdown may wait: the longest live request plus the time to record it.
+fn drain_time(config: &Config) -> Duration {
+    config
+        .agents
+        .iter()
+        .flat_map(|a| a.functions.iter().map(|f| f.timing.hard_timeout))
+        .max()
+        .unwrap_or(Duration::from_secs(10))
+        + toolgate::workflow::store::LEASE_MARGIN
+}
+
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprint!("{e}");
+            eprintln!("toolgate: not starting with a bad config");
+            None
+        }
+    }
+}
+
+async fn worker(path: PathBuf) -> ExitCode {
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
+    };
+    let drain = drain_time(&config);
+    let rt = match toolgate::runtime::Runtime::new(config) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(toolgate::workflow::worker::run(rt.clone(), stop.clone()));
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new claims; waiting for running attempts");
+    stop.cancel();
+    let _ = tokio::time::timeout(drain, task).await;
+    rt.jobs.close();
     ExitCode::SUCCESS
 }
 

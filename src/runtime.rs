@@ -7,10 +7,33 @@ use std::sync::atomic::AtomicUsize;
 
 use dashmap::DashMap;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{Agent, Config, token_digest};
 use crate::connections::Registry;
 use crate::providers;
 use crate::session::SessionHandle;
+use crate::workflow::store::{JobStore, StoreError};
+
+/// Why a runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The job store could not be opened.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Who an admin bearer token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminScope {
+    /// `[admin] tokens`: every org.
+    All,
+    /// An org's `admin_tokens`: that org only.
+    Org(String),
+}
 
 /// Live sessions are keyed by org and call id: two orgs may reuse a call id.
 pub type SessionKey = (String, String);
@@ -27,19 +50,38 @@ pub struct Runtime {
     pub sessions: DashMap<SessionKey, SessionHandle>,
     /// How many sessions are live.
     pub active_sessions: AtomicUsize,
+    /// The durable post-call job queue.
+    pub jobs: Arc<JobStore>,
+    /// The lease owner of live requests that outlive their budget (`live:<instance>`).
+    pub live_owner: String,
+    /// Cancelled when the process is shutting down: sessions drain and close.
+    pub shutdown: CancellationToken,
     /// Session token digest to org id.
     session_tokens: HashMap<[u8; 32], String>,
+    admin_tokens: HashMap<[u8; 32], AdminScope>,
     agents: HashMap<String, Arc<Agent>>,
 }
 
 impl Runtime {
     /// Build the runtime for a checked config.
-    pub fn new(config: Config) -> Result<Arc<Runtime>, reqwest::Error> {
+    pub fn new(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
         let session_tokens = config
             .orgs
             .iter()
             .flat_map(|o| o.session_tokens.iter().map(|t| (t.digest(), o.id.clone())))
             .collect();
+        let admin_tokens = config
+            .admin
+            .tokens
+            .iter()
+            .map(|t| (t.digest(), AdminScope::All))
+            .chain(config.orgs.iter().flat_map(|o| {
+                o.admin_tokens
+                    .iter()
+                    .map(|t| (t.digest(), AdminScope::Org(o.id.clone())))
+            }))
+            .collect();
+        let jobs = Arc::new(JobStore::open(&config.storage.path)?);
         let agents = config
             .agents
             .iter()
@@ -50,10 +92,19 @@ impl Runtime {
             providers: providers::Client::new()?,
             sessions: DashMap::new(),
             active_sessions: AtomicUsize::new(0),
+            jobs,
+            live_owner: format!("live:{}", ulid::Ulid::generate()),
+            shutdown: CancellationToken::new(),
             session_tokens,
+            admin_tokens,
             agents,
             config: Arc::new(config),
         }))
+    }
+
+    /// What an admin bearer token may see (compared by digest, like session tokens).
+    pub fn admin_scope(&self, token: &str) -> Option<&AdminScope> {
+        self.admin_tokens.get(&token_digest(token))
     }
 
     /// The org a session bearer token belongs to. Tokens are compared by SHA-256 digest, so

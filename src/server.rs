@@ -22,8 +22,10 @@ use tracing::{debug, info, warn};
 use crate::admin;
 use crate::config::Config;
 use crate::net::{self, HttpResponse, json_error};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
+use crate::workflow::store::StoreError;
+use crate::workflow::{now_ms, worker};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +33,12 @@ pub enum StartError {
     /// A listener could not bind.
     #[error("{0}")]
     Bind(#[from] std::io::Error),
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    /// The runtime (HTTP client, job store) could not be built.
+    #[error("{0}")]
+    Runtime(#[from] RuntimeError),
+    /// The job store refused its start-up work.
+    #[error("{0}")]
+    Store(#[from] StoreError),
 }
 
 /// A running sidecar.
@@ -45,6 +50,7 @@ pub struct Server {
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    worker: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl Server {
@@ -58,7 +64,20 @@ impl Server {
         let ws_addr = ws_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let runtime = Runtime::new(config)?;
+        // Sessions of an earlier process are gone: jobs they held for their end run now.
+        let released = runtime.jobs.release_all_held(now_ms()).await?;
+        if released > 0 {
+            info!(
+                released,
+                "jobs held for calls of an earlier run are now runnable"
+            );
+        }
         let shutdown = CancellationToken::new();
+        let worker = runtime.config.workflow.worker.then(|| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(worker::run(runtime.clone(), stop.clone()));
+            (stop, task)
+        });
 
         let rt = runtime.clone();
         let ws_task = net::spawn_http(
@@ -85,6 +104,7 @@ impl Server {
             runtime,
             shutdown,
             tasks: vec![ws_task, admin_task],
+            worker,
         })
     }
 
@@ -98,12 +118,16 @@ impl Server {
         format!("ws://{}/v1/session", self.ws_addr)
     }
 
-    /// Stop accepting connections, then wait up to `drain` for live sessions to finish.
+    /// Shut down without losing anything accepted: stop accepting connections; let every
+    /// session finish its in-flight tool calls (an `auto` call is deferred at its budget, so
+    /// nothing waits longer than `drain`), then close it with 1001 so the media server moves
+    /// on; stop the worker once its running attempts end; flush and close the job store.
     pub async fn shutdown(self, drain: Duration) {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
+        self.runtime.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + drain;
         while self
             .runtime
@@ -114,6 +138,12 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Some((stop, task)) = self.worker {
+            stop.cancel();
+            let _ = tokio::time::timeout(drain, task).await;
+        }
+        self.runtime.jobs.close();
+        info!("toolgate stopped");
     }
 }
 

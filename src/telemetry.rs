@@ -19,3 +19,66 @@ pub fn init_tracing(default: &str) {
         builder.compact().try_init()
     };
 }
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// `toolgate_deferrals_total{reason}`
+pub const DEFERRALS_TOTAL: &str = "toolgate_deferrals_total";
+/// `toolgate_jobs{state}`
+pub const JOBS: &str = "toolgate_jobs";
+/// `toolgate_job_attempts_total{outcome}`
+pub const JOB_ATTEMPTS_TOTAL: &str = "toolgate_job_attempts_total";
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The Prometheus recorder, installed and described on first use. When another recorder is
+/// already global (an embedding program's), metrics go there and this one renders empty.
+pub fn prometheus() -> &'static PrometheusHandle {
+    PROMETHEUS.get_or_init(|| {
+        let builder = PrometheusBuilder::new();
+        let handle = match builder.install_recorder() {
+            Ok(handle) => handle,
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        };
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        DEFERRALS_TOTAL,
+        "Tool calls handed to a post-call workflow, by reason (budget, retryable_failure, circuit_open, predicted_slow, workflow)."
+    );
+    metrics::describe_gauge!(
+        JOBS,
+        "Workflow jobs in the store, by state (queued, in_flight, succeeded, failed, dead)."
+    );
+    metrics::describe_counter!(
+        JOB_ATTEMPTS_TOTAL,
+        "Worker attempts at workflow jobs, by outcome (succeeded, failed, retry, dead, lease_lost)."
+    );
+}
+
+/// Count a deferral.
+pub fn deferred(reason: crate::workflow::DeferReason) {
+    metrics::counter!(DEFERRALS_TOTAL, "reason" => reason.as_str()).increment(1);
+}
+
+/// Count a worker attempt.
+pub fn job_attempt(outcome: &'static str) {
+    metrics::counter!(JOB_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Set the per-state job gauges (every state, so an emptied state reads 0).
+pub fn job_counts(counts: &[(crate::workflow::JobState, u64)]) {
+    for state in crate::workflow::JobState::ALL {
+        let n = counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!(JOBS, "state" => state.as_str()).set(n as f64);
+    }
+}

@@ -220,16 +220,20 @@ async fn a_failed_action_does_not_count_as_done() {
         retry_after: None,
     });
     let mut s = env.session("c-retry", order_vars()).await;
-    s.say("yes please").await;
-    let a = s
-        .call("call_01", "send_email_summary", json!({"summary": "x"}))
-        .await;
+    s.say("Please send it to bo at example dot org.").await;
+    let args = json!({"email": "bo@example.org", "note": "x"});
+    // A live function: the 500 is its answer.
+    let a = s.call("call_01", "email_someone", args.clone()).await;
     assert_eq!(a.status(), "failed");
-    let b = s
-        .call("call_02", "send_email_summary", json!({"summary": "x"}))
-        .await;
+    // Resend retries carry the same Idempotency-Key, so a retry is safe and allowed.
+    let b = s.call("call_02", "email_someone", args).await;
     assert_eq!(b.status(), "succeeded", "{:?}", b.output());
     assert_eq!(env.resend.delivered(), 1);
+    let reqs = env.resend.requests();
+    assert_eq!(
+        reqs[0].header("idempotency-key"),
+        reqs[1].header("idempotency-key")
+    );
 }
 
 #[tokio::test]
@@ -384,11 +388,15 @@ async fn rate_limits_and_server_errors_are_unavailable_not_refusals() {
         retry_after: Some(1),
     });
     let mut s = env.session("c-429", order_vars()).await;
-    s.say("yes").await;
+    s.say("Send it to bo at example dot org.").await;
     let a = s
-        .call("call_01", "send_email_summary", json!({"summary": "x"}))
+        .call(
+            "call_01",
+            "email_someone",
+            json!({"email": "bo@example.org", "note": "x"}),
+        )
         .await;
-    assert_eq!(a.status(), "failed");
+    assert_eq!(a.status(), "failed", "a live function fails");
     assert_eq!(a.error().as_deref(), Some("provider_unavailable"));
 
     env.wati.push(Reply::Raw {
@@ -615,10 +623,10 @@ async fn a_live_function_fails_with_timeout_when_the_budget_ends() {
 #[tokio::test]
 async fn a_connection_reset_is_an_unknown_outcome() {
     let env = Env::start().await;
-    env.webhook.push(Reply::Reset);
+    env.wati.push(Reply::Reset);
     let mut s = env.session("c-reset", json!({})).await;
     let a = s
-        .call("call_01", "notify_team", json!({"reason": "other"}))
+        .call("call_01", "whatsapp_note", json!({"text": "hi"}))
         .await;
     assert_eq!(a.status(), "failed");
     assert_eq!(a.error().as_deref(), Some("provider_unavailable"));

@@ -47,7 +47,10 @@ async fn session_start_is_answered_with_the_agents_tools() {
             "send_email_summary",
             "email_someone",
             "whatsapp_note",
-            "notify_team"
+            "notify_team",
+            "email_later",
+            "wati_later",
+            "log_after_call"
         ]
     );
     // Inputs bound to session values are not parameters; `required` lists only what the

@@ -37,6 +37,8 @@ pub struct Config {
     pub defaults: Defaults,
     /// `[evidence]`
     pub evidence: EvidenceSettings,
+    /// `[workflow]`
+    pub workflow: WorkflowSettings,
     /// `[[orgs]]`
     pub orgs: Vec<Org>,
     /// `[[connections]]`
@@ -105,6 +107,19 @@ pub struct EvidenceSettings {
     pub keep_bodies: bool,
     /// Days to keep evidence.
     pub retain_days: u32,
+}
+
+/// `[workflow]`: the post-call queue's worker.
+#[derive(Debug, Clone)]
+pub struct WorkflowSettings {
+    /// Attempts before a job is `dead` (`max_attempts`, default 8).
+    pub max_attempts: u32,
+    /// Jobs a worker runs at once (`concurrency`, default 8).
+    pub concurrency: usize,
+    /// Retry timing (`backoff_base_ms`, default 1000; `backoff_cap_ms`, default 300000).
+    pub backoff: crate::workflow::Backoff,
+    /// Whether `toolgate serve` runs a worker too (`worker`, default true).
+    pub worker: bool,
 }
 
 /// `[[orgs]]`

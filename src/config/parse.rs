@@ -16,7 +16,7 @@ use super::{
     AdminSettings, Agent, Config, Connection, ConnectionSettings, ConsentRule, DEFAULT_ALLOW,
     DEFAULT_DENY, DEFAULT_FILLER, Defaults, EvidenceSettings, Function, LoadOptions, Mode, Org,
     Param, Problem, Rate, RecipientPolicy, RecipientRule, Secret, SecretBytes, ServerSettings,
-    StorageSettings, Timing, render_tools,
+    StorageSettings, Timing, WorkflowSettings, render_tools,
 };
 use crate::bindings::{
     Binding, SessionRef, Source, Template, ValueRule, ValueType, is_email, is_identifier,
@@ -35,6 +35,7 @@ pub(crate) const NEXT_CODES: &[&str] = &[
     "rate_limited",
     "duplicate",
     "cancelled",
+    "deferred",
     "provider_rejected",
     "provider_auth_failed",
     "provider_unavailable",
@@ -418,10 +419,7 @@ impl<'a> Ck<'a> {
             match m.as_str() {
                 "auto" => out.mode = Mode::Auto,
                 "live" => out.mode = Mode::Live,
-                "workflow" => self.err(
-                    at(path, "mode"),
-                    "\"workflow\" needs the post-call workflow queue, which this version does not have yet; use \"auto\" or \"live\"",
-                ),
+                "workflow" => out.mode = Mode::Workflow,
                 other => {
                     let hint = suggestion(other, ["auto", "live", "workflow"]);
                     self.err(
@@ -541,10 +539,8 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
             .uint(evidence_t, "evidence", "retain_days", 1, 3650)
             .unwrap_or(30) as u32,
     };
-    if let Some(w) = ck_table(&mut ck, &root, "workflow") {
-        ck.keys(w, "workflow", &["max_attempts"]);
-        ck.uint(w, "workflow", "max_attempts", 1, 100);
-    }
+    let workflow_t = ck_table(&mut ck, &root, "workflow").unwrap_or(&empty);
+    let workflow = parse_workflow(&mut ck, workflow_t);
 
     let orgs = parse_orgs(&mut ck, &root);
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
@@ -558,6 +554,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
             admin,
             defaults,
             evidence,
+            workflow,
             orgs,
             connections,
             agents,
@@ -669,6 +666,42 @@ fn parse_storage(ck: &mut Ck<'_>, t: &Table) -> StorageSettings {
     StorageSettings {
         backend,
         path: ck.opts.base_dir.join(path),
+    }
+}
+
+fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
+    const P: &str = "workflow";
+    ck.keys(
+        t,
+        P,
+        &[
+            "max_attempts",
+            "concurrency",
+            "backoff_base_ms",
+            "backoff_cap_ms",
+            "worker",
+        ],
+    );
+    let base = ck
+        .uint(t, P, "backoff_base_ms", 1, 3_600_000)
+        .unwrap_or(1000);
+    let cap = ck
+        .uint(t, P, "backoff_cap_ms", 1, 86_400_000)
+        .unwrap_or(300_000);
+    if cap < base {
+        ck.err(
+            at(P, "backoff_cap_ms"),
+            format!("{cap} is below backoff_base_ms ({base})"),
+        );
+    }
+    WorkflowSettings {
+        max_attempts: ck.uint(t, P, "max_attempts", 1, 100).unwrap_or(8) as u32,
+        concurrency: ck.uint(t, P, "concurrency", 1, 1024).unwrap_or(8) as usize,
+        backoff: crate::workflow::Backoff {
+            base: Duration::from_millis(base),
+            cap: Duration::from_millis(cap),
+        },
+        worker: ck.boolean(t, P, "worker").unwrap_or(true),
     }
 }
 

@@ -416,17 +416,20 @@ fn map_bindings_keep_order_and_types() {
 }
 
 #[test]
-fn workflow_mode_is_refused_until_the_queue_exists() {
-    let p = problems(&GOOD.replace(
-        "timing = { filler_after_ms = 400 }",
-        "timing = { mode = \"workflow\" }",
+fn workflow_settings_have_defaults_and_are_checked() {
+    let c = Config::from_toml(GOOD, &opts()).unwrap();
+    assert_eq!(c.workflow.max_attempts, 8);
+    assert_eq!(c.workflow.backoff.base, Duration::from_secs(1));
+    assert_eq!(c.workflow.backoff.cap, Duration::from_secs(300));
+    let p = problems(&format!(
+        "[workflow]\nbackoff_base_ms = 5000\nbackoff_cap_ms = 100\nmax_attempt = 3\n{GOOD}"
     ));
-    assert_eq!(p.len(), 1);
-    assert!(
-        p[0].starts_with(
-            "agents[0].functions[0].timing.mode: \"workflow\" needs the post-call workflow queue"
-        ),
-        "{p:?}"
+    assert_eq!(
+        p,
+        vec![
+            "workflow.max_attempt: unknown key (did you mean \"max_attempts\"?)",
+            "workflow.backoff_cap_ms: 100 is below backoff_base_ms (5000)",
+        ]
     );
 }
 

@@ -10,10 +10,6 @@
 //! may help (`retryable`), and whether the request was *not sent*, *possibly sent* or
 //! *answered* ([`Delivery`]).
 
-// Provider errors travel the cold path only (one per failed request); their detail (message,
-// fields, body for the evidence) is worth more than a smaller `Result`.
-#![allow(clippy::result_large_err)]
-
 pub mod resend;
 pub mod wati;
 pub mod webhook;
@@ -147,6 +143,22 @@ impl ProviderError {
     /// Whether this failure says the credentials are bad (marks the connection `error`).
     pub fn is_auth(&self) -> bool {
         self.kind == FailureKind::AuthFailed
+    }
+
+    /// Whether the failure says the provider is in trouble (5xx, 429, unreachable, slow),
+    /// rather than that this request was wrong: what feeds a connection's failure streak.
+    pub fn is_provider_trouble(&self) -> bool {
+        matches!(self.kind, FailureKind::Unavailable | FailureKind::Timeout)
+    }
+
+    /// Scrub the connection's credentials and redact phone numbers and emails from the
+    /// provider's message: providers echo inputs and, when misbehaving, headers.
+    pub fn redact_for(&mut self, conn: &Connection) {
+        let secrets = conn.secret_texts();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        if let std::borrow::Cow::Owned(clean) = crate::redact::text(&self.message, &secrets) {
+            self.message = clean;
+        }
     }
 }
 

@@ -36,6 +36,7 @@ use crate::protocol::{
 };
 use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
+use crate::workflow::now_ms;
 use socket::{Incoming, Socket};
 use state::{ActionState, Entry, History, Ledger, LedgerEntry};
 
@@ -73,9 +74,14 @@ pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
     let mut sock = Socket::new(ws, &rt.config.server);
     // A connection that never starts a session does not hold a socket forever.
     let start_by = Instant::now() + sock.idle_after();
+    let shutdown = rt.shutdown.clone();
     loop {
         let incoming = tokio::select! {
             incoming = sock.next() => incoming,
+            _ = shutdown.cancelled() => {
+                sock.close(CloseCode::Away, "toolgate is shutting down").await;
+                return;
+            }
             _ = sleep_until(start_by) => {
                 let _ = sock.send(error_frame(ErrorCode::NoSession, "no session.start in time", None)).await;
                 sock.close(CloseCode::Policy, "no session.start").await;
@@ -235,6 +241,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 outbox: Vec::new(),
                 pending: Vec::new(),
                 registered: true,
+                draining: false,
             };
             Open::New(Box::new(session), start.call_id)
         }
@@ -249,6 +256,8 @@ struct Slot {
     answered: bool,
     cancelled: Arc<AtomicBool>,
     cancel_reason: Option<String>,
+    /// The workflow job, once the call was deferred.
+    job_id: Option<String>,
 }
 
 /// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
@@ -285,6 +294,8 @@ struct Session {
     /// Frames produced by the current handler, written after it returns.
     pending: Vec<(String, Keep)>,
     registered: bool,
+    /// The sidecar is shutting down: no new tool calls; close once nothing is in flight.
+    draining: bool,
 }
 
 impl Drop for Session {
@@ -303,9 +314,21 @@ impl Session {
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut grace_until: Option<Instant> = None;
         let mut ended = false;
+        let shutdown = self.rt.shutdown.clone();
         loop {
             if ended && self.inflight == 0 {
                 break;
+            }
+            if self.draining && !ended && self.inflight == 0 {
+                // Shutting down and nothing is in flight: let the media server move on.
+                info!("sidecar shutting down; closing the session");
+                if let Some(s) = sock.as_mut() {
+                    s.close(CloseCode::Away, "toolgate is shutting down").await;
+                }
+                sock = None;
+                ended = true;
+                self.deregister();
+                continue;
             }
             if sock.is_none() && !ended && grace_until.is_none() {
                 // The socket is gone (a read said so, or a write failed): wait for a resume.
@@ -345,6 +368,7 @@ impl Session {
                         self.push(frame, Keep::Always);
                     }
                 }
+                _ = shutdown.cancelled(), if !self.draining => self.draining = true,
                 _ = sleep_until(grace), if sock.is_none() && !ended && grace_until.is_some() => {
                     info!(inflight = self.inflight, "disconnect grace over; session ended");
                     ended = true;
@@ -369,6 +393,17 @@ impl Session {
         self.registered = false;
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
+        // The call is over: its workflow jobs run now.
+        if self.deferred > 0
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let (jobs, (org, call_id)) = (self.rt.jobs.clone(), self.key.clone());
+            handle.spawn(async move {
+                if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
+                    tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs; they run at the next start");
+                }
+            });
+        }
         // From now on a resume attempt fails at once and starts a fresh session instead.
         self.reattach_rx.close();
         // Sockets that raced in before the close get told, not left hanging (when a runtime
@@ -460,7 +495,30 @@ impl Session {
                     ),
                     Keep::LiveOnly,
                 ),
-                Some(slot) if slot.answered => {}
+                Some(slot) if slot.answered => {
+                    // Answered calls get nothing back; a deferred one that has not been sent
+                    // yet is not sent at all.
+                    if let Some(job_id) = slot.job_id.clone() {
+                        let jobs = self.rt.jobs.clone();
+                        let why = format!(
+                            "cancelled before it was sent ({})",
+                            c.reason.as_deref().unwrap_or("tool.cancel")
+                        );
+                        tokio::spawn(async move {
+                            match jobs.cancel_unsent(&job_id, &why, now_ms()).await {
+                                Ok(true) => {
+                                    info!(job = %job_id, "deferred call cancelled before it was sent")
+                                }
+                                Ok(false) => {
+                                    debug!(job = %job_id, "cancel of a deferred call came after it was sent")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(job = %job_id, error = %e, "cannot cancel a deferred call")
+                                }
+                            }
+                        });
+                    }
+                }
                 Some(slot) => {
                     debug!(id = %c.id, "tool call cancelled by the media server");
                     slot.cancelled.store(true, Ordering::Release);
@@ -488,6 +546,17 @@ impl Session {
     }
 
     fn on_tool_call(&mut self, call: ToolCall, received: Instant) {
+        if self.draining {
+            self.push(
+                error_frame(
+                    ErrorCode::Overloaded,
+                    "this sidecar is shutting down; the call was not accepted",
+                    Some(&call.id),
+                ),
+                Keep::LiveOnly,
+            );
+            return;
+        }
         if self.calls.contains_key(&call.id) {
             self.push(
                 error_frame(
@@ -555,6 +624,7 @@ impl Session {
                 answered: immediate.is_some(),
                 cancelled: cancelled.clone(),
                 cancel_reason: None,
+                job_id: None,
             },
         );
         if let Some(a) = immediate {
@@ -564,6 +634,7 @@ impl Session {
         let (Some(index), Some(key)) = (checked.function, checked.key) else {
             unreachable!("a call that proceeds has a function and a key");
         };
+        let call_id_for_live = call.id.clone();
         self.ledger.push(LedgerEntry {
             function: call.name.clone(),
             key: key.clone(),
@@ -574,6 +645,8 @@ impl Session {
         self.inflight += 1;
         let live = LiveCall {
             id: call.id,
+            org: self.key.0.clone(),
+            invocation_id: self.calls[&call_id_for_live].invocation_id.clone(),
             agent: self.agent.clone(),
             function: index,
             ctx: self.ctx.clone(),
@@ -632,6 +705,22 @@ impl Session {
                 .encode();
                 self.push(frame, Keep::LiveOnly);
             }
+            Event::Deferred { id, job_id, reason } => {
+                let Some(slot) = self.calls.get_mut(&id) else {
+                    return;
+                };
+                slot.answered = true;
+                slot.job_id = Some(job_id.clone());
+                let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
+                let function =
+                    &self.agent.functions[slot.function.expect("live calls have a function")];
+                let a = answer::deferred(function, &job_id, reason);
+                self.deferred += 1;
+                self.ledger.set_state(&id, ActionState::Deferred);
+                if !ended {
+                    self.push_result(&id, &invocation_id, received, &a);
+                }
+            }
             Event::Done {
                 id,
                 outcome,
@@ -640,8 +729,8 @@ impl Session {
                 let Some(slot) = self.calls.get_mut(&id) else {
                     return;
                 };
-                slot.answered = true;
                 self.inflight -= 1;
+                let was_answered = std::mem::replace(&mut slot.answered, true);
                 let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
                 let cancelled = slot.cancelled.load(Ordering::Acquire);
                 let reason = slot.cancel_reason.clone();
@@ -651,6 +740,7 @@ impl Session {
                     Outcome::Accepted(a) => ActionState::Succeeded {
                         message_id: a.message_id.clone(),
                     },
+                    Outcome::Queued => ActionState::Deferred,
                     Outcome::Internal(_) => ActionState::Unknown,
                     Outcome::Failed(e)
                         if e.delivery == Delivery::PossiblySent
@@ -661,9 +751,18 @@ impl Session {
                     Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
                 };
                 self.ledger.set_state(&id, state);
-                if let Outcome::Internal(what) = &outcome
-                    && !ended
-                {
+                debug!(
+                    id = %id,
+                    outcome = ?std::mem::discriminant(&outcome),
+                    provider_ms = timing.done.zip(timing.sent).map(|(d, s)| (d - s).as_millis() as u64),
+                    "tool call finished"
+                );
+                if was_answered || ended {
+                    // Already answered `deferred`: what the live request learned closed the
+                    // job; the model was told what it needs.
+                    return;
+                }
+                if let Outcome::Internal(what) = &outcome {
                     debug!(id = %id, what = %what, "internal failure answered");
                     self.pending.push((
                         error_frame(
@@ -676,6 +775,7 @@ impl Session {
                 }
                 let a = match (&outcome, cancelled) {
                     (Outcome::Internal(_), _) => answer::internal(function),
+                    (Outcome::Queued, _) => answer::internal(function),
                     (Outcome::Accepted(_), false) => answer::succeeded(function),
                     (Outcome::Failed(e), false) => answer::failed(function, e),
                     (Outcome::Accepted(_), true) => {
@@ -693,15 +793,7 @@ impl Session {
                         answer::cancelled(function, ProviderOutcome::NotSent, reason.as_deref())
                     }
                 };
-                debug!(
-                    id = %id,
-                    status = a.status.as_str(),
-                    provider_ms = timing.done.zip(timing.sent).map(|(d, s)| (d - s).as_millis() as u64),
-                    "tool call finished"
-                );
-                if !ended {
-                    self.push_result(&id, &invocation_id, received, &a);
-                }
+                self.push_result(&id, &invocation_id, received, &a);
             }
         }
     }

@@ -16,15 +16,21 @@ pub const RESEND_KEY: &str = "re_test_secret_4b1d9e";
 pub const WATI_TOKEN: &str = "wati-test-secret-88e1";
 pub const BETA_WATI_TOKEN: &str = "wati-beta-secret-0a7c";
 pub const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const ADMIN_TOKEN: &str = "admin-token-5e1f";
+pub const ACME_ADMIN: &str = "acme-admin-token-77a0";
+pub const BETA_ADMIN: &str = "beta-admin-token-c3d9";
 
 /// Every secret of the test config, for leak checks.
-pub const SECRETS: [&str; 6] = [
+pub const SECRETS: [&str; 9] = [
     ACME_TOKEN,
     BETA_TOKEN,
     RESEND_KEY,
     WATI_TOKEN,
     BETA_WATI_TOKEN,
     "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+    ADMIN_TOKEN,
+    ACME_ADMIN,
+    BETA_ADMIN,
 ];
 
 pub const CALLER: &str = "+14155550100";
@@ -39,6 +45,9 @@ fn env(name: &str) -> Option<String> {
             "ACME_WATI_TOKEN" => WATI_TOKEN,
             "BETA_WATI_TOKEN" => BETA_WATI_TOKEN,
             "ACME_WEBHOOK_SECRET" => WEBHOOK_SECRET,
+            "ADMIN_TOKEN" => ADMIN_TOKEN,
+            "ACME_ADMIN_TOKEN" => ACME_ADMIN,
+            "BETA_ADMIN_TOKEN" => BETA_ADMIN,
             _ => return None,
         }
         .to_owned(),
@@ -46,6 +55,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 pub struct Env {
+    pub dir: tempfile::TempDir,
     pub server: Server,
     pub resend: MockProvider,
     pub wati: MockProvider,
@@ -64,7 +74,12 @@ impl Env {
         let wati = MockProvider::wati(WATI_TOKEN).await.unwrap();
         let webhook = MockProvider::webhook(WEBHOOK_SECRET).await.unwrap();
         let beta_wati = MockProvider::wati(BETA_WATI_TOKEN).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
         let text = include_str!("test.toml")
+            .replace(
+                "{db}",
+                &dir.path().join("toolgate.db").display().to_string(),
+            )
             .replace("{resend}", &resend.url())
             .replace("{wati}", &wati.url())
             .replace("{webhook}", &webhook.url())
@@ -73,6 +88,7 @@ impl Env {
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let server = Server::start(config).await.unwrap();
         Env {
+            dir,
             server,
             resend,
             wati,
@@ -83,6 +99,53 @@ impl Env {
 
     pub fn url(&self) -> String {
         self.server.session_url()
+    }
+
+    /// An admin API request with an optional bearer token: (status, JSON body).
+    pub async fn admin(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}{path}", self.server.admin_addr);
+        let mut req = match method {
+            "POST" => client.post(url),
+            _ => client.get(url),
+        };
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// A job as the admin API shows it.
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, body) = self
+            .admin("GET", "/v1/jobs?limit=1000", Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no job {id} in {body}"))
+    }
+
+    /// Wait until a job reaches a final state.
+    pub async fn job_settled(&self, id: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            let state = job["state"].as_str().unwrap_or("").to_owned();
+            if matches!(state.as_str(), "succeeded" | "failed" | "dead")
+                || tokio::time::Instant::now() >= deadline
+            {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     pub async fn connect(&self) -> CallClient {

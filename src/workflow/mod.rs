@@ -1,0 +1,355 @@
+//! The post-call workflow (SPEC §4): actions handed off when the caller should not wait.
+//!
+//! A job is written durably (SQLite WAL, fsync at commit) *before* the model is told
+//! `deferred`, so a promise the model makes is never lost: [`store::JobStore`] answers an
+//! enqueue only after its commit. A live request that is still running when the budget ends
+//! holds the job's lease, so the [`worker`] cannot send it a second time; if the sidecar dies,
+//! the lease expires and the worker takes over.
+//!
+//! Job states: `queued` (waiting to run, or held for the end of its call), `in_flight` (leased
+//! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
+//! attempts).
+
+pub mod store;
+pub mod worker;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::bindings::ResolvedInput;
+use crate::catalog::Action;
+
+/// Milliseconds since the Unix epoch: the store's clock, passed in explicitly so tests can
+/// drive time.
+pub type Millis = i64;
+
+/// The wall clock in [`Millis`].
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to run (or held until its call ends).
+    Queued,
+    /// Leased by a live request or a worker.
+    InFlight,
+    /// The provider accepted it.
+    Succeeded,
+    /// The provider refused it definitively, or it was cancelled before it was sent.
+    Failed,
+    /// Out of attempts.
+    Dead,
+}
+
+impl JobState {
+    /// All states.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::InFlight,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+    ];
+
+    /// The state as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::InFlight => "in_flight",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// Parse a stored or queried state.
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a tool call was handed to a workflow (`toolgate_deferrals_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeferReason {
+    /// `defer_after_ms` passed with the live request still running.
+    Budget,
+    /// A retryable failure (429, 5xx, unreachable) came back before the budget ended.
+    RetryableFailure,
+    /// The connection's circuit is open: queued at once.
+    CircuitOpen,
+    /// The connection's recent p90 latency exceeds the budget: queued at once.
+    PredictedSlow,
+    /// `mode = "workflow"`: queued at once, run after the call.
+    Workflow,
+}
+
+impl DeferReason {
+    /// All reasons.
+    pub const ALL: [DeferReason; 5] = [
+        DeferReason::Budget,
+        DeferReason::RetryableFailure,
+        DeferReason::CircuitOpen,
+        DeferReason::PredictedSlow,
+        DeferReason::Workflow,
+    ];
+
+    /// The reason as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeferReason::Budget => "budget",
+            DeferReason::RetryableFailure => "retryable_failure",
+            DeferReason::CircuitOpen => "circuit_open",
+            DeferReason::PredictedSlow => "predicted_slow",
+            DeferReason::Workflow => "workflow",
+        }
+    }
+
+    /// Parse a stored reason.
+    pub fn parse(s: &str) -> Option<DeferReason> {
+        DeferReason::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+}
+
+/// Where a new job starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Runnable from this time.
+    RunnableAt(Millis),
+    /// Held until its call ends (`mode = "workflow"`).
+    AfterCall,
+    /// A live first attempt failed retryably: runnable from `not_before`, one attempt made.
+    Retry {
+        /// Earliest next attempt.
+        not_before: Millis,
+        /// Whether the live attempt may have reached the provider.
+        possibly_sent: bool,
+        /// What went wrong (redacted).
+        error: String,
+    },
+    /// A live request is still running it: leased by `owner` until `until`, first attempt.
+    Live {
+        /// The lease owner (`live:<instance>`).
+        owner: String,
+        /// When the lease lapses if the owner never finishes it.
+        until: Millis,
+    },
+}
+
+/// Everything needed to run an action later, without the session.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Owning org.
+    pub org: String,
+    /// Agent id.
+    pub agent: String,
+    /// Function name.
+    pub function: String,
+    /// The media server's call id.
+    pub call_id: String,
+    /// The `tool.call` id.
+    pub tool_call_id: String,
+    /// The invocation (evidence) id.
+    pub invocation_id: String,
+    /// The catalog action.
+    pub action: Action,
+    /// The connection id.
+    pub connection: String,
+    /// Resolved inputs.
+    pub inputs: Vec<ResolvedInput>,
+    /// The action key: Resend `Idempotency-Key`, webhook `webhook-id`; one job per key.
+    pub idempotency_key: String,
+    /// Whether a repeat cannot act twice at the provider.
+    pub idempotent: bool,
+    /// Why it was deferred.
+    pub reason: DeferReason,
+    /// Attempts before `dead`.
+    pub max_attempts: u32,
+    /// Budget of one attempt.
+    pub hard_timeout: Duration,
+    /// How it starts.
+    pub start: Start,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Job id (`job_<ulid>`).
+    pub id: String,
+    /// Owning org.
+    pub org: String,
+    /// Agent id.
+    pub agent: String,
+    /// Function name.
+    pub function: String,
+    /// Call id.
+    pub call_id: String,
+    /// `tool.call` id.
+    pub tool_call_id: String,
+    /// Invocation id.
+    pub invocation_id: String,
+    /// Catalog action name.
+    pub action: String,
+    /// Connection id.
+    pub connection: String,
+    /// Resolved inputs (never shown by the API).
+    #[serde(skip)]
+    pub inputs: Vec<ResolvedInput>,
+    /// The action key.
+    #[serde(skip)]
+    pub idempotency_key: String,
+    /// Whether repeats are safe at the provider.
+    #[serde(skip)]
+    pub idempotent: bool,
+    /// Why it was deferred.
+    pub reason: String,
+    /// State.
+    pub state: JobState,
+    /// Attempts made (a live request counts as the first).
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// When it may run (`None`: held until its call ends).
+    pub runnable_at: Option<Millis>,
+    /// Who holds the lease.
+    pub lease_owner: Option<String>,
+    /// When the lease lapses.
+    pub lease_until: Option<Millis>,
+    /// Budget of one attempt, in ms.
+    pub hard_timeout_ms: u64,
+    /// The last failure, redacted.
+    pub last_error: Option<String>,
+    /// The provider's id for the sent message.
+    pub provider_message_id: Option<String>,
+    /// Sent again after an attempt that may have reached a provider without idempotency:
+    /// the action may have happened more than once.
+    pub at_least_once: bool,
+    /// Created.
+    pub created_at: Millis,
+    /// Last changed.
+    pub updated_at: Millis,
+    /// Reached a final state.
+    pub finished_at: Option<Millis>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Accepted by the provider.
+    Succeeded {
+        /// The provider's message id.
+        message_id: Option<String>,
+    },
+    /// A definitive refusal: no retry.
+    Failed {
+        /// Why (redacted).
+        error: String,
+    },
+    /// A retryable failure: run again from `not_before`, unless out of attempts (`dead`).
+    Retry {
+        /// Earliest next attempt (backoff, or the provider's `Retry-After`).
+        not_before: Millis,
+        /// Why (redacted).
+        error: String,
+        /// Whether the attempt may have reached the provider.
+        possibly_sent: bool,
+    },
+}
+
+/// Retry timing: exponential backoff with full jitter (base 1 s, cap 5 min by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first ceiling.
+    pub base: Duration,
+    /// The largest ceiling.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// The ceiling after `attempts` attempts: `min(cap, base * 2^(attempts-1))`.
+    pub fn ceiling(&self, attempts: u32) -> Duration {
+        let exp = attempts.saturating_sub(1).min(32);
+        self.base.saturating_mul(1u32 << exp.min(31)).min(self.cap)
+    }
+
+    /// Full jitter: uniform in `[0, ceiling]`, so retries of many jobs that failed together
+    /// spread out instead of returning together. Written here rather than taken from a retry
+    /// crate because the attempt count lives in the database, not in an in-memory iterator,
+    /// and the common crates add jitter *on top of* the exponential delay.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let ceiling = self.ceiling(attempts).as_millis() as u64;
+        Duration::from_millis(rand::random_range(0..=ceiling))
+    }
+
+    /// When to try again: the jittered delay, but never before the provider's `Retry-After`.
+    pub fn not_before(&self, now: Millis, attempts: u32, retry_after: Option<Duration>) -> Millis {
+        let delay = self
+            .delay(attempts)
+            .max(retry_after.unwrap_or(Duration::ZERO));
+        now + delay.as_millis() as Millis
+    }
+}
+
+/// A new job id.
+pub fn job_id() -> String {
+    format!("job_{}", ulid::Ulid::generate())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_ceiling_doubles_to_the_cap() {
+        let b = Backoff::default();
+        assert_eq!(b.ceiling(1), Duration::from_secs(1));
+        assert_eq!(b.ceiling(2), Duration::from_secs(2));
+        assert_eq!(b.ceiling(9), Duration::from_secs(256));
+        assert_eq!(b.ceiling(10), Duration::from_secs(300));
+        assert_eq!(b.ceiling(60), Duration::from_secs(300));
+        for attempts in 1..12 {
+            assert!(b.delay(attempts) <= b.ceiling(attempts));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let b = Backoff::default();
+        for _ in 0..50 {
+            let at = b.not_before(1_000, 1, Some(Duration::from_secs(7)));
+            assert!(at >= 8_000, "{at}");
+        }
+    }
+
+    #[test]
+    fn full_jitter_spreads_over_the_whole_range() {
+        let b = Backoff::default();
+        let samples: Vec<u128> = (0..400).map(|_| b.delay(4).as_millis()).collect();
+        // Ceiling 8 s: full jitter puts some retries in the first and some in the last quarter.
+        assert!(samples.iter().any(|&d| d < 2_000));
+        assert!(samples.iter().any(|&d| d > 6_000));
+    }
+}

@@ -1,0 +1,967 @@
+//! The job queue on the embedded SQLite file.
+//!
+//! One writer thread owns the writing connection. Callers hand it operations over a channel;
+//! it runs every operation that is waiting in one transaction (each in its own savepoint, so
+//! one failure does not undo the others), commits once (WAL with `synchronous = FULL`: the
+//! commit is fsynced) and only then answers each caller. Under load this is group commit: one
+//! fsync carries many enqueues. Reads use a second connection off the async runtime.
+//!
+//! The operations in [`ops`] take the clock as an argument, so they are tested against an
+//! in-memory model with any sequence of time (see the property test below).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tokio::sync::{Notify, oneshot};
+use tracing::{error, info};
+
+use super::{Finish, Job, JobState, Millis, NewJob, Start, job_id};
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused (disk full, corrupt file, locked by another process, ...).
+    #[error("job store: {0}")]
+    Sqlite(String),
+    /// The writer thread is gone (the store was closed).
+    #[error("job store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// How long past its budget a lease lasts: room for the attempt to report back.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Most operations per commit.
+const MAX_BATCH: usize = 512;
+
+type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Op = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
+
+/// The durable job queue.
+pub struct JobStore {
+    writer: Mutex<Option<std_mpsc::Sender<Op>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+    /// Woken when a job becomes runnable (enqueue, release, retry).
+    pub runnable: Notify,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+  id TEXT PRIMARY KEY,
+  org TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  function TEXT NOT NULL,
+  call_id TEXT NOT NULL,
+  tool_call_id TEXT NOT NULL,
+  invocation_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  connection TEXT NOT NULL,
+  inputs TEXT NOT NULL,
+  idempotency_key TEXT NOT NULL,
+  idempotent INTEGER NOT NULL,
+  reason TEXT NOT NULL,
+  state TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  max_attempts INTEGER NOT NULL,
+  runnable_at INTEGER,
+  lease_owner TEXT,
+  lease_until INTEGER,
+  hard_timeout_ms INTEGER NOT NULL,
+  last_error TEXT,
+  provider_message_id TEXT,
+  at_least_once INTEGER NOT NULL DEFAULT 0,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  finished_at INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(idempotency_key);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, runnable_at);
+CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_until);
+CREATE INDEX IF NOT EXISTS jobs_call ON jobs(org, call_id);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+";
+
+/// Open a connection with the durability settings every toolgate connection uses.
+pub fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: every commit is fsynced before it returns, so an answered `deferred` survives a
+    // power cut, not just a process crash.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+/// Create the schema on a connection.
+pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
+    Ok(())
+}
+
+impl JobStore {
+    /// Open (creating) the store at `path`.
+    pub fn open(path: &Path) -> Result<JobStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut write_conn = connect(path)?;
+        migrate(&write_conn)?;
+        let reader = connect(path)?;
+        let (tx, rx) = std_mpsc::channel::<Op>();
+        let thread = std::thread::Builder::new()
+            .name("toolgate-store".into())
+            .spawn(move || writer_loop(&mut write_conn, rx))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        info!(path = %path.display(), "job store open");
+        Ok(JobStore {
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+            runnable: Notify::new(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file backing the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` in the writer's next transaction; resolves after the commit.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
+        let op: Op = Box::new(move |tx: &Transaction<'_>| {
+            let result = in_savepoint(tx, f);
+            Box::new(move |committed: Result<(), StoreError>| {
+                let _ = done_tx.send(committed.and(result));
+            })
+        });
+        let sender = self
+            .writer
+            .lock()
+            .expect("writer lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        sender.send(op).map_err(|_| StoreError::Closed)?;
+        done_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Run a read on the reader connection, off the async runtime.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
+            .await
+            .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
+    }
+
+    /// Store a job durably and return it (the existing one when its key is already queued).
+    pub async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
+        let notify = matches!(job.start, Start::RunnableAt(_));
+        let stored = self.write(move |tx| ops::enqueue(tx, &job, now)).await?;
+        if notify {
+            self.runnable.notify_waiters();
+        }
+        Ok(stored)
+    }
+
+    /// Lease the next runnable job to `owner`, if any.
+    pub async fn claim(&self, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        let owner = owner.to_owned();
+        self.write(move |tx| ops::claim(tx, &owner, now)).await
+    }
+
+    /// Record how an attempt ended; `false` when `owner` no longer holds the lease.
+    pub async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        finish: Finish,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        let retried = matches!(finish, Finish::Retry { .. });
+        let done = self
+            .write(move |tx| ops::finish(tx, &id, &owner, &finish, now))
+            .await?;
+        if retried {
+            self.runnable.notify_waiters();
+        }
+        Ok(done)
+    }
+
+    /// Make the held jobs of a call runnable (its session ended).
+    pub async fn release_call(
+        &self,
+        org: &str,
+        call_id: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let (org, call_id) = (org.to_owned(), call_id.to_owned());
+        let n = self
+            .write(move |tx| ops::release(tx, Some((&org, &call_id)), now))
+            .await?;
+        if n > 0 {
+            self.runnable.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    /// Make every held job runnable: at start-up, when no session of a previous process can
+    /// still end them.
+    pub async fn release_all_held(&self, now: Millis) -> Result<usize, StoreError> {
+        let n = self.write(move |tx| ops::release(tx, None, now)).await?;
+        if n > 0 {
+            self.runnable.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    /// Cancel a job that has not been sent yet (`tool.cancel` of a queued call).
+    pub async fn cancel_unsent(
+        &self,
+        id: &str,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (id, why) = (id.to_owned(), why.to_owned());
+        self.write(move |tx| ops::cancel_unsent(tx, &id, &why, now))
+            .await
+    }
+
+    /// Put a `failed` or `dead` job back in the queue; `None` when there is no such job,
+    /// `Some(Err(state))` when it is in another state.
+    pub async fn retry(
+        &self,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+        let id = id.to_owned();
+        let r = self.write(move |tx| ops::retry(tx, &id, now)).await?;
+        if matches!(r, Some(Ok(_))) {
+            self.runnable.notify_waiters();
+        }
+        Ok(r)
+    }
+
+    /// One job.
+    pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| ops::get(c, &id)).await
+    }
+
+    /// Jobs, newest first, optionally of one state and one org.
+    pub async fn list(
+        &self,
+        state: Option<JobState>,
+        org: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.read(move |c| ops::list(c, state, org.as_deref(), limit))
+            .await
+    }
+
+    /// How many jobs are in each state.
+    pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.read(ops::counts).await
+    }
+
+    /// When the next job becomes claimable (a runnable time or a lease lapsing).
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(ops::next_due).await
+    }
+
+    /// Finish pending writes and stop the writer thread.
+    pub fn close(&self) {
+        self.writer.lock().expect("writer lock").take();
+        if let Some(t) = self.writer_thread.lock().expect("thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for JobStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn in_savepoint<T>(
+    tx: &Transaction<'_>,
+    f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    tx.execute_batch("SAVEPOINT op")?;
+    match f(tx) {
+        Ok(v) => {
+            tx.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let tx = match conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                error!(error = %e, "job store cannot begin a transaction; writes fail");
+                let err = StoreError::from(e);
+                for op in batch {
+                    // Run nothing; answer every caller with the error.
+                    drop(op);
+                    let _ = &err;
+                }
+                continue;
+            }
+        };
+        let replies: Vec<Reply> = batch.into_iter().map(|op| op(&tx)).collect();
+        let committed = tx.commit().map_err(|e| {
+            error!(error = %e, "job store commit failed; the operations of this batch are lost");
+            StoreError::from(e)
+        });
+        for reply in replies {
+            reply(committed.clone());
+        }
+    }
+}
+
+/// The queue's SQL, one function per operation, each on a transaction and an explicit clock.
+pub mod ops {
+    use super::*;
+    use crate::bindings::ResolvedInput;
+
+    const COLUMNS: &str = "id, org, agent, function, call_id, tool_call_id, invocation_id, action, \
+        connection, inputs, idempotency_key, idempotent, reason, state, attempts, max_attempts, \
+        runnable_at, lease_owner, lease_until, hard_timeout_ms, last_error, provider_message_id, \
+        at_least_once, created_at, updated_at, finished_at";
+
+    fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+        let inputs: String = r.get(9)?;
+        let state: String = r.get(13)?;
+        Ok(Job {
+            id: r.get(0)?,
+            org: r.get(1)?,
+            agent: r.get(2)?,
+            function: r.get(3)?,
+            call_id: r.get(4)?,
+            tool_call_id: r.get(5)?,
+            invocation_id: r.get(6)?,
+            action: r.get(7)?,
+            connection: r.get(8)?,
+            inputs: serde_json::from_str::<Vec<ResolvedInput>>(&inputs).unwrap_or_default(),
+            idempotency_key: r.get(10)?,
+            idempotent: r.get::<_, i64>(11)? != 0,
+            reason: r.get(12)?,
+            state: JobState::parse(&state).unwrap_or(JobState::Failed),
+            attempts: r.get(14)?,
+            max_attempts: r.get(15)?,
+            runnable_at: r.get(16)?,
+            lease_owner: r.get(17)?,
+            lease_until: r.get(18)?,
+            hard_timeout_ms: r.get::<_, i64>(19)? as u64,
+            last_error: r.get(20)?,
+            provider_message_id: r.get(21)?,
+            at_least_once: r.get::<_, i64>(22)? != 0,
+            created_at: r.get(23)?,
+            updated_at: r.get(24)?,
+            finished_at: r.get(25)?,
+        })
+    }
+
+    /// Insert a job; a job with the same action key is returned instead of a second one.
+    pub fn enqueue(tx: &Connection, job: &NewJob, now: Millis) -> Result<Job, StoreError> {
+        if let Some(existing) = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
+                [&job.idempotency_key],
+                row_to_job,
+            )
+            .optional()?
+        {
+            return Ok(existing);
+        }
+        let mut last_error = None;
+        let mut at_least_once = false;
+        let (mut state, attempts, mut runnable_at, lease_owner, lease_until) = match &job.start {
+            Start::RunnableAt(at) => (JobState::Queued, 0, Some(*at), None, None),
+            Start::AfterCall => (JobState::Queued, 0, None, None, None),
+            Start::Retry {
+                not_before,
+                possibly_sent,
+                error,
+            } => {
+                last_error = Some(error.clone());
+                at_least_once = *possibly_sent && !job.idempotent;
+                (JobState::Queued, 1, Some(*not_before), None, None)
+            }
+            Start::Live { owner, until } => (
+                JobState::InFlight,
+                1,
+                None,
+                Some(owner.clone()),
+                Some(*until),
+            ),
+        };
+        if state == JobState::Queued && attempts >= job.max_attempts {
+            state = JobState::Dead;
+            runnable_at = None;
+            at_least_once = false;
+        }
+        let finished_at = (state == JobState::Dead).then_some(now);
+        let inputs = serde_json::to_string(&job.inputs)
+            .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?;
+        let id = job_id();
+        tx.execute(
+            &format!(
+                "INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, NULL, ?23, ?21, ?21, ?24)"
+            ),
+            params![
+                id,
+                job.org,
+                job.agent,
+                job.function,
+                job.call_id,
+                job.tool_call_id,
+                job.invocation_id,
+                job.action.as_str(),
+                job.connection,
+                inputs,
+                job.idempotency_key,
+                job.idempotent as i64,
+                job.reason.as_str(),
+                state.as_str(),
+                attempts,
+                job.max_attempts,
+                runnable_at,
+                lease_owner,
+                lease_until,
+                job.hard_timeout.as_millis() as i64,
+                now,
+                last_error,
+                at_least_once as i64,
+                finished_at,
+            ],
+        )?;
+        get(tx, &id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
+    }
+
+    /// Lease the most overdue runnable job: a queued job whose time has come, or an in-flight
+    /// one whose lease lapsed (its holder died). The lease lasts the attempt's budget plus
+    /// [`LEASE_MARGIN`]. Taking over a lapsed lease of a provider without idempotency marks
+    /// the job `at_least_once`: the dead holder may have sent it.
+    pub fn claim(tx: &Connection, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        let margin = LEASE_MARGIN.as_millis() as i64;
+        // A lapsed attempt counts: a job whose holders keep dying ends `dead`, not retried
+        // forever.
+        tx.execute(
+            "UPDATE jobs SET state = 'dead', finished_at = ?1, updated_at = ?1, lease_owner = NULL, \
+             lease_until = NULL, last_error = 'the last attempt never reported back (its lease lapsed)' \
+             WHERE state = 'in_flight' AND lease_until < ?1 AND attempts >= max_attempts",
+            [now],
+        )?;
+        let id: Option<String> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE (state = 'queued' AND runnable_at IS NOT NULL AND runnable_at <= ?1) \
+                 OR (state = 'in_flight' AND lease_until < ?1) \
+                 ORDER BY COALESCE(runnable_at, lease_until), created_at LIMIT 1",
+                [now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        tx.execute(
+            "UPDATE jobs SET \
+               at_least_once = CASE WHEN state = 'in_flight' AND idempotent = 0 THEN 1 ELSE at_least_once END, \
+               state = 'in_flight', lease_owner = ?2, lease_until = ?3 + hard_timeout_ms + ?4, \
+               attempts = attempts + 1, updated_at = ?3 \
+             WHERE id = ?1",
+            params![id, owner, now, margin],
+        )?;
+        get(tx, &id)
+    }
+
+    /// Record how an attempt ended, if `owner` still holds the lease.
+    pub fn finish(
+        tx: &Connection,
+        id: &str,
+        owner: &str,
+        finish: &Finish,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let held = "id = ?1 AND state = 'in_flight' AND lease_owner = ?2";
+        let n = match finish {
+            Finish::Succeeded { message_id } => tx.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'succeeded', provider_message_id = ?3, last_error = NULL, \
+                     lease_owner = NULL, lease_until = NULL, runnable_at = NULL, updated_at = ?4, finished_at = ?4 \
+                     WHERE {held}"
+                ),
+                params![id, owner, message_id, now],
+            )?,
+            Finish::Failed { error } => tx.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'failed', last_error = ?3, lease_owner = NULL, lease_until = NULL, \
+                     runnable_at = NULL, updated_at = ?4, finished_at = ?4 WHERE {held}"
+                ),
+                params![id, owner, error, now],
+            )?,
+            Finish::Retry {
+                not_before,
+                error,
+                possibly_sent,
+            } => tx.execute(
+                &format!(
+                    "UPDATE jobs SET \
+                       state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+                       runnable_at = CASE WHEN attempts >= max_attempts THEN NULL ELSE ?3 END, \
+                       finished_at = CASE WHEN attempts >= max_attempts THEN ?6 ELSE NULL END, \
+                       at_least_once = CASE WHEN ?5 AND idempotent = 0 AND attempts < max_attempts THEN 1 ELSE at_least_once END, \
+                       last_error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
+                     WHERE {held}"
+                ),
+                params![id, owner, not_before, error, *possibly_sent, now],
+            )?,
+        };
+        Ok(n == 1)
+    }
+
+    /// Held jobs (of one call, or all) become runnable now.
+    pub fn release(
+        tx: &Connection,
+        call: Option<(&str, &str)>,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let n = match call {
+            Some((org, call_id)) => tx.execute(
+                "UPDATE jobs SET runnable_at = ?3, updated_at = ?3 \
+                 WHERE org = ?1 AND call_id = ?2 AND state = 'queued' AND runnable_at IS NULL",
+                params![org, call_id, now],
+            )?,
+            None => tx.execute(
+                "UPDATE jobs SET runnable_at = ?1, updated_at = ?1 WHERE state = 'queued' AND runnable_at IS NULL",
+                params![now],
+            )?,
+        };
+        Ok(n)
+    }
+
+    /// A queued job that was never attempted ends `failed` without being sent.
+    pub fn cancel_unsent(
+        tx: &Connection,
+        id: &str,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = tx.execute(
+            "UPDATE jobs SET state = 'failed', last_error = ?2, runnable_at = NULL, updated_at = ?3, finished_at = ?3 \
+             WHERE id = ?1 AND state = 'queued' AND attempts = 0",
+            params![id, why, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A `failed` or `dead` job back to `queued`, runnable now, with fresh attempts.
+    pub fn retry(
+        tx: &Connection,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+        let Some(job) = get(tx, id)? else {
+            return Ok(None);
+        };
+        if !matches!(job.state, JobState::Failed | JobState::Dead) {
+            return Ok(Some(Err(job.state)));
+        }
+        tx.execute(
+            "UPDATE jobs SET state = 'queued', runnable_at = ?2, attempts = 0, lease_owner = NULL, \
+             lease_until = NULL, finished_at = NULL, updated_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        Ok(get(tx, id)?.map(Ok))
+    }
+
+    /// One job.
+    pub fn get(c: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
+        Ok(c.query_row(
+            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+            [id],
+            row_to_job,
+        )
+        .optional()?)
+    }
+
+    /// Jobs newest first.
+    pub fn list(
+        c: &Connection,
+        state: Option<JobState>,
+        org: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut stmt = c.prepare(&format!(
+            "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR org = ?2) \
+             ORDER BY created_at DESC, id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![state.map(JobState::as_str), org, limit as i64],
+            row_to_job,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Jobs per state.
+    pub fn counts(c: &Connection) -> Result<Vec<(JobState, u64)>, StoreError> {
+        let mut stmt = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (state, n) = row?;
+            if let Some(s) = JobState::parse(&state) {
+                out.push((s, n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest time a job becomes claimable.
+    pub fn next_due(c: &Connection) -> Result<Option<Millis>, StoreError> {
+        Ok(c.query_row(
+            "SELECT MIN(t) FROM ( \
+               SELECT MIN(runnable_at) AS t FROM jobs WHERE state = 'queued' AND runnable_at IS NOT NULL \
+               UNION ALL SELECT MIN(lease_until) FROM jobs WHERE state = 'in_flight')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::{Resolved, ResolvedInput, ValueSource};
+    use crate::catalog::Action;
+    use crate::workflow::DeferReason;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn new_job(key: &str, start: Start, max_attempts: u32) -> NewJob {
+        NewJob {
+            org: "acme".into(),
+            agent: "support-bot".into(),
+            function: "send_email_summary".into(),
+            call_id: "c-1".into(),
+            tool_call_id: format!("call_{key}"),
+            invocation_id: format!("inv_{key}"),
+            action: Action::ResendSendEmail,
+            connection: "acme-resend".into(),
+            inputs: vec![ResolvedInput {
+                name: "to".into(),
+                value: Resolved::Text("ana@example.com".into()),
+                source: ValueSource::Arg("email".into()),
+            }],
+            idempotency_key: format!("tg_{key}"),
+            idempotent: false,
+            reason: DeferReason::Budget,
+            max_attempts,
+            hard_timeout: Duration::from_millis(1000),
+            start,
+        }
+    }
+
+    fn memory() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        migrate(&c).unwrap();
+        c
+    }
+
+    #[test]
+    fn enqueue_is_idempotent_per_action_key() {
+        let c = memory();
+        let a = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 3), 0).unwrap();
+        let b = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 3), 5).unwrap();
+        assert_eq!(a.id, b.id);
+        assert_eq!(ops::counts(&c).unwrap(), vec![(JobState::Queued, 1)]);
+        assert_eq!(a.inputs[0].value, Resolved::Text("ana@example.com".into()));
+    }
+
+    #[test]
+    fn held_jobs_wait_for_their_call_to_end() {
+        let c = memory();
+        ops::enqueue(&c, &new_job("k1", Start::AfterCall, 3), 0).unwrap();
+        assert!(ops::claim(&c, "w", 10).unwrap().is_none());
+        assert_eq!(
+            ops::release(&c, Some(("acme", "other-call")), 10).unwrap(),
+            0
+        );
+        assert_eq!(ops::release(&c, Some(("acme", "c-1")), 10).unwrap(), 1);
+        let j = ops::claim(&c, "w", 10).unwrap().unwrap();
+        assert_eq!(j.attempts, 1);
+    }
+
+    #[test]
+    fn a_live_lease_blocks_the_worker_until_it_lapses() {
+        let c = memory();
+        let live = Start::Live {
+            owner: "live:a".into(),
+            until: 5_000,
+        };
+        let j = ops::enqueue(&c, &new_job("k1", live, 3), 0).unwrap();
+        assert_eq!((j.state, j.attempts), (JobState::InFlight, 1));
+        assert!(ops::claim(&c, "worker", 4_999).unwrap().is_none());
+        let taken = ops::claim(&c, "worker", 5_001).unwrap().unwrap();
+        assert_eq!(taken.attempts, 2);
+        assert!(
+            taken.at_least_once,
+            "the dead live request may have sent it"
+        );
+        // The old holder's late report is ignored.
+        let late = Finish::Succeeded { message_id: None };
+        assert!(!ops::finish(&c, &j.id, "live:a", &late, 5_100).unwrap());
+    }
+
+    #[test]
+    fn retries_end_dead_after_max_attempts() {
+        let c = memory();
+        let j = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 2), 0).unwrap();
+        let retry = |at| Finish::Retry {
+            not_before: at,
+            error: "HTTP 503".into(),
+            possibly_sent: false,
+        };
+        ops::claim(&c, "w", 0).unwrap().unwrap();
+        assert!(ops::finish(&c, &j.id, "w", &retry(100), 10).unwrap());
+        assert!(
+            ops::claim(&c, "w", 99).unwrap().is_none(),
+            "not before its time"
+        );
+        ops::claim(&c, "w", 100).unwrap().unwrap();
+        assert!(ops::finish(&c, &j.id, "w", &retry(200), 110).unwrap());
+        let dead = ops::get(&c, &j.id).unwrap().unwrap();
+        assert_eq!(dead.state, JobState::Dead);
+        assert_eq!(dead.last_error.as_deref(), Some("HTTP 503"));
+        let back = ops::retry(&c, &j.id, 300).unwrap().unwrap().unwrap();
+        assert_eq!((back.state, back.attempts), (JobState::Queued, 0));
+    }
+
+    #[test]
+    fn only_unsent_jobs_can_be_cancelled() {
+        let c = memory();
+        let a = ops::enqueue(&c, &new_job("k1", Start::AfterCall, 3), 0).unwrap();
+        assert!(ops::cancel_unsent(&c, &a.id, "barge_in", 1).unwrap());
+        assert_eq!(
+            ops::get(&c, &a.id).unwrap().unwrap().state,
+            JobState::Failed
+        );
+        let live = Start::Live {
+            owner: "live:a".into(),
+            until: 5_000,
+        };
+        let b = ops::enqueue(&c, &new_job("k2", live, 3), 0).unwrap();
+        assert!(!ops::cancel_unsent(&c, &b.id, "barge_in", 1).unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_writer_commits_before_answering_and_batches_concurrent_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let store = Arc::new(JobStore::open(&path).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .enqueue(new_job(&i.to_string(), Start::RunnableAt(0), 3), 0)
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // A separate connection sees every answered enqueue: they were committed.
+        let other = connect(&path).unwrap();
+        assert_eq!(ops::counts(&other).unwrap(), vec![(JobState::Queued, 64)]);
+        store.close();
+        assert!(matches!(
+            store
+                .enqueue(new_job("late", Start::RunnableAt(0), 3), 0)
+                .await,
+            Err(StoreError::Closed)
+        ));
+    }
+
+    /// The queue against a model: claims respect time and leases, every job ends in exactly
+    /// one final state, nothing is lost, and a lease holder's report counts only while it
+    /// holds the lease.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Enqueue(u8),
+        Advance(u16),
+        Claim(u8),
+        Finish { worker: u8, how: u8 },
+        Release,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..6).prop_map(Step::Enqueue),
+            (0u16..3000).prop_map(Step::Advance),
+            (0u8..3).prop_map(Step::Claim),
+            (0u8..3, 0u8..3).prop_map(|(worker, how)| Step::Finish { worker, how }),
+            Just(Step::Release),
+        ]
+    }
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Model {
+        state: JobState,
+        attempts: u32,
+        runnable_at: Option<Millis>,
+        owner: Option<String>,
+        lease_until: Option<Millis>,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn queue_matches_its_model(steps in prop::collection::vec(step(), 1..60)) {
+            let c = memory();
+            let max_attempts = 3;
+            let hard = 1000;
+            let lease = hard + LEASE_MARGIN.as_millis() as i64;
+            let mut now: Millis = 0;
+            let mut model: HashMap<String, Model> = HashMap::new();
+            let mut ids: HashMap<u8, String> = HashMap::new();
+            let mut held: HashMap<String, String> = HashMap::new(); // worker -> job
+            for s in steps {
+                match s {
+                    Step::Enqueue(k) => {
+                        let start = if k % 2 == 0 { Start::RunnableAt(now) } else { Start::AfterCall };
+                        let j = ops::enqueue(&c, &new_job(&k.to_string(), start.clone(), max_attempts), now).unwrap();
+                        if let Some(prev) = ids.get(&k) {
+                            prop_assert_eq!(prev, &j.id, "one job per key");
+                        } else {
+                            ids.insert(k, j.id.clone());
+                            model.insert(j.id.clone(), Model {
+                                state: JobState::Queued,
+                                attempts: 0,
+                                runnable_at: match start { Start::RunnableAt(t) => Some(t), _ => None },
+                                owner: None,
+                                lease_until: None,
+                            });
+                        }
+                    }
+                    Step::Advance(ms) => now += ms as Millis,
+                    Step::Release => {
+                        ops::release(&c, Some(("acme", "c-1")), now).unwrap();
+                        for m in model.values_mut() {
+                            if m.state == JobState::Queued && m.runnable_at.is_none() {
+                                m.runnable_at = Some(now);
+                            }
+                        }
+                    }
+                    Step::Claim(w) => {
+                        let owner = format!("w{w}");
+                        let got = ops::claim(&c, &owner, now).unwrap();
+                        for m in model.values_mut() {
+                            if m.state == JobState::InFlight
+                                && m.lease_until.is_some_and(|t| t < now)
+                                && m.attempts >= max_attempts
+                            {
+                                m.state = JobState::Dead;
+                                m.owner = None;
+                                m.lease_until = None;
+                            }
+                        }
+                        let claimable: Vec<&String> = model.iter().filter(|(_, m)| {
+                            (m.state == JobState::Queued && m.runnable_at.is_some_and(|t| t <= now))
+                                || (m.state == JobState::InFlight && m.lease_until.is_some_and(|t| t < now))
+                        }).map(|(id, _)| id).collect();
+                        match got {
+                            None => prop_assert!(claimable.is_empty(), "a claimable job was not claimed: {:?}", claimable),
+                            Some(j) => {
+                                prop_assert!(claimable.contains(&&j.id), "claimed a job that was not claimable");
+                                let m = model.get_mut(&j.id).unwrap();
+                                m.state = JobState::InFlight;
+                                m.attempts += 1;
+                                m.owner = Some(owner.clone());
+                                m.lease_until = Some(now + lease);
+                                prop_assert_eq!(j.attempts, m.attempts);
+                                held.insert(owner, j.id);
+                            }
+                        }
+                    }
+                    Step::Finish { worker, how } => {
+                        let owner = format!("w{worker}");
+                        let Some(id) = held.get(&owner).cloned() else { continue };
+                        let finish = match how {
+                            0 => Finish::Succeeded { message_id: Some("m".into()) },
+                            1 => Finish::Failed { error: "refused".into() },
+                            _ => Finish::Retry { not_before: now + 10, error: "503".into(), possibly_sent: true },
+                        };
+                        let ok = ops::finish(&c, &id, &owner, &finish, now).unwrap();
+                        let m = model.get_mut(&id).unwrap();
+                        let holds = m.state == JobState::InFlight && m.owner.as_deref() == Some(owner.as_str());
+                        prop_assert_eq!(ok, holds, "a report counts only from the lease holder");
+                        if holds {
+                            m.owner = None;
+                            m.lease_until = None;
+                            match finish {
+                                Finish::Succeeded { .. } => m.state = JobState::Succeeded,
+                                Finish::Failed { .. } => m.state = JobState::Failed,
+                                Finish::Retry { not_before, .. } => {
+                                    if m.attempts >= max_attempts {
+                                        m.state = JobState::Dead;
+                                        m.runnable_at = None;
+                                    } else {
+                                        m.state = JobState::Queued;
+                                        m.runnable_at = Some(not_before);
+                                    }
+                                }
+                            }
+                        }
+                        held.remove(&owner);
+                    }
+                }
+                // Every job the model knows is stored, in the model's state: nothing is lost.
+                for (id, m) in &model {
+                    let j = ops::get(&c, id).unwrap().unwrap();
+                    prop_assert_eq!(j.state, m.state, "job {}", id);
+                    prop_assert_eq!(j.attempts, m.attempts);
+                    prop_assert!(j.attempts <= max_attempts);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The worker: claims runnable jobs with a lease, runs them through the same provider
+//! adapters as live calls, and records how each attempt ended.
+//!
+//! Retries keep the job's action key, so Resend sees the same `Idempotency-Key` and webhook
+//! receivers the same `webhook-id` on every attempt. Wati has no such key: a job retried after
+//! an attempt that may have reached Wati is marked `at_least_once`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{Finish, Job, now_ms};
+use crate::bindings::Resolution;
+use crate::catalog::Action;
+use crate::providers::{self, ActionContext, Delivery, ProviderError};
+use crate::runtime::Runtime;
+use crate::telemetry;
+
+/// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
+pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
+    let owner = format!("worker:{}", ulid::Ulid::generate());
+    let concurrency = rt.config.workflow.concurrency;
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut running = JoinSet::new();
+    info!(%owner, concurrency, "workflow worker started");
+    loop {
+        while running.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        // Listen for wake-ups before looking, so an enqueue between the look and the wait
+        // is not missed.
+        let woken = rt.jobs.runnable.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        match rt.jobs.claim(&owner, now_ms()).await {
+            Ok(Some(job)) => {
+                let span = info_span!("job", job = %job.id, call_id = %job.call_id, function = %job.function);
+                let rt = rt.clone();
+                let owner = owner.clone();
+                running.spawn(
+                    async move {
+                        attempt(&rt, job, &owner).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Ok(None) => {
+                drop(permit);
+                let wait = match rt.jobs.next_due().await {
+                    Ok(Some(due)) => Duration::from_millis((due - now_ms()).max(0) as u64),
+                    _ => IDLE_POLL,
+                }
+                .min(IDLE_POLL);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = &mut woken => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                warn!(error = %e, "cannot claim jobs; retrying shortly");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+            }
+        }
+    }
+    info!(
+        running = running.len(),
+        "workflow worker stopping; letting running attempts finish"
+    );
+    while running.join_next().await.is_some() {}
+}
+
+/// Run one attempt of a claimed job and record how it ended.
+async fn attempt(rt: &Runtime, job: Job, owner: &str) {
+    let finish = execute(rt, &job).await;
+    let label = match &finish {
+        Finish::Succeeded { .. } => "succeeded",
+        Finish::Failed { .. } => "failed",
+        Finish::Retry { .. } if job.attempts >= job.max_attempts => "dead",
+        Finish::Retry { .. } => "retry",
+    };
+    match rt.jobs.finish(&job.id, owner, finish, now_ms()).await {
+        Ok(true) => {
+            telemetry::job_attempt(label);
+            info!(attempt = job.attempts, outcome = label, "job attempt done");
+        }
+        Ok(false) => {
+            telemetry::job_attempt("lease_lost");
+            warn!(
+                attempt = job.attempts,
+                "job lease lapsed before the attempt finished; another claim owns it"
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot record a job attempt; its lease will lapse and it will run again")
+        }
+    }
+}
+
+async fn execute(rt: &Runtime, job: &Job) -> Finish {
+    let (Some(conn), Some(action)) = (
+        rt.connections.connection(&job.connection),
+        Action::parse(&job.action),
+    ) else {
+        return Finish::Failed {
+            error: format!(
+                "connection {:?} or action {:?} is no longer configured",
+                job.connection, job.action
+            ),
+        };
+    };
+    let backoff = rt.config.workflow.backoff;
+    if let Some(h) = rt.connections.health(&conn.id)
+        && !h.status().usable()
+    {
+        // The provider refused these credentials before: asking again only earns another
+        // refusal. Wait for the connection to be fixed (or the job to run out of attempts).
+        return Finish::Retry {
+            not_before: backoff.not_before(now_ms(), job.attempts, None),
+            error: format!("connection {} is {}", conn.id, h.status().as_str()),
+            possibly_sent: false,
+        };
+    }
+    let inputs = Resolution {
+        inputs: job.inputs.clone(),
+        ..Resolution::default()
+    };
+    let ctx = ActionContext {
+        call_id: &job.call_id,
+        function: &job.function,
+        idempotency_key: &job.idempotency_key,
+        now: SystemTime::now(),
+    };
+    let budget = Duration::from_millis(job.hard_timeout_ms);
+    let started = Instant::now();
+    let result = match providers::prepare(conn, action, &inputs, &ctx) {
+        Err(e) => Err(e),
+        Ok(req) => {
+            let work = async {
+                let raw = providers::send(&rt.providers, &req).await?;
+                providers::interpret(action, raw)
+            };
+            timeout(budget, work)
+                .await
+                .unwrap_or_else(|_| Err(ProviderError::timeout(budget)))
+        }
+    };
+    rt.connections
+        .record(&conn.id, started.elapsed(), result.as_ref().err());
+    match result {
+        Ok(accepted) => Finish::Succeeded {
+            message_id: accepted.message_id,
+        },
+        Err(mut e) => {
+            e.redact_for(conn);
+            let error = format!("{}: {}", e.kind.code(), e.message);
+            debug!(
+                kind = e.kind.code(),
+                retryable = e.retryable,
+                "job attempt failed"
+            );
+            if e.retryable {
+                Finish::Retry {
+                    not_before: backoff.not_before(now_ms(), job.attempts, e.retry_after),
+                    error,
+                    possibly_sent: e.delivery != Delivery::NotSent,
+                }
+            } else {
+                Finish::Failed { error }
+            }
+        }
+    }
+}
