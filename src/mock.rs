@@ -33,8 +33,11 @@ pub const WATI_TENANT: &str = "123456";
 pub enum Reply {
     /// What the real provider does with a good request (and its real checks).
     Normal,
-    /// Wait, then answer with the inner reply.
+    /// Wait, then answer with the inner reply (the provider acts only when it answers).
     Delay(Duration, Box<Reply>),
+    /// Act on the request at once, like `Normal`, but answer only after this long (a client
+    /// that gives up meanwhile has still sent it).
+    AnswerLate(Duration),
     /// A Resend-style error: `{"statusCode","name","message"}`, optional `retry-after`.
     ResendError {
         /// HTTP status.
@@ -226,6 +229,21 @@ impl MockProvider {
         self.lock().requests.iter().filter(|r| r.delivered).count()
     }
 
+    /// Deliveries per idempotency key (Resend `Idempotency-Key`, webhook `webhook-id`):
+    /// every action that arrived, and how many times the provider acted on it.
+    pub fn deliveries_by_key(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for r in self.lock().requests.iter() {
+            let key = r
+                .header("idempotency-key")
+                .or_else(|| r.header("webhook-id"))
+                .unwrap_or("")
+                .to_owned();
+            *out.entry(key).or_insert(0) += usize::from(r.delivered);
+        }
+        out
+    }
+
     /// Wait until at least `n` requests have arrived, or `timeout` passes.
     pub async fn wait_for_requests(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -372,24 +390,38 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
             )),
             delivered: false,
         },
-        Reply::Normal | Reply::Delay(..) => match inner.provider {
-            Provider::Resend => resend_normal(&inner, &rec),
-            Provider::Wati => wati_normal(&inner, &rec),
-            Provider::Webhook => {
-                let (resp, valid) = webhook_normal(&inner, &rec);
-                rec.signature_valid = Some(valid);
-                Decided {
-                    response: Some(resp),
-                    delivered: valid,
-                }
-            }
-        },
+        Reply::AnswerLate(wait) => {
+            let decided = normal(&inner, &mut rec);
+            rec.delivered = decided.delivered;
+            record(&inner, rec);
+            tokio::time::sleep(wait).await;
+            return Ok(decided
+                .response
+                .unwrap_or_else(|| respond(500, &[], String::new())));
+        }
+        Reply::Normal | Reply::Delay(..) => normal(&inner, &mut rec),
     };
     rec.delivered = decided.delivered;
     record(&inner, rec);
     Ok(decided
         .response
         .unwrap_or_else(|| respond(500, &[], String::new())))
+}
+
+/// What the real provider does with the request.
+fn normal(inner: &Inner, rec: &mut Recorded) -> Decided {
+    match inner.provider {
+        Provider::Resend => resend_normal(inner, rec),
+        Provider::Wati => wati_normal(inner, rec),
+        Provider::Webhook => {
+            let (resp, valid) = webhook_normal(inner, rec);
+            rec.signature_valid = Some(valid);
+            Decided {
+                response: Some(resp),
+                delivered: valid,
+            }
+        }
+    }
 }
 
 fn record(inner: &Inner, rec: Recorded) {

@@ -56,6 +56,8 @@ pub struct Server {
 impl Server {
     /// Bind both listeners and start serving. Ports of `0` pick free ports (tests, demo).
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        // Before anything can count: metrics recorded earlier would go nowhere.
+        crate::telemetry::prometheus();
         for w in &config.warnings {
             warn!(problem = %w, "config warning");
         }

@@ -310,14 +310,15 @@ fn in_savepoint<T>(
     tx: &Transaction<'_>,
     f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    tx.execute_batch("SAVEPOINT op")?;
+    tx.prepare_cached("SAVEPOINT op")?.execute([])?;
     match f(tx) {
         Ok(v) => {
-            tx.execute_batch("RELEASE op")?;
+            tx.prepare_cached("RELEASE op")?.execute([])?;
             Ok(v)
         }
         Err(e) => {
-            tx.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            tx.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            tx.prepare_cached("RELEASE op")?.execute([])?;
             Err(e)
         }
     }
@@ -402,11 +403,10 @@ pub mod ops {
     /// Insert a job; a job with the same action key is returned instead of a second one.
     pub fn enqueue(tx: &Connection, job: &NewJob, now: Millis) -> Result<Job, StoreError> {
         if let Some(existing) = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"),
-                [&job.idempotency_key],
-                row_to_job,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE idempotency_key = ?1"
+            ))?
+            .query_row([&job.idempotency_key], row_to_job)
             .optional()?
         {
             return Ok(existing);
@@ -442,38 +442,36 @@ pub mod ops {
         let inputs = serde_json::to_string(&job.inputs)
             .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?;
         let id = job_id();
-        tx.execute(
-            &format!(
-                "INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+        tx.prepare_cached(&format!(
+            "INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
                  ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, NULL, ?23, ?21, ?21, ?24)"
-            ),
-            params![
-                id,
-                job.org,
-                job.agent,
-                job.function,
-                job.call_id,
-                job.tool_call_id,
-                job.invocation_id,
-                job.action.as_str(),
-                job.connection,
-                inputs,
-                job.idempotency_key,
-                job.idempotent as i64,
-                job.reason.as_str(),
-                state.as_str(),
-                attempts,
-                job.max_attempts,
-                runnable_at,
-                lease_owner,
-                lease_until,
-                job.hard_timeout.as_millis() as i64,
-                now,
-                last_error,
-                at_least_once as i64,
-                finished_at,
-            ],
-        )?;
+        ))?
+        .execute(params![
+            id,
+            job.org,
+            job.agent,
+            job.function,
+            job.call_id,
+            job.tool_call_id,
+            job.invocation_id,
+            job.action.as_str(),
+            job.connection,
+            inputs,
+            job.idempotency_key,
+            job.idempotent as i64,
+            job.reason.as_str(),
+            state.as_str(),
+            attempts,
+            job.max_attempts,
+            runnable_at,
+            lease_owner,
+            lease_until,
+            job.hard_timeout.as_millis() as i64,
+            now,
+            last_error,
+            at_least_once as i64,
+            finished_at,
+        ])?;
         get(tx, &id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
     }
 
@@ -614,12 +612,11 @@ pub mod ops {
 
     /// One job.
     pub fn get(c: &Connection, id: &str) -> Result<Option<Job>, StoreError> {
-        Ok(c.query_row(
-            &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
-            [id],
-            row_to_job,
+        Ok(
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+                .query_row([id], row_to_job)
+                .optional()?,
         )
-        .optional()?)
     }
 
     /// Jobs newest first.

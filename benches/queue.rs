@@ -1,0 +1,116 @@
+//! Enqueue throughput and latency of the SQLite job store, fsync on every commit (WAL,
+//! `synchronous = FULL`), one writer thread batching whatever is waiting into one commit.
+//!
+//! Each round runs `writers` concurrent tasks that enqueue jobs back to back for a few
+//! seconds; an enqueue's latency is from the call until its commit is answered.
+//!
+//! Run: `cargo bench --bench queue` (set `QUEUE_BENCH_DIR` to put the file on another disk).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
+use toolgate::catalog::Action;
+use toolgate::workflow::store::JobStore;
+use toolgate::workflow::{DeferReason, NewJob, Start, now_ms};
+
+fn job(n: u64) -> NewJob {
+    NewJob {
+        org: "acme".into(),
+        agent: "support-bot".into(),
+        function: "send_email_summary".into(),
+        call_id: format!("c-{}", n / 4),
+        tool_call_id: format!("call_{n}"),
+        invocation_id: format!("inv_{n}"),
+        action: Action::ResendSendEmail,
+        connection: "acme-resend".into(),
+        inputs: vec![
+            ResolvedInput {
+                name: "to".into(),
+                value: Resolved::Text("ana@example.com".into()),
+                source: ValueSource::Session("var.email".into()),
+            },
+            ResolvedInput {
+                name: "text".into(),
+                value: Resolved::Text("Order A-1042 ships Friday; refund approved.".into()),
+                source: ValueSource::Arg("summary".into()),
+            },
+        ],
+        idempotency_key: format!("tg_bench_{n}"),
+        idempotent: true,
+        reason: DeferReason::Budget,
+        max_attempts: 8,
+        hard_timeout: Duration::from_secs(10),
+        start: Start::RunnableAt(now_ms()),
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run briefly then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let secs = if quick { 0.2 } else { 3.0 };
+    let dir = match std::env::var("QUEUE_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "enqueue with fsync per commit, {secs} s per round, file in {}",
+        dir.path().display()
+    );
+    println!(
+        "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "writers", "jobs/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    let mut seq = 0u64;
+    for writers in [1usize, 8, 64, 256] {
+        let path = dir.path().join(format!("queue-{writers}.db"));
+        let store = Arc::new(JobStore::open(&path).unwrap());
+        let (latencies, elapsed) = rt.block_on(async {
+            let start = Instant::now();
+            let until = start + Duration::from_secs_f64(secs);
+            let mut tasks = Vec::new();
+            for w in 0..writers {
+                let store = store.clone();
+                let base = seq + (w as u64) * 10_000_000;
+                tasks.push(tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut n = base;
+                    while Instant::now() < until {
+                        let t = Instant::now();
+                        store.enqueue(job(n), now_ms()).await.unwrap();
+                        lat.push(t.elapsed());
+                        n += 1;
+                    }
+                    lat
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            (all, start.elapsed())
+        });
+        seq += 1_000_000_000;
+        let mut sorted = latencies;
+        sorted.sort_unstable();
+        println!(
+            "{:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            writers,
+            sorted.len() as f64 / elapsed.as_secs_f64(),
+            pct(&sorted, 0.5),
+            pct(&sorted, 0.99),
+            pct(&sorted, 0.999),
+            pct(&sorted, 1.0),
+        );
+        store.close();
+    }
+}

@@ -1,0 +1,276 @@
+//! The real `toolgate` binary killed and stopped: after SIGKILL with deferred actions in flight
+//! and workflow actions held, a restart runs every accepted job and Resend receives none twice;
+//! SIGTERM refuses new connections, lets in-flight tool calls finish, persists the outcome and
+//! exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use toolgate::client::CallClient;
+use toolgate::mock::{MockProvider, Reply};
+
+struct Mocks {
+    resend: MockProvider,
+    wati: MockProvider,
+    webhook: MockProvider,
+    beta_wati: MockProvider,
+}
+
+async fn mocks() -> Mocks {
+    Mocks {
+        resend: MockProvider::resend(RESEND_KEY).await.unwrap(),
+        wati: MockProvider::wati(WATI_TOKEN).await.unwrap(),
+        webhook: MockProvider::webhook(WEBHOOK_SECRET).await.unwrap(),
+        beta_wati: MockProvider::wati(BETA_WATI_TOKEN).await.unwrap(),
+    }
+}
+
+fn write_config(dir: &Path, m: &Mocks) -> std::path::PathBuf {
+    let text = include_str!("common/test.toml")
+        .replace("{db}", &dir.join("toolgate.db").display().to_string())
+        .replace("{resend}", &m.resend.url())
+        .replace("{wati}", &m.wati.url())
+        .replace("{webhook}", &m.webhook.url())
+        .replace("{beta_wati}", &m.beta_wati.url());
+    let path = dir.join("toolgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A running `toolgate serve` and the addresses it logged.
+struct Sidecar {
+    child: Child,
+    ws: String,
+    admin: String,
+}
+
+fn start(config: &Path) -> Sidecar {
+    let secrets = [
+        ("ACME_SESSION_TOKEN", ACME_TOKEN),
+        ("BETA_SESSION_TOKEN", BETA_TOKEN),
+        ("ACME_RESEND_KEY", RESEND_KEY),
+        ("ACME_WATI_TOKEN", WATI_TOKEN),
+        ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
+        ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("ADMIN_TOKEN", ADMIN_TOKEN),
+        ("ACME_ADMIN_TOKEN", ACME_ADMIN),
+        ("BETA_ADMIN_TOKEN", BETA_ADMIN),
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(secrets)
+        .env("TOOLGATE_LOG", "info")
+        .env("TOOLGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "toolgate serving" {
+            let ws = v["listen"].as_str().unwrap().to_owned();
+            let admin = v["admin"].as_str().unwrap().to_owned();
+            // Keep draining the log so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return Sidecar { child, ws, admin };
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("toolgate serve did not start");
+}
+
+impl Sidecar {
+    fn url(&self) -> String {
+        format!("ws://{}/v1/session", self.ws)
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "toolgate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    async fn jobs(&self) -> Vec<Value> {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/v1/jobs?limit=1000", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        body["jobs"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn open_call(url: &str, call_id: &str) -> CallClient {
+    let mut c = CallClient::connect(url, Some(ACME_TOKEN)).await.unwrap();
+    c.send(
+        &json!({"type": "session.start", "call_id": call_id, "agent": "support-bot",
+                   "caller": {"number": CALLER}, "variables": order_vars()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.recv(WAIT).await.unwrap().ty(), "session.ready");
+    c
+}
+
+async fn tool_call(c: &mut CallClient, id: &str, name: &str, args: Value) -> Value {
+    c.send(&json!({"type": "tool.call", "id": id, "name": name, "arguments": args}))
+        .await
+        .unwrap();
+    c.until_result(id, WAIT).await.unwrap().pop().unwrap().frame
+}
+
+#[tokio::test]
+async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_twice() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    // Resend acts on each request at once but answers only after 3 s: the live requests are
+    // still waiting when the sidecar dies.
+    m.resend
+        .set_default(Reply::AnswerLate(Duration::from_secs(3)));
+    let config = write_config(dir.path(), &m);
+    let mut first = start(&config);
+
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        let mut c = open_call(&first.url(), &format!("c-crash-{i}")).await;
+        let r = tool_call(
+            &mut c,
+            "call_email",
+            "email_later",
+            json!({"summary": format!("summary {i}")}),
+        )
+        .await;
+        assert_eq!(r["status"], "deferred", "{r}");
+        assert_eq!(r["data"]["reason"], "budget");
+        let r = tool_call(
+            &mut c,
+            "call_log",
+            "log_after_call",
+            json!({"note": format!("note {i}")}),
+        )
+        .await;
+        assert_eq!(r["status"], "deferred", "{r}");
+        calls.push(c);
+    }
+    assert_eq!(
+        m.resend.deliveries_by_key().len(),
+        4,
+        "four live requests out"
+    );
+    assert!(
+        m.webhook.requests().is_empty(),
+        "workflow jobs wait for their calls"
+    );
+
+    first.signal("-KILL");
+    first.wait_exit(Duration::from_secs(10));
+    drop(calls);
+    m.resend.set_default(Reply::Normal);
+
+    let second = start(&config);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let jobs = second.jobs().await;
+        let settled = jobs
+            .iter()
+            .all(|j| matches!(j["state"].as_str(), Some("succeeded" | "failed" | "dead")));
+        if (jobs.len() == 8 && settled) || Instant::now() > deadline {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(jobs.len(), 8, "{jobs:#?}");
+    for j in &jobs {
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    // Every deferred email arrived exactly once: the retries after the crash carried the same
+    // Idempotency-Key and Resend replayed its first answer.
+    let emails = m.resend.deliveries_by_key();
+    assert_eq!(emails.len(), 4, "{emails:?}");
+    for (key, delivered) in &emails {
+        assert_eq!(*delivered, 1, "email {key} delivered {delivered} times");
+    }
+    assert!(
+        m.resend.requests().len() > 4,
+        "the worker did retry after the crash"
+    );
+    // Every held workflow job ran after the restart.
+    let notes = m.webhook.deliveries_by_key();
+    assert_eq!(notes.len(), 4, "{notes:?}");
+    assert!(notes.values().all(|d| *d >= 1));
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    m.resend.set_default(Reply::slow(1000));
+    let config = write_config(dir.path(), &m);
+    let mut sidecar = start(&config);
+    let mut c = open_call(&sidecar.url(), "c-term").await;
+    c.send(
+        &json!({"type": "tool.call", "id": "call_1", "name": "email_later",
+                   "arguments": {"summary": "x"}}),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sidecar.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        CallClient::connect(&sidecar.url(), Some(ACME_TOKEN))
+            .await
+            .is_err(),
+        "no new connections once shutting down"
+    );
+    // The call in flight still gets its answer (deferred at its budget), then the session
+    // closes with 1001 once the live request has ended.
+    let frames = c.until_result("call_1", WAIT).await.unwrap();
+    assert_eq!(frames.last().unwrap().frame["status"], "deferred");
+    assert_eq!(c.closed(WAIT).await.unwrap(), Some(1001));
+    let status = sidecar.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert_eq!(m.resend.delivered(), 1);
+    // The outcome was recorded before exit.
+    let db = rusqlite::Connection::open(dir.path().join("toolgate.db")).unwrap();
+    let state: String = db
+        .query_row("SELECT state FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(state, "succeeded");
+}

@@ -1,0 +1,474 @@
+//! The post-call workflow end to end: handoff at the budget, retries by the worker with the same
+//! idempotency key, Retry-After, max_attempts, workflow-mode functions, predictive deferral, and
+//! the jobs API, all checked at the mock provider and through the admin API.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use toolgate::mock::Reply;
+
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn job_id(a: &Answer) -> String {
+    a.result.frame["data"]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id in {:?}", a.result.frame))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_provider_slower_than_the_budget_is_deferred_and_sent_exactly_once() {
+    let env = Env::start().await;
+    // defer_after 400 ms < 900 ms < hard_timeout 1500 ms
+    env.resend.push(Reply::slow(900));
+    let mut s = env.session("c-defer", order_vars()).await;
+    let a = s
+        .call(
+            "call_01",
+            "email_later",
+            json!({"summary": "Ships Friday."}),
+        )
+        .await;
+    assert_eq!(a.status(), "deferred", "{:?}", a.result.frame);
+    assert!(
+        env.resend.requests().is_empty(),
+        "deferred was answered while the provider was still working"
+    );
+    assert_eq!(
+        a.fillers().len(),
+        1,
+        "the filler came first: {:?}",
+        a.before
+    );
+    let out = a.output();
+    assert_eq!(out["ok"], true);
+    assert_eq!(out["status"], "queued");
+    assert_eq!(
+        out["next"],
+        "Tell the caller: The email will arrive shortly after the call. Do not call this again."
+    );
+    assert_eq!(a.result.frame["data"]["reason"], "budget");
+
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 1, "the live request finished it");
+    assert_eq!(env.resend.requests().len(), 1, "nothing was re-sent");
+    assert_eq!(env.resend.delivered(), 1);
+
+    // The call remembers: a repeat is answered from the ledger, nothing sent.
+    let again = s
+        .call(
+            "call_02",
+            "email_later",
+            json!({"summary": "Ships Friday."}),
+        )
+        .await;
+    assert_eq!(again.status(), "duplicate");
+    assert_eq!(env.resend.requests().len(), 1);
+
+    s.client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    let ended = s.client.recv(WAIT).await.unwrap();
+    assert_eq!(ended.frame["deferred"], 1);
+}
+
+#[tokio::test]
+async fn a_live_request_that_times_out_is_retried_by_the_worker_with_the_same_key() {
+    let env = Env::start().await;
+    env.resend.push(Reply::Hang);
+    let mut s = env.session("c-timeout-retry", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2);
+    let reqs = env.resend.requests();
+    assert_eq!(reqs.len(), 2);
+    let key = reqs[0].header("idempotency-key").unwrap();
+    assert_eq!(reqs[1].header("idempotency-key"), Some(key));
+    assert_eq!(
+        env.resend.deliveries_by_key().get(key),
+        Some(&1),
+        "sent once"
+    );
+}
+
+#[tokio::test]
+async fn a_429_before_the_budget_is_queued_and_its_retry_after_respected() {
+    let env = Env::start().await;
+    env.resend.push(Reply::ResendError {
+        status: 429,
+        name: "rate_limit_exceeded".into(),
+        message: "Too many requests.".into(),
+        retry_after: Some(1),
+    });
+    let mut s = env.session("c-429-defer", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    assert_eq!(a.result.frame["data"]["reason"], "retryable_failure");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let reqs = env.resend.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at.duration_since(reqs[0].at);
+    assert!(
+        gap >= Duration::from_secs(1),
+        "retried after {gap:?}, before Retry-After"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_keeps_failing_ends_dead_and_can_be_retried() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "backoff_base_ms = 50",
+            "backoff_base_ms = 50\nmax_attempts = 3",
+        )
+    })
+    .await;
+    env.resend.set_default(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: "down".into(),
+    });
+    let mut s = env.session("c-dead", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let id = job_id(&a);
+    let job = env.job_settled(&id, SETTLE).await;
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(job["attempts"], 3);
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("provider_unavailable")
+    );
+    assert_eq!(env.resend.requests().len(), 3);
+
+    // An operator fixes the provider and retries the job.
+    env.resend.set_default(Reply::Normal);
+    let (status, body) = env
+        .admin("POST", &format!("/v1/jobs/{id}/retry"), Some(ACME_ADMIN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["job"]["state"], "queued");
+    let job = env.job_settled(&id, SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(env.resend.delivered(), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_after_the_handoff_fails_the_job_without_a_retry() {
+    let env = Env::start().await;
+    env.resend.push(Reply::Delay(
+        Duration::from_millis(800),
+        Box::new(Reply::ResendError {
+            status: 422,
+            name: "validation_error".into(),
+            message: "The `to` address is on the suppression list.".into(),
+            retry_after: None,
+        }),
+    ));
+    let mut s = env.session("c-refused-late", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.resend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn wati_jobs_retried_after_an_unknown_outcome_are_marked_at_least_once() {
+    let env = Env::start().await;
+    env.wati.push(Reply::Raw {
+        status: 502,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-wati-later", json!({})).await;
+    let a = s
+        .call(
+            "call_01",
+            "wati_later",
+            json!({"text": "Your order ships Friday."}),
+        )
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(
+        job["at_least_once"], true,
+        "Wati may have acted on the 502 attempt"
+    );
+    assert_eq!(env.wati.requests().len(), 2);
+
+    // A Resend job retried after a timeout is not: its Idempotency-Key prevents a double.
+    env.resend.push(Reply::Hang);
+    let mut s = env.session("c-resend-later", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["at_least_once"], false);
+}
+
+#[tokio::test]
+async fn workflow_functions_are_queued_at_once_and_run_after_the_call_ends() {
+    let env = Env::start().await;
+    let mut s = env.session("c-workflow", json!({})).await;
+    let a = s
+        .call(
+            "call_01",
+            "log_after_call",
+            json!({"note": "wants a refund"}),
+        )
+        .await;
+    assert_eq!(a.status(), "deferred");
+    assert_eq!(a.result.frame["data"]["reason"], "workflow");
+    assert!(a.fillers().is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        env.webhook.requests().is_empty(),
+        "nothing runs while the call goes on"
+    );
+    s.client
+        .send(&json!({"type": "session.end", "reason": "hangup"}))
+        .await
+        .unwrap();
+    let ended = s.client.recv(WAIT).await.unwrap();
+    assert_eq!(
+        ended.frame,
+        json!({"type": "session.ended", "call_id": "c-workflow", "invocations": 1, "deferred": 1})
+    );
+    let reqs = env.webhook.wait_for_requests(1, SETTLE).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].signature_valid, Some(true));
+    assert_eq!(reqs[0].json()["data"]["inputs"]["note"], "wants a refund");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn workflow_jobs_of_a_dropped_call_run_after_the_disconnect_grace() {
+    let env =
+        Env::start_with(|t| t.replace("disconnect_grace_ms = 2000", "disconnect_grace_ms = 200"))
+            .await;
+    let mut s = env.session("c-workflow-drop", json!({})).await;
+    let a = s
+        .call("call_01", "log_after_call", json!({"note": "n"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    s.client.abort();
+    let reqs = env.webhook.wait_for_requests(1, SETTLE).await;
+    assert_eq!(reqs.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_workflow_call_is_never_sent() {
+    let env = Env::start().await;
+    let mut s = env.session("c-workflow-cancel", json!({})).await;
+    let a = s
+        .call("call_01", "log_after_call", json!({"note": "n"}))
+        .await;
+    let id = job_id(&a);
+    s.client
+        .send(&json!({"type": "tool.cancel", "id": "call_01", "reason": "barge_in"}))
+        .await
+        .unwrap();
+    s.expect_silence(Duration::from_millis(200)).await;
+    s.client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    let job = env.job_settled(&id, SETTLE).await;
+    assert_eq!(job["state"], "failed");
+    assert!(
+        job["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled before it was sent (barge_in)")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.webhook.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_open_circuit_queues_auto_calls_at_once() {
+    let env = Env::start().await;
+    env.webhook.set_default(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-circuit", json!({})).await;
+    for i in 0..5 {
+        let a = s
+            .call(
+                &format!("call_{i}"),
+                "notify_team",
+                json!({"reason": "billing", "priority": i}),
+            )
+            .await;
+        assert_eq!(a.status(), "deferred");
+        assert_eq!(a.result.frame["data"]["reason"], "retryable_failure");
+    }
+    let a = s
+        .call(
+            "call_9",
+            "notify_team",
+            json!({"reason": "billing", "priority": 9}),
+        )
+        .await;
+    assert_eq!(a.status(), "deferred");
+    assert_eq!(a.result.frame["data"]["reason"], "circuit_open");
+    assert!(a.fillers().is_empty(), "queued at once, no waiting");
+}
+
+#[tokio::test]
+async fn a_slow_connection_queues_auto_calls_at_once() {
+    let env = Env::start().await;
+    env.resend.set_default(Reply::slow(700));
+    let mut s = env.session("c-slow-p90", order_vars()).await;
+    for i in 0..10 {
+        s.send_call(
+            &format!("call_{i}"),
+            "email_later",
+            json!({"summary": format!("note {i}")}),
+        )
+        .await;
+    }
+    for i in 0..10 {
+        let a = s.result_of(&format!("call_{i}")).await;
+        assert_eq!(a.status(), "deferred");
+        assert_eq!(a.result.frame["data"]["reason"], "budget");
+    }
+    // Let the live requests finish: their 700 ms latencies are the connection's p90.
+    while env.resend.delivered() < 10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = s
+        .call("call_x", "email_later", json!({"summary": "one more"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    assert_eq!(a.result.frame["data"]["reason"], "predicted_slow");
+    assert!(a.fillers().is_empty(), "queued at once, no waiting");
+}
+
+#[tokio::test]
+async fn the_jobs_api_needs_an_admin_token_and_keeps_orgs_apart() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "backoff_base_ms = 50",
+            "backoff_base_ms = 50\nmax_attempts = 1",
+        )
+    })
+    .await;
+    env.resend.set_default(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-api", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    let id = job_id(&a);
+    assert_eq!(env.job_settled(&id, SETTLE).await["state"], "dead");
+
+    let (status, body) = env.admin("GET", "/v1/jobs", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "unauthorized");
+    let (status, _) = env.admin("GET", "/v1/jobs", Some(ACME_TOKEN)).await;
+    assert_eq!(status, 401, "a session token is not an admin token");
+
+    let (status, body) = env
+        .admin("GET", "/v1/jobs?state=dead", Some(ACME_ADMIN))
+        .await;
+    assert_eq!(status, 200);
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], id.as_str());
+    assert_eq!(jobs[0]["function"], "email_later");
+    assert_eq!(jobs[0]["call_id"], "c-api");
+    let text = body.to_string();
+    assert!(!text.contains("ana@example.com"), "inputs are not shown");
+    assert!(!text.contains("idempotency"), "{text}");
+
+    let (status, body) = env.admin("GET", "/v1/jobs", Some(BETA_ADMIN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["jobs"], json!([]), "another org's jobs are invisible");
+    let (status, _) = env
+        .admin("POST", &format!("/v1/jobs/{id}/retry"), Some(BETA_ADMIN))
+        .await;
+    assert_eq!(status, 404);
+
+    let (status, body) = env
+        .admin("GET", "/v1/jobs?state=finished", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = env
+        .admin("POST", "/v1/jobs/job_nope/retry", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 404);
+
+    env.resend.set_default(Reply::slow(2000));
+    let (status, _) = env
+        .admin("POST", &format!("/v1/jobs/{id}/retry"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200);
+    // Not failed or dead any more: a second retry conflicts.
+    let (status, body) = env
+        .admin("POST", &format!("/v1/jobs/{id}/retry"), Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
+
+#[tokio::test]
+async fn metrics_count_deferrals_and_jobs_by_state() {
+    let env = Env::start().await;
+    env.resend.push(Reply::slow(900));
+    let mut s = env.session("c-metrics", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    env.job_settled(&job_id(&a), SETTLE).await;
+    let resp = reqwest::get(format!("http://{}/metrics", env.server.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("# HELP toolgate_deferrals_total"), "{text}");
+    let deferrals: f64 = metric(&text, "toolgate_deferrals_total{reason=\"budget\"}");
+    assert!(deferrals >= 1.0, "{text}");
+    assert!(metric(&text, "toolgate_jobs{state=\"succeeded\"}") >= 1.0);
+    assert!(text.contains("toolgate_jobs{state=\"dead\"}"));
+    for secret in SECRETS {
+        assert!(!text.contains(secret));
+    }
+    assert!(!text.contains("c-metrics"), "no call ids in labels");
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
