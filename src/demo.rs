@@ -195,7 +195,11 @@ struct Script {
     expect: Vec<&'static str>,
 }
 
-async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::client::ClientError> {
+async fn play(
+    url: &str,
+    script: &Script,
+    rt: &crate::runtime::Runtime,
+) -> Result<(String, bool), crate::client::ClientError> {
     let before: Vec<usize> = script
         .watch
         .iter()
@@ -213,6 +217,7 @@ async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::clien
     let ready = client.recv(Duration::from_secs(5)).await?;
     tl.received(&ready);
     let mut statuses = Vec::new();
+    let mut jobs = Vec::new();
     for step in &script.steps {
         client.send(step).await?;
         tl.sent(step);
@@ -221,6 +226,9 @@ async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::clien
             for r in client.until_result(id, Duration::from_secs(15)).await? {
                 if r.ty() == "tool.result" {
                     statuses.push(r.frame["status"].as_str().unwrap_or("").to_owned());
+                    if let Some(job) = r.frame["data"]["job_id"].as_str() {
+                        jobs.push(job.to_owned());
+                    }
                 }
                 tl.received(&r);
             }
@@ -231,6 +239,22 @@ async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::clien
     tl.sent(&end);
     let ended = client.recv(Duration::from_secs(5)).await?;
     tl.received(&ended);
+    for id in &jobs {
+        match settle(rt, id).await {
+            Some(j) => tl.note(&format!(
+                "workflow job {} {} after {} attempt(s){}",
+                j.id,
+                j.state,
+                j.attempts,
+                if j.attempts == 1 && j.reason == "budget" {
+                    ": the live request finished it, nothing was sent twice"
+                } else {
+                    ""
+                }
+            )),
+            None => tl.note(&format!("workflow job {id} did not settle")),
+        }
+    }
     for ((name, mock), n) in script.watch.iter().zip(before) {
         let reqs = mock.requests();
         if reqs.len() == n {
@@ -242,6 +266,24 @@ async fn play(url: &str, script: &Script) -> Result<(String, bool), crate::clien
     }
     let ok = statuses == script.expect;
     Ok((tl.out, ok))
+}
+
+/// Wait for a workflow job to reach a final state.
+async fn settle(rt: &crate::runtime::Runtime, id: &str) -> Option<crate::workflow::Job> {
+    use crate::workflow::JobState;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(job)) = rt.jobs.get(id).await
+            && matches!(
+                job.state,
+                JobState::Succeeded | JobState::Failed | JobState::Dead
+            )
+        {
+            return Some(job);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
 }
 
 fn tool_call(id: &str, name: &str, args: Value) -> Value {
@@ -340,15 +382,28 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
             watch: vec![("mock Resend", mocks.resend.clone())],
             expect: vec!["succeeded"],
         },
+        Script {
+            title: "slower than the budget: Resend takes 3.5 s, the caller is told it will arrive after the call",
+            call_id: "demo-deferred",
+            variables: order.clone(),
+            steps: vec![
+                turn("caller", "Sure, email me the summary."),
+                tool_call("call_01", "send_email_summary", json!({"summary": "Order A-1042 ships Friday."})),
+            ],
+            watch: vec![("mock Resend", mocks.resend.clone())],
+            expect: vec!["deferred"],
+        },
     ];
 
     let mut all_ok = true;
     for (i, script) in scripts.iter().enumerate() {
-        if script.call_id == "demo-slow-provider" {
-            mocks.resend.push(Reply::slow(1400));
+        match script.call_id {
+            "demo-slow-provider" => mocks.resend.push(Reply::slow(1400)),
+            "demo-deferred" => mocks.resend.push(Reply::slow(3500)),
+            _ => {}
         }
         println!("Call {} of {}: {}", i + 1, scripts.len(), script.title);
-        let (text, ok) = play(&url, script).await?;
+        let (text, ok) = play(&url, script, server.runtime()).await?;
         print!("{text}");
         if !ok {
             println!("  !! expected {:?}", script.expect);

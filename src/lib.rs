@@ -19,9 +19,14 @@
 //!    A rejection is answered at once; nothing is sent.
 //! 4. An accepted call is spawned into [`dispatch`], which builds the provider request
 //!    ([`providers`]), sends it through the one pooled HTTP client and drives the timing
-//!    [`dispatch::Budget`]: filler events at `filler_after_ms` (and repeats), the hard timeout.
-//! 5. Fillers and the final outcome flow back to the session task over one FIFO channel, so a
-//!    filler can never follow its result; [`answer`] writes the `output` the model reads.
+//!    [`dispatch::Budget`]: filler events at `filler_after_ms` (and repeats), the handoff at
+//!    `defer_after_ms`, the hard timeout.
+//! 5. A handoff writes a job to the [`workflow`] store (committed and fsynced) before the model
+//!    is told `deferred`; the live request keeps the job's lease, so the worker never sends it
+//!    a second time, and takes over only if the outcome stays unknown or the process dies.
+//! 6. Fillers, deferrals and the final outcome flow back to the session task over one FIFO
+//!    channel, so a filler can never follow its result; [`answer`] writes the `output` the
+//!    model reads.
 //!
 //! Data flows one way: sessions call guards and dispatch; providers know nothing of sessions.
 //! Configuration ([`config`]) is checked completely before anything starts, and the
