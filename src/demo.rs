@@ -388,7 +388,11 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
             variables: order.clone(),
             steps: vec![
                 turn("caller", "Sure, email me the summary."),
-                tool_call("call_01", "send_email_summary", json!({"summary": "Order A-1042 ships Friday."})),
+                tool_call(
+                    "call_01",
+                    "send_email_summary",
+                    json!({"summary": "Order A-1042 ships Friday."}),
+                ),
             ],
             watch: vec![("mock Resend", mocks.resend.clone())],
             expect: vec!["deferred"],

@@ -32,7 +32,15 @@ async fn mocks() -> Mocks {
 }
 
 fn write_config(dir: &Path, m: &Mocks) -> std::path::PathBuf {
-    let text = include_str!("common/test.toml")
+    write_config_with(dir, m, |t| t)
+}
+
+fn write_config_with(
+    dir: &Path,
+    m: &Mocks,
+    edit: impl FnOnce(String) -> String,
+) -> std::path::PathBuf {
+    let text = edit(include_str!("common/test.toml").to_owned())
         .replace("{db}", &dir.join("toolgate.db").display().to_string())
         .replace("{resend}", &m.resend.url())
         .replace("{wati}", &m.wati.url())
@@ -50,22 +58,23 @@ struct Sidecar {
     admin: String,
 }
 
+const SECRETS_ENV: [(&str, &str); 9] = [
+    ("ACME_SESSION_TOKEN", ACME_TOKEN),
+    ("BETA_SESSION_TOKEN", BETA_TOKEN),
+    ("ACME_RESEND_KEY", RESEND_KEY),
+    ("ACME_WATI_TOKEN", WATI_TOKEN),
+    ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
+    ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ("ACME_ADMIN_TOKEN", ACME_ADMIN),
+    ("BETA_ADMIN_TOKEN", BETA_ADMIN),
+];
+
 fn start(config: &Path) -> Sidecar {
-    let secrets = [
-        ("ACME_SESSION_TOKEN", ACME_TOKEN),
-        ("BETA_SESSION_TOKEN", BETA_TOKEN),
-        ("ACME_RESEND_KEY", RESEND_KEY),
-        ("ACME_WATI_TOKEN", WATI_TOKEN),
-        ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-        ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("ADMIN_TOKEN", ADMIN_TOKEN),
-        ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-        ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-    ];
     let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
         .args(["serve", "--config"])
         .arg(config)
-        .envs(secrets)
+        .envs(SECRETS_ENV)
         .env("TOOLGATE_LOG", "info")
         .env("TOOLGATE_LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -273,4 +282,60 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
         .query_row("SELECT state FROM jobs", [], |r| r.get(0))
         .unwrap();
     assert_eq!(state, "succeeded");
+}
+
+#[tokio::test]
+async fn toolgate_worker_runs_jobs_without_a_listener() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let config = write_config_with(dir.path(), &m, |t| {
+        t.replace(
+            "backoff_base_ms = 50",
+            "backoff_base_ms = 50\nworker = false",
+        )
+    });
+    let sidecar = start(&config);
+    let mut c = open_call(&sidecar.url(), "c-worker").await;
+    let r = tool_call(&mut c, "call_1", "log_after_call", json!({"note": "n"})).await;
+    assert_eq!(r["status"], "deferred");
+    c.send(&json!({"type": "session.end"})).await.unwrap();
+    assert_eq!(c.recv(WAIT).await.unwrap().ty(), "session.ended");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        m.webhook.requests().is_empty(),
+        "serve runs no worker with workflow.worker = false"
+    );
+
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["worker", "--config"])
+        .arg(&config)
+        .envs(SECRETS_ENV)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reqs = m
+        .webhook
+        .wait_for_requests(1, Duration::from_secs(20))
+        .await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].signature_valid, Some(true));
+    let ok = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = worker.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "toolgate worker did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let jobs = sidecar.jobs().await;
+    assert_eq!(jobs[0]["state"], "succeeded");
 }
