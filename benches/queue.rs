@@ -111,6 +111,6 @@ fn main() {
             pct(&sorted, 0.999),
             pct(&sorted, 1.0),
         );
-        store.close();
+        rt.block_on(store.close());
     }
 }

@@ -102,8 +102,8 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
 }
 
 async fn ready(rt: &Runtime) -> HttpResponse {
-    match rt.jobs.counts().await {
-        Ok(_) => json_response(
+    match rt.jobs.ping().await {
+        Ok(()) => json_response(
             StatusCode::OK,
             &json!({
                 "status": "ready",

@@ -33,7 +33,7 @@ use crate::providers::{self, Accepted, ActionContext, Delivery, ProviderError};
 use crate::runtime::Runtime;
 use crate::telemetry;
 use crate::workflow::store::LEASE_MARGIN;
-use crate::workflow::{DeferReason, Finish, Job, NewJob, Start, now_ms};
+use crate::workflow::{DeferReason, Finish, Job, JobState, NewJob, Start, now_ms};
 
 /// Most filler lines per tool call.
 pub const MAX_FILLERS: u32 = 3;
@@ -236,29 +236,55 @@ impl Run<'_> {
         }
     }
 
-    /// Write the job (committed before this returns), then tell the session to answer.
-    async fn defer(&self, reason: DeferReason, start: Start) -> Option<Job> {
-        match self
+    /// Write the job (committed before this returns), then tell the session to answer
+    /// `deferred`. `Err` says why it was not deferred, and what to answer instead:
+    /// - the caller barged in while the job was written and it was never sent: it is
+    ///   cancelled, nothing will be sent (`NotSent`);
+    /// - the store refused the job (`None`): the caller decides;
+    /// - the job is already final (out of attempts, or done before): answered by its state.
+    async fn defer(&self, reason: DeferReason, start: Start) -> Result<Job, Option<Outcome>> {
+        let unsent = match &start {
+            Start::RunnableAt(_) | Start::AfterCall => true,
+            Start::Retry { possibly_sent, .. } => !possibly_sent,
+            Start::Live { .. } => false,
+        };
+        let job = match self
             .rt
             .jobs
             .enqueue(self.new_job(reason, start), now_ms())
             .await
         {
-            Ok(job) => {
-                telemetry::deferred(reason);
-                info!(id = %self.call.id, job = %job.id, reason = reason.as_str(), "tool call deferred");
-                let _ = self.events.send(Event::Deferred {
-                    id: self.call.id.clone(),
-                    job_id: job.id.clone(),
-                    reason,
-                });
-                Some(job)
-            }
+            Ok(job) => job,
             Err(e) => {
                 error!(id = %self.call.id, error = %e, "cannot store a workflow job; the call is not deferred");
-                None
+                return Err(None);
+            }
+        };
+        match job.state {
+            JobState::Succeeded => {
+                return Err(Some(Outcome::Accepted(Accepted {
+                    message_id: job.provider_message_id.clone(),
+                    http_status: 200,
+                    body: Default::default(),
+                })));
+            }
+            JobState::Failed | JobState::Dead => return Err(None),
+            JobState::Queued | JobState::InFlight => {}
+        }
+        if unsent && self.cancelled() {
+            let why = "cancelled before it was sent (tool.cancel)";
+            if let Ok(true) = self.rt.jobs.cancel_unsent(&job.id, why, now_ms()).await {
+                return Err(Some(Outcome::NotSent));
             }
         }
+        telemetry::deferred(reason);
+        info!(id = %self.call.id, job = %job.id, reason = reason.as_str(), "tool call deferred");
+        let _ = self.events.send(Event::Deferred {
+            id: self.call.id.clone(),
+            job_id: job.id.clone(),
+            reason,
+        });
+        Ok(job)
     }
 
     fn done(&self, outcome: Outcome, timing: ProviderTiming) {
@@ -311,15 +337,17 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
             DeferReason::Workflow => Start::AfterCall,
             _ => Start::RunnableAt(now_ms()),
         };
-        if run.defer(reason, start).await.is_some() {
-            return run.done(Outcome::Queued, timing);
-        }
-        if reason == DeferReason::Workflow {
+        match run.defer(reason, start).await {
+            Ok(_) => return run.done(Outcome::Queued, timing),
+            Err(Some(outcome)) => return run.done(outcome, timing),
             // A workflow function never calls the provider live, store or no store.
-            return run.done(
-                Outcome::Internal("the workflow store refused the job".into()),
-                timing,
-            );
+            Err(None) if reason == DeferReason::Workflow => {
+                return run.done(
+                    Outcome::Internal("the workflow store refused the job".into()),
+                    timing,
+                );
+            }
+            Err(None) => {}
         }
     }
 
@@ -375,7 +403,7 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
                     owner: rt.live_owner.clone(),
                     until: lease_until,
                 };
-                run.defer(DeferReason::Budget, start).await
+                run.defer(DeferReason::Budget, start).await.ok()
             };
             let mut result = tokio::time::timeout_at(hard_deadline, work.as_mut())
                 .await
@@ -383,7 +411,11 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
             timing.done = Some(call.received.elapsed());
             run.record(started, &mut result);
             if let Some(job) = job {
-                close_live_job(&rt, &job, &result).await;
+                // Close the job only if this request holds its lease (it always does, unless
+                // the same action was already queued under another holder).
+                if job.lease_owner.as_deref() == Some(rt.live_owner.as_str()) {
+                    close_live_job(&rt, &job, &result).await;
+                }
                 let outcome = match result {
                     Ok(a) => Outcome::Accepted(a),
                     Err(e) if e.retryable => Outcome::Queued,
@@ -415,16 +447,13 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
                     .backoff
                     .not_before(now_ms(), 1, e.retry_after),
                 possibly_sent: e.delivery != Delivery::NotSent,
-                error: format!("{}: {}", e.kind.code(), e.message),
+                error: e.summary(),
             };
-            if run
-                .defer(DeferReason::RetryableFailure, start)
-                .await
-                .is_some()
-            {
-                run.done(Outcome::Queued, timing)
-            } else {
-                run.done(Outcome::Failed(e), timing)
+            match run.defer(DeferReason::RetryableFailure, start).await {
+                Ok(_) => run.done(Outcome::Queued, timing),
+                Err(Some(outcome)) => run.done(outcome, timing),
+                // Not stored, or already out of attempts: the failure is the answer.
+                Err(None) => run.done(Outcome::Failed(e), timing),
             }
         }
         Err(e) => run.done(Outcome::Failed(e), timing),
@@ -434,26 +463,10 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
 /// The live request that held a deferred job's lease has ended: close the job with what it
 /// learned, so nothing is sent twice.
 async fn close_live_job(rt: &Runtime, job: &Job, result: &Result<Accepted, ProviderError>) {
-    let finish = match result {
-        Ok(a) => Finish::Succeeded {
-            message_id: a.message_id.clone(),
-        },
-        Err(e) if e.retryable => Finish::Retry {
-            not_before: rt.config.workflow.backoff.not_before(
-                now_ms(),
-                job.attempts,
-                e.retry_after,
-            ),
-            error: format!("{}: {}", e.kind.code(), e.message),
-            possibly_sent: e.delivery != Delivery::NotSent,
-        },
-        Err(e) => Finish::Failed {
-            error: format!("{}: {}", e.kind.code(), e.message),
-        },
-    };
+    let finish = Finish::from_result(result, &rt.config.workflow.backoff, job.attempts, now_ms());
     match rt
         .jobs
-        .finish(&job.id, &rt.live_owner, finish, now_ms())
+        .finish(&job.id, &rt.live_owner, job.attempts, finish, now_ms())
         .await
     {
         Ok(true) => {}

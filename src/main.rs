@@ -206,7 +206,7 @@ async fn worker(path: PathBuf) -> ExitCode {
     tracing::info!("shutting down: no new claims; waiting for running attempts");
     stop.cancel();
     let _ = tokio::time::timeout(drain, task).await;
-    rt.jobs.close();
+    rt.jobs.close().await;
     ExitCode::SUCCESS
 }
 

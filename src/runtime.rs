@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use dashmap::DashMap;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Agent, Config, token_digest};
 use crate::connections::Registry;
@@ -56,6 +57,9 @@ pub struct Runtime {
     pub live_owner: String,
     /// Cancelled when the process is shutting down: sessions drain and close.
     pub shutdown: CancellationToken,
+    /// Every tool call's task and every job release a session leaves behind: shutdown waits
+    /// for them, so a live request that outlived its session is still recorded.
+    pub tasks: TaskTracker,
     /// Session token digest to org id.
     session_tokens: HashMap<[u8; 32], String>,
     admin_tokens: HashMap<[u8; 32], AdminScope>,
@@ -95,6 +99,7 @@ impl Runtime {
             jobs,
             live_owner: format!("live:{}", ulid::Ulid::generate()),
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             session_tokens,
             admin_tokens,
             agents,

@@ -49,7 +49,9 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     runtime: Arc<Runtime>,
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    admin_shutdown: CancellationToken,
+    ws_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
     worker: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -75,6 +77,7 @@ impl Server {
             );
         }
         let shutdown = CancellationToken::new();
+        let admin_shutdown = CancellationToken::new();
         let worker = runtime.config.workflow.worker.then(|| {
             let stop = CancellationToken::new();
             let task = tokio::spawn(worker::run(runtime.clone(), stop.clone()));
@@ -97,7 +100,7 @@ impl Server {
                 let rt = rt.clone();
                 async move { Ok::<_, Infallible>(admin::handle(req, rt).await) }
             },
-            shutdown.clone(),
+            admin_shutdown.clone(),
         );
         info!(listen = %ws_addr, admin = %admin_addr, "toolgate serving");
         Ok(Server {
@@ -105,7 +108,9 @@ impl Server {
             admin_addr,
             runtime,
             shutdown,
-            tasks: vec![ws_task, admin_task],
+            admin_shutdown,
+            ws_task,
+            admin_task,
             worker,
         })
     }
@@ -120,17 +125,20 @@ impl Server {
         format!("ws://{}/v1/session", self.ws_addr)
     }
 
-    /// Shut down without losing anything accepted: stop accepting connections; let every
-    /// session finish its in-flight tool calls (an `auto` call is deferred at its budget, so
-    /// nothing waits longer than `drain`), then close it with 1001 so the media server moves
-    /// on; stop the worker once its running attempts end; flush and close the job store.
+    /// Shut down without losing anything accepted, within `drain` overall: stop accepting
+    /// calls and stop the worker claiming; let every session finish its in-flight tool calls
+    /// (an `auto` call is deferred at its budget) and close with 1001; wait for every tool
+    /// call's task, including live requests that outlived their session and must close their
+    /// jobs, and for the worker's running attempts; flush and close the job store; last, stop
+    /// the admin API (which answered health checks until then).
     pub async fn shutdown(self, drain: Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
         self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
+        let _ = self.ws_task.await;
+        if let Some((stop, _)) = &self.worker {
+            stop.cancel();
         }
         self.runtime.shutdown.cancel();
-        let deadline = tokio::time::Instant::now() + drain;
         while self
             .runtime
             .active_sessions
@@ -140,11 +148,22 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Some((stop, task)) = self.worker {
-            stop.cancel();
-            let _ = tokio::time::timeout(drain, task).await;
+        self.runtime.tasks.close();
+        if tokio::time::timeout_at(deadline, self.runtime.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.runtime.tasks.len(),
+                "tool calls still running at the end of the drain; their jobs' leases will lapse and the worker will take them over"
+            );
         }
-        self.runtime.jobs.close();
+        if let Some((_, task)) = self.worker {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+        self.runtime.jobs.close().await;
+        self.admin_shutdown.cancel();
+        let _ = self.admin_task.await;
         info!("toolgate stopped");
     }
 }

@@ -171,6 +171,8 @@ async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_tw
     // still waiting when the sidecar dies.
     m.resend
         .set_default(Reply::AnswerLate(Duration::from_secs(3)));
+    m.wati
+        .set_default(Reply::AnswerLate(Duration::from_secs(3)));
     let config = write_config(dir.path(), &m);
     let mut first = start(&config);
 
@@ -196,6 +198,16 @@ async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_tw
         assert_eq!(r["status"], "deferred", "{r}");
         calls.push(c);
     }
+    let mut c = open_call(&first.url(), "c-crash-wati").await;
+    let r = tool_call(
+        &mut c,
+        "call_wati",
+        "wati_later",
+        json!({"text": "on its way"}),
+    )
+    .await;
+    assert_eq!(r["status"], "deferred", "{r}");
+    calls.push(c);
     assert_eq!(
         m.resend.deliveries_by_key().len(),
         4,
@@ -209,7 +221,9 @@ async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_tw
     first.signal("-KILL");
     first.wait_exit(Duration::from_secs(10));
     drop(calls);
+    let before_restart = m.resend.requests().len();
     m.resend.set_default(Reply::Normal);
+    m.wati.set_default(Reply::Normal);
 
     let second = start(&config);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -218,12 +232,12 @@ async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_tw
         let settled = jobs
             .iter()
             .all(|j| matches!(j["state"].as_str(), Some("succeeded" | "failed" | "dead")));
-        if (jobs.len() == 8 && settled) || Instant::now() > deadline {
+        if (jobs.len() == 9 && settled) || Instant::now() > deadline {
             break jobs;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(jobs.len(), 8, "{jobs:#?}");
+    assert_eq!(jobs.len(), 9, "{jobs:#?}");
     for j in &jobs {
         assert_eq!(j["state"], "succeeded", "{j}");
     }
@@ -235,9 +249,13 @@ async fn after_sigkill_a_restart_runs_every_accepted_job_and_resend_gets_none_tw
         assert_eq!(*delivered, 1, "email {key} delivered {delivered} times");
     }
     assert!(
-        m.resend.requests().len() > 4,
-        "the worker did retry after the crash"
+        m.resend.requests().len() >= before_restart + 4,
+        "every email job was retried by the restarted sidecar"
     );
+    // Wati has no idempotency key: the job taken over from the dead process is flagged.
+    let wati_job = jobs.iter().find(|j| j["function"] == "wati_later").unwrap();
+    assert_eq!(wati_job["at_least_once"], true, "{wati_job}");
+    assert!(m.wati.delivered() >= 1);
     // Every held workflow job ran after the restart.
     let notes = m.webhook.deliveries_by_key();
     assert_eq!(notes.len(), 4, "{notes:?}");
@@ -252,6 +270,29 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
     m.resend.set_default(Reply::slow(1000));
     let config = write_config(dir.path(), &m);
     let mut sidecar = start(&config);
+    // A call that already ended, leaving a live request that outlives its session.
+    let mut ended = open_call(&sidecar.url(), "c-term-ended").await;
+    let r = tool_call(
+        &mut ended,
+        "call_1",
+        "email_later",
+        json!({"summary": "ended"}),
+    )
+    .await;
+    assert_eq!(r["status"], "deferred");
+    ended.send(&json!({"type": "session.end"})).await.unwrap();
+    assert_eq!(ended.recv(WAIT).await.unwrap().ty(), "session.ended");
+    // A call holding a workflow job for its end.
+    let mut holding = open_call(&sidecar.url(), "c-term-held").await;
+    let r = tool_call(
+        &mut holding,
+        "call_1",
+        "log_after_call",
+        json!({"note": "n"}),
+    )
+    .await;
+    assert_eq!(r["status"], "deferred");
+    // A call with a tool call in flight when the signal comes.
     let mut c = open_call(&sidecar.url(), "c-term").await;
     c.send(
         &json!({"type": "tool.call", "id": "call_1", "name": "email_later",
@@ -273,15 +314,29 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
     let frames = c.until_result("call_1", WAIT).await.unwrap();
     assert_eq!(frames.last().unwrap().frame["status"], "deferred");
     assert_eq!(c.closed(WAIT).await.unwrap(), Some(1001));
+    assert_eq!(holding.closed(WAIT).await.unwrap(), Some(1001));
     let status = sidecar.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
-    assert_eq!(m.resend.delivered(), 1);
+    assert_eq!(m.resend.delivered(), 2);
     // The outcome was recorded before exit.
     let db = rusqlite::Connection::open(dir.path().join("toolgate.db")).unwrap();
-    let state: String = db
-        .query_row("SELECT state FROM jobs", [], |r| r.get(0))
+    let mut stmt = db
+        .prepare("SELECT function, state, runnable_at IS NOT NULL FROM jobs ORDER BY function")
         .unwrap();
-    assert_eq!(state, "succeeded");
+    let rows: Vec<(String, String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // Both live requests closed their jobs before exit; the held job was released.
+    assert_eq!(
+        rows,
+        vec![
+            ("email_later".to_owned(), "succeeded".to_owned(), false),
+            ("email_later".to_owned(), "succeeded".to_owned(), false),
+            ("log_after_call".to_owned(), "queued".to_owned(), true),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -268,7 +268,7 @@ async fn workflow_functions_are_queued_at_once_and_run_after_the_call_ends() {
 #[tokio::test]
 async fn workflow_jobs_of_a_dropped_call_run_after_the_disconnect_grace() {
     let env =
-        Env::start_with(|t| t.replace("disconnect_grace_ms = 2000", "disconnect_grace_ms = 200"))
+        Env::start_with(|t| t.replace("disconnect_grace_ms = 2000", "disconnect_grace_ms = 1000"))
             .await;
     let mut s = env.session("c-workflow-drop", json!({})).await;
     let a = s
@@ -276,6 +276,11 @@ async fn workflow_jobs_of_a_dropped_call_run_after_the_disconnect_grace() {
         .await;
     assert_eq!(a.status(), "deferred");
     s.client.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        env.webhook.requests().is_empty(),
+        "the call may still resume: nothing runs during the grace"
+    );
     let reqs = env.webhook.wait_for_requests(1, SETTLE).await;
     assert_eq!(reqs.len(), 1);
 }
@@ -377,7 +382,7 @@ async fn the_jobs_api_needs_an_admin_token_and_keeps_orgs_apart() {
     let env = Env::start_with(|t| {
         t.replace(
             "backoff_base_ms = 50",
-            "backoff_base_ms = 50\nmax_attempts = 1",
+            "backoff_base_ms = 50\nmax_attempts = 2",
         )
     })
     .await;
@@ -444,6 +449,9 @@ async fn the_jobs_api_needs_an_admin_token_and_keeps_orgs_apart() {
 #[tokio::test]
 async fn metrics_count_deferrals_and_jobs_by_state() {
     let env = Env::start().await;
+    // The recorder is global to the process: other tests may count too, so compare deltas.
+    let before = scrape(&env).await;
+    let budget_before = metric_or_zero(&before, "toolgate_deferrals_total{reason=\"budget\"}");
     env.resend.push(Reply::slow(900));
     let mut s = env.session("c-metrics", order_vars()).await;
     let a = s
@@ -456,8 +464,8 @@ async fn metrics_count_deferrals_and_jobs_by_state() {
     assert_eq!(resp.status().as_u16(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("# HELP toolgate_deferrals_total"), "{text}");
-    let deferrals: f64 = metric(&text, "toolgate_deferrals_total{reason=\"budget\"}");
-    assert!(deferrals >= 1.0, "{text}");
+    let deferrals = metric(&text, "toolgate_deferrals_total{reason=\"budget\"}");
+    assert!(deferrals >= budget_before + 1.0, "{text}");
     assert!(metric(&text, "toolgate_jobs{state=\"succeeded\"}") >= 1.0);
     assert!(text.contains("toolgate_jobs{state=\"dead\"}"));
     for secret in SECRETS {
@@ -466,9 +474,165 @@ async fn metrics_count_deferrals_and_jobs_by_state() {
     assert!(!text.contains("c-metrics"), "no call ids in labels");
 }
 
+async fn scrape(env: &Env) -> String {
+    reqwest::get(format!("http://{}/metrics", env.server.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric_or_zero(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_cancel_racing_the_deferral_never_lets_the_action_out() {
+    let env = Env::start().await;
+    let mut answers = Vec::new();
+    for i in 0..20 {
+        let mut s = env.session(&format!("c-race-{i}"), json!({})).await;
+        s.client
+            .send(
+                &json!({"type": "tool.call", "id": "call_1", "name": "log_after_call",
+                          "arguments": {"note": format!("n{i}")}}),
+            )
+            .await
+            .unwrap();
+        s.client
+            .send(&json!({"type": "tool.cancel", "id": "call_1", "reason": "barge_in"}))
+            .await
+            .unwrap();
+        let a = s.result_of("call_1").await;
+        answers.push(a.status().to_owned());
+        if a.status() == "cancelled" {
+            assert_eq!(a.result.frame["data"]["provider_outcome"], "not_sent");
+        }
+        s.client
+            .send(&json!({"type": "session.end"}))
+            .await
+            .unwrap();
+        s.client.recv(WAIT).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        env.webhook.requests().is_empty(),
+        "a barged-in call was sent after the call ({answers:?})"
+    );
+    assert!(answers.iter().all(|a| a == "cancelled" || a == "deferred"));
+}
+
+#[tokio::test]
+async fn a_deferral_landing_after_session_end_still_runs() {
+    let env = Env::start().await;
+    for i in 0..5 {
+        let mut s = env.session(&format!("c-late-{i}"), json!({})).await;
+        s.client
+            .send(
+                &json!({"type": "tool.call", "id": "call_1", "name": "log_after_call",
+                          "arguments": {"note": format!("late {i}")}}),
+            )
+            .await
+            .unwrap();
+        s.client
+            .send(&json!({"type": "session.end"}))
+            .await
+            .unwrap();
+    }
+    let reqs = env.webhook.wait_for_requests(5, SETTLE).await;
+    assert_eq!(reqs.len(), 5, "every held job ran once its call ended");
+}
+
+#[tokio::test]
+async fn a_job_out_of_attempts_at_once_is_answered_failed_not_deferred() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "backoff_base_ms = 50",
+            "backoff_base_ms = 50\nmax_attempts = 1",
+        )
+    })
+    .await;
+    env.resend.push(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-one-attempt", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "failed", "no promise the queue cannot keep");
+    assert_eq!(a.error().as_deref(), Some("provider_unavailable"));
+}
+
+#[tokio::test]
+async fn an_action_asked_again_after_its_job_failed_is_queued_afresh() {
+    let env = Env::start().await;
+    env.resend.push(Reply::Delay(
+        Duration::from_millis(800),
+        Box::new(Reply::ResendError {
+            status: 422,
+            name: "validation_error".into(),
+            message: "Temporarily suppressed.".into(),
+            retry_after: None,
+        }),
+    ));
+    let mut s = env.session("c-again", order_vars()).await;
+    let first = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    let first_job = job_id(&first);
+    assert_eq!(env.job_settled(&first_job, SETTLE).await["state"], "failed");
+    env.resend.push(Reply::slow(800));
+    let again = s
+        .call("call_02", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(again.status(), "deferred");
+    let second_job = job_id(&again);
+    assert_ne!(first_job, second_job);
+    assert_eq!(
+        env.job_settled(&second_job, SETTLE).await["state"],
+        "succeeded"
+    );
+    assert_eq!(env.job(&first_job).await["state"], "failed", "history kept");
+    assert_eq!(env.resend.delivered(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_deferred_call_can_be_asked_again() {
+    let env = Env::start().await;
+    let mut s = env.session("c-cancel-again", json!({})).await;
+    let a = s
+        .call("call_01", "log_after_call", json!({"note": "refund"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    s.client
+        .send(&json!({"type": "tool.cancel", "id": "call_01"}))
+        .await
+        .unwrap();
+    s.expect_silence(Duration::from_millis(200)).await;
+    let b = s
+        .call("call_02", "log_after_call", json!({"note": "refund"}))
+        .await;
+    assert_eq!(b.status(), "deferred", "the cancelled job no longer counts");
+    assert_ne!(job_id(&a), job_id(&b));
+    s.client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    let reqs = env.webhook.wait_for_requests(1, SETTLE).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(env.webhook.requests().len(), 1, "sent once");
 }

@@ -120,6 +120,8 @@ pub struct WorkflowSettings {
     pub backoff: crate::workflow::Backoff,
     /// Whether `toolgate serve` runs a worker too (`worker`, default true).
     pub worker: bool,
+    /// Days to keep finished jobs (`retain_days`, default 30).
+    pub retain_days: u32,
 }
 
 /// `[[orgs]]`

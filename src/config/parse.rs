@@ -680,6 +680,7 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
             "backoff_base_ms",
             "backoff_cap_ms",
             "worker",
+            "retain_days",
         ],
     );
     let base = ck
@@ -702,6 +703,7 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
             cap: Duration::from_millis(cap),
         },
         worker: ck.boolean(t, P, "worker").unwrap_or(true),
+        retain_days: ck.uint(t, P, "retain_days", 1, 3650).unwrap_or(30) as u32,
     }
 }
 

@@ -151,6 +151,11 @@ impl ProviderError {
         matches!(self.kind, FailureKind::Unavailable | FailureKind::Timeout)
     }
 
+    /// `code: message`, as job records keep it.
+    pub fn summary(&self) -> String {
+        format!("{}: {}", self.kind.code(), self.message)
+    }
+
     /// Scrub the connection's credentials and redact phone numbers and emails from the
     /// provider's message: providers echo inputs and, when misbehaving, headers.
     pub fn redact_for(&mut self, conn: &Connection) {

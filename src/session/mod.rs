@@ -258,6 +258,8 @@ struct Slot {
     cancel_reason: Option<String>,
     /// The workflow job, once the call was deferred.
     job_id: Option<String>,
+    /// The job was cancelled before it was sent: nothing later changes that.
+    job_cancelled: bool,
 }
 
 /// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
@@ -344,7 +346,7 @@ impl Session {
             tokio::select! {
                 incoming = next_opt(&mut sock) => match incoming {
                     Incoming::Frame(frame, received) => {
-                        if let Flow::End = self.on_frame(frame, received) {
+                        if let Flow::End = self.on_frame(frame, received).await {
                             self.flush(&mut sock).await;
                             if let Some(s) = sock.as_mut() {
                                 s.close(CloseCode::Normal, "session ended").await;
@@ -357,7 +359,7 @@ impl Session {
                     Incoming::Refused(frame) => self.push(frame, Keep::LiveOnly),
                     Incoming::Gone => sock = None,
                 },
-                Some(event) = self.events_rx.recv() => self.on_event(event, ended),
+                Some(event) = self.events_rx.recv() => self.on_event(event, ended).await,
                 Some(resumed) = self.reattach_rx.recv(), if sock.is_none() && !ended => {
                     info!(kept = self.outbox.len(), "session resumed");
                     sock = Some(resumed);
@@ -386,6 +388,22 @@ impl Session {
         );
     }
 
+    /// Make the call's held workflow jobs runnable (in the background, tracked for shutdown).
+    fn release_held(&self) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (jobs, (org, call_id)) = (self.rt.jobs.clone(), self.key.clone());
+        self.rt.tasks.spawn_on(
+            async move {
+                if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
+                    tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs; they run at the next start");
+                }
+            },
+            &handle,
+        );
+    }
+
     fn deregister(&mut self) {
         if !self.registered {
             return;
@@ -394,15 +412,8 @@ impl Session {
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
         // The call is over: its workflow jobs run now.
-        if self.deferred > 0
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            let (jobs, (org, call_id)) = (self.rt.jobs.clone(), self.key.clone());
-            handle.spawn(async move {
-                if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
-                    tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs; they run at the next start");
-                }
-            });
+        if self.deferred > 0 {
+            self.release_held();
         }
         // From now on a resume attempt fails at once and starts a fresh session instead.
         self.reattach_rx.close();
@@ -421,6 +432,25 @@ impl Session {
                 .await;
                 late.close(CloseCode::Normal, "session ended").await;
             });
+        }
+    }
+
+    /// Cancel a workflow job that has not reached the provider; `true` when it will never be
+    /// sent. A short write to the store: it happens only on a barge-in of a deferred call.
+    async fn cancel_job(&self, job_id: &str, why: &str) -> bool {
+        match self.rt.jobs.cancel_unsent(job_id, why, now_ms()).await {
+            Ok(true) => {
+                info!(job = %job_id, "deferred call cancelled before it was sent");
+                true
+            }
+            Ok(false) => {
+                debug!(job = %job_id, "cancel of a deferred call came after it was sent");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_id, error = %e, "cannot cancel a deferred call");
+                false
+            }
         }
     }
 
@@ -456,7 +486,7 @@ impl Session {
         }
     }
 
-    fn on_frame(&mut self, frame: Inbound, received: Instant) -> Flow {
+    async fn on_frame(&mut self, frame: Inbound, received: Instant) -> Flow {
         let at = received.duration_since(self.started);
         match frame {
             Inbound::SessionStart(s) => {
@@ -497,26 +527,20 @@ impl Session {
                 ),
                 Some(slot) if slot.answered => {
                     // Answered calls get nothing back; a deferred one that has not been sent
-                    // yet is not sent at all.
-                    if let Some(job_id) = slot.job_id.clone() {
-                        let jobs = self.rt.jobs.clone();
+                    // yet is not sent at all, and no longer counts as done or pending.
+                    if let Some(job_id) = slot.job_id.clone()
+                        && !slot.job_cancelled
+                    {
                         let why = format!(
                             "cancelled before it was sent ({})",
                             c.reason.as_deref().unwrap_or("tool.cancel")
                         );
-                        tokio::spawn(async move {
-                            match jobs.cancel_unsent(&job_id, &why, now_ms()).await {
-                                Ok(true) => {
-                                    info!(job = %job_id, "deferred call cancelled before it was sent")
-                                }
-                                Ok(false) => {
-                                    debug!(job = %job_id, "cancel of a deferred call came after it was sent")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(job = %job_id, error = %e, "cannot cancel a deferred call")
-                                }
+                        if self.cancel_job(&job_id, &why).await {
+                            if let Some(slot) = self.calls.get_mut(&c.id) {
+                                slot.job_cancelled = true;
                             }
-                        });
+                            self.ledger.set_state(&c.id, ActionState::Closed);
+                        }
                     }
                 }
                 Some(slot) => {
@@ -625,6 +649,7 @@ impl Session {
                 cancelled: cancelled.clone(),
                 cancel_reason: None,
                 job_id: None,
+                job_cancelled: false,
             },
         );
         if let Some(a) = immediate {
@@ -655,9 +680,9 @@ impl Session {
             received,
             cancelled,
         };
-        tokio::spawn(
-            dispatch::run(live, self.rt.clone(), self.events_tx.clone()).in_current_span(),
-        );
+        self.rt
+            .tasks
+            .spawn(dispatch::run(live, self.rt.clone(), self.events_tx.clone()).in_current_span());
     }
 
     fn push_result(&mut self, id: &str, invocation_id: &str, received: Instant, a: &Answer) {
@@ -673,7 +698,7 @@ impl Session {
         self.push(frame, Keep::Always);
     }
 
-    fn on_event(&mut self, event: Event, ended: bool) {
+    async fn on_event(&mut self, event: Event, ended: bool) {
         match event {
             Event::Filler { id, seq, elapsed } => {
                 if ended {
@@ -706,14 +731,46 @@ impl Session {
                 self.push(frame, Keep::LiveOnly);
             }
             Event::Deferred { id, job_id, reason } => {
+                if !self.registered {
+                    // The call ended while the job was being written: its end already ran,
+                    // so release this job here.
+                    self.release_held();
+                }
                 let Some(slot) = self.calls.get_mut(&id) else {
                     return;
                 };
-                slot.answered = true;
                 slot.job_id = Some(job_id.clone());
                 let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
-                let function =
-                    &self.agent.functions[slot.function.expect("live calls have a function")];
+                let function_index = slot.function.expect("live calls have a function");
+                if slot.cancelled.load(Ordering::Acquire) {
+                    // The caller barged in while the job was written: if it has not been sent,
+                    // it never will be, and the call is answered `cancelled`.
+                    let reason = slot.cancel_reason.clone();
+                    if self
+                        .cancel_job(&job_id, "cancelled before it was sent (tool.cancel)")
+                        .await
+                    {
+                        let function = &self.agent.functions[function_index];
+                        let a = answer::cancelled(
+                            function,
+                            ProviderOutcome::NotSent,
+                            reason.as_deref(),
+                        );
+                        if let Some(slot) = self.calls.get_mut(&id) {
+                            slot.answered = true;
+                            slot.job_cancelled = true;
+                        }
+                        self.ledger.set_state(&id, ActionState::Closed);
+                        if !ended {
+                            self.push_result(&id, &invocation_id, received, &a);
+                        }
+                        return;
+                    }
+                }
+                if let Some(slot) = self.calls.get_mut(&id) {
+                    slot.answered = true;
+                }
+                let function = &self.agent.functions[function_index];
                 let a = answer::deferred(function, &job_id, reason);
                 self.deferred += 1;
                 self.ledger.set_state(&id, ActionState::Deferred);
@@ -731,6 +788,7 @@ impl Session {
                 };
                 self.inflight -= 1;
                 let was_answered = std::mem::replace(&mut slot.answered, true);
+                let job_cancelled = slot.job_cancelled;
                 let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
                 let cancelled = slot.cancelled.load(Ordering::Acquire);
                 let reason = slot.cancel_reason.clone();
@@ -750,7 +808,9 @@ impl Session {
                     }
                     Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
                 };
-                self.ledger.set_state(&id, state);
+                if !job_cancelled {
+                    self.ledger.set_state(&id, state);
+                }
                 debug!(
                     id = %id,
                     outcome = ?std::mem::discriminant(&outcome),

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::bindings::ResolvedInput;
 use crate::catalog::Action;
+use crate::providers::{Accepted, Delivery, ProviderError};
 
 /// Milliseconds since the Unix epoch: the store's clock, passed in explicitly so tests can
 /// drive time.
@@ -117,11 +118,6 @@ impl DeferReason {
             DeferReason::PredictedSlow => "predicted_slow",
             DeferReason::Workflow => "workflow",
         }
-    }
-
-    /// Parse a stored reason.
-    pub fn parse(s: &str) -> Option<DeferReason> {
-        DeferReason::ALL.into_iter().find(|x| x.as_str() == s)
     }
 }
 
@@ -268,6 +264,30 @@ pub enum Finish {
         /// Whether the attempt may have reached the provider.
         possibly_sent: bool,
     },
+}
+
+impl Finish {
+    /// How an attempt that ended with `result` is recorded: a success, a definitive refusal,
+    /// or a retry no sooner than the backoff for attempt `attempts` and the provider's
+    /// `Retry-After`. Provider messages are expected redacted already.
+    pub fn from_result(
+        result: &Result<Accepted, ProviderError>,
+        backoff: &Backoff,
+        attempts: u32,
+        now: Millis,
+    ) -> Finish {
+        match result {
+            Ok(a) => Finish::Succeeded {
+                message_id: a.message_id.clone(),
+            },
+            Err(e) if e.retryable => Finish::Retry {
+                not_before: backoff.not_before(now, attempts, e.retry_after),
+                error: e.summary(),
+                possibly_sent: e.delivery != Delivery::NotSent,
+            },
+            Err(e) => Finish::Failed { error: e.summary() },
+        }
+    }
 }
 
 /// Retry timing: exponential backoff with full jitter (base 1 s, cap 5 min by default).

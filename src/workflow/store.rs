@@ -9,7 +9,7 @@
 //! The operations in [`ops`] take the clock as an argument, so they are tested against an
 //! in-memory model with any sequence of time (see the property test below).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,7 +44,9 @@ pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 const MAX_BATCH: usize = 512;
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Op = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
+/// One queued write: runs in the batch's transaction (or learns why there is none) and hands
+/// back how to answer its caller once the commit is known.
+type Op = Box<dyn FnOnce(Result<&Transaction<'_>, &StoreError>) -> Reply + Send>;
 
 /// The durable job queue.
 pub struct JobStore {
@@ -53,7 +55,6 @@ pub struct JobStore {
     reader: Arc<Mutex<Connection>>,
     /// Woken when a job becomes runnable (enqueue, release, retry).
     pub runnable: Notify,
-    path: PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   last_error TEXT,
   provider_message_id TEXT,
   at_least_once INTEGER NOT NULL DEFAULT 0,
+  possibly_sent INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   finished_at INTEGER
@@ -90,6 +92,7 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs(state, runnable_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs(state, lease_until);
 CREATE INDEX IF NOT EXISTS jobs_call ON jobs(org, call_id);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 ";
 
 /// Open a connection with the durability settings every toolgate connection uses.
@@ -131,13 +134,7 @@ impl JobStore {
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             runnable: Notify::new(),
-            path: path.to_owned(),
         })
-    }
-
-    /// The file backing the store.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Run `f` in the writer's next transaction; resolves after the commit.
@@ -147,19 +144,22 @@ impl JobStore {
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (done_tx, done_rx) = oneshot::channel::<Result<T, StoreError>>();
-        let op: Op = Box::new(move |tx: &Transaction<'_>| {
-            let result = in_savepoint(tx, f);
+        let op: Op = Box::new(move |tx: Result<&Transaction<'_>, &StoreError>| {
+            let result = match tx {
+                Ok(tx) => in_savepoint(tx, f),
+                Err(e) => Err(e.clone()),
+            };
             Box::new(move |committed: Result<(), StoreError>| {
                 let _ = done_tx.send(committed.and(result));
             })
         });
-        let sender = self
-            .writer
-            .lock()
-            .expect("writer lock")
-            .clone()
-            .ok_or(StoreError::Closed)?;
-        sender.send(op).map_err(|_| StoreError::Closed)?;
+        {
+            // No clone of the sender may live across the await below: the writer thread ends
+            // only when every sender is gone, and `close` waits for it.
+            let writer = self.writer.lock().expect("writer lock");
+            let sender = writer.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(op).map_err(|_| StoreError::Closed)?;
+        }
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -191,18 +191,20 @@ impl JobStore {
         self.write(move |tx| ops::claim(tx, &owner, now)).await
     }
 
-    /// Record how an attempt ended; `false` when `owner` no longer holds the lease.
+    /// Record how attempt number `attempt` ended; `false` when `owner` no longer holds the
+    /// lease for that attempt (it lapsed and the job was claimed again).
     pub async fn finish(
         &self,
         id: &str,
         owner: &str,
+        attempt: u32,
         finish: Finish,
         now: Millis,
     ) -> Result<bool, StoreError> {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         let retried = matches!(finish, Finish::Retry { .. });
         let done = self
-            .write(move |tx| ops::finish(tx, &id, &owner, &finish, now))
+            .write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now))
             .await?;
         if retried {
             self.runnable.notify_waiters();
@@ -270,6 +272,27 @@ impl JobStore {
         self.read(move |c| ops::get(c, &id)).await
     }
 
+    /// Delete jobs that reached a final state before `before`.
+    pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+                )?
+                .execute([before])?)
+        })
+        .await
+    }
+
+    /// Whether the store answers a trivial read.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
+        .await
+    }
+
     /// Jobs, newest first, optionally of one state and one org.
     pub async fn list(
         &self,
@@ -291,18 +314,27 @@ impl JobStore {
         self.read(ops::next_due).await
     }
 
-    /// Finish pending writes and stop the writer thread.
-    pub fn close(&self) {
+    /// Stop taking writes, let the writer finish what it has (every queued write is still
+    /// committed and answered), and wait for it, off the async runtime.
+    pub async fn close(&self) {
         self.writer.lock().expect("writer lock").take();
-        if let Some(t) = self.writer_thread.lock().expect("thread lock").take() {
-            let _ = t.join();
+        let thread = self.writer_thread.lock().expect("thread lock").take();
+        if let Some(t) = thread {
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout(Duration::from_secs(30), joined)
+                .await
+                .is_err()
+            {
+                error!("the job store writer did not finish within 30 s");
+            }
         }
     }
 }
 
 impl Drop for JobStore {
+    /// Dropping never blocks: the writer thread drains what is queued and exits by itself.
     fn drop(&mut self) {
-        self.close();
+        self.writer.lock().expect("writer lock").take();
     }
 }
 
@@ -336,17 +368,15 @@ fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Op>) {
         let tx = match conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
-                error!(error = %e, "job store cannot begin a transaction; writes fail");
+                error!(error = %e, "job store cannot begin a transaction; this batch of writes fails");
                 let err = StoreError::from(e);
                 for op in batch {
-                    // Run nothing; answer every caller with the error.
-                    drop(op);
-                    let _ = &err;
+                    op(Err(&err))(Err(err.clone()));
                 }
                 continue;
             }
         };
-        let replies: Vec<Reply> = batch.into_iter().map(|op| op(&tx)).collect();
+        let replies: Vec<Reply> = batch.into_iter().map(|op| op(Ok(&tx))).collect();
         let committed = tx.commit().map_err(|e| {
             error!(error = %e, "job store commit failed; the operations of this batch are lost");
             StoreError::from(e)
@@ -400,7 +430,9 @@ pub mod ops {
         })
     }
 
-    /// Insert a job; a job with the same action key is returned instead of a second one.
+    /// Insert a job. A pending or succeeded job with the same action key is returned instead
+    /// of a second one (the caller checks it is what it asked for); a failed or dead one keeps
+    /// its history under a changed key, and the action is queued afresh.
     pub fn enqueue(tx: &Connection, job: &NewJob, now: Millis) -> Result<Job, StoreError> {
         if let Some(existing) = tx
             .prepare_cached(&format!(
@@ -409,10 +441,17 @@ pub mod ops {
             .query_row([&job.idempotency_key], row_to_job)
             .optional()?
         {
-            return Ok(existing);
+            if !matches!(existing.state, JobState::Failed | JobState::Dead) {
+                return Ok(existing);
+            }
+            tx.prepare_cached(
+                "UPDATE jobs SET idempotency_key = idempotency_key || '#' || id WHERE id = ?1",
+            )?
+            .execute([&existing.id])?;
         }
         let mut last_error = None;
         let mut at_least_once = false;
+        let mut sent_before = matches!(job.start, Start::Live { .. });
         let (mut state, attempts, mut runnable_at, lease_owner, lease_until) = match &job.start {
             Start::RunnableAt(at) => (JobState::Queued, 0, Some(*at), None, None),
             Start::AfterCall => (JobState::Queued, 0, None, None, None),
@@ -423,6 +462,7 @@ pub mod ops {
             } => {
                 last_error = Some(error.clone());
                 at_least_once = *possibly_sent && !job.idempotent;
+                sent_before = *possibly_sent;
                 (JobState::Queued, 1, Some(*not_before), None, None)
             }
             Start::Live { owner, until } => (
@@ -472,6 +512,10 @@ pub mod ops {
             at_least_once as i64,
             finished_at,
         ])?;
+        if sent_before {
+            tx.prepare_cached("UPDATE jobs SET possibly_sent = 1 WHERE id = ?1")?
+                .execute([&id])?;
+        }
         get(tx, &id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
     }
 
@@ -489,16 +533,33 @@ pub mod ops {
              WHERE state = 'in_flight' AND lease_until < ?1 AND attempts >= max_attempts",
             [now],
         )?;
-        let id: Option<String> = tx
-            .query_row(
-                "SELECT id FROM jobs WHERE (state = 'queued' AND runnable_at IS NOT NULL AND runnable_at <= ?1) \
-                 OR (state = 'in_flight' AND lease_until < ?1) \
-                 ORDER BY COALESCE(runnable_at, lease_until), created_at LIMIT 1",
-                [now],
-                |r| r.get(0),
-            )
+        // Two lookups that each walk an index in order, rather than one OR that sorts.
+        let due: Option<(String, Millis)> = tx
+            .prepare_cached(
+                "SELECT id, runnable_at FROM jobs WHERE state = 'queued' AND runnable_at <= ?1 \
+                 ORDER BY runnable_at LIMIT 1",
+            )?
+            .query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let Some(id) = id else { return Ok(None) };
+        let lapsed: Option<(String, Millis)> = tx
+            .prepare_cached(
+                "SELECT id, lease_until FROM jobs WHERE state = 'in_flight' AND lease_until < ?1 \
+                 ORDER BY lease_until LIMIT 1",
+            )?
+            .query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let id = match (due, lapsed) {
+            (Some(a), Some(b)) => {
+                if a.1 <= b.1 {
+                    a.0
+                } else {
+                    b.0
+                }
+            }
+            (Some(a), None) => a.0,
+            (None, Some(b)) => b.0,
+            (None, None) => return Ok(None),
+        };
         tx.execute(
             "UPDATE jobs SET \
                at_least_once = CASE WHEN state = 'in_flight' AND idempotent = 0 THEN 1 ELSE at_least_once END, \
@@ -510,15 +571,20 @@ pub mod ops {
         get(tx, &id)
     }
 
-    /// Record how an attempt ended, if `owner` still holds the lease.
+    /// Record how attempt `attempt` ended, if `owner` still holds the lease for it: a lease
+    /// that lapsed and was claimed again (even by the same owner) is fenced off by the attempt
+    /// number.
     pub fn finish(
         tx: &Connection,
         id: &str,
         owner: &str,
+        attempt: u32,
         finish: &Finish,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let held = "id = ?1 AND state = 'in_flight' AND lease_owner = ?2";
+        let held = format!(
+            "id = ?1 AND state = 'in_flight' AND lease_owner = ?2 AND attempts = {attempt}"
+        );
         let n = match finish {
             Finish::Succeeded { message_id } => tx.execute(
                 &format!(
@@ -546,6 +612,7 @@ pub mod ops {
                        runnable_at = CASE WHEN attempts >= max_attempts THEN NULL ELSE ?3 END, \
                        finished_at = CASE WHEN attempts >= max_attempts THEN ?6 ELSE NULL END, \
                        at_least_once = CASE WHEN ?5 AND idempotent = 0 AND attempts < max_attempts THEN 1 ELSE at_least_once END, \
+                       possibly_sent = ?5, \
                        last_error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
                      WHERE {held}"
                 ),
@@ -575,7 +642,8 @@ pub mod ops {
         Ok(n)
     }
 
-    /// A queued job that was never attempted ends `failed` without being sent.
+    /// A queued job that has never reached the provider (never attempted, or its attempts
+    /// were never sent) ends `failed` without being sent.
     pub fn cancel_unsent(
         tx: &Connection,
         id: &str,
@@ -584,7 +652,7 @@ pub mod ops {
     ) -> Result<bool, StoreError> {
         let n = tx.execute(
             "UPDATE jobs SET state = 'failed', last_error = ?2, runnable_at = NULL, updated_at = ?3, finished_at = ?3 \
-             WHERE id = ?1 AND state = 'queued' AND attempts = 0",
+             WHERE id = ?1 AND state = 'queued' AND possibly_sent = 0",
             params![id, why, now],
         )?;
         Ok(n == 1)
@@ -744,7 +812,10 @@ mod tests {
         );
         // The old holder's late report is ignored.
         let late = Finish::Succeeded { message_id: None };
-        assert!(!ops::finish(&c, &j.id, "live:a", &late, 5_100).unwrap());
+        assert!(!ops::finish(&c, &j.id, "live:a", 1, &late, 5_100).unwrap());
+        // The same owner reporting for an attempt that is no longer current is fenced off.
+        assert!(!ops::finish(&c, &j.id, "worker", 1, &late, 5_100).unwrap());
+        assert!(ops::finish(&c, &j.id, "worker", 2, &late, 5_100).unwrap());
     }
 
     #[test]
@@ -757,18 +828,50 @@ mod tests {
             possibly_sent: false,
         };
         ops::claim(&c, "w", 0).unwrap().unwrap();
-        assert!(ops::finish(&c, &j.id, "w", &retry(100), 10).unwrap());
+        assert!(ops::finish(&c, &j.id, "w", 1, &retry(100), 10).unwrap());
         assert!(
             ops::claim(&c, "w", 99).unwrap().is_none(),
             "not before its time"
         );
         ops::claim(&c, "w", 100).unwrap().unwrap();
-        assert!(ops::finish(&c, &j.id, "w", &retry(200), 110).unwrap());
+        assert!(ops::finish(&c, &j.id, "w", 2, &retry(200), 110).unwrap());
         let dead = ops::get(&c, &j.id).unwrap().unwrap();
         assert_eq!(dead.state, JobState::Dead);
         assert_eq!(dead.last_error.as_deref(), Some("HTTP 503"));
         let back = ops::retry(&c, &j.id, 300).unwrap().unwrap().unwrap();
         assert_eq!((back.state, back.attempts), (JobState::Queued, 0));
+    }
+
+    #[test]
+    fn a_failed_action_asked_again_is_queued_afresh_keeping_its_history() {
+        let c = memory();
+        let a = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 3), 0).unwrap();
+        ops::claim(&c, "w", 0).unwrap().unwrap();
+        let refused = Finish::Failed {
+            error: "422".into(),
+        };
+        assert!(ops::finish(&c, &a.id, "w", 1, &refused, 5).unwrap());
+        let b = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(10), 3), 10).unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(b.state, JobState::Queued);
+        assert_eq!(b.idempotency_key, "tg_k1", "the provider sees the same key");
+        let old = ops::get(&c, &a.id).unwrap().unwrap();
+        assert_eq!(old.state, JobState::Failed);
+        assert_eq!(old.idempotency_key, format!("tg_k1#{}", a.id));
+    }
+
+    #[test]
+    fn a_retry_whose_attempt_never_reached_the_provider_can_be_cancelled() {
+        let c = memory();
+        let start = |sent| Start::Retry {
+            not_before: 1_000,
+            possibly_sent: sent,
+            error: "x".into(),
+        };
+        let unsent = ops::enqueue(&c, &new_job("k1", start(false), 3), 0).unwrap();
+        let sent = ops::enqueue(&c, &new_job("k2", start(true), 3), 0).unwrap();
+        assert!(ops::cancel_unsent(&c, &unsent.id, "barge_in", 1).unwrap());
+        assert!(!ops::cancel_unsent(&c, &sent.id, "barge_in", 1).unwrap());
     }
 
     #[test]
@@ -809,7 +912,7 @@ mod tests {
         // A separate connection sees every answered enqueue: they were committed.
         let other = connect(&path).unwrap();
         assert_eq!(ops::counts(&other).unwrap(), vec![(JobState::Queued, 64)]);
-        store.close();
+        store.close().await;
         assert!(matches!(
             store
                 .enqueue(new_job("late", Start::RunnableAt(0), 3), 0)
@@ -828,15 +931,17 @@ mod tests {
         Claim(u8),
         Finish { worker: u8, how: u8 },
         Release,
+        Cancel(u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            (0u8..6).prop_map(Step::Enqueue),
+            (0u8..8).prop_map(Step::Enqueue),
             (0u16..3000).prop_map(Step::Advance),
             (0u8..3).prop_map(Step::Claim),
             (0u8..3, 0u8..3).prop_map(|(worker, how)| Step::Finish { worker, how }),
             Just(Step::Release),
+            (0u8..8).prop_map(Step::Cancel),
         ]
     }
 
@@ -847,6 +952,7 @@ mod tests {
         runnable_at: Option<Millis>,
         owner: Option<String>,
         lease_until: Option<Millis>,
+        possibly_sent: bool,
     }
 
     proptest! {
@@ -860,26 +966,61 @@ mod tests {
             let mut now: Millis = 0;
             let mut model: HashMap<String, Model> = HashMap::new();
             let mut ids: HashMap<u8, String> = HashMap::new();
-            let mut held: HashMap<String, String> = HashMap::new(); // worker -> job
+            let mut held: HashMap<String, (String, u32)> = HashMap::new(); // worker -> (job, attempt)
             for s in steps {
                 match s {
-                    Step::Enqueue(k) => {
-                        let start = if k % 2 == 0 { Start::RunnableAt(now) } else { Start::AfterCall };
+                                        Step::Enqueue(k) => {
+                        let start = match k % 4 {
+                            0 => Start::RunnableAt(now),
+                            1 => Start::AfterCall,
+                            2 => Start::Live { owner: "live".into(), until: now + lease },
+                            _ => Start::Retry { not_before: now + 50, possibly_sent: k % 8 == 7, error: "503".into() },
+                        };
                         let j = ops::enqueue(&c, &new_job(&k.to_string(), start.clone(), max_attempts), now).unwrap();
                         if let Some(prev) = ids.get(&k) {
-                            prop_assert_eq!(prev, &j.id, "one job per key");
+                                                                let same = prev == &j.id;
+                                    let revived = matches!(model[prev].state, JobState::Failed | JobState::Dead);
+                                    prop_assert!(same || revived, "one pending job per key");
+                                    if revived {
+                                        // A finished failure is queued afresh under the key.
+                                        ids.insert(k, j.id.clone());
+                                        let m = match &start {
+                                            Start::RunnableAt(t) => Model { state: JobState::Queued, attempts: 0, runnable_at: Some(*t), owner: None, lease_until: None, possibly_sent: false },
+                                            Start::AfterCall => Model { state: JobState::Queued, attempts: 0, runnable_at: None, owner: None, lease_until: None, possibly_sent: false },
+                                            Start::Live { owner, until } => {
+                                                held.insert(owner.clone(), (j.id.clone(), 1));
+                                                Model { state: JobState::InFlight, attempts: 1, runnable_at: None, owner: Some(owner.clone()), lease_until: Some(*until), possibly_sent: true }
+                                            }
+                                            Start::Retry { not_before, possibly_sent, .. } => Model { state: JobState::Queued, attempts: 1, runnable_at: Some(*not_before), owner: None, lease_until: None, possibly_sent: *possibly_sent },
+                                        };
+                                        model.insert(j.id.clone(), m);
+                                    }
                         } else {
                             ids.insert(k, j.id.clone());
-                            model.insert(j.id.clone(), Model {
-                                state: JobState::Queued,
-                                attempts: 0,
-                                runnable_at: match start { Start::RunnableAt(t) => Some(t), _ => None },
-                                owner: None,
-                                lease_until: None,
-                            });
+                                                        let m = match &start {
+                                Start::RunnableAt(t) => Model { state: JobState::Queued, attempts: 0, runnable_at: Some(*t), owner: None, lease_until: None, possibly_sent: false },
+                                Start::AfterCall => Model { state: JobState::Queued, attempts: 0, runnable_at: None, owner: None, lease_until: None, possibly_sent: false },
+                                Start::Live { owner, until } => {
+                                    held.insert(owner.clone(), (j.id.clone(), 1));
+                                    Model { state: JobState::InFlight, attempts: 1, runnable_at: None, owner: Some(owner.clone()), lease_until: Some(*until), possibly_sent: true }
+                                }
+                                Start::Retry { not_before, possibly_sent, .. } => Model { state: JobState::Queued, attempts: 1, runnable_at: Some(*not_before), owner: None, lease_until: None, possibly_sent: *possibly_sent },
+                            };
+                            model.insert(j.id.clone(), m);
                         }
                     }
                     Step::Advance(ms) => now += ms as Millis,
+                                        Step::Cancel(k) => {
+                        let Some(id) = ids.get(&k).cloned() else { continue };
+                        let ok = ops::cancel_unsent(&c, &id, "barge_in", now).unwrap();
+                        let m = model.get_mut(&id).unwrap();
+                        let may = m.state == JobState::Queued && !m.possibly_sent;
+                        prop_assert_eq!(ok, may, "only a queued job never sent can be cancelled");
+                        if may {
+                            m.state = JobState::Failed;
+                            m.runnable_at = None;
+                        }
+                    }
                     Step::Release => {
                         ops::release(&c, Some(("acme", "c-1")), now).unwrap();
                         for m in model.values_mut() {
@@ -915,21 +1056,23 @@ mod tests {
                                 m.owner = Some(owner.clone());
                                 m.lease_until = Some(now + lease);
                                 prop_assert_eq!(j.attempts, m.attempts);
-                                held.insert(owner, j.id);
+                                held.insert(owner, (j.id, j.attempts));
                             }
                         }
                     }
                     Step::Finish { worker, how } => {
                         let owner = format!("w{worker}");
-                        let Some(id) = held.get(&owner).cloned() else { continue };
+                        let Some((id, attempt)) = held.get(&owner).cloned() else { continue };
                         let finish = match how {
                             0 => Finish::Succeeded { message_id: Some("m".into()) },
                             1 => Finish::Failed { error: "refused".into() },
                             _ => Finish::Retry { not_before: now + 10, error: "503".into(), possibly_sent: true },
                         };
-                        let ok = ops::finish(&c, &id, &owner, &finish, now).unwrap();
+                        let ok = ops::finish(&c, &id, &owner, attempt, &finish, now).unwrap();
                         let m = model.get_mut(&id).unwrap();
-                        let holds = m.state == JobState::InFlight && m.owner.as_deref() == Some(owner.as_str());
+                        let holds = m.state == JobState::InFlight
+                            && m.owner.as_deref() == Some(owner.as_str())
+                            && m.attempts == attempt;
                         prop_assert_eq!(ok, holds, "a report counts only from the lease holder");
                         if holds {
                             m.owner = None;
@@ -937,7 +1080,8 @@ mod tests {
                             match finish {
                                 Finish::Succeeded { .. } => m.state = JobState::Succeeded,
                                 Finish::Failed { .. } => m.state = JobState::Failed,
-                                Finish::Retry { not_before, .. } => {
+                                                                Finish::Retry { not_before, possibly_sent, .. } => {
+                                    m.possibly_sent = possibly_sent;
                                     if m.attempts >= max_attempts {
                                         m.state = JobState::Dead;
                                         m.runnable_at = None;

@@ -17,12 +17,15 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Finish, Job, now_ms};
 use crate::bindings::Resolution;
 use crate::catalog::Action;
-use crate::providers::{self, ActionContext, Delivery, ProviderError};
+use crate::providers::{self, ActionContext, ProviderError};
 use crate::runtime::Runtime;
 use crate::telemetry;
 
 /// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// How often finished jobs past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
@@ -30,9 +33,19 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let concurrency = rt.config.workflow.concurrency;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
+    let retain = Duration::from_secs(u64::from(rt.config.workflow.retain_days) * 86_400);
+    let mut next_prune = Instant::now();
     info!(%owner, concurrency, "workflow worker started");
     loop {
         while running.try_join_next().is_some() {}
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_EVERY;
+            match rt.jobs.prune(now_ms() - retain.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
+                Err(e) => warn!(error = %e, "cannot prune finished jobs"),
+            }
+        }
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -94,7 +107,11 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         Finish::Retry { .. } if job.attempts >= job.max_attempts => "dead",
         Finish::Retry { .. } => "retry",
     };
-    match rt.jobs.finish(&job.id, owner, finish, now_ms()).await {
+    match rt
+        .jobs
+        .finish(&job.id, owner, job.attempts, finish, now_ms())
+        .await
+    {
         Ok(true) => {
             telemetry::job_attempt(label);
             info!(attempt = job.attempts, outcome = label, "job attempt done");
@@ -160,29 +177,16 @@ async fn execute(rt: &Runtime, job: &Job) -> Finish {
                 .unwrap_or_else(|_| Err(ProviderError::timeout(budget)))
         }
     };
+    let mut result = result;
+    if let Err(e) = &mut result {
+        e.redact_for(conn);
+        debug!(
+            kind = e.kind.code(),
+            retryable = e.retryable,
+            "job attempt failed"
+        );
+    }
     rt.connections
         .record(&conn.id, started.elapsed(), result.as_ref().err());
-    match result {
-        Ok(accepted) => Finish::Succeeded {
-            message_id: accepted.message_id,
-        },
-        Err(mut e) => {
-            e.redact_for(conn);
-            let error = format!("{}: {}", e.kind.code(), e.message);
-            debug!(
-                kind = e.kind.code(),
-                retryable = e.retryable,
-                "job attempt failed"
-            );
-            if e.retryable {
-                Finish::Retry {
-                    not_before: backoff.not_before(now_ms(), job.attempts, e.retry_after),
-                    error,
-                    possibly_sent: e.delivery != Delivery::NotSent,
-                }
-            } else {
-                Finish::Failed { error }
-            }
-        }
-    }
+    Finish::from_result(&result, &backoff, job.attempts, now_ms())
 }
