@@ -13,7 +13,11 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 use crate::net::{HttpResponse, json as json_response, json_error};
-use crate::runtime::{AdminScope, Runtime};
+use tokio::time::Instant;
+
+use crate::config::Connection;
+use crate::connections::{Health, Status};
+use crate::runtime::{AdminScope, ReloadError, Runtime};
 use crate::telemetry;
 use crate::workflow::{JobState, now_ms};
 
@@ -29,6 +33,29 @@ pub async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> HttpResponse {
         (&Method::GET, ["readyz"]) => ready(&rt).await,
         (&Method::GET, ["metrics"]) => metrics(&rt).await,
         (_, ["healthz" | "readyz" | "metrics"]) => method_not_allowed("GET"),
+        (method, ["v1", "connections", rest @ ..]) => {
+            let scope = match authorize(&req, &rt) {
+                Ok(scope) => scope,
+                Err(resp) => return resp,
+            };
+            match (method, rest) {
+                (&Method::GET, []) => list_connections(&rt, &scope),
+                (&Method::POST, [id, "validate"]) => validate_connection(id, &rt, &scope).await,
+                (_, []) => method_not_allowed("GET"),
+                (_, [_, "validate"]) => method_not_allowed("POST"),
+                _ => not_found(),
+            }
+        }
+        (method, ["v1", "reload"]) => {
+            let scope = match authorize(&req, &rt) {
+                Ok(scope) => scope,
+                Err(resp) => return resp,
+            };
+            match method {
+                &Method::POST => reload(&rt, &scope).await,
+                _ => method_not_allowed("POST"),
+            }
+        }
         (method, ["v1", "jobs", rest @ ..]) => {
             let scope = match authorize(&req, &rt) {
                 Ok(scope) => scope,
@@ -70,8 +97,8 @@ fn authorize(req: &Request<Incoming>, rt: &Runtime) -> Result<AdminScope, HttpRe
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim());
-    match token.and_then(|t| rt.admin_scope(t)) {
-        Some(scope) => Ok(scope.clone()),
+    match token.and_then(|t| rt.snap().admin_scope(t).cloned()) {
+        Some(scope) => Ok(scope),
         None => {
             let mut resp = json_error(
                 StatusCode::UNAUTHORIZED,
@@ -123,6 +150,9 @@ async fn metrics(rt: &Runtime) -> HttpResponse {
     if let Ok(counts) = rt.jobs.counts().await {
         telemetry::job_counts(&counts);
     }
+    for (conn, health) in rt.snap().connections.iter() {
+        telemetry::connection_up(&conn.id, health.status() == Status::Connected);
+    }
     handle.run_upkeep();
     hyper::Response::builder()
         .status(StatusCode::OK)
@@ -131,6 +161,85 @@ async fn metrics(rt: &Runtime) -> HttpResponse {
             handle.render(),
         )))
         .expect("static response parts are valid")
+}
+
+/// A connection as the admin API shows it: everything but its credentials.
+fn connection_json(conn: &Connection, health: &Health) -> serde_json::Value {
+    let now = Instant::now();
+    let d = health.detail();
+    let in_ms = |t: Instant| t.saturating_duration_since(now).as_millis() as u64;
+    json!({
+        "id": conn.id,
+        "org": conn.org,
+        "provider": conn.provider().as_str(),
+        "status": health.status().as_str(),
+        "reason": d.reason,
+        "validated_at": d.validated_at,
+        "checks": d.checks,
+        "circuit": health.breaker.state(now).as_str(),
+        "circuit_open_ms": health.breaker.open_until(now).map(in_ms),
+        "rate": conn.rate.map(|r| format!("{}/{}ms", r.count, r.per.as_millis())),
+        "paused_ms": health.limiter.paused_until(now).map(in_ms),
+    })
+}
+
+fn list_connections(rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    let snap = rt.snap();
+    let list: Vec<_> = snap
+        .connections
+        .iter()
+        .filter(|(c, _)| visible(scope, &c.org))
+        .map(|(c, h)| connection_json(c, h))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "connections": list }))
+}
+
+async fn validate_connection(id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    let snap = rt.snap();
+    let (Some(conn), Some(health)) = (snap.connections.connection(id), snap.connections.health(id))
+    else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such connection");
+    };
+    if !visible(scope, &conn.org) {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such connection");
+    }
+    crate::connections::validate::run_one(rt, &snap, conn, health).await;
+    json_response(
+        StatusCode::OK,
+        &json!({ "connection": connection_json(conn, health) }),
+    )
+}
+
+async fn reload(rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    if *scope != AdminScope::All {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "reloading changes every org: it needs a token from [admin] tokens",
+        );
+    }
+    match rt.reload().await {
+        Ok(r) => json_response(
+            StatusCode::OK,
+            &json!({
+                "reloaded": true,
+                "changed_connections": r.changed_connections,
+                "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(ReloadError::Invalid(e)) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "error": "bad_config",
+                "message": "the new config has problems; the old one keeps serving",
+                "problems": e.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            }),
+        ),
+        Err(e @ ReloadError::NeedsRestart(_)) => {
+            json_error(StatusCode::CONFLICT, "needs_restart", &e.to_string())
+        }
+        Err(e @ ReloadError::NoFile) => json_error(StatusCode::CONFLICT, "no_file", &e.to_string()),
+    }
 }
 
 async fn list_jobs(req: &Request<Incoming>, rt: &Runtime, scope: &AdminScope) -> HttpResponse {

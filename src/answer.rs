@@ -102,6 +102,7 @@ pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answe
         ),
         Guard::Recipient => "This can only go to the caller's own contact details. Do not send it anywhere else; tell the caller it can only be sent to them.".to_owned(),
         Guard::PerCallLimit => "This has already been done as many times as allowed in this call. Tell the caller it was already taken care of; do not call it again.".to_owned(),
+                Guard::Rate => "Too many of these are going out right now. Tell the caller it cannot be done at this moment.".to_owned(),
         Guard::Duplicate => format!("This could not be done ({}).", r.message),
     };
     let next = next_text(function, r.code(), &r.missing, default);

@@ -153,6 +153,15 @@ impl Template {
         Ok(out)
     }
 
+    /// The text of a template that inserts nothing.
+    pub fn as_constant(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [TemplatePart::Lit(s)] => Some(s),
+            _ => None,
+        }
+    }
+
     /// Whether the template inserts any session value.
     pub fn is_constant(&self) -> bool {
         self.parts.iter().all(|p| matches!(p, TemplatePart::Lit(_)))

@@ -29,11 +29,14 @@ use tracing::{debug, error, info};
 
 use crate::bindings::{CallContext, Resolution};
 use crate::config::{Agent, Function, Mode, Timing};
+use crate::connections::Usable;
+use crate::connections::breaker::Admit;
+use crate::guards::{Guard, Rejection, Verdict};
 use crate::providers::{self, Accepted, ActionContext, Delivery, ProviderError};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
 use crate::workflow::store::LEASE_MARGIN;
-use crate::workflow::{DeferReason, Finish, Job, JobState, NewJob, Start, now_ms};
+use crate::workflow::{DeferReason, Finish, Job, JobState, Millis, NewJob, Start, now_ms};
 
 /// Most filler lines per tool call.
 pub const MAX_FILLERS: u32 = 3;
@@ -180,6 +183,126 @@ pub struct LiveCall {
     /// Set by `tool.cancel`: not sent if not sent yet, no more fillers, and no handoff (the
     /// caller interrupted; the live request runs out and its true outcome is reported).
     pub cancelled: Arc<AtomicBool>,
+    /// How it goes out ([`plan`]): never `Reject`.
+    pub plan: Plan,
+    /// The snapshot the call was planned in.
+    pub snap: Arc<Snapshot>,
+}
+
+/// How an accepted call goes out, decided in memory before it is spawned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Send it now; `probe` when it is the one request an open circuit lets through.
+    Live {
+        /// The circuit's probe: its outcome closes or reopens the circuit.
+        probe: bool,
+    },
+    /// Queue it without sending.
+    Queue {
+        /// Why.
+        reason: DeferReason,
+        /// When it may run.
+        start: Start,
+    },
+    /// Do not do it.
+    Reject(Rejection),
+}
+
+fn at_millis(until: Instant, now: Instant) -> Millis {
+    now_ms() + until.saturating_duration_since(now).as_millis() as Millis
+}
+
+/// Decide how an accepted call goes out (SPEC §3 connection and rate guards, §4 predictive
+/// deferral): a workflow function is queued for after the call; a connection that cannot take
+/// it now (provider down, circuit open, over its rate) queues a deferrable call and refuses a
+/// live one; a connection too slow for the budget queues an `auto` call at once. Taking the
+/// circuit's probe or a rate token happens here, so it is only done for calls that go out.
+pub fn plan(snap: &Snapshot, function: &Function, now: Instant) -> (Plan, Vec<Verdict>) {
+    let mode = function.timing.mode;
+    let deferrable = mode != Mode::Live;
+    let conn = &function.connection.id;
+    let mut verdicts = Vec::new();
+    let verdict = |guard, passed, detail: String| Verdict {
+        guard,
+        passed,
+        detail,
+    };
+    if mode == Mode::Workflow {
+        return (
+            Plan::Queue {
+                reason: DeferReason::Workflow,
+                start: Start::AfterCall,
+            },
+            verdicts,
+        );
+    }
+    let Some(health) = snap.connections.health(conn) else {
+        let r = Rejection::new(Guard::Connection, format!("{conn} is not configured"));
+        return (Plan::Reject(r), verdicts);
+    };
+    let queue_until = |reason, until: Instant| Plan::Queue {
+        reason,
+        start: Start::RunnableAt(at_millis(until, now)),
+    };
+    // A provider that was unreachable at its last validation, or whose circuit is open.
+    let down_until = match health.usable(now) {
+        Usable::Later => Some(
+            health
+                .breaker
+                .open_until(now)
+                .unwrap_or(now + snap.config.defaults.revalidate_error),
+        ),
+        _ => None,
+    };
+    let probe = match down_until.map_or_else(|| health.breaker.admit(now), Admit::Wait) {
+        Admit::Go => false,
+        Admit::Probe => true,
+        Admit::Wait(until) => {
+            let detail = format!("{conn}: the provider is down or its circuit is open");
+            verdicts.push(verdict(Guard::Connection, deferrable, detail.clone()));
+            return if deferrable {
+                (queue_until(DeferReason::CircuitOpen, until), verdicts)
+            } else {
+                let r = Rejection::new(Guard::Connection, detail);
+                (Plan::Reject(r), verdicts)
+            };
+        }
+    };
+    if mode == Mode::Auto
+        && !probe
+        && snap
+            .connections
+            .predicted_slow(conn, function.timing.defer_after)
+    {
+        return (
+            Plan::Queue {
+                reason: DeferReason::PredictedSlow,
+                start: Start::RunnableAt(now_ms()),
+            },
+            verdicts,
+        );
+    }
+    match health.limiter.try_acquire(now) {
+        Ok(()) => {
+            verdicts.push(verdict(Guard::Rate, true, String::new()));
+            (Plan::Live { probe }, verdicts)
+        }
+        Err(until) => {
+            if probe {
+                health.breaker.release_probe(now);
+            }
+            let detail = format!(
+                "{conn} is over its rate limit for {} ms",
+                until.saturating_duration_since(now).as_millis()
+            );
+            verdicts.push(verdict(Guard::Rate, deferrable, detail.clone()));
+            if deferrable {
+                (queue_until(DeferReason::RateLimited, until), verdicts)
+            } else {
+                (Plan::Reject(Rejection::new(Guard::Rate, detail)), verdicts)
+            }
+        }
+    }
 }
 
 /// Run one call to completion, reporting fillers and the outcome to the session. Whatever
@@ -230,7 +353,7 @@ impl Run<'_> {
             idempotency_key: self.call.key.clone(),
             idempotent: self.function.action.provider().idempotent(),
             reason,
-            max_attempts: self.rt.config.workflow.max_attempts,
+            max_attempts: self.call.snap.config.workflow.max_attempts,
             hard_timeout: self.function.timing.hard_timeout,
             start,
         }
@@ -302,7 +425,8 @@ impl Run<'_> {
             e.redact_for(conn);
             debug!(function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
         }
-        self.rt
+        self.call
+            .snap
             .connections
             .record(&conn.id, started.elapsed(), result.as_ref().err());
     }
@@ -320,36 +444,50 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
     let mode = function.timing.mode;
     let mut timing = ProviderTiming::default();
 
+    let probe = match &call.plan {
+        Plan::Live { probe } => *probe,
+        _ => false,
+    };
+    let health = call.snap.connections.health(&function.connection.id);
     if run.cancelled() {
+        if probe && let Some(h) = health {
+            h.breaker.release_probe(Instant::now());
+        }
         return run.done(Outcome::NotSent, timing);
     }
 
-    // Queue at once: a workflow function, or an auto call that would not meet its budget.
-    let early = match mode {
-        Mode::Workflow => Some(DeferReason::Workflow),
-        Mode::Auto => rt
-            .connections
-            .predict_deferral(&function.connection.id, budget.defer_after),
-        Mode::Live => None,
-    };
-    if let Some(reason) = early {
-        let start = match reason {
-            DeferReason::Workflow => Start::AfterCall,
-            _ => Start::RunnableAt(now_ms()),
-        };
-        match run.defer(reason, start).await {
+    if let Plan::Queue { reason, start } = &call.plan {
+        match run.defer(*reason, start.clone()).await {
             Ok(_) => return run.done(Outcome::Queued, timing),
             Err(Some(outcome)) => return run.done(outcome, timing),
-            // A workflow function never calls the provider live, store or no store.
-            Err(None) if reason == DeferReason::Workflow => {
+            // Only a call merely predicted slow may still go out live without the store; a
+            // workflow function never calls live, and a provider that is down or over its
+            // rate must not be sent to.
+            Err(None) if *reason == DeferReason::PredictedSlow => {}
+            Err(None) => {
                 return run.done(
                     Outcome::Internal("the workflow store refused the job".into()),
                     timing,
                 );
             }
-            Err(None) => {}
         }
     }
+
+    // The current credentials of the connection: a reload may have replaced them since the
+    // session started (its agent definition stays; its credentials do not go stale).
+    let Some(conn) = call
+        .snap
+        .connections
+        .connection(&function.connection.id)
+        .cloned()
+    else {
+        return run.done(
+            Outcome::Failed(ProviderError::unsendable(
+                "the connection is no longer configured",
+            )),
+            timing,
+        );
+    };
 
     let ctx = ActionContext {
         call_id: &call.ctx.call_id,
@@ -357,7 +495,7 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
         idempotency_key: &call.key,
         now: SystemTime::now(),
     };
-    let req = match providers::prepare(&function.connection, function.action, &call.inputs, &ctx) {
+    let req = match providers::prepare(&conn, function.action, &call.inputs, &ctx) {
         Ok(req) => req,
         Err(e) => return run.done(Outcome::Failed(e), timing),
     };
@@ -414,7 +552,7 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
                 // Close the job only if this request holds its lease (it always does, unless
                 // the same action was already queued under another holder).
                 if job.lease_owner.as_deref() == Some(rt.live_owner.as_str()) {
-                    close_live_job(&rt, &job, &result).await;
+                    close_live_job(&rt, &call.snap, &job, &result).await;
                 }
                 let outcome = match result {
                     Ok(a) => Outcome::Accepted(a),
@@ -441,11 +579,11 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
             // A 429, 5xx or unreachable provider before the budget ended: the worker retries
             // it after the call, counting this as the first attempt.
             let start = Start::Retry {
-                not_before: rt
-                    .config
-                    .workflow
-                    .backoff
-                    .not_before(now_ms(), 1, e.retry_after),
+                not_before: call.snap.config.workflow.backoff.not_before(
+                    now_ms(),
+                    1,
+                    e.retry_after,
+                ),
                 possibly_sent: e.delivery != Delivery::NotSent,
                 error: e.summary(),
             };
@@ -462,8 +600,18 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
 
 /// The live request that held a deferred job's lease has ended: close the job with what it
 /// learned, so nothing is sent twice.
-async fn close_live_job(rt: &Runtime, job: &Job, result: &Result<Accepted, ProviderError>) {
-    let finish = Finish::from_result(result, &rt.config.workflow.backoff, job.attempts, now_ms());
+async fn close_live_job(
+    rt: &Runtime,
+    snap: &Snapshot,
+    job: &Job,
+    result: &Result<Accepted, ProviderError>,
+) {
+    let finish = Finish::from_result(
+        result,
+        &snap.config.workflow.backoff,
+        job.attempts,
+        now_ms(),
+    );
     match rt
         .jobs
         .finish(&job.id, &rt.live_owner, job.attempts, finish, now_ms())

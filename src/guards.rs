@@ -8,8 +8,10 @@
 use sha2::{Digest, Sha256};
 
 use crate::bindings::{CallContext, Invalid, Resolution, Resolved, normalize_e164, resolve};
-use crate::config::{Agent, ConsentRule, Function, RecipientPolicy, RecipientRule};
-use crate::connections::Registry;
+use tokio::time::Instant;
+
+use crate::config::{Agent, ConsentRule, Function, Mode, RecipientPolicy, RecipientRule};
+use crate::connections::{Registry, Usable};
 use crate::protocol::ToolCall;
 use crate::session::state::{ActionState, Entry, History, Ledger};
 
@@ -32,6 +34,8 @@ pub enum Guard {
     Duplicate,
     /// `max_per_call` is not reached.
     PerCallLimit,
+    /// The connection is within its rate limit (checked when the call goes out).
+    Rate,
 }
 
 impl Guard {
@@ -46,6 +50,7 @@ impl Guard {
             Guard::Recipient => "recipient",
             Guard::Duplicate => "duplicate",
             Guard::PerCallLimit => "per_call_limit",
+            Guard::Rate => "rate",
         }
     }
 
@@ -61,6 +66,7 @@ impl Guard {
             Guard::Recipient => Some("recipient_not_allowed"),
             Guard::Duplicate => None,
             Guard::PerCallLimit => Some("limit_reached"),
+            Guard::Rate => Some("rate_limited"),
         }
     }
 }
@@ -90,7 +96,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(guard: Guard, message: impl Into<String>) -> Self {
+    /// A rejection by `guard`.
+    pub fn new(guard: Guard, message: impl Into<String>) -> Self {
         Rejection {
             guard,
             message: message.into(),
@@ -242,15 +249,23 @@ pub fn check(agent: &Agent, call: &ToolCall, view: &CallView<'_>) -> Checked {
     }
 
     let conn = &function.connection;
+    let deferrable = function.timing.mode != Mode::Live;
     match view.connections.health(&conn.id) {
-        Some(h) if h.status().usable() => chain.pass(Guard::Connection, h.status().as_str()),
-        Some(h) => {
-            let detail = match h.reason() {
-                Some(reason) => format!("{} is {}: {reason}", conn.id, h.status().as_str()),
-                None => format!("{} is {}", conn.id, h.status().as_str()),
-            };
-            chain.fail(Rejection::new(Guard::Connection, detail));
-        }
+        Some(h) => match h.usable(Instant::now()) {
+            Usable::Yes => chain.pass(Guard::Connection, h.status().as_str()),
+            // Down or its circuit open: a deferrable call is queued when it is planned.
+            Usable::Later if deferrable => chain.pass(
+                Guard::Connection,
+                format!("{} is down; the call will be queued", conn.id),
+            ),
+            Usable::Later | Usable::No => {
+                let detail = match h.reason() {
+                    Some(reason) => format!("{} is {}: {reason}", conn.id, h.status().as_str()),
+                    None => format!("{} is {}", conn.id, h.status().as_str()),
+                };
+                chain.fail(Rejection::new(Guard::Connection, detail));
+            }
+        },
         None => chain.fail(Rejection::new(
             Guard::Connection,
             format!("{} is not registered", conn.id),

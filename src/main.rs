@@ -35,6 +35,15 @@ enum Command {
         #[arg(long)]
         skip_secrets: bool,
     },
+    /// Validate connections against their providers: one line each; exit 1 if any fails.
+    Validate {
+        /// Config file.
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Only this connection.
+        #[arg(long)]
+        connection: Option<String>,
+    },
     /// Run only the post-call workflow worker (no listeners) against the configured store.
     Worker {
         /// Config file.
@@ -67,6 +76,10 @@ fn main() -> ExitCode {
             runtime.block_on(serve(config))
         }
         Command::CheckConfig { file, skip_secrets } => check_config(&file, skip_secrets),
+        Command::Validate { config, connection } => {
+            toolgate::telemetry::init_tracing("warn");
+            runtime.block_on(validate(config, connection))
+        }
         Command::Worker { config } => {
             toolgate::telemetry::init_tracing("info");
             runtime.block_on(worker(config))
@@ -150,14 +163,34 @@ async fn serve(path: PathBuf) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let drain = drain_time(&config);
-    let server = match Server::start(config).await {
+    let server = match Server::start_from(config, Some(path.clone())).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    // SIGHUP reloads the config; SIGTERM and Ctrl-C stop.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        tokio::select! {
+            _ = wait_for_signal() => break,
+            _ = hangup => match server.runtime().reload().await {
+                Ok(r) => tracing::info!(changed = ?r.changed_connections, warnings = r.warnings.len(), "SIGHUP: config reloaded"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old config keeps serving"),
+            },
+        }
+    }
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "shutting down: no new sessions; waiting for live ones"
@@ -185,6 +218,66 @@ fn load(path: &std::path::Path) -> Option<Config> {
             eprintln!("toolgate: not starting with a bad config");
             None
         }
+    }
+}
+
+async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
+    let Some(config) = load(&path) else {
+        return ExitCode::FAILURE;
+    };
+    if let Some(id) = &only
+        && !config.connections.iter().any(|c| &c.id == id)
+    {
+        let hint =
+            toolgate::config::did_you_mean(id, config.connections.iter().map(|c| c.id.as_str()))
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+        eprintln!("toolgate validate: no connection {id:?}{hint}");
+        return ExitCode::FAILURE;
+    }
+    let client = match toolgate::providers::Client::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("toolgate validate: cannot build the HTTP client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let targets: Vec<_> = config
+        .connections
+        .iter()
+        .filter(|c| only.as_ref().is_none_or(|id| &c.id == id))
+        .collect();
+    let results =
+        futures_util::future::join_all(targets.iter().map(|c| {
+            let templates = toolgate::connections::validate::templates_for(&config, &c.id);
+            let client = &client;
+            let timeout = config.defaults.validate_timeout;
+            async move {
+                toolgate::connections::validate::validate(client, c, &templates, timeout).await
+            }
+        }))
+        .await;
+    let width = targets.iter().map(|c| c.id.len()).max().unwrap_or(0);
+    let mut failed = 0;
+    for (c, v) in targets.iter().zip(&results) {
+        if v.status == toolgate::connections::Status::Error {
+            failed += 1;
+        }
+        println!(
+            "{:<width$}  {:<8} {:<12} {}",
+            c.id,
+            c.provider().as_str(),
+            v.status.as_str(),
+            v.reason
+        );
+        for check in &v.checks {
+            println!("{:<width$}  {:<8} {:<12} - {check}", "", "", "");
+        }
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

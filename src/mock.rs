@@ -93,6 +93,8 @@ pub struct Recorded {
     pub body: Bytes,
     /// Whether the provider would have acted on it (not a replay, not refused).
     pub delivered: bool,
+    /// Whether it asked for an action (a send), not a check (validation, health).
+    pub action: bool,
     /// For webhooks: whether the signature verified.
     pub signature_valid: Option<bool>,
     /// When it arrived.
@@ -132,6 +134,12 @@ fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 struct State {
+    /// The credential was revoked: every request is refused.
+    revoked: bool,
+    /// Resend: the key is sending-only (`restricted_api_key` on non-sending endpoints).
+    restricted: bool,
+    /// Wati: the templates `getMessageTemplates` lists, with their status.
+    templates: Vec<(String, String)>,
     script: VecDeque<Reply>,
     default: Reply,
     requests: Vec<Recorded>,
@@ -145,6 +153,14 @@ struct Inner {
     credential: String,
     state: Mutex<State>,
     arrived: Notify,
+}
+
+impl Inner {
+    /// Whether a bearer token is the accepted one (none accepted while revoked).
+    fn accepts(&self, rec: &Recorded) -> Option<bool> {
+        let revoked = self.state.lock().expect("mock state lock").revoked;
+        bearer_ok(rec, &self.credential).map(|ok| ok && !revoked)
+    }
 }
 
 /// A running mock provider on a loopback port.
@@ -178,6 +194,9 @@ impl MockProvider {
             provider,
             credential: credential.to_owned(),
             state: Mutex::new(State {
+                revoked: false,
+                restricted: false,
+                templates: vec![("order_confirmed".into(), "APPROVED".into())],
                 script: VecDeque::new(),
                 default: Reply::Normal,
                 requests: Vec::new(),
@@ -219,8 +238,43 @@ impl MockProvider {
         self.lock().default = reply;
     }
 
-    /// Every request received so far.
+    /// Revoke the credential (`true`) or restore it (`false`): while revoked, every request
+    /// is refused as the real provider refuses a revoked key.
+    pub fn set_revoked(&self, revoked: bool) {
+        self.lock().revoked = revoked;
+    }
+
+    /// Resend: make the key sending-only (`401 restricted_api_key` on `GET /domains`).
+    pub fn set_restricted(&self, restricted: bool) {
+        self.lock().restricted = restricted;
+    }
+
+    /// Wati: the templates the tenant has, as `(elementName, status)`.
+    pub fn set_templates(&self, templates: &[(&str, &str)]) {
+        self.lock().templates = templates
+            .iter()
+            .map(|(n, s)| (n.to_string(), s.to_string()))
+            .collect();
+    }
+
+    /// Webhook receivers: a health-check URL that answers 200.
+    pub fn health_url(&self) -> String {
+        format!("http://{}/health", self.addr)
+    }
+
+    /// Every action request (a send) received so far; validation and health checks are left
+    /// out (see [`MockProvider::all_requests`]).
     pub fn requests(&self) -> Vec<Recorded> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.action)
+            .cloned()
+            .collect()
+    }
+
+    /// Every request received so far, checks included.
+    pub fn all_requests(&self) -> Vec<Recorded> {
         self.lock().requests.clone()
     }
 
@@ -233,7 +287,7 @@ impl MockProvider {
     /// every action that arrived, and how many times the provider acted on it.
     pub fn deliveries_by_key(&self) -> std::collections::BTreeMap<String, usize> {
         let mut out = std::collections::BTreeMap::new();
-        for r in self.lock().requests.iter() {
+        for r in self.lock().requests.iter().filter(|r| r.action) {
             let key = r
                 .header("idempotency-key")
                 .or_else(|| r.header("webhook-id"))
@@ -320,10 +374,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
         headers,
         body,
         delivered: false,
+        action: false,
         signature_valid: None,
         at: Instant::now(),
     };
     let is_action = is_action(inner.provider, &rec);
+    rec.action = is_action;
     let reply = if is_action {
         let mut st = inner.state.lock().expect("mock state lock");
         st.script.pop_front().unwrap_or_else(|| st.default.clone())
@@ -459,7 +515,7 @@ fn resend_normal(inner: &Inner, rec: &Recorded) -> Decided {
         response: Some(resp),
         delivered: false,
     };
-    match bearer_ok(rec, &inner.credential) {
+    match inner.accepts(rec) {
         None => {
             return refuse(resend_error(
                 401,
@@ -478,6 +534,13 @@ fn resend_normal(inner: &Inner, rec: &Recorded) -> Decided {
         ));
     }
     match (rec.method.as_str(), rec.path.as_str()) {
+        ("GET", "/domains") if inner.state.lock().expect("mock state lock").restricted => {
+            return refuse(resend_error(
+                401,
+                "restricted_api_key",
+                "This API key is restricted to only send emails.",
+            ));
+        }
         ("GET", "/domains") => {
             return refuse(json_reply(
                 200,
@@ -564,14 +627,29 @@ fn wati_normal(inner: &Inner, rec: &Recorded) -> Decided {
     let Some(route) = rec.path.strip_prefix(&prefix) else {
         return refuse(respond(404, &[], "Not Found".into()));
     };
-    if bearer_ok(rec, &inner.credential) != Some(true) {
+    if inner.accepts(rec) != Some(true) {
         // Wati's 401s are plain text or empty.
         return refuse(respond(401, &[], String::new()));
     }
     if rec.method == "GET" && route == "getMessageTemplates" {
+        let size: usize = rec
+            .query_param("pageSize")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(10);
+        let all = inner
+            .state
+            .lock()
+            .expect("mock state lock")
+            .templates
+            .clone();
+        let page: Vec<Value> = all
+            .iter()
+            .take(size)
+            .map(|(n, s)| json!({"elementName": n, "status": s}))
+            .collect();
         return refuse(json_reply(
             200,
-            json!({"result": "success", "messageTemplates": [{"elementName": "order_confirmed", "status": "APPROVED"}], "link": {"pageNumber": 1, "pageSize": 1, "total": 1}}),
+            json!({"result": "success", "messageTemplates": page, "link": {"pageNumber": 1, "pageSize": size, "total": all.len()}}),
         ));
     }
     if rec.method != "POST" {
@@ -643,6 +721,9 @@ fn wati_normal(inner: &Inner, rec: &Recorded) -> Decided {
 }
 
 fn webhook_normal(inner: &Inner, rec: &Recorded) -> (HttpResponse, bool) {
+    if rec.method == "GET" {
+        return (json_reply(200, json!({"ok": true})), false);
+    }
     let key = inner
         .credential
         .strip_prefix("whsec_")

@@ -1,20 +1,31 @@
-//! The shared state of a running sidecar: checked config, the pooled provider client,
-//! connection health and the registry of live sessions.
+//! The shared state of a running sidecar.
+//!
+//! What a config reload may change (agents, connections and their credentials, tokens,
+//! workflow settings) lives in a [`Snapshot`] that a reload swaps atomically: a tool call reads
+//! one consistent snapshot, a live session keeps the agent definition it started with, and a
+//! connection whose settings did not change keeps its live state (status, circuit, rate).
+//! What a reload cannot change (listeners, storage) is fixed at start.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
-
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::info;
 
-use crate::config::{Agent, Config, token_digest};
+use crate::config::{Agent, Config, ConfigError, Problem, ServerSettings, token_digest};
 use crate::connections::Registry;
 use crate::providers;
 use crate::session::SessionHandle;
 use crate::workflow::store::{JobStore, StoreError};
+
+/// Live sessions are keyed by org and call id: two orgs may reuse a call id.
+pub type SessionKey = (String, String);
 
 /// Why a runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +38,20 @@ pub enum RuntimeError {
     Store(#[from] StoreError),
 }
 
+/// Why a reload was refused (the old config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The sidecar was not started from a file.
+    #[error("this sidecar was not started from a config file; there is nothing to reload")]
+    NoFile,
+    /// The new config has problems.
+    #[error("{0}")]
+    Invalid(ConfigError),
+    /// The new config changes what only a restart can change.
+    #[error("{0}")]
+    NeedsRestart(String),
+}
+
 /// Who an admin bearer token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
@@ -36,39 +61,27 @@ pub enum AdminScope {
     Org(String),
 }
 
-/// Live sessions are keyed by org and call id: two orgs may reuse a call id.
-pub type SessionKey = (String, String);
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("agents", &self.agents.len())
+            .finish_non_exhaustive()
+    }
+}
 
-/// Everything the sessions of one sidecar share.
-pub struct Runtime {
+/// Everything a reload replaces, as one consistent value.
+pub struct Snapshot {
     /// The checked config.
     pub config: Arc<Config>,
-    /// The pooled HTTP client for provider requests.
-    pub providers: providers::Client,
-    /// Connection health.
+    /// Connections with their live state.
     pub connections: Registry,
-    /// Live sessions (attached or within their disconnect grace).
-    pub sessions: DashMap<SessionKey, SessionHandle>,
-    /// How many sessions are live.
-    pub active_sessions: AtomicUsize,
-    /// The durable post-call job queue.
-    pub jobs: Arc<JobStore>,
-    /// The lease owner of live requests that outlive their budget (`live:<instance>`).
-    pub live_owner: String,
-    /// Cancelled when the process is shutting down: sessions drain and close.
-    pub shutdown: CancellationToken,
-    /// Every tool call's task and every job release a session leaves behind: shutdown waits
-    /// for them, so a live request that outlived its session is still recorded.
-    pub tasks: TaskTracker,
-    /// Session token digest to org id.
     session_tokens: HashMap<[u8; 32], String>,
     admin_tokens: HashMap<[u8; 32], AdminScope>,
     agents: HashMap<String, Arc<Agent>>,
 }
 
-impl Runtime {
-    /// Build the runtime for a checked config.
-    pub fn new(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
+impl Snapshot {
+    fn build(config: Config, old: Option<&Snapshot>) -> Snapshot {
         let session_tokens = config
             .orgs
             .iter()
@@ -85,31 +98,18 @@ impl Runtime {
                     .map(|t| (t.digest(), AdminScope::Org(o.id.clone())))
             }))
             .collect();
-        let jobs = Arc::new(JobStore::open(&config.storage.path)?);
         let agents = config
             .agents
             .iter()
             .map(|a| (a.id.clone(), a.clone()))
             .collect();
-        Ok(Arc::new(Runtime {
-            connections: Registry::new(&config),
-            providers: providers::Client::new()?,
-            sessions: DashMap::new(),
-            active_sessions: AtomicUsize::new(0),
-            jobs,
-            live_owner: format!("live:{}", ulid::Ulid::generate()),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+        Snapshot {
+            connections: Registry::carried_over(&config, old.map(|o| &o.connections)),
             session_tokens,
             admin_tokens,
             agents,
             config: Arc::new(config),
-        }))
-    }
-
-    /// What an admin bearer token may see (compared by digest, like session tokens).
-    pub fn admin_scope(&self, token: &str) -> Option<&AdminScope> {
-        self.admin_tokens.get(&token_digest(token))
+        }
     }
 
     /// The org a session bearer token belongs to. Tokens are compared by SHA-256 digest, so
@@ -118,6 +118,11 @@ impl Runtime {
         self.session_tokens
             .get(&token_digest(token))
             .map(String::as_str)
+    }
+
+    /// What an admin bearer token may see.
+    pub fn admin_scope(&self, token: &str) -> Option<&AdminScope> {
+        self.admin_tokens.get(&token_digest(token))
     }
 
     /// The agent of this id.
@@ -131,5 +136,126 @@ impl Runtime {
             .values()
             .filter(move |a| a.org == org)
             .map(|a| a.id.as_str())
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// Warnings of the new config.
+    pub warnings: Vec<Problem>,
+    /// Connections that are new or changed (they start over as `pending` and are validated).
+    pub changed_connections: Vec<String>,
+}
+
+/// Everything the sessions of one sidecar share.
+pub struct Runtime {
+    snapshot: ArcSwap<Snapshot>,
+    /// Listener and socket settings, fixed at start.
+    pub server: ServerSettings,
+    /// The pooled HTTP client for provider requests.
+    pub providers: providers::Client,
+    /// Live sessions (attached or within their disconnect grace).
+    pub sessions: DashMap<SessionKey, SessionHandle>,
+    /// How many sessions are live.
+    pub active_sessions: AtomicUsize,
+    /// The durable post-call job queue.
+    pub jobs: Arc<JobStore>,
+    /// The lease owner of live requests that outlive their budget (`live:<instance>`).
+    pub live_owner: String,
+    /// Cancelled when the process is shutting down: sessions drain and close.
+    pub shutdown: CancellationToken,
+    /// Every tool call's task and every job release a session leaves behind: shutdown waits
+    /// for them, so a live request that outlived its session is still recorded.
+    pub tasks: TaskTracker,
+    /// Woken when connections need validating now (after a reload).
+    pub validate_now: Notify,
+    config_path: Option<PathBuf>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Runtime {
+    /// Build the runtime for a checked config.
+    pub fn new(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
+        Runtime::with_source(config, None)
+    }
+
+    /// Build the runtime for a config loaded from `path` (so it can be reloaded).
+    pub fn with_source(
+        config: Config,
+        path: Option<PathBuf>,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
+        let jobs = Arc::new(JobStore::open(&config.storage.path)?);
+        Ok(Arc::new(Runtime {
+            server: config.server.clone(),
+            providers: providers::Client::new()?,
+            sessions: DashMap::new(),
+            active_sessions: AtomicUsize::new(0),
+            jobs,
+            live_owner: format!("live:{}", ulid::Ulid::generate()),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            validate_now: Notify::new(),
+            config_path: path,
+            reloading: tokio::sync::Mutex::new(()),
+            snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)),
+        }))
+    }
+
+    /// The current snapshot (a cheap reference-count increment).
+    pub fn snap(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The current config.
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot.load().config.clone()
+    }
+
+    /// Re-read the config file, check it completely, and swap it in. A bad config, or one that
+    /// changes what needs a restart, is refused and the old one keeps serving.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        let config = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ReloadError::NeedsRestart(format!("the reload task failed: {e}")))?
+            .map_err(ReloadError::Invalid)?;
+        let old = self.snap();
+        let mut fixed = Vec::new();
+        if config.server.listen != self.server.listen
+            || config.server.admin_listen != self.server.admin_listen
+        {
+            fixed.push("server.listen / server.admin_listen");
+        }
+        if config.storage.path != old.config.storage.path
+            || config.storage.backend != old.config.storage.backend
+        {
+            fixed.push("storage");
+        }
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(format!(
+                "{} cannot change without a restart; nothing was reloaded",
+                fixed.join(" and ")
+            )));
+        }
+        let warnings = config.warnings.clone();
+        let next = Snapshot::build(config, Some(&old));
+        let changed_connections = next
+            .connections
+            .iter()
+            .filter(|(c, _)| !next.connections.kept_from(&c.id, &old.connections))
+            .map(|(c, _)| c.id.clone())
+            .collect::<Vec<_>>();
+        self.snapshot.store(Arc::new(next));
+        info!(
+            changed = changed_connections.len(),
+            "config reloaded; new sessions use it, live ones keep their agent"
+        );
+        self.validate_now.notify_waiters();
+        Ok(Reloaded {
+            warnings,
+            changed_connections,
+        })
     }
 }

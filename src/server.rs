@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,11 +54,18 @@ pub struct Server {
     ws_task: JoinHandle<()>,
     admin_task: JoinHandle<()>,
     worker: Option<(CancellationToken, JoinHandle<()>)>,
+    validator: (CancellationToken, JoinHandle<()>),
 }
 
 impl Server {
     /// Bind both listeners and start serving. Ports of `0` pick free ports (tests, demo).
     pub async fn start(config: Config) -> Result<Server, StartError> {
+        Server::start_from(config, None).await
+    }
+
+    /// [`Server::start`] for a config loaded from `path`, which `SIGHUP` and `POST /v1/reload`
+    /// read again.
+    pub async fn start_from(config: Config, path: Option<PathBuf>) -> Result<Server, StartError> {
         // Before anything can count: metrics recorded earlier would go nowhere.
         crate::telemetry::prometheus();
         for w in &config.warnings {
@@ -67,7 +75,7 @@ impl Server {
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let runtime = Runtime::new(config)?;
+        let runtime = Runtime::with_source(config, path)?;
         // Sessions of an earlier process are gone: jobs they held for their end run now.
         let released = runtime.jobs.release_all_held(now_ms()).await?;
         if released > 0 {
@@ -78,7 +86,13 @@ impl Server {
         }
         let shutdown = CancellationToken::new();
         let admin_shutdown = CancellationToken::new();
-        let worker = runtime.config.workflow.worker.then(|| {
+        // Validation runs in the background: serving does not wait for providers.
+        let validator_stop = CancellationToken::new();
+        let validator = tokio::spawn(crate::connections::validate::run_periodically(
+            runtime.clone(),
+            validator_stop.clone(),
+        ));
+        let worker = runtime.config().workflow.worker.then(|| {
             let stop = CancellationToken::new();
             let task = tokio::spawn(worker::run(runtime.clone(), stop.clone()));
             (stop, task)
@@ -112,6 +126,7 @@ impl Server {
             ws_task,
             admin_task,
             worker,
+            validator: (validator_stop, validator),
         })
     }
 
@@ -139,6 +154,7 @@ impl Server {
             stop.cancel();
         }
         self.runtime.shutdown.cancel();
+        self.validator.0.cancel();
         while self
             .runtime
             .active_sessions
@@ -161,6 +177,7 @@ impl Server {
         if let Some((_, task)) = self.worker {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
+        let _ = self.validator.1.await;
         self.runtime.jobs.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin_task.await;
@@ -211,7 +228,8 @@ async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>)
             "use GET",
         );
     }
-    let Some(org) = bearer(&req).and_then(|t| rt.org_for_session_token(t)) else {
+    let snap = rt.snap();
+    let Some(org) = bearer(&req).and_then(|t| snap.org_for_session_token(t)) else {
         debug!(%peer, "session upgrade refused: missing or unknown token");
         let mut resp = json_error(
             StatusCode::UNAUTHORIZED,
@@ -257,7 +275,7 @@ async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>)
     }
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max_frame = rt.config.server.max_frame_bytes;
+    let max_frame = rt.server.max_frame_bytes;
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

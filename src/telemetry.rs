@@ -30,6 +30,8 @@ pub const DEFERRALS_TOTAL: &str = "toolgate_deferrals_total";
 pub const JOBS: &str = "toolgate_jobs";
 /// `toolgate_job_attempts_total{outcome}`
 pub const JOB_ATTEMPTS_TOTAL: &str = "toolgate_job_attempts_total";
+/// `toolgate_connection_up{connection}`
+pub const CONNECTION_UP: &str = "toolgate_connection_up";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -56,6 +58,10 @@ fn describe() {
         JOBS,
         "Workflow jobs in the store, by state (queued, in_flight, succeeded, failed, dead)."
     );
+    metrics::describe_gauge!(
+        CONNECTION_UP,
+        "1 when the connection validated and is connected, else 0 (pending, error, disconnected)."
+    );
     metrics::describe_counter!(
         JOB_ATTEMPTS_TOTAL,
         "Worker attempts at workflow jobs, by outcome (succeeded, failed, retry, dead, lease_lost)."
@@ -65,6 +71,15 @@ fn describe() {
 /// Count a deferral.
 pub fn deferred(reason: crate::workflow::DeferReason) {
     metrics::counter!(DEFERRALS_TOTAL, "reason" => reason.as_str()).increment(1);
+}
+
+/// Set a connection's up gauge (the label is the configured connection id: bounded).
+pub fn connection_up(connection: &str, up: bool) {
+    metrics::gauge!(CONNECTION_UP, "connection" => connection.to_owned()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Count a worker attempt.

@@ -481,13 +481,7 @@ async fn an_auth_failure_marks_the_connection_and_later_calls_fail_fast() {
         .call("call_01", "whatsapp_note", json!({"text": "one"}))
         .await;
     assert_eq!(a.error().as_deref(), Some("provider_auth_failed"));
-    let health = env
-        .server
-        .runtime()
-        .connections
-        .health("acme-wati")
-        .unwrap();
-    assert_eq!(health.status().as_str(), "error");
+    assert_eq!(env.connection("acme-wati").await["status"], "error");
     let a = s
         .call("call_02", "whatsapp_note", json!({"text": "two"}))
         .await;
@@ -738,13 +732,7 @@ async fn resend_credential_refusals_mark_the_connection() {
         .call("call_01", "send_email_summary", json!({"summary": "x"}))
         .await;
     assert_eq!(a.error().as_deref(), Some("provider_auth_failed"));
-    let health = env
-        .server
-        .runtime()
-        .connections
-        .health("acme-resend")
-        .unwrap();
-    assert_eq!(health.status().as_str(), "error");
+    assert_eq!(env.connection("acme-resend").await["status"], "error");
     let b = s
         .call(
             "call_02",

@@ -44,6 +44,7 @@ fn write_config_with(
         .replace("{db}", &dir.join("toolgate.db").display().to_string())
         .replace("{resend}", &m.resend.url())
         .replace("{wati}", &m.wati.url())
+        .replace("{webhook_health}", &m.webhook.health_url())
         .replace("{webhook}", &m.webhook.url())
         .replace("{beta_wati}", &m.beta_wati.url());
     let path = dir.join("toolgate.toml");

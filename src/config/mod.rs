@@ -98,6 +98,13 @@ pub struct Defaults {
     pub timing: Timing,
     /// Filler lines for functions that configure none.
     pub filler: Vec<String>,
+    /// How often connections are validated again (`validate_every_ms`, default 300000).
+    pub validate_every: Duration,
+    /// How often a connection in `error` is validated again (`revalidate_error_ms`, default
+    /// 30000).
+    pub revalidate_error: Duration,
+    /// How long one validation request may take (`validate_timeout_ms`, default 10000).
+    pub validate_timeout: Duration,
 }
 
 /// `[evidence]`
@@ -144,13 +151,50 @@ pub struct Connection {
     pub org: String,
     /// `enabled = false` marks it `disconnected`.
     pub enabled: bool,
-    /// `rate = "30/10s"`.
+    /// `rate = "30/10s"`, defaulting to the provider's documented limit (none for webhooks).
     pub rate: Option<Rate>,
+    /// `circuit = { failures, penalty_ms, max_penalty_ms }`.
+    pub circuit: crate::connections::breaker::BreakerSettings,
     /// Provider-specific settings.
     pub settings: ConnectionSettings,
 }
 
 impl Connection {
+    /// What identifies this connection's behaviour: provider, settings, credentials (by
+    /// digest), rate and circuit. A reload keeps the live state of a connection whose
+    /// fingerprint did not change.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(format!(
+            "{}|{:?}|{:?}|{}",
+            self.org, self.rate, self.circuit, self.enabled
+        ));
+        match &self.settings {
+            ConnectionSettings::Resend {
+                api_key,
+                from,
+                base_url,
+            } => {
+                h.update(format!("resend|{from}|{base_url}"));
+                h.update(api_key.digest());
+            }
+            ConnectionSettings::Wati { endpoint, token } => {
+                h.update(format!("wati|{endpoint}"));
+                h.update(token.digest());
+            }
+            ConnectionSettings::Webhook {
+                url,
+                key,
+                health_url,
+            } => {
+                h.update(format!("webhook|{url}|{health_url:?}"));
+                h.update(Sha256::digest(key.expose()));
+            }
+        }
+        h.finalize().into()
+    }
+
     /// The connection's credentials as text, to scrub from anything a provider echoes back.
     pub fn secret_texts(&self) -> Vec<String> {
         use base64::Engine;
@@ -198,6 +242,8 @@ pub enum ConnectionSettings {
         url: Url,
         /// The decoded signing key of the `whsec_...` secret.
         key: SecretBytes,
+        /// Checked with a GET when the connection is validated.
+        health_url: Option<Url>,
     },
 }
 

@@ -709,7 +709,17 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
 
 fn parse_defaults(ck: &mut Ck<'_>, t: &Table) -> Defaults {
     const P: &str = "defaults";
-    ck.keys(t, P, &["timing", "filler"]);
+    ck.keys(
+        t,
+        P,
+        &[
+            "timing",
+            "filler",
+            "validate_every_ms",
+            "revalidate_error_ms",
+            "validate_timeout_ms",
+        ],
+    );
     let timing = match ck.table(t, P, "timing") {
         Some(tt) => ck.timing(tt, "defaults.timing", Timing::default()),
         None => Timing::default(),
@@ -718,7 +728,16 @@ fn parse_defaults(ck: &mut Ck<'_>, t: &Table) -> Defaults {
     let filler = ck
         .strings(t, P, "filler")
         .unwrap_or_else(|| vec![DEFAULT_FILLER.to_owned()]);
-    Defaults { timing, filler }
+    let every = |ck: &mut Ck<'_>, key: &str, default: u64| {
+        Duration::from_millis(ck.uint(t, P, key, 1000, 86_400_000).unwrap_or(default))
+    };
+    Defaults {
+        timing,
+        filler,
+        validate_every: every(ck, "validate_every_ms", 300_000),
+        revalidate_error: every(ck, "revalidate_error_ms", 30_000),
+        validate_timeout: every(ck, "validate_timeout_ms", 10_000),
+    }
 }
 
 fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
@@ -799,7 +818,7 @@ fn parse_connections(
             }
             found
         });
-        let common = ["id", "org", "provider", "enabled", "rate"];
+        let common = ["id", "org", "provider", "enabled", "rate", "circuit"];
         let specific: &[&str] = match provider {
             Some(Provider::Resend) => &["api_key", "from", "base_url"],
             Some(Provider::Wati) => &["endpoint", "token"],
@@ -813,15 +832,29 @@ fn parse_connections(
         let id = ck.ident(t, &p, "id");
         let org = check_org(ck, t, &p, org_ids);
         let enabled = ck.boolean(t, &p, "enabled").unwrap_or(true);
-        let rate = ck
-            .string(t, &p, "rate", false)
-            .and_then(|s| match parse_rate(&s) {
+        let rate = match ck.string(t, &p, "rate", false) {
+            Some(s) => match parse_rate(&s) {
                 Ok(r) => Some(r),
                 Err(e) => {
                     ck.err(at(&p, "rate"), e);
                     None
                 }
-            });
+            },
+            // Each provider's documented limit: Resend allows a few requests per second per
+            // team, Wati's smallest plan 30 template messages per 10 s.
+            None => match provider {
+                Some(Provider::Resend) => Some(Rate {
+                    count: 5,
+                    per: Duration::from_secs(1),
+                }),
+                Some(Provider::Wati) => Some(Rate {
+                    count: 30,
+                    per: Duration::from_secs(10),
+                }),
+                _ => None,
+            },
+        };
+        let circuit = parse_circuit(ck, t, &p);
         let settings = match provider {
             Some(Provider::Resend) => {
                 let api_key = ck.secret(t, &p, "api_key", true);
@@ -867,9 +900,11 @@ fn parse_connections(
             }
             Some(Provider::Webhook) => {
                 let url = ck.url(t, &p, "url", true);
-                if t.contains_key("health_url") {
-                    ck.url(t, &p, "health_url", false);
-                }
+                let health_url = if t.contains_key("health_url") {
+                    ck.url(t, &p, "health_url", false)
+                } else {
+                    None
+                };
                 let key =
                     ck.secret(t, &p, "secret", true).and_then(|s| {
                         match decode_webhook_secret(s.expose()) {
@@ -884,7 +919,11 @@ fn parse_connections(
                         }
                     });
                 match (url, key) {
-                    (Some(url), Some(key)) => Some(ConnectionSettings::Webhook { url, key }),
+                    (Some(url), Some(key)) => Some(ConnectionSettings::Webhook {
+                        url,
+                        key,
+                        health_url,
+                    }),
                     _ => None,
                 }
             }
@@ -902,10 +941,37 @@ fn parse_connections(
             org,
             enabled,
             rate,
+            circuit,
             settings,
         }));
     }
     (out, declared)
+}
+
+fn parse_circuit(
+    ck: &mut Ck<'_>,
+    t: &Table,
+    p: &str,
+) -> crate::connections::breaker::BreakerSettings {
+    let mut out = crate::connections::breaker::BreakerSettings::default();
+    let Some(ct) = ck.table(t, p, "circuit") else {
+        return out;
+    };
+    let cp = at(p, "circuit");
+    ck.keys(ct, &cp, &["failures", "penalty_ms", "max_penalty_ms"]);
+    if let Some(n) = ck.uint(ct, &cp, "failures", 1, 1000) {
+        out.failures = n as u32;
+    }
+    if let Some(ms) = ck.uint(ct, &cp, "penalty_ms", 1, 3_600_000) {
+        out.penalty = Duration::from_millis(ms);
+    }
+    if let Some(ms) = ck.uint(ct, &cp, "max_penalty_ms", 1, 86_400_000) {
+        out.max_penalty = Duration::from_millis(ms);
+    }
+    if out.max_penalty < out.penalty {
+        ck.err(at(&cp, "max_penalty_ms"), "must not be below penalty_ms");
+    }
+    out
 }
 
 /// The address part of `Name <addr@domain>` (or the whole string).

@@ -203,6 +203,19 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    fn get(url: Url) -> Self {
+        Prepared {
+            method: Method::GET,
+            url,
+            headers: vec![Header {
+                name: "user-agent",
+                value: USER_AGENT.to_owned(),
+                secret: false,
+            }],
+            body: None,
+        }
+    }
+
     fn post(url: Url) -> Self {
         Prepared {
             method: Method::POST,
@@ -426,6 +439,29 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     text("ratelimit-reset")
         .and_then(|v| v.parse::<u64>().ok())
         .map(|s| Duration::from_secs(s.min(86_400)))
+}
+
+/// What a connection check found: `Ok` with what was confirmed, or the trouble and why.
+pub type Checked = Result<(String, Vec<String>), (crate::connections::Trouble, String)>;
+
+/// The request that checks a connection's credentials (SPEC §5), if the provider has one.
+pub fn prepare_validation(conn: &Connection, templates: &[String]) -> Option<Prepared> {
+    match &conn.settings {
+        ConnectionSettings::Resend { .. } => Some(resend::prepare_validation(&conn.settings)),
+        ConnectionSettings::Wati { .. } => {
+            Some(wati::prepare_validation(&conn.settings, templates))
+        }
+        ConnectionSettings::Webhook { .. } => webhook::prepare_validation(&conn.settings),
+    }
+}
+
+/// Read the answer to a connection check.
+pub fn interpret_validation(conn: &Connection, raw: &RawResponse, templates: &[String]) -> Checked {
+    match conn.provider() {
+        Provider::Resend => resend::interpret_validation(raw),
+        Provider::Wati => wati::interpret_validation(raw, templates),
+        Provider::Webhook => webhook::interpret_validation(raw),
+    }
 }
 
 /// The message for a credential refusal: fixed, because such bodies may echo the credential.

@@ -55,6 +55,53 @@ pub fn prepare(
         .json(&email))
 }
 
+/// `GET {base}/domains`: the cheapest call that needs a valid key.
+pub fn prepare_validation(settings: &ConnectionSettings) -> Prepared {
+    let ConnectionSettings::Resend {
+        api_key, base_url, ..
+    } = settings
+    else {
+        unreachable!("dispatched by connection kind");
+    };
+    Prepared::get(super::join(base_url, "domains")).bearer(api_key.expose())
+}
+
+/// Read the answer to `GET /domains`. A `401 restricted_api_key` is a valid sending-only key:
+/// it exists and it can send, it just may not list domains.
+pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
+    use crate::connections::Trouble;
+    let parsed: Option<ErrorBody> = serde_json::from_slice(&raw.body).ok();
+    let name = parsed.as_ref().and_then(|b| b.name.as_deref());
+    match (raw.status, name) {
+        (200..=299, _) => Ok((
+            "the API key is valid (it can list domains)".into(),
+            Vec::new(),
+        )),
+        (401, Some("restricted_api_key")) => Ok((
+            "a sending-only API key (restricted_api_key): it can send email".into(),
+            Vec::new(),
+        )),
+        (401 | 403, name) => Err((
+            Trouble::Credentials,
+            format!(
+                "Resend refused the API key ({})",
+                name.unwrap_or("no reason given")
+            ),
+        )),
+        (429 | 500..=599, _) => Err((
+            Trouble::Unreachable,
+            format!("Resend answered HTTP {}", raw.status),
+        )),
+        (status, name) => Err((
+            Trouble::Config,
+            format!(
+                "Resend answered HTTP {status} ({}); is base_url right?",
+                name.unwrap_or("no error name")
+            ),
+        )),
+    }
+}
+
 #[derive(Deserialize)]
 struct Sent {
     id: String,

@@ -73,6 +73,86 @@ pub fn prepare_session(
     Ok(Prepared::post(url).bearer(token))
 }
 
+/// `GET {endpoint}/api/v1/getMessageTemplates`: one template proves the token; when the
+/// config names templates, a page large enough to find them.
+pub fn prepare_validation(settings: &ConnectionSettings, templates: &[String]) -> Prepared {
+    let (base, token) = endpoint(settings);
+    let mut url = super::join(base, "api/v1/getMessageTemplates");
+    let page = if templates.is_empty() { 1 } else { 500 };
+    url.query_pairs_mut()
+        .append_pair("pageSize", &page.to_string())
+        .append_pair("pageNumber", "1");
+    Prepared::get(url).bearer(token)
+}
+
+/// Read the answer to `getMessageTemplates`, checking each configured template: it must exist
+/// and be `APPROVED` (Wati refuses to send the others).
+pub fn interpret_validation(raw: &RawResponse, templates: &[String]) -> super::Checked {
+    use crate::connections::Trouble;
+    match raw.status {
+        200 => {}
+        401 | 403 => {
+            return Err((
+                Trouble::Credentials,
+                format!("Wati refused the token (HTTP {})", raw.status),
+            ));
+        }
+        404 => {
+            return Err((
+                Trouble::Config,
+                "no Wati tenant at this endpoint (HTTP 404); use the API endpoint URL from the Wati dashboard".into(),
+            ));
+        }
+        429 | 500..=599 => {
+            return Err((
+                Trouble::Unreachable,
+                format!("Wati answered HTTP {}", raw.status),
+            ));
+        }
+        status => {
+            return Err((Trouble::Config, format!("Wati answered HTTP {status}")));
+        }
+    }
+    let Some(list) = serde_json::from_slice::<Value>(&raw.body)
+        .ok()
+        .and_then(|v| v.get("messageTemplates").and_then(Value::as_array).cloned())
+    else {
+        return Err((
+            Trouble::Config,
+            "Wati answered 200 without a template list; is the endpoint the tenant URL from the dashboard?".into(),
+        ));
+    };
+    let mut checks = Vec::new();
+    let mut problems = Vec::new();
+    for name in templates {
+        let found = list
+            .iter()
+            .find(|t| t.get("elementName").and_then(Value::as_str) == Some(name));
+        let check = match found.and_then(|t| t.get("status").and_then(Value::as_str)) {
+            Some(status) if status.eq_ignore_ascii_case("APPROVED") => {
+                format!("template {name:?} is approved")
+            }
+            Some(status) => {
+                let c = format!("template {name:?} is not approved ({status})");
+                problems.push(c.clone());
+                c
+            }
+            None => {
+                let c = format!("template {name:?} was not found");
+                problems.push(c.clone());
+                c
+            }
+        };
+        checks.push(check);
+    }
+    let summary = if problems.is_empty() {
+        "the token is valid".to_owned()
+    } else {
+        format!("the token is valid, but {}", problems.join("; "))
+    };
+    Ok((summary, checks))
+}
+
 /// Read a Wati send answer.
 pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
     let json: Option<Value> = serde_json::from_slice(&raw.body).ok();

@@ -72,7 +72,7 @@ pub fn prepare(
     inputs: &Resolution,
     ctx: &ActionContext<'_>,
 ) -> Result<Prepared, ProviderError> {
-    let ConnectionSettings::Webhook { url, key } = settings else {
+    let ConnectionSettings::Webhook { url, key, .. } = settings else {
         unreachable!("dispatched by connection kind");
     };
     let unix = ctx
@@ -119,6 +119,33 @@ pub fn prepare(
     });
     req.body = Some(body);
     Ok(req)
+}
+
+/// A `GET health_url`, when one is configured; without it there is nothing to ask.
+pub fn prepare_validation(settings: &ConnectionSettings) -> Option<Prepared> {
+    let ConnectionSettings::Webhook { health_url, .. } = settings else {
+        unreachable!("dispatched by connection kind");
+    };
+    health_url.clone().map(Prepared::get)
+}
+
+/// Read the health check's answer.
+pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
+    use crate::connections::Trouble;
+    match raw.status {
+        200..=299 => Ok((
+            format!("the health check answered HTTP {}", raw.status),
+            Vec::new(),
+        )),
+        429 | 500..=599 => Err((
+            Trouble::Unreachable,
+            format!("the health check answered HTTP {}", raw.status),
+        )),
+        status => Err((
+            Trouble::Config,
+            format!("the health check answered HTTP {status}"),
+        )),
+    }
 }
 
 /// 2xx succeeds; 410 means the endpoint is gone; 429/5xx are retryable; other 4xx refuse.

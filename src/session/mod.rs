@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span};
 use crate::answer::{self, Answer, ProviderOutcome};
 use crate::bindings::CallContext;
 use crate::config::{Agent, DEFAULT_FILLER};
-use crate::dispatch::{self, Event, LiveCall, Outcome};
+use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
 use crate::guards::{self, CallView, Decision};
 use crate::protocol::{
     ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
@@ -71,7 +71,7 @@ fn frame_error(e: &FrameError) -> String {
 
 /// Serve one upgraded connection: wait for `session.start`, then run (or resume) its session.
 pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
-    let mut sock = Socket::new(ws, &rt.config.server);
+    let mut sock = Socket::new(ws, &rt.server);
     // A connection that never starts a session does not hold a socket forever.
     let start_by = Instant::now() + sock.idle_after();
     let shutdown = rt.shutdown.clone();
@@ -164,9 +164,10 @@ enum Open {
 }
 
 fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
-    let Some(agent) = rt.agent(&start.agent) else {
+    let snap = rt.snap();
+    let Some(agent) = snap.agent(&start.agent) else {
         // Suggest only this org's agents: others' names are not this token's business.
-        let own = rt.agents_of(org);
+        let own = snap.agents_of(org);
         let hint = crate::config::did_you_mean(&start.agent, own)
             .map(|s| format!(" (did you mean {s:?}?)"))
             .unwrap_or_default();
@@ -198,7 +199,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
             }
         }
         dashmap::Entry::Vacant(v) => {
-            let max = rt.config.server.max_sessions;
+            let max = rt.server.max_sessions;
             if rt.active_sessions.load(Ordering::Acquire) >= max {
                 return Open::Refuse {
                     code: ErrorCode::Overloaded,
@@ -335,7 +336,7 @@ impl Session {
             if sock.is_none() && !ended && grace_until.is_none() {
                 // The socket is gone (a read said so, or a write failed): wait for a resume.
                 self.attached.store(false, Ordering::Release);
-                let grace = self.rt.config.server.disconnect_grace;
+                let grace = self.rt.server.disconnect_grace;
                 info!(
                     grace_ms = grace.as_millis() as u64,
                     "socket gone without session.end; waiting for a reconnect"
@@ -595,7 +596,7 @@ impl Session {
             );
             return;
         }
-        let max = self.rt.config.server.max_inflight_per_session;
+        let max = self.rt.server.max_inflight_per_session;
         if self.inflight >= max {
             self.push(
                 error_frame(
@@ -609,16 +610,29 @@ impl Session {
         }
         let invocation_id = invocation_id();
         self.invocations += 1;
-        let checked = {
+        let snap = self.rt.snap();
+        let mut checked = {
             let view = CallView {
                 ctx: &self.ctx,
                 history: &self.history,
                 ledger: &self.ledger,
-                connections: &self.rt.connections,
+                connections: &snap.connections,
             };
             guards::check(&self.agent, &call, &view)
         };
         let function = checked.function.map(|i| &self.agent.functions[i]);
+        // How the call goes out: decided here, in memory, only for a call the guards let pass.
+        let plan = match (&checked.decision, function) {
+            (Decision::Proceed, Some(f)) => {
+                let (plan, verdicts) = dispatch::plan(&snap, f, Instant::now());
+                checked.verdicts.extend(verdicts);
+                if let Plan::Reject(r) = &plan {
+                    checked.decision = Decision::Rejected(r.clone());
+                }
+                Some(plan)
+            }
+            _ => None,
+        };
         let immediate = match (&checked.decision, function) {
             (Decision::Rejected(r), f) => Some(answer::rejected(f, &call.name, r)),
             (
@@ -679,6 +693,8 @@ impl Session {
             key,
             received,
             cancelled,
+            plan: plan.expect("a call that proceeds was planned"),
+            snap,
         };
         self.rt
             .tasks

@@ -97,16 +97,20 @@ pub enum DeferReason {
     PredictedSlow,
     /// `mode = "workflow"`: queued at once, run after the call.
     Workflow,
+    /// The connection is over its rate limit (or the provider asked to slow down): queued
+    /// until a request may go.
+    RateLimited,
 }
 
 impl DeferReason {
     /// All reasons.
-    pub const ALL: [DeferReason; 5] = [
+    pub const ALL: [DeferReason; 6] = [
         DeferReason::Budget,
         DeferReason::RetryableFailure,
         DeferReason::CircuitOpen,
         DeferReason::PredictedSlow,
         DeferReason::Workflow,
+        DeferReason::RateLimited,
     ];
 
     /// The reason as stored and shown.
@@ -117,6 +121,7 @@ impl DeferReason {
             DeferReason::CircuitOpen => "circuit_open",
             DeferReason::PredictedSlow => "predicted_slow",
             DeferReason::Workflow => "workflow",
+            DeferReason::RateLimited => "rate_limited",
         }
     }
 }

@@ -212,6 +212,27 @@ impl JobStore {
         Ok(done)
     }
 
+    /// Hand a claimed job back without having sent it (its connection is down, its circuit
+    /// open or over its rate): the claim does not count as an attempt.
+    pub async fn put_back(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        not_before: Millis,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let (id, owner, why) = (id.to_owned(), owner.to_owned(), why.to_owned());
+        let done = self
+            .write(move |tx| ops::put_back(tx, &id, &owner, attempt, not_before, &why, now))
+            .await?;
+        if done {
+            self.runnable.notify_waiters();
+        }
+        Ok(done)
+    }
+
     /// Make the held jobs of a call runnable (its session ended).
     pub async fn release_call(
         &self,
@@ -619,6 +640,25 @@ pub mod ops {
                 params![id, owner, not_before, error, *possibly_sent, now],
             )?,
         };
+        Ok(n == 1)
+    }
+
+    /// A claimed, unsent job back to `queued` from `not_before`, its claim not counted.
+    pub fn put_back(
+        tx: &Connection,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        not_before: Millis,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = tx.execute(
+            "UPDATE jobs SET state = 'queued', attempts = attempts - 1, runnable_at = ?4, \
+             last_error = ?5, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
+             WHERE id = ?1 AND state = 'in_flight' AND lease_owner = ?2 AND attempts = ?3",
+            params![id, owner, attempt, not_before, why, now],
+        )?;
         Ok(n == 1)
     }
 

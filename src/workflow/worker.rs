@@ -17,8 +17,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::{Finish, Job, now_ms};
 use crate::bindings::Resolution;
 use crate::catalog::Action;
+use crate::connections::Usable;
+use crate::connections::breaker::Admit;
 use crate::providers::{self, ActionContext, ProviderError};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
 
 /// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
@@ -30,10 +32,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let owner = format!("worker:{}", ulid::Ulid::generate());
-    let concurrency = rt.config.workflow.concurrency;
+    let concurrency = rt.config().workflow.concurrency;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let retain = Duration::from_secs(u64::from(rt.config.workflow.retain_days) * 86_400);
+    let retain = Duration::from_secs(u64::from(rt.config().workflow.retain_days) * 86_400);
     let mut next_prune = Instant::now();
     info!(%owner, concurrency, "workflow worker started");
     loop {
@@ -98,9 +100,60 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     while running.join_next().await.is_some() {}
 }
 
+/// Whether a claimed job may go out now.
+enum Gate {
+    /// Send it (when the circuit was open, this is its one probe; its outcome is reported
+    /// like any other).
+    Go,
+    /// Not now: hand it back, unattempted, until then.
+    Hold(Instant, String),
+}
+
+/// The gates a live call passes, for a job: the connection must be up, its circuit closed (or
+/// this the probe), and a rate token free.
+fn gate(snap: &Snapshot, job: &Job, now: Instant) -> Gate {
+    let Some(h) = snap.connections.health(&job.connection) else {
+        return Gate::Go;
+    };
+    if h.usable(now) == Usable::Later && h.breaker.open_until(now).is_none() {
+        return Gate::Hold(
+            now + snap.config.defaults.revalidate_error,
+            format!("connection {} is unreachable", job.connection),
+        );
+    }
+    let probe = match h.breaker.admit(now) {
+        Admit::Go => false,
+        Admit::Probe => true,
+        Admit::Wait(until) => {
+            return Gate::Hold(until, format!("the circuit of {} is open", job.connection));
+        }
+    };
+    if let Err(until) = h.limiter.try_acquire(now) {
+        if probe {
+            h.breaker.release_probe(now);
+        }
+        return Gate::Hold(until, format!("{} is over its rate limit", job.connection));
+    }
+    Gate::Go
+}
+
 /// Run one attempt of a claimed job and record how it ended.
 async fn attempt(rt: &Runtime, job: Job, owner: &str) {
-    let finish = execute(rt, &job).await;
+    let snap = rt.snap();
+    let now = Instant::now();
+    if let Gate::Hold(until, why) = gate(&snap, &job, now) {
+        let not_before = now_ms() + until.saturating_duration_since(now).as_millis() as i64;
+        match rt
+            .jobs
+            .put_back(&job.id, owner, job.attempts, not_before, &why, now_ms())
+            .await
+        {
+            Ok(_) => debug!(%why, "job held back, not attempted"),
+            Err(e) => warn!(error = %e, "cannot hand a job back; its lease will lapse"),
+        }
+        return;
+    }
+    let finish = execute(rt, &snap, &job).await;
     let label = match &finish {
         Finish::Succeeded { .. } => "succeeded",
         Finish::Failed { .. } => "failed",
@@ -129,9 +182,9 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
     }
 }
 
-async fn execute(rt: &Runtime, job: &Job) -> Finish {
+async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Finish {
     let (Some(conn), Some(action)) = (
-        rt.connections.connection(&job.connection),
+        snap.connections.connection(&job.connection),
         Action::parse(&job.action),
     ) else {
         return Finish::Failed {
@@ -141,9 +194,9 @@ async fn execute(rt: &Runtime, job: &Job) -> Finish {
             ),
         };
     };
-    let backoff = rt.config.workflow.backoff;
-    if let Some(h) = rt.connections.health(&conn.id)
-        && !h.status().usable()
+    let backoff = snap.config.workflow.backoff;
+    if let Some(h) = snap.connections.health(&conn.id)
+        && h.usable(Instant::now()) == Usable::No
     {
         // The provider refused these credentials before: asking again only earns another
         // refusal. Wait for the connection to be fixed (or the job to run out of attempts).
@@ -186,7 +239,7 @@ async fn execute(rt: &Runtime, job: &Job) -> Finish {
             "job attempt failed"
         );
     }
-    rt.connections
+    snap.connections
         .record(&conn.id, started.elapsed(), result.as_ref().err());
     Finish::from_result(&result, &backoff, job.attempts, now_ms())
 }

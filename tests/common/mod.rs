@@ -82,6 +82,7 @@ impl Env {
             )
             .replace("{resend}", &resend.url())
             .replace("{wati}", &wati.url())
+            .replace("{webhook_health}", &webhook.health_url())
             .replace("{webhook}", &webhook.url())
             .replace("{beta_wati}", &beta_wati.url());
         let config = Config::from_toml(&edit(text), &LoadOptions::new(".").with_env(env))
@@ -116,6 +117,33 @@ impl Env {
         let status = resp.status().as_u16();
         let body = resp.bytes().await.unwrap();
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// A connection as the admin API shows it.
+    pub async fn connection(&self, id: &str) -> Value {
+        let (status, body) = self
+            .admin("GET", "/v1/connections", Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no connection {id} in {body}"))
+    }
+
+    /// Wait until a connection has been validated at least once.
+    pub async fn validated(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = self.connection(id).await;
+            if !c["validated_at"].is_null() || tokio::time::Instant::now() >= deadline {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// A job as the admin API shows it.
@@ -253,6 +281,20 @@ impl Session {
             before: frames,
             result,
         }
+    }
+
+    /// The results of several tool calls, in whatever order they come.
+    pub async fn results_of(&mut self, ids: &[String]) -> Vec<Received> {
+        let mut out: Vec<Option<Received>> = vec![None; ids.len()];
+        while out.iter().any(Option::is_none) {
+            let r = self.client.recv(WAIT).await.unwrap();
+            if r.ty() == "tool.result"
+                && let Some(i) = ids.iter().position(|id| r.frame["id"] == id.as_str())
+            {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter().map(Option::unwrap).collect()
     }
 
     pub async fn call(&mut self, id: &str, name: &str, args: Value) -> Answer {

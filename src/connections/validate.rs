@@ -1,0 +1,168 @@
+//! Connection validation (SPEC §5): ask each provider the cheapest question that proves the
+//! credentials, and turn the answer into a status with a reason a person can act on.
+
+use std::time::Duration;
+
+use super::{Status, Trouble};
+use crate::bindings::Source;
+use crate::config::{Config, Connection};
+use crate::providers::{self, Client};
+
+/// The result of one validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validation {
+    /// `connected`, `error` or `disconnected`.
+    pub status: Status,
+    /// Why it is in `error`.
+    pub trouble: Option<Trouble>,
+    /// What was found, for a person.
+    pub reason: String,
+    /// Individual findings (each Wati template's approval).
+    pub checks: Vec<String>,
+}
+
+impl Validation {
+    /// Whether the connection can be used.
+    pub fn ok(&self) -> bool {
+        self.status == Status::Connected
+    }
+}
+
+/// The Wati template names the config sends on this connection (constant `template_name`
+/// bindings), so validation can check they exist and are approved.
+pub fn templates_for(config: &Config, connection: &str) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .agents
+        .iter()
+        .flat_map(|a| a.functions.iter())
+        .filter(|f| f.connection.id == connection)
+        .flat_map(|f| f.inputs.iter())
+        .filter(|(name, _)| name == "template_name")
+        .filter_map(|(_, b)| match &b.source {
+            Source::Value(t) => t.as_constant().map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Validate one connection, waiting at most `timeout` for the provider.
+pub async fn validate(
+    client: &Client,
+    conn: &Connection,
+    templates: &[String],
+    timeout: Duration,
+) -> Validation {
+    if !conn.enabled {
+        return Validation {
+            status: Status::Disconnected,
+            trouble: None,
+            reason: "disabled in the config".into(),
+            checks: Vec::new(),
+        };
+    }
+    let Some(req) = providers::prepare_validation(conn, templates) else {
+        return Validation {
+            status: Status::Connected,
+            trouble: None,
+            reason: "configuration checked (URL and signing secret); set health_url to check the endpoint too".into(),
+            checks: Vec::new(),
+        };
+    };
+    let answer = match tokio::time::timeout(timeout, providers::send(client, &req)).await {
+        Err(_) => {
+            return unreachable(format!("no answer within {} ms", timeout.as_millis()));
+        }
+        Ok(Err(e)) => return unreachable(e.message),
+        Ok(Ok(raw)) => raw,
+    };
+    match providers::interpret_validation(conn, &answer, templates) {
+        Ok((reason, checks)) => Validation {
+            status: Status::Connected,
+            trouble: None,
+            reason,
+            checks,
+        },
+        Err((trouble, reason)) => Validation {
+            status: Status::Error,
+            trouble: Some(trouble),
+            reason,
+            checks: Vec::new(),
+        },
+    }
+}
+
+fn unreachable(why: String) -> Validation {
+    Validation {
+        status: Status::Error,
+        trouble: Some(Trouble::Unreachable),
+        reason: format!("cannot reach the provider: {why}"),
+        checks: Vec::new(),
+    }
+}
+
+/// Validate one connection of the running sidecar and record the result.
+pub async fn run_one(
+    rt: &crate::runtime::Runtime,
+    snap: &crate::runtime::Snapshot,
+    conn: &Connection,
+    health: &super::Health,
+) -> Validation {
+    let templates = templates_for(&snap.config, &conn.id);
+    let v = validate(
+        &rt.providers,
+        conn,
+        &templates,
+        snap.config.defaults.validate_timeout,
+    )
+    .await;
+    health.validated(&v, crate::workflow::now_ms());
+    match v.status {
+        Status::Error => {
+            tracing::warn!(connection = %conn.id, reason = %v.reason, "connection validation failed")
+        }
+        _ => {
+            tracing::info!(connection = %conn.id, status = v.status.as_str(), "connection validated")
+        }
+    }
+    v
+}
+
+/// Validate every connection now, then again periodically (sooner for those in `error`),
+/// and at once after a reload, until `stop`.
+pub async fn run_periodically(
+    rt: std::sync::Arc<crate::runtime::Runtime>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let woken = rt.validate_now.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let snap = rt.snap();
+        let due: Vec<_> = snap
+            .connections
+            .iter()
+            .filter(|(c, h)| {
+                let d = h.detail();
+                let every = if h.status() == Status::Error {
+                    snap.config.defaults.revalidate_error
+                } else {
+                    snap.config.defaults.validate_every
+                };
+                c.enabled
+                    && d.validated_at
+                        .is_none_or(|at| crate::workflow::now_ms() - at >= every.as_millis() as i64)
+            })
+            .map(|(c, h)| (c.clone(), h.clone()))
+            .collect();
+        let checks = due.iter().map(|(c, h)| run_one(&rt, &snap, c, h));
+        futures_util::future::join_all(checks).await;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
