@@ -134,6 +134,8 @@ fn url_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 struct State {
+    /// How long checks (validation, health) take to answer.
+    check_delay: Duration,
     /// The credential was revoked: every request is refused.
     revoked: bool,
     /// Resend: the key is sending-only (`restricted_api_key` on non-sending endpoints).
@@ -194,6 +196,7 @@ impl MockProvider {
             provider,
             credential: credential.to_owned(),
             state: Mutex::new(State {
+                check_delay: Duration::ZERO,
                 revoked: false,
                 restricted: false,
                 templates: vec![("order_confirmed".into(), "APPROVED".into())],
@@ -242,6 +245,11 @@ impl MockProvider {
     /// is refused as the real provider refuses a revoked key.
     pub fn set_revoked(&self, revoked: bool) {
         self.lock().revoked = revoked;
+    }
+
+    /// Make checks (validation, health) this slow; scripted replies apply to actions only.
+    pub fn set_check_delay(&self, delay: Duration) {
+        self.lock().check_delay = delay;
     }
 
     /// Resend: make the key sending-only (`401 restricted_api_key` on `GET /domains`).
@@ -384,7 +392,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
         let mut st = inner.state.lock().expect("mock state lock");
         st.script.pop_front().unwrap_or_else(|| st.default.clone())
     } else {
-        Reply::Normal
+        let delay = inner.state.lock().expect("mock state lock").check_delay;
+        Reply::Delay(delay, Box::new(Reply::Normal))
     };
     // Delays happen before the provider "acts", like a slow provider.
     let mut reply = reply;

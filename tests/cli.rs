@@ -178,3 +178,72 @@ fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_prints_one_line_per_connection_and_fails_when_one_does() {
+    use toolgate::mock::MockProvider;
+    let resend = MockProvider::resend("re_cli_key").await.unwrap();
+    let wati = MockProvider::wati("wati-cli-token").await.unwrap();
+    let dir = good_dir();
+    write(dir.path(), "resend.key", "re_cli_key");
+    write(dir.path(), "wati.token", "Bearer wati-cli-token");
+    let text = GOOD.to_owned()
+        + &format!(
+            r#"
+[[connections]]
+id = "acme-resend"
+org = "acme"
+provider = "resend"
+api_key = {{ file = "resend.key" }}
+from = "Acme <support@acme.test>"
+base_url = "{}"
+
+[[connections]]
+id = "acme-wati"
+org = "acme"
+provider = "wati"
+endpoint = "{}"
+token = {{ file = "wati.token" }}
+"#,
+            resend.url(),
+            wati.url()
+        );
+    let cfg = write(dir.path(), "toolgate.toml", &text);
+    let run = |args: &[&str]| {
+        let out = toolgate()
+            .arg("validate")
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, out) = tokio::task::block_in_place(|| run(&[]));
+    assert_eq!(code, Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("acme-hooks   webhook  connected"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("acme-resend  resend   connected    the API key is valid"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("acme-wati    wati     connected"),
+        "{out}"
+    );
+    assert!(!out.contains("re_cli_key") && !out.contains("wati-cli-token"));
+
+    resend.set_revoked(true);
+    let (code, out) = tokio::task::block_in_place(|| run(&["--connection", "acme-resend"]));
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out.trim(),
+        "acme-resend  resend   error        Resend refused the API key (invalid_api_key)"
+    );
+    let (code, _) = tokio::task::block_in_place(|| run(&["--connection", "acme-resnd"]));
+    assert_eq!(code, Some(1));
+}

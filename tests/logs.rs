@@ -58,8 +58,30 @@ async fn logs_carry_no_secrets_and_no_caller_pii() {
         .call("call_3", "notify_team", json!({"reason": "billing"}))
         .await;
     assert_eq!(a.status(), "succeeded");
+    // Validation that fails, and everything an operator reads.
+    env.resend.set_revoked(true);
+    let (_, validated) = env
+        .admin(
+            "POST",
+            "/v1/connections/acme-resend/validate",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(validated["connection"]["status"], "error");
+    let (_, listed) = env.admin("GET", "/v1/connections", Some(ADMIN_TOKEN)).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", env.server.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     s.client.abort();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for shown in [validated.to_string(), listed.to_string(), metrics] {
+        for needle in SECRETS {
+            assert!(!shown.contains(needle), "{needle} appears in {shown}");
+        }
+    }
 
     let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("session started"), "logging works: {logs}");

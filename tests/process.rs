@@ -395,3 +395,44 @@ async fn toolgate_worker_runs_jobs_without_a_listener() {
     let jobs = sidecar.jobs().await;
     assert_eq!(jobs[0]["state"], "succeeded");
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let config = write_config(dir.path(), &m);
+    let sidecar = start(&config);
+    let connections = || async {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{}/v1/connections", sidecar.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+        body["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(!connections().await.contains(&"acme-hooks-2".to_owned()));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let extra = format!(
+        "[[connections]]\nid = \"acme-hooks-2\"\norg = \"acme\"\nprovider = \"webhook\"\nurl = \"{}\"\nsecret = {{ env = \"ACME_WEBHOOK_SECRET\" }}\n\n[[agents]]\nid = \"support-bot\"",
+        m.webhook.url()
+    );
+    std::fs::write(
+        &config,
+        text.replacen("[[agents]]\nid = \"support-bot\"", &extra, 1),
+    )
+    .unwrap();
+    sidecar.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connections().await.contains(&"acme-hooks-2".to_owned()) {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

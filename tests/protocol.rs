@@ -48,6 +48,7 @@ async fn session_start_is_answered_with_the_agents_tools() {
             "email_someone",
             "whatsapp_note",
             "notify_team",
+            "escalate_now",
             "email_later",
             "wati_later",
             "log_after_call"
