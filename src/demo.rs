@@ -1,6 +1,27 @@
 //! `toolgate demo`: the sidecar on loopback with a demo config, mock Resend, Wati and webhook
 //! servers (real HTTP), and scripted calls whose timelines are printed.
 
+/// Print to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not panic).
+macro_rules! out {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+#[allow(unused_macros)]
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::fmt::Write as _;
 use std::time::Duration;
 
@@ -300,15 +321,15 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     let config = mocks.config();
     let server = Server::start(config).await?;
     let url = server.session_url();
-    println!("toolgate demo");
-    println!("  sidecar   {url}  (admin http://{})", server.admin_addr);
-    println!(
+    out!("toolgate demo");
+    out!("  sidecar   {url}  (admin http://{})", server.admin_addr);
+    out!(
         "  mocks     Resend {}   Wati {}   webhook {}",
         mocks.resend.url(),
         mocks.wati.url(),
         mocks.webhook.url()
     );
-    println!("  agent     support-bot (org acme), config in src/demo.toml\n");
+    out!("  agent     support-bot (org acme), config in src/demo.toml\n");
 
     let order = json!({"email": "ana@example.com", "order_id": "A-1042"});
     let scripts = [
@@ -406,23 +427,23 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
             "demo-deferred" => mocks.resend.push(Reply::slow(3500)),
             _ => {}
         }
-        println!("Call {} of {}: {}", i + 1, scripts.len(), script.title);
+        out!("Call {} of {}: {}", i + 1, scripts.len(), script.title);
         let (text, ok) = play(&url, script, server.runtime()).await?;
-        print!("{text}");
+        out_raw!("{text}");
         if !ok {
-            println!("  !! expected {:?}", script.expect);
+            out!("  !! expected {:?}", script.expect);
         }
         all_ok &= ok;
-        println!();
+        out!();
     }
 
-    println!("What to look at next:");
-    println!(
+    out!("What to look at next:");
+    out!(
         "  examples/toolgate.toml      a config to start from (toolgate check-config examples/toolgate.toml)"
     );
-    println!("  toolgate serve --config F   run the sidecar for your media server");
+    out!("  toolgate serve --config F   run the sidecar for your media server");
     if keep_running {
-        println!(
+        out!(
             "\nStill running. Connect with: Authorization: Bearer {SESSION_TOKEN} to {url}\nCtrl-C to stop."
         );
         tokio::signal::ctrl_c().await?;

@@ -1,5 +1,26 @@
 //! The `toolgate` command line: thin verbs over the library.
 
+/// Print to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not panic).
+macro_rules! out {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+#[allow(unused_macros)]
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -123,7 +144,7 @@ fn check_config(file: &std::path::Path, skip_secrets: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    println!(
+    out!(
         "{}: OK ({} org{}, {} connection{}, {} agent{})",
         file.display(),
         config.orgs.len(),
@@ -134,10 +155,10 @@ fn check_config(file: &std::path::Path, skip_secrets: bool) -> ExitCode {
         plural(config.agents.len()),
     );
     for w in &config.warnings {
-        println!("warning: {w}");
+        out!("warning: {w}");
     }
     for agent in &config.agents {
-        println!(
+        out!(
             "\nagent {} (org {}) exposes {} tool{}:",
             agent.id,
             agent.org,
@@ -146,7 +167,7 @@ fn check_config(file: &std::path::Path, skip_secrets: bool) -> ExitCode {
         );
         let tools: serde_json::Value =
             serde_json::from_str(agent.tools().get()).expect("tools are JSON");
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&tools).expect("JSON prints")
         );
@@ -263,7 +284,7 @@ async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
         if v.status == toolgate::connections::Status::Error {
             failed += 1;
         }
-        println!(
+        out!(
             "{:<width$}  {:<8} {:<12} {}",
             c.id,
             c.provider().as_str(),
@@ -271,7 +292,7 @@ async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
             v.reason
         );
         for check in &v.checks {
-            println!("{:<width$}  {:<8} {:<12} - {check}", "", "", "");
+            out!("{:<width$}  {:<8} {:<12} - {check}", "", "", "");
         }
     }
     if failed > 0 {
