@@ -56,6 +56,32 @@ pub async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> HttpResponse {
                 _ => method_not_allowed("POST"),
             }
         }
+        (method, ["v1", "calls", call_id]) => {
+            let scope = match authorize(&req, &rt) {
+                Ok(scope) => scope,
+                Err(resp) => return resp,
+            };
+            match method {
+                &Method::GET => get_call(call_id, &rt, &scope).await,
+                _ => method_not_allowed("GET"),
+            }
+        }
+        (method, ["v1", "invocations", rest @ ..]) => {
+            let scope = match authorize(&req, &rt) {
+                Ok(scope) => scope,
+                Err(resp) => return resp,
+            };
+            match (method, rest) {
+                (&Method::GET, []) => list_invocations(&req, &rt, &scope).await,
+                (&Method::GET, [id]) => get_invocation(id, &rt, &scope).await,
+                (_, [] | [_]) => method_not_allowed("GET"),
+                _ => not_found(),
+            }
+        }
+        (method, ["calls", call_id]) => match method {
+            &Method::GET => call_page(&req, call_id, &rt).await,
+            _ => method_not_allowed("GET"),
+        },
         (method, ["v1", "jobs", rest @ ..]) => {
             let scope = match authorize(&req, &rt) {
                 Ok(scope) => scope,
@@ -88,16 +114,18 @@ fn method_not_allowed(allow: &'static str) -> HttpResponse {
     resp
 }
 
-/// The scope of the request's admin bearer token, or the 401 to answer.
-fn authorize(req: &Request<Incoming>, rt: &Runtime) -> Result<AdminScope, HttpResponse> {
-    let token = req
-        .headers()
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
-    match token.and_then(|t| rt.snap().admin_scope(t).cloned()) {
+        .map(|(_, t)| t.trim())
+}
+
+/// The scope of the request's admin bearer token, or the 401 to answer.
+fn authorize(req: &Request<Incoming>, rt: &Runtime) -> Result<AdminScope, HttpResponse> {
+    match bearer(req).and_then(|t| rt.snap().admin_scope(t).cloned()) {
         Some(scope) => Ok(scope),
         None => {
             let mut resp = json_error(
@@ -269,11 +297,7 @@ async fn list_jobs(req: &Request<Incoming>, rt: &Runtime, scope: &AdminScope) ->
             );
         }
     };
-    let org = match scope {
-        AdminScope::All => None,
-        AdminScope::Org(o) => Some(o.clone()),
-    };
-    match rt.jobs.list(state, org, limit).await {
+    match rt.jobs.list(state, org_of(scope), limit).await {
         Ok(jobs) => json_response(StatusCode::OK, &json!({ "jobs": jobs })),
         Err(e) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -307,6 +331,167 @@ async fn retry_job(id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &e.to_string(),
+        ),
+    }
+}
+
+fn org_of(scope: &AdminScope) -> Option<String> {
+    match scope {
+        AdminScope::All => None,
+        AdminScope::Org(o) => Some(o.clone()),
+    }
+}
+
+fn store_error(e: &crate::workflow::store::StoreError) -> HttpResponse {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        &format!("the evidence store failed: {e}"),
+    )
+}
+
+async fn get_call(call_id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    match rt.evidence.call(org_of(scope), call_id).await {
+        Ok(Some(call)) => json_response(StatusCode::OK, &json!(call)),
+        Ok(None) => json_error(StatusCode::NOT_FOUND, "not_found", "no such call"),
+        Err(e) => store_error(&e),
+    }
+}
+
+async fn get_invocation(id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    match rt.evidence.invocation(id).await {
+        Ok(Some(inv)) if visible(scope, &inv.org_id) => {
+            json_response(StatusCode::OK, &json!({ "invocation": inv }))
+        }
+        Ok(_) => json_error(StatusCode::NOT_FOUND, "not_found", "no such invocation"),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// Statuses an invocation can end in, for the `status` filter.
+const STATUSES: &[&str] = &[
+    "succeeded",
+    "failed",
+    "rejected",
+    "deferred",
+    "duplicate",
+    "cancelled",
+    "dead",
+];
+
+/// `since`: ms since the epoch, or an RFC 3339 time.
+fn parse_since(s: &str) -> Option<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Some(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+async fn list_invocations(
+    req: &Request<Incoming>,
+    rt: &Runtime,
+    scope: &AdminScope,
+) -> HttpResponse {
+    let bad = |m: String| json_error(StatusCode::BAD_REQUEST, "bad_request", &m);
+    let status = query_param(req, "status").filter(|s| !s.is_empty());
+    if let Some(s) = &status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return bad(format!(
+            "status {s:?} is not one of {}",
+            STATUSES.join(", ")
+        ));
+    }
+    let since = match query_param(req, "since").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match parse_since(&s) {
+            Some(ms) => Some(ms),
+            None => {
+                return bad(format!(
+                    "since {s:?} is neither ms since the epoch nor an RFC 3339 time"
+                ));
+            }
+        },
+    };
+    let limit = match query_param(req, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => return bad(format!("limit must be 1..={MAX_LIMIT}")),
+    };
+    let cursor = query_param(req, "cursor").filter(|s| !s.is_empty());
+    if let Some(c) = &cursor
+        && !crate::evidence::store::cursor_is_valid(c)
+    {
+        return bad("cursor is not one this API gave out".into());
+    }
+    let q = crate::evidence::store::Query {
+        org: org_of(scope),
+        call_id: query_param(req, "call_id").filter(|s| !s.is_empty()),
+        function: query_param(req, "function").filter(|s| !s.is_empty()),
+        status,
+        since,
+        limit,
+        cursor,
+    };
+    match rt.evidence.invocations(q).await {
+        Ok(page) => json_response(StatusCode::OK, &json!(page)),
+        Err(e) => store_error(&e),
+    }
+}
+
+fn html(status: StatusCode, body: String) -> HttpResponse {
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("cache-control", "no-store")
+        .header("referrer-policy", "no-referrer")
+        .header(
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'",
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn html_message(status: StatusCode, title: &str, text: &str) -> HttpResponse {
+    // Fixed texts only: nothing from the request is echoed.
+    html(
+        status,
+        format!(
+            "<!doctype html><meta charset=utf-8><title>{title}</title>\
+             <body style=\"font:15px system-ui;margin:40px;color:#1f2328\"><h1 style=\"font-size:20px\">{title}</h1><p>{text}</p>"
+        ),
+    )
+}
+
+/// The call detail page. A browser cannot easily send a header, so the admin token may also
+/// come as `?access_token=` (RFC 6750 §2.3); the page is never cached and sends no referrer.
+async fn call_page(req: &Request<Incoming>, call_id: &str, rt: &Runtime) -> HttpResponse {
+    let token = bearer(req)
+        .map(str::to_owned)
+        .or_else(|| query_param(req, "access_token"));
+    let Some(scope) = token.and_then(|t| rt.snap().admin_scope(&t).cloned()) else {
+        let mut resp = html_message(
+            StatusCode::UNAUTHORIZED,
+            "Sign-in needed",
+            "Open this page with an admin token: <code>?access_token=TOKEN</code> or an <code>Authorization: Bearer</code> header.",
+        );
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    };
+    match rt.evidence.call(org_of(&scope), call_id).await {
+        Ok(Some(call)) => html(StatusCode::OK, crate::evidence::page::render(&call)),
+        Ok(None) => html_message(
+            StatusCode::NOT_FOUND,
+            "No such call",
+            "No call with this id is recorded (or it is past its retention).",
+        ),
+        Err(_) => html_message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The evidence store failed",
+            "See toolgate's logs.",
         ),
     }
 }

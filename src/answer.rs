@@ -285,7 +285,8 @@ pub enum ProviderOutcome {
 }
 
 impl ProviderOutcome {
-    fn as_str(self) -> &'static str {
+    /// As the wire and the evidence spell it.
+    pub fn as_str(self) -> &'static str {
         match self {
             ProviderOutcome::NotSent => "not_sent",
             ProviderOutcome::Succeeded => "succeeded",

@@ -32,7 +32,7 @@ use crate::config::{Agent, Function, Mode, Timing};
 use crate::connections::Usable;
 use crate::connections::breaker::Admit;
 use crate::guards::{Guard, Rejection, Verdict};
-use crate::providers::{self, Accepted, ActionContext, Delivery, ProviderError};
+use crate::providers::{self, Accepted, ActionContext, Delivery, Prepared, ProviderError};
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
 use crate::workflow::store::LEASE_MARGIN;
@@ -127,6 +127,9 @@ pub struct ProviderTiming {
 }
 
 /// Messages from a running call to its session.
+// `Done` is the big one and is sent exactly once per call; boxing it would cost an allocation
+// per call to save copying a few hundred bytes once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Event {
     /// Time for a filler line.
@@ -156,6 +159,10 @@ pub enum Event {
         outcome: Outcome,
         /// Provider request timing.
         timing: ProviderTiming,
+        /// The resolved inputs, handed back for the evidence.
+        inputs: Resolution,
+        /// The provider request, when one was built (for the evidence; redacted there).
+        request: Option<Arc<Prepared>>,
     },
 }
 
@@ -307,25 +314,32 @@ pub fn plan(snap: &Snapshot, function: &Function, now: Instant) -> (Plan, Vec<Ve
 
 /// Run one call to completion, reporting fillers and the outcome to the session. Whatever
 /// happens inside, including a panic, the session gets exactly one `Done` for the call.
-pub async fn run(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
+pub async fn run(mut call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
     use futures_util::FutureExt;
-    let id = call.id.clone();
-    let done = events.clone();
-    let work = std::panic::AssertUnwindSafe(run_inner(call, rt, events)).catch_unwind();
-    if let Err(panic) = work.await {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".to_owned());
-        tracing::error!(id = %id, panic = %what, "tool call task failed; answering it as an internal error");
-        let _ = done.send(Event::Done {
-            id,
-            outcome: Outcome::Internal(what),
-            timing: ProviderTiming::default(),
-        });
-    }
+    let work = std::panic::AssertUnwindSafe(run_inner(&call, &rt, &events)).catch_unwind();
+    let (outcome, timing, request) = match work.await {
+        Ok(done) => done,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_owned());
+            tracing::error!(id = %call.id, panic = %what, "tool call task failed; answering it as an internal error");
+            (Outcome::Internal(what), ProviderTiming::default(), None)
+        }
+    };
+    let _ = events.send(Event::Done {
+        id: std::mem::take(&mut call.id),
+        outcome,
+        timing,
+        inputs: std::mem::take(&mut call.inputs),
+        request,
+    });
 }
+
+/// How a call ended: the outcome, the provider timing and the request, when one was built.
+type Ended = (Outcome, ProviderTiming, Option<Arc<Prepared>>);
 
 struct Run<'a> {
     call: &'a LiveCall,
@@ -410,14 +424,6 @@ impl Run<'_> {
         Ok(job)
     }
 
-    fn done(&self, outcome: Outcome, timing: ProviderTiming) {
-        let _ = self.events.send(Event::Done {
-            id: self.call.id.clone(),
-            outcome,
-            timing,
-        });
-    }
-
     /// A provider failure as the rest of toolgate may see it: redacted, and recorded.
     fn record(&self, started: Instant, result: &mut Result<Accepted, ProviderError>) {
         let conn = &self.function.connection;
@@ -432,13 +438,17 @@ impl Run<'_> {
     }
 }
 
-async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
+async fn run_inner(
+    call: &LiveCall,
+    rt: &Arc<Runtime>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Ended {
     let function = &call.agent.functions[call.function];
     let run = Run {
-        call: &call,
-        rt: &rt,
+        call,
+        rt,
         function,
-        events: &events,
+        events,
     };
     let budget = Budget::from(&function.timing);
     let mode = function.timing.mode;
@@ -453,21 +463,22 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
         if probe && let Some(h) = health {
             h.breaker.release_probe(Instant::now());
         }
-        return run.done(Outcome::NotSent, timing);
+        return (Outcome::NotSent, timing, None);
     }
 
     if let Plan::Queue { reason, start } = &call.plan {
         match run.defer(*reason, start.clone()).await {
-            Ok(_) => return run.done(Outcome::Queued, timing),
-            Err(Some(outcome)) => return run.done(outcome, timing),
+            Ok(_) => return (Outcome::Queued, timing, None),
+            Err(Some(outcome)) => return (outcome, timing, None),
             // Only a call merely predicted slow may still go out live without the store; a
             // workflow function never calls live, and a provider that is down or over its
             // rate must not be sent to.
             Err(None) if *reason == DeferReason::PredictedSlow => {}
             Err(None) => {
-                return run.done(
+                return (
                     Outcome::Internal("the workflow store refused the job".into()),
                     timing,
+                    None,
                 );
             }
         }
@@ -481,11 +492,12 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
         .connection(&function.connection.id)
         .cloned()
     else {
-        return run.done(
+        return (
             Outcome::Failed(ProviderError::unsendable(
                 "the connection is no longer configured",
             )),
             timing,
+            None,
         );
     };
 
@@ -496,8 +508,8 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
         now: SystemTime::now(),
     };
     let req = match providers::prepare(&conn, function.action, &call.inputs, &ctx) {
-        Ok(req) => req,
-        Err(e) => return run.done(Outcome::Failed(e), timing),
+        Ok(req) => Arc::new(req),
+        Err(e) => return (Outcome::Failed(e), timing, None),
     };
     let started = Instant::now();
     timing.sent = Some(call.received.elapsed());
@@ -552,29 +564,30 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
                 // Close the job only if this request holds its lease (it always does, unless
                 // the same action was already queued under another holder).
                 if job.lease_owner.as_deref() == Some(rt.live_owner.as_str()) {
-                    close_live_job(&rt, &call.snap, &job, &result).await;
+                    close_live_job(rt, &call.snap, &job, &result).await;
                 }
                 let outcome = match result {
                     Ok(a) => Outcome::Accepted(a),
                     Err(e) if e.retryable => Outcome::Queued,
                     Err(e) => Outcome::Failed(e),
                 };
-                return run.done(outcome, timing);
+                return (outcome, timing, Some(req.clone()));
             }
             // Not handed off (cancelled, or the store refused): answer the live outcome.
-            return run.done(
+            return (
                 match result {
                     Ok(a) => Outcome::Accepted(a),
                     Err(e) => Outcome::Failed(e),
                 },
                 timing,
+                Some(req.clone()),
             );
         }
     };
     timing.done = Some(call.received.elapsed());
     run.record(started, &mut result);
     match result {
-        Ok(a) => run.done(Outcome::Accepted(a), timing),
+        Ok(a) => (Outcome::Accepted(a), timing, Some(req.clone())),
         Err(e) if may_defer && e.retryable && !run.cancelled() => {
             // A 429, 5xx or unreachable provider before the budget ended: the worker retries
             // it after the call, counting this as the first attempt.
@@ -588,13 +601,13 @@ async fn run_inner(call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSend
                 error: e.summary(),
             };
             match run.defer(DeferReason::RetryableFailure, start).await {
-                Ok(_) => run.done(Outcome::Queued, timing),
-                Err(Some(outcome)) => run.done(outcome, timing),
+                Ok(_) => (Outcome::Queued, timing, Some(req.clone())),
+                Err(Some(outcome)) => (outcome, timing, Some(req.clone())),
                 // Not stored, or already out of attempts: the failure is the answer.
-                Err(None) => run.done(Outcome::Failed(e), timing),
+                Err(None) => (Outcome::Failed(e), timing, Some(req.clone())),
             }
         }
-        Err(e) => run.done(Outcome::Failed(e), timing),
+        Err(e) => (Outcome::Failed(e), timing, Some(req.clone())),
     }
 }
 
@@ -612,12 +625,18 @@ async fn close_live_job(
         job.attempts,
         now_ms(),
     );
+    let code = result.as_ref().err().map(|e| e.kind.code());
+    let fin = crate::evidence::job_final(job, &finish, code, now_ms());
     match rt
         .jobs
         .finish(&job.id, &rt.live_owner, job.attempts, finish, now_ms())
         .await
     {
-        Ok(true) => {}
+        Ok(true) => {
+            if let Some(fin) = fin {
+                rt.evidence.submit(crate::evidence::Event::Final(fin));
+            }
+        }
         Ok(false) => {
             info!(job = %job.id, "the live request outlived its lease; the worker owns the job")
         }

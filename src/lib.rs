@@ -51,6 +51,7 @@ pub mod config;
 pub mod connections;
 pub mod demo;
 pub mod dispatch;
+pub mod evidence;
 pub mod guards;
 pub mod mock;
 pub mod net;

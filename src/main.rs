@@ -321,6 +321,7 @@ async fn worker(path: PathBuf) -> ExitCode {
     stop.cancel();
     let _ = tokio::time::timeout(drain, task).await;
     rt.jobs.close().await;
+    rt.evidence.close().await;
     ExitCode::SUCCESS
 }
 

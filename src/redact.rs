@@ -5,9 +5,15 @@
 //! - phone numbers: the country code and the last two digits (`+1*******00`).
 //! - email addresses: the first letter and the domain (`a***@example.com`).
 //!
-//! [`text`] applies all three to provider messages before they reach the model, the logs or
-//! the evidence: providers echo inputs back ("Invalid `to` field: ana@example.com") and
-//! misbehaving endpoints echo headers.
+//! - free-text bodies (email text, WhatsApp messages, summaries): their length and a hash,
+//!   unless `evidence.keep_bodies = true` (then with numbers and addresses masked).
+//! - provider response bodies: at most [`MAX_BODY`] bytes, then the rules above.
+//!
+//! [`text`] applies the first three to provider messages before they reach the model, the logs
+//! or the evidence: providers echo inputs back ("Invalid `to` field: ana@example.com") and
+//! misbehaving endpoints echo headers. [`json`], [`url`] and [`body`] apply them to the
+//! structured payloads the evidence keeps. Every path into storage or the API goes through this
+//! module.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -100,6 +106,117 @@ pub fn text<'a>(s: &'a str, secrets: &[&str]) -> Cow<'a, str> {
     out
 }
 
+/// Longest provider response body kept, in bytes.
+pub const MAX_BODY: usize = 4096;
+
+/// JSON keys (and query parameters) whose string values are free-text bodies.
+pub const BODY_KEYS: &[&str] = &[
+    "text",
+    "html",
+    "subject",
+    "message_text",
+    "messageText",
+    "summary",
+    "note",
+    "body",
+    "message",
+];
+
+/// A free-text body: `{"length", "sha256"}` (the first 16 hex digits), or with `keep` the text
+/// itself with secrets, numbers and addresses masked.
+pub fn body(s: &str, keep: bool, secrets: &[&str]) -> serde_json::Value {
+    use sha2::{Digest, Sha256};
+    if keep {
+        return serde_json::Value::String(text(s, secrets).into_owned());
+    }
+    let digest = Sha256::digest(s.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    serde_json::json!({"length": s.chars().count(), "sha256": hex})
+}
+
+/// A JSON payload with every string redacted: body keys by [`body`], everything else by
+/// [`text`]; numbers long enough to be phone numbers are masked too.
+pub fn json(value: &serde_json::Value, keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    fn walk(v: &Value, key: Option<&str>, keep: bool, secrets: &[&str]) -> Value {
+        match v {
+            Value::String(s) if key.is_some_and(|k| BODY_KEYS.contains(&k)) => {
+                body(s, keep, secrets)
+            }
+            Value::String(s) => Value::String(text(s, secrets).into_owned()),
+            Value::Number(n) if n.to_string().len() >= 7 => Value::String(phone(&n.to_string())),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| walk(item, key, keep, secrets))
+                    .collect(),
+            ),
+            Value::Object(map) => {
+                // Wati template parameters are `{name, value}` pairs: the name says what the
+                // value is.
+                let named = map.get("name").and_then(Value::as_str);
+                Value::Object(
+                    map.iter()
+                        .map(|(k, v)| {
+                            let key = if k == "value" {
+                                named.or(Some(k))
+                            } else {
+                                Some(k.as_str())
+                            };
+                            (k.clone(), walk(v, key, keep, secrets))
+                        })
+                        .collect(),
+                )
+            }
+            other => other.clone(),
+        }
+    }
+    walk(value, None, keep_bodies, secrets)
+}
+
+/// A URL with its path and query redacted (a phone number in a Wati path, a message in a
+/// query string).
+pub fn url(u: &reqwest::Url, keep_bodies: bool, secrets: &[&str]) -> String {
+    let mut out = u.clone();
+    out.set_path(&text(u.path(), secrets));
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if BODY_KEYS.contains(&k.as_ref()) {
+                    match body(&v, keep_bodies, secrets) {
+                        serde_json::Value::String(s) => s,
+                        hashed => format!(
+                            "[length={} sha256={}]",
+                            hashed["length"],
+                            hashed["sha256"].as_str().unwrap_or("")
+                        ),
+                    }
+                } else if v.chars().all(|c| c.is_ascii_digit()) && v.len() >= 7 {
+                    phone(&v)
+                } else {
+                    text(&v, secrets).into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        out.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    out.to_string()
+}
+
+/// A provider response body: at most [`MAX_BODY`] bytes, JSON redacted structurally, anything
+/// else as text.
+pub fn response_body(raw: &[u8], keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
+    let cut = &raw[..raw.len().min(MAX_BODY)];
+    match serde_json::from_slice::<serde_json::Value>(cut) {
+        Ok(v) => json(&v, keep_bodies, secrets),
+        Err(_) => {
+            serde_json::Value::String(text(&String::from_utf8_lossy(cut), secrets).into_owned())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +247,81 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert_eq!(text("order A-1042 at 10:30", &[]), "order A-1042 at 10:30");
+    }
+
+    #[test]
+    fn structured_payloads_are_redacted_by_key() {
+        let body_json = serde_json::json!({
+            "from": "Acme <support@acme.test>",
+            "to": "ana@example.com",
+            "subject": "Your order",
+            "text": "Call me on +14155550100",
+            "parameters": [{"name": "order_id", "value": "A-1042"}, {"name": "note", "value": "secret plan"}],
+            "phone": 14155550100u64
+        });
+        let r = json(&body_json, false, &[]);
+        assert_eq!(r["to"], "a***@example.com");
+        assert_eq!(r["from"], "Acme <s***@acme.test>");
+        assert_eq!(r["text"]["length"], 23);
+        assert_eq!(r["subject"]["length"], 10);
+        assert_eq!(r["parameters"][0]["value"], "A-1042");
+        assert_eq!(
+            r["parameters"][1]["value"]["length"], 11,
+            "a parameter named like a body"
+        );
+        assert_eq!(r["phone"], "*********00");
+        let kept = json(&body_json, true, &[]);
+        assert_eq!(kept["text"], "Call me on +1********00");
+
+        let u = reqwest::Url::parse(
+            "http://x/123/api/v1/sendSessionMessage/14155550100?messageText=Hello%20Ana&token=abc12345",
+        )
+        .unwrap();
+        let r = url(&u, false, &["abc12345"]);
+        assert!(
+            !r.contains("14155550100") && !r.contains("Hello") && !r.contains("abc12345"),
+            "{r}"
+        );
+        assert!(r.contains("sendSessionMessage/*********00"), "{r}");
+        assert!(r.contains("messageText=%5Blength%3D9+sha256%3D"), "{r}");
+
+        let long = format!("{{\"info\": \"{}\"}}", "x".repeat(10_000));
+        let r = response_body(long.as_bytes(), false, &[]);
+        assert!(
+            r.as_str().unwrap().len() <= MAX_BODY,
+            "cut to 4 KiB, then not JSON any more"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_number_address_or_secret_survives_in_json_or_urls(
+            cc in "[1-9][0-9]{0,2}",
+            national in "[0-9]{7,11}",
+            local in "[a-z][a-z0-9._]{1,15}",
+            domain in "[a-z]{2,12}\\.(com|org|io)",
+            secret in "[A-Za-z0-9_]{12,40}",
+            key in "[a-z_]{1,10}",
+            keep in any::<bool>(),
+        ) {
+            let number = format!("+{cc}{national}");
+            let address = format!("{local}@{domain}");
+            let payload = serde_json::json!({
+                key.clone(): format!("{number} {address} {secret}"),
+                "nested": [{"name": key.clone(), "value": format!("{address}/{number}")}],
+                "raw": format!("{cc}{national}").parse::<u64>().unwrap_or(0),
+            });
+            let out = json(&payload, keep, &[&secret]).to_string();
+            prop_assert!(!out.contains(&number), "{}", out);
+            prop_assert!(!out.contains(&national), "{}", out);
+            prop_assert!(!out.contains(&address), "{}", out);
+            prop_assert!(!out.contains(&secret), "{}", out);
+            let u = reqwest::Url::parse(&format!("http://h/p/{cc}{national}?{key}={address}&k={secret}")).unwrap();
+            let out = url(&u, keep, &[&secret]);
+            prop_assert!(!out.contains(&national), "{}", out);
+            prop_assert!(!out.contains(&address.replace('@', "%40")) && !out.contains(&address), "{}", out);
+            prop_assert!(!out.contains(&secret), "{}", out);
+        }
     }
 
     proptest! {

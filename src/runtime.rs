@@ -20,6 +20,7 @@ use tracing::info;
 
 use crate::config::{Agent, Config, ConfigError, Problem, ServerSettings, token_digest};
 use crate::connections::Registry;
+use crate::evidence::store::EvidenceStore;
 use crate::providers;
 use crate::session::SessionHandle;
 use crate::workflow::store::{JobStore, StoreError};
@@ -161,6 +162,8 @@ pub struct Runtime {
     pub active_sessions: AtomicUsize,
     /// The durable post-call job queue.
     pub jobs: Arc<JobStore>,
+    /// Invocation evidence and call history (same SQLite file, its own writer thread).
+    pub evidence: Arc<EvidenceStore>,
     /// The lease owner of live requests that outlive their budget (`live:<instance>`).
     pub live_owner: String,
     /// Cancelled when the process is shutting down: sessions drain and close.
@@ -186,12 +189,17 @@ impl Runtime {
         path: Option<PathBuf>,
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = Arc::new(JobStore::open(&config.storage.path)?);
+        let evidence = Arc::new(EvidenceStore::open(
+            &config.storage.path,
+            config.evidence.writer_delay,
+        )?);
         Ok(Arc::new(Runtime {
             server: config.server.clone(),
             providers: providers::Client::new()?,
             sessions: DashMap::new(),
             active_sessions: AtomicUsize::new(0),
             jobs,
+            evidence,
             live_owner: format!("live:{}", ulid::Ulid::generate()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),

@@ -179,6 +179,7 @@ impl Server {
         }
         let _ = self.validator.1.await;
         self.runtime.jobs.close().await;
+        self.runtime.evidence.close().await;
         self.admin_shutdown.cancel();
         let _ = self.admin_task.await;
         info!("toolgate stopped");

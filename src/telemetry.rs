@@ -32,6 +32,8 @@ pub const JOBS: &str = "toolgate_jobs";
 pub const JOB_ATTEMPTS_TOTAL: &str = "toolgate_job_attempts_total";
 /// `toolgate_connection_up{connection}`
 pub const CONNECTION_UP: &str = "toolgate_connection_up";
+/// `toolgate_evidence_dropped_total`
+pub const EVIDENCE_DROPPED_TOTAL: &str = "toolgate_evidence_dropped_total";
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -63,6 +65,10 @@ fn describe() {
         "1 when the connection validated and is connected, else 0 (pending, error, disconnected)."
     );
     metrics::describe_counter!(
+        EVIDENCE_DROPPED_TOTAL,
+        "Evidence events dropped because the evidence writer fell a whole queue behind (a stalled disk)."
+    );
+    metrics::describe_counter!(
         JOB_ATTEMPTS_TOTAL,
         "Worker attempts at workflow jobs, by outcome (succeeded, failed, retry, dead, lease_lost)."
     );
@@ -80,6 +86,11 @@ pub fn connection_up(connection: &str, up: bool) {
     } else {
         0.0
     });
+}
+
+/// Count an evidence event the writer could not take.
+pub fn evidence_dropped() {
+    metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(1);
 }
 
 /// Count a worker attempt.

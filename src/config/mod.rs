@@ -114,6 +114,9 @@ pub struct EvidenceSettings {
     pub keep_bodies: bool,
     /// Days to keep evidence.
     pub retain_days: u32,
+    /// Not a config key: a pause before each evidence commit, which benchmarks set to prove
+    /// that a slow evidence disk never delays a tool result. Zero in every config file.
+    pub writer_delay: Duration,
 }
 
 /// `[workflow]`: the post-call queue's worker.

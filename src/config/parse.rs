@@ -538,6 +538,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
         retain_days: ck
             .uint(evidence_t, "evidence", "retain_days", 1, 3650)
             .unwrap_or(30) as u32,
+        writer_delay: Duration::ZERO,
     };
     let workflow_t = ck_table(&mut ck, &root, "workflow").unwrap_or(&empty);
     let workflow = parse_workflow(&mut ck, workflow_t);

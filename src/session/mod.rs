@@ -9,6 +9,7 @@
 //! `server.disconnect_grace_ms`: calls keep running, results are kept, and a `session.start`
 //! with the same `call_id` on a new socket resumes it and receives them.
 
+mod evidence;
 mod socket;
 pub mod state;
 
@@ -36,7 +37,7 @@ use crate::protocol::{
 };
 use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
-use crate::workflow::now_ms;
+use crate::workflow::{Millis, now_ms};
 use socket::{Incoming, Socket};
 use state::{ActionState, Entry, History, Ledger, LedgerEntry};
 
@@ -229,6 +230,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 agent: agent.clone(),
                 ctx: Arc::new(ctx),
                 started: Instant::now(),
+                started_at: now_ms(),
                 history: History::default(),
                 ledger: Ledger::default(),
                 calls: HashMap::new(),
@@ -243,6 +245,8 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 pending: Vec::new(),
                 registered: true,
                 draining: false,
+                due: Vec::new(),
+                end_reason: None,
             };
             Open::New(Box::new(session), start.call_id)
         }
@@ -261,6 +265,8 @@ struct Slot {
     job_id: Option<String>,
     /// The job was cancelled before it was sent: nothing later changes that.
     job_cancelled: bool,
+    /// Evidence gathered until the call's record is written.
+    notes: Option<Box<evidence::Notes>>,
 }
 
 /// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
@@ -281,6 +287,8 @@ struct Session {
     agent: Arc<Agent>,
     ctx: Arc<CallContext>,
     started: Instant,
+    /// When the session started, ms since the epoch.
+    started_at: Millis,
     history: History,
     ledger: Ledger,
     calls: HashMap<String, Slot>,
@@ -299,6 +307,10 @@ struct Session {
     registered: bool,
     /// The sidecar is shutting down: no new tool calls; close once nothing is in flight.
     draining: bool,
+    /// Tool calls whose evidence record is due once the current frames are written.
+    due: Vec<String>,
+    /// Why the session ended (`session.end`'s reason, `disconnected`, `shutdown`).
+    end_reason: Option<String>,
 }
 
 impl Drop for Session {
@@ -311,6 +323,15 @@ impl Drop for Session {
 impl Session {
     async fn run(mut self: Box<Self>, sock: Socket) {
         info!("session started");
+        self.rt
+            .evidence
+            .submit(crate::evidence::Event::CallStarted {
+                org: self.key.0.clone(),
+                call_id: self.ctx.call_id.clone(),
+                agent: self.agent.id.clone(),
+                caller: self.ctx.caller.number.as_deref().map(crate::redact::phone),
+                at: self.started_at,
+            });
         let mut sock = Some(sock);
         self.push(self.ready_frame(false), Keep::LiveOnly);
         self.flush(&mut sock).await;
@@ -325,6 +346,7 @@ impl Session {
             if self.draining && !ended && self.inflight == 0 {
                 // Shutting down and nothing is in flight: let the media server move on.
                 info!("sidecar shutting down; closing the session");
+                self.end_reason = Some("shutdown".into());
                 if let Some(s) = sock.as_mut() {
                     s.close(CloseCode::Away, "toolgate is shutting down").await;
                 }
@@ -373,7 +395,8 @@ impl Session {
                 }
                 _ = shutdown.cancelled(), if !self.draining => self.draining = true,
                 _ = sleep_until(grace), if sock.is_none() && !ended && grace_until.is_some() => {
-                    info!(inflight = self.inflight, "disconnect grace over; session ended");
+                                        info!(inflight = self.inflight, "disconnect grace over; session ended");
+                    self.end_reason = Some("disconnected".into());
                     ended = true;
                     self.outbox.clear();
                     self.deregister();
@@ -410,6 +433,12 @@ impl Session {
             return;
         }
         self.registered = false;
+        self.rt.evidence.submit(crate::evidence::Event::CallEnded {
+            org: self.key.0.clone(),
+            call_id: self.ctx.call_id.clone(),
+            reason: self.end_reason.take().unwrap_or_else(|| "closed".into()),
+            at: now_ms(),
+        });
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
         // The call is over: its workflow jobs run now.
@@ -485,6 +514,8 @@ impl Session {
                 }
             }
         }
+        // The answers are out: now the evidence of the calls they settled.
+        self.write_evidence();
     }
 
     async fn on_frame(&mut self, frame: Inbound, received: Instant) -> Flow {
@@ -504,18 +535,26 @@ impl Session {
                     Keep::LiveOnly,
                 );
             }
-            Inbound::Transcript(t) => self.history.push(Entry::Turn {
-                role: t.role,
-                text: t.text,
-                is_final: t.is_final,
-                at,
-            }),
-            Inbound::Consent(c) => self.history.push(Entry::Consent {
-                scope: c.scope,
-                granted: c.granted,
-                source: c.source,
-                at,
-            }),
+            Inbound::Transcript(t) => {
+                let entry = Entry::Turn {
+                    role: t.role,
+                    text: t.text,
+                    is_final: t.is_final,
+                    at,
+                };
+                self.record_history(&entry);
+                self.history.push(entry);
+            }
+            Inbound::Consent(c) => {
+                let entry = Entry::Consent {
+                    scope: c.scope,
+                    granted: c.granted,
+                    source: c.source,
+                    at,
+                };
+                self.record_history(&entry);
+                self.history.push(entry);
+            }
             Inbound::ToolCall(call) => self.on_tool_call(call, received),
             Inbound::ToolCancel(c) => match self.calls.get_mut(&c.id) {
                 None => self.push(
@@ -537,10 +576,15 @@ impl Session {
                             c.reason.as_deref().unwrap_or("tool.cancel")
                         );
                         if self.cancel_job(&job_id, &why).await {
+                            let mut invocation = None;
                             if let Some(slot) = self.calls.get_mut(&c.id) {
                                 slot.job_cancelled = true;
+                                invocation = Some(slot.invocation_id.clone());
                             }
                             self.ledger.set_state(&c.id, ActionState::Closed);
+                            if let Some(inv) = invocation {
+                                self.record_cancelled_job(&inv, c.reason.clone());
+                            }
                         }
                     }
                 }
@@ -556,6 +600,7 @@ impl Session {
                     inflight = self.inflight,
                     "session.end"
                 );
+                self.end_reason = Some(reason.unwrap_or_else(|| "session.end".into()));
                 let frame = Outbound::SessionEnded {
                     call_id: &self.ctx.call_id,
                     invocations: self.invocations,
@@ -610,6 +655,8 @@ impl Session {
         }
         let invocation_id = invocation_id();
         self.invocations += 1;
+        let received_at = now_ms();
+        let history_len = self.history.entries().len();
         let snap = self.rt.snap();
         let mut checked = {
             let view = CallView {
@@ -653,21 +700,37 @@ impl Session {
             "guards checked"
         );
         let cancelled = Arc::new(AtomicBool::new(false));
+        let mut notes = Box::new(evidence::Notes {
+            name: call.name.clone(),
+            received_at,
+            verdicts: checked.verdicts,
+            history_len,
+            ..Default::default()
+        });
+        if let Decision::Rejected(r) = &checked.decision {
+            notes.rejection = Some(r.message.clone());
+        }
+        let answered = immediate.is_some();
+        if answered {
+            notes.inputs = Some(std::mem::take(&mut checked.resolution));
+        }
         self.calls.insert(
             call.id.clone(),
             Slot {
                 function: checked.function,
                 invocation_id: invocation_id.clone(),
                 received,
-                answered: immediate.is_some(),
+                answered,
                 cancelled: cancelled.clone(),
                 cancel_reason: None,
                 job_id: None,
                 job_cancelled: false,
+                notes: Some(notes),
             },
         );
         if let Some(a) = immediate {
-            self.push_result(&call.id, &invocation_id, received, &a);
+            self.settle(&call.id, a, true);
+            self.record_due(&call.id);
             return;
         }
         let (Some(index), Some(key)) = (checked.function, checked.key) else {
@@ -701,17 +764,31 @@ impl Session {
             .spawn(dispatch::run(live, self.rt.clone(), self.events_tx.clone()).in_current_span());
     }
 
-    fn push_result(&mut self, id: &str, invocation_id: &str, received: Instant, a: &Answer) {
-        let frame = Outbound::ToolResult {
-            id,
-            status: a.status,
-            invocation_id,
-            output: &a.output,
-            elapsed_ms: received.elapsed().as_millis() as u64,
-            data: a.data.as_ref(),
+    /// The call's answer is decided: write it to the media server when `deliver` (the session
+    /// is still there to hear it), and note it for the evidence either way.
+    fn settle(&mut self, id: &str, a: Answer, deliver: bool) {
+        let Some(slot) = self.calls.get_mut(id) else {
+            return;
+        };
+        let elapsed_ms = slot.received.elapsed().as_millis() as u64;
+        let frame = deliver.then(|| {
+            Outbound::ToolResult {
+                id,
+                status: a.status,
+                invocation_id: &slot.invocation_id,
+                output: &a.output,
+                elapsed_ms,
+                data: a.data.as_ref(),
+            }
+            .encode()
+        });
+        if let Some(notes) = slot.notes.as_mut() {
+            notes.answered_ms = deliver.then_some(elapsed_ms);
+            notes.answer = Some(a);
         }
-        .encode();
-        self.push(frame, Keep::Always);
+        if let Some(frame) = frame {
+            self.push(frame, Keep::Always);
+        }
     }
 
     async fn on_event(&mut self, event: Event, ended: bool) {
@@ -744,6 +821,9 @@ impl Session {
                     seq,
                 }
                 .encode();
+                if let Some(notes) = self.calls.get_mut(&id).and_then(|s| s.notes.as_mut()) {
+                    notes.fillers.push(elapsed.as_millis() as u64);
+                }
                 self.push(frame, Keep::LiveOnly);
             }
             Event::Deferred { id, job_id, reason } => {
@@ -756,7 +836,6 @@ impl Session {
                     return;
                 };
                 slot.job_id = Some(job_id.clone());
-                let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
                 let function_index = slot.function.expect("live calls have a function");
                 if slot.cancelled.load(Ordering::Acquire) {
                     // The caller barged in while the job was written: if it has not been sent,
@@ -775,11 +854,12 @@ impl Session {
                         if let Some(slot) = self.calls.get_mut(&id) {
                             slot.answered = true;
                             slot.job_cancelled = true;
+                            if let Some(notes) = slot.notes.as_mut() {
+                                notes.cancel = Some(ProviderOutcome::NotSent);
+                            }
                         }
                         self.ledger.set_state(&id, ActionState::Closed);
-                        if !ended {
-                            self.push_result(&id, &invocation_id, received, &a);
-                        }
+                        self.settle(&id, a, !ended);
                         return;
                     }
                 }
@@ -790,14 +870,14 @@ impl Session {
                 let a = answer::deferred(function, &job_id, reason);
                 self.deferred += 1;
                 self.ledger.set_state(&id, ActionState::Deferred);
-                if !ended {
-                    self.push_result(&id, &invocation_id, received, &a);
-                }
+                self.settle(&id, a, !ended);
             }
             Event::Done {
                 id,
                 outcome,
                 timing,
+                inputs,
+                request,
             } => {
                 let Some(slot) = self.calls.get_mut(&id) else {
                     return;
@@ -805,7 +885,6 @@ impl Session {
                 self.inflight -= 1;
                 let was_answered = std::mem::replace(&mut slot.answered, true);
                 let job_cancelled = slot.job_cancelled;
-                let (invocation_id, received) = (slot.invocation_id.clone(), slot.received);
                 let cancelled = slot.cancelled.load(Ordering::Acquire);
                 let reason = slot.cancel_reason.clone();
                 let function =
@@ -824,38 +903,23 @@ impl Session {
                     }
                     Outcome::Failed(_) | Outcome::NotSent => ActionState::Closed,
                 };
-                if !job_cancelled {
-                    self.ledger.set_state(&id, state);
-                }
                 debug!(
                     id = %id,
                     outcome = ?std::mem::discriminant(&outcome),
                     provider_ms = timing.done.zip(timing.sent).map(|(d, s)| (d - s).as_millis() as u64),
                     "tool call finished"
                 );
-                if was_answered || ended {
-                    // Already answered `deferred`: what the live request learned closed the
-                    // job; the model was told what it needs.
-                    return;
-                }
-                if let Outcome::Internal(what) = &outcome {
-                    debug!(id = %id, what = %what, "internal failure answered");
-                    self.pending.push((
-                        error_frame(
-                            ErrorCode::Internal,
-                            "toolgate failed while running this call; see its logs",
-                            Some(&id),
-                        ),
-                        Keep::LiveOnly,
-                    ));
-                }
-                let a = match (&outcome, cancelled) {
-                    (Outcome::Internal(_), _) => answer::internal(function),
-                    (Outcome::Queued, _) => answer::internal(function),
-                    (Outcome::Accepted(_), false) => answer::succeeded(function),
-                    (Outcome::Failed(e), false) => answer::failed(function, e),
+                // What the model is told, unless it was told already (`deferred`: what the
+                // live request learned closed the job).
+                let answer = (!was_answered).then(|| match (&outcome, cancelled) {
+                    (Outcome::Internal(_), _) | (Outcome::Queued, _) => {
+                        (answer::internal(function), None)
+                    }
+                    (Outcome::Accepted(_), false) => (answer::succeeded(function), None),
+                    (Outcome::Failed(e), false) => (answer::failed(function, e), None),
                     (Outcome::Accepted(_), true) => {
-                        answer::cancelled(function, ProviderOutcome::Succeeded, reason.as_deref())
+                        let po = ProviderOutcome::Succeeded;
+                        (answer::cancelled(function, po, reason.as_deref()), Some(po))
                     }
                     (Outcome::Failed(e), true) => {
                         let po = match e.delivery {
@@ -863,13 +927,40 @@ impl Session {
                             Delivery::PossiblySent => ProviderOutcome::Unknown,
                             Delivery::Answered => ProviderOutcome::Failed,
                         };
-                        answer::cancelled(function, po, reason.as_deref())
+                        (answer::cancelled(function, po, reason.as_deref()), Some(po))
                     }
                     (Outcome::NotSent, _) => {
-                        answer::cancelled(function, ProviderOutcome::NotSent, reason.as_deref())
+                        let po = ProviderOutcome::NotSent;
+                        (answer::cancelled(function, po, reason.as_deref()), Some(po))
                     }
-                };
-                self.push_result(&id, &invocation_id, received, &a);
+                });
+                let internal = matches!(outcome, Outcome::Internal(_));
+                if let Some(notes) = slot.notes.as_mut() {
+                    notes.inputs = Some(inputs);
+                    notes.request = request;
+                    notes.timing = timing;
+                    if let Some((_, po)) = &answer {
+                        notes.cancel = notes.cancel.or(*po);
+                    }
+                    notes.outcome = Some(outcome);
+                }
+                if !job_cancelled {
+                    self.ledger.set_state(&id, state);
+                }
+                if let Some((a, _)) = answer {
+                    if internal && !ended {
+                        self.pending.push((
+                            error_frame(
+                                ErrorCode::Internal,
+                                "toolgate failed while running this call; see its logs",
+                                Some(&id),
+                            ),
+                            Keep::LiveOnly,
+                        ));
+                    }
+                    self.settle(&id, a, !ended);
+                }
+                self.record_due(&id);
             }
         }
     }

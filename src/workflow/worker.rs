@@ -19,14 +19,15 @@ use crate::bindings::Resolution;
 use crate::catalog::Action;
 use crate::connections::Usable;
 use crate::connections::breaker::Admit;
-use crate::providers::{self, ActionContext, ProviderError};
+use crate::evidence;
+use crate::providers::{self, Accepted, ActionContext, Prepared, ProviderError};
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
 
 /// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// How often finished jobs past their retention are deleted.
+/// How often finished jobs and evidence past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
@@ -46,6 +47,12 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
                 Err(e) => warn!(error = %e, "cannot prune finished jobs"),
+            }
+            let days = i64::from(rt.config().evidence.retain_days);
+            match rt.evidence.prune(now_ms() - days * 86_400_000).await {
+                Ok(0) => {}
+                Ok(n) => info!(deleted = n, "evidence past its retention deleted"),
+                Err(e) => warn!(error = %e, "cannot prune evidence"),
             }
         }
         let permit = tokio::select! {
@@ -153,12 +160,24 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         }
         return;
     }
-    let finish = execute(rt, &snap, &job).await;
+    let started_at = now_ms();
+    let run = execute(rt, &snap, &job).await;
+    let finish = run.finish;
     let label = match &finish {
         Finish::Succeeded { .. } => "succeeded",
         Finish::Failed { .. } => "failed",
         Finish::Retry { .. } if job.attempts >= job.max_attempts => "dead",
         Finish::Retry { .. } => "retry",
+    };
+    let code = run
+        .result
+        .as_ref()
+        .and_then(|r| r.as_ref().err())
+        .map(|e| e.kind.code());
+    let fin = evidence::job_final(&job, &finish, code, now_ms());
+    let not_sent = match (&run.result, &finish) {
+        (None, Finish::Failed { error } | Finish::Retry { error, .. }) => Some(error.clone()),
+        _ => None,
     };
     match rt
         .jobs
@@ -168,6 +187,32 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         Ok(true) => {
             telemetry::job_attempt(label);
             info!(attempt = job.attempts, outcome = label, "job attempt done");
+            let function = snap
+                .agent(&job.agent)
+                .and_then(|a| a.functions.iter().find(|f| f.name == job.function));
+            let secrets = snap
+                .connections
+                .connection(&job.connection)
+                .map(|c| c.secret_texts())
+                .unwrap_or_default();
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            let record = evidence::Attempt {
+                job: &job,
+                function,
+                started_at,
+                request: run.request.as_ref(),
+                result: run.result.as_ref(),
+                not_sent: not_sent.as_deref(),
+                latency_ms: run.latency.map(|d| d.as_millis() as u64),
+                keep_bodies: snap.config.evidence.keep_bodies,
+                secrets: &secrets,
+            }
+            .record();
+            rt.evidence
+                .submit(evidence::Event::Invocation(Box::new(record)));
+            if let Some(fin) = fin {
+                rt.evidence.submit(evidence::Event::Final(fin));
+            }
         }
         Ok(false) => {
             telemetry::job_attempt("lease_lost");
@@ -182,17 +227,39 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
     }
 }
 
-async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Finish {
+/// What one attempt did.
+struct Ran {
+    finish: Finish,
+    /// The request, when one was built.
+    request: Option<Prepared>,
+    /// The provider's answer (`None`: nothing was sent).
+    result: Option<Result<Accepted, ProviderError>>,
+    /// How long the provider took.
+    latency: Option<Duration>,
+}
+
+impl Ran {
+    fn unsent(finish: Finish) -> Ran {
+        Ran {
+            finish,
+            request: None,
+            result: None,
+            latency: None,
+        }
+    }
+}
+
+async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Ran {
     let (Some(conn), Some(action)) = (
         snap.connections.connection(&job.connection),
         Action::parse(&job.action),
     ) else {
-        return Finish::Failed {
+        return Ran::unsent(Finish::Failed {
             error: format!(
                 "connection {:?} or action {:?} is no longer configured",
                 job.connection, job.action
             ),
-        };
+        });
     };
     let backoff = snap.config.workflow.backoff;
     if let Some(h) = snap.connections.health(&conn.id)
@@ -200,11 +267,11 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Finish {
     {
         // The provider refused these credentials before: asking again only earns another
         // refusal. Wait for the connection to be fixed (or the job to run out of attempts).
-        return Finish::Retry {
+        return Ran::unsent(Finish::Retry {
             not_before: backoff.not_before(now_ms(), job.attempts, None),
             error: format!("connection {} is {}", conn.id, h.status().as_str()),
             possibly_sent: false,
-        };
+        });
     }
     let inputs = Resolution {
         inputs: job.inputs.clone(),
@@ -217,20 +284,23 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Finish {
         now: SystemTime::now(),
     };
     let budget = Duration::from_millis(job.hard_timeout_ms);
-    let started = Instant::now();
-    let result = match providers::prepare(conn, action, &inputs, &ctx) {
-        Err(e) => Err(e),
-        Ok(req) => {
-            let work = async {
-                let raw = providers::send(&rt.providers, &req).await?;
-                providers::interpret(action, raw)
-            };
-            timeout(budget, work)
-                .await
-                .unwrap_or_else(|_| Err(ProviderError::timeout(budget)))
+    let req = match providers::prepare(conn, action, &inputs, &ctx) {
+        Ok(req) => req,
+        Err(mut e) => {
+            e.redact_for(conn);
+            let finish = Finish::from_result(&Err(e), &backoff, job.attempts, now_ms());
+            return Ran::unsent(finish);
         }
     };
-    let mut result = result;
+    let started = Instant::now();
+    let work = async {
+        let raw = providers::send(&rt.providers, &req).await?;
+        providers::interpret(action, raw)
+    };
+    let mut result = timeout(budget, work)
+        .await
+        .unwrap_or_else(|_| Err(ProviderError::timeout(budget)));
+    let latency = started.elapsed();
     if let Err(e) = &mut result {
         e.redact_for(conn);
         debug!(
@@ -240,6 +310,11 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Finish {
         );
     }
     snap.connections
-        .record(&conn.id, started.elapsed(), result.as_ref().err());
-    Finish::from_result(&result, &backoff, job.attempts, now_ms())
+        .record(&conn.id, latency, result.as_ref().err());
+    Ran {
+        finish: Finish::from_result(&result, &backoff, job.attempts, now_ms()),
+        request: Some(req),
+        result: Some(result),
+        latency: Some(latency),
+    }
 }

@@ -1,0 +1,587 @@
+//! The evidence store: invocation records and call history in the SQLite file, written by one
+//! batching writer thread off the hot path.
+//!
+//! [`EvidenceStore::submit`] never waits: it puts the event in a bounded queue and returns.
+//! The writer drains whatever is queued into one transaction (`synchronous = NORMAL`: evidence
+//! is not a promise to a caller, so it does not pay an fsync per batch the way jobs do), so a
+//! slow disk slows the writer, never a tool result. If the disk stalls long enough to fill the
+//! queue, events are dropped and counted (`toolgate_evidence_dropped_total`), with an error
+//! log: data loss an operator must know about.
+//!
+//! A final outcome ([`super::Final`]) is kept beside the record it completes and merged when
+//! read, so its order relative to the record does not matter (a fast worker may finish a job
+//! before the session has written the call's record).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::error;
+
+use super::{Event, Final, Invocation};
+use crate::workflow::Millis;
+use crate::workflow::store::StoreError;
+
+/// Events the queue holds before new ones are dropped.
+pub const QUEUE: usize = 65_536;
+
+/// Most events per commit.
+const MAX_BATCH: usize = 2048;
+
+enum Msg {
+    Event(Event),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The evidence store.
+pub struct EvidenceStore {
+    sender: Mutex<Option<std_mpsc::SyncSender<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+    dropped: Arc<AtomicU64>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS calls (
+  org TEXT NOT NULL,
+  call_id TEXT NOT NULL,
+  agent TEXT NOT NULL,
+  caller TEXT,
+  started_at INTEGER NOT NULL,
+  ended_at INTEGER,
+  end_reason TEXT,
+  PRIMARY KEY (org, call_id)
+);
+CREATE INDEX IF NOT EXISTS calls_started ON calls(started_at);
+CREATE TABLE IF NOT EXISTS call_events (
+  org TEXT NOT NULL,
+  call_id TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS call_events_call ON call_events(org, call_id, at);
+CREATE INDEX IF NOT EXISTS call_events_at ON call_events(at);
+CREATE TABLE IF NOT EXISTS invocations (
+  id TEXT PRIMARY KEY,
+  org TEXT NOT NULL,
+  call_id TEXT NOT NULL,
+  function TEXT NOT NULL,
+  status TEXT NOT NULL,
+  source_type TEXT NOT NULL,
+  parent_id TEXT,
+  received_at INTEGER NOT NULL,
+  record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invocations_call ON invocations(org, call_id, received_at);
+CREATE INDEX IF NOT EXISTS invocations_org_time ON invocations(org, received_at, id);
+CREATE INDEX IF NOT EXISTS invocations_time ON invocations(received_at, id);
+CREATE INDEX IF NOT EXISTS invocations_function ON invocations(org, function, received_at);
+CREATE INDEX IF NOT EXISTS invocations_parent ON invocations(parent_id);
+CREATE TABLE IF NOT EXISTS finals (
+  id TEXT PRIMARY KEY,
+  status TEXT NOT NULL,
+  data TEXT NOT NULL
+);
+";
+
+/// Filters of `GET /v1/invocations`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only this org.
+    pub org: Option<String>,
+    /// Only this call.
+    pub call_id: Option<String>,
+    /// Only this function.
+    pub function: Option<String>,
+    /// Only this (final) status.
+    pub status: Option<String>,
+    /// Only records received at or after this time.
+    pub since: Option<Millis>,
+    /// At most this many.
+    pub limit: usize,
+    /// Continue after this cursor (from the previous page).
+    pub cursor: Option<String>,
+}
+
+/// One page of invocations.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// Newest first.
+    pub invocations: Vec<Invocation>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A call's history and actions.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallHistory {
+    /// Org.
+    pub org: String,
+    /// Call id.
+    pub call_id: String,
+    /// Agent.
+    pub agent: String,
+    /// The caller's number, masked.
+    pub caller: Option<String>,
+    /// When the session started.
+    pub started_at: Millis,
+    /// When it ended.
+    pub ended_at: Option<Millis>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Transcript turns and consent events, then every action, on one timeline.
+    pub timeline: Vec<Value>,
+    /// The call's invocation records (workflow attempts included).
+    pub invocations: Vec<Invocation>,
+}
+
+fn encode_cursor(at: Millis, id: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{at}:{id}"))
+}
+
+/// Whether `c` is a cursor this store gave out.
+pub fn cursor_is_valid(c: &str) -> bool {
+    decode_cursor(c).is_some()
+}
+
+fn decode_cursor(c: &str) -> Option<(Millis, String)> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (at, id) = s.split_once(':')?;
+    Some((at.parse().ok()?, id.to_owned()))
+}
+
+impl EvidenceStore {
+    /// Open (creating) the store in the SQLite file at `path`. `writer_delay` slows every
+    /// commit down (for benchmarks that prove the tool-call path does not wait on it).
+    pub fn open(path: &Path, writer_delay: Duration) -> Result<EvidenceStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let mut writer = crate::workflow::store::connect(path)?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = crate::workflow::store::connect(path)?;
+        let (tx, rx) = std_mpsc::sync_channel::<Msg>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("toolgate-evidence".into())
+            .spawn(move || writer_loop(&mut writer, rx, writer_delay))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the evidence writer: {e}")))?;
+        Ok(EvidenceStore {
+            sender: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Hand an event to the writer. Never waits; drops (and counts) it if the queue is full.
+    pub fn submit(&self, event: Event) {
+        let sender = self.sender.lock().expect("evidence lock");
+        let Some(sender) = sender.as_ref() else {
+            return;
+        };
+        if let Err(std_mpsc::TrySendError::Full(_)) = sender.try_send(Msg::Event(event)) {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            crate::telemetry::evidence_dropped();
+            if n.is_power_of_two() {
+                error!(
+                    dropped = n,
+                    "evidence queue full (the disk is not keeping up); evidence is being lost"
+                );
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Wait until everything submitted so far is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        let sent = {
+            let sender = self.sender.lock().expect("evidence lock");
+            sender
+                .as_ref()
+                .is_some_and(|s| s.send(Msg::Flush(tx)).is_ok())
+        };
+        if sent {
+            let _ = rx.await;
+        }
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
+            .await
+            .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
+    }
+
+    /// One invocation (its final outcome merged in).
+    pub async fn invocation(&self, id: &str) -> Result<Option<Invocation>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let row: Option<(String, Option<String>)> = c
+                .prepare_cached(
+                    "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.id = i.id \
+                     WHERE i.id = ?1",
+                )?
+                .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(row.and_then(|(record, fin)| merge(&record, fin.as_deref())))
+        })
+        .await
+    }
+
+    /// Invocations, newest first, a page at a time.
+    pub async fn invocations(&self, q: Query) -> Result<Page, StoreError> {
+        self.read(move |c| {
+            let cursor = q.cursor.as_deref().and_then(decode_cursor);
+            let mut stmt = c.prepare_cached(
+                "SELECT i.record, f.data, i.received_at, i.id FROM invocations i \
+                 LEFT JOIN finals f ON f.id = i.id \
+                 WHERE (?1 IS NULL OR i.org = ?1) AND (?2 IS NULL OR i.call_id = ?2) \
+                   AND (?3 IS NULL OR i.function = ?3) \
+                   AND (?4 IS NULL OR COALESCE(f.status, i.status) = ?4) \
+                   AND (?5 IS NULL OR i.received_at >= ?5) \
+                   AND (?6 IS NULL OR i.received_at < ?6 OR (i.received_at = ?6 AND i.id < ?7)) \
+                 ORDER BY i.received_at DESC, i.id DESC LIMIT ?8",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    q.org,
+                    q.call_id,
+                    q.function,
+                    q.status,
+                    q.since,
+                    cursor.as_ref().map(|c| c.0),
+                    cursor.as_ref().map(|c| c.1.clone()),
+                    (q.limit + 1) as i64
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Millis>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            let mut last = None;
+            let mut more = false;
+            for row in rows {
+                let (record, fin, at, id) = row?;
+                if out.len() == q.limit {
+                    more = true;
+                    break;
+                }
+                if let Some(inv) = merge(&record, fin.as_deref()) {
+                    out.push(inv);
+                    last = Some((at, id));
+                }
+            }
+            Ok(Page {
+                invocations: out,
+                next_cursor: if more {
+                    last.map(|(at, id)| encode_cursor(at, &id))
+                } else {
+                    None
+                },
+            })
+        })
+        .await
+    }
+
+    /// A call's history: its transcript and every action on one timeline. `org` limits it to
+    /// one org (an org-scoped token); `None` finds the latest call with this id in any org.
+    pub async fn call(
+        &self,
+        org: Option<String>,
+        call_id: &str,
+    ) -> Result<Option<CallHistory>, StoreError> {
+        let call_id = call_id.to_owned();
+        self.read(move |c| {
+                        let head = c
+                .prepare_cached(
+                    "SELECT org, agent, caller, started_at, ended_at, end_reason FROM calls \
+                     WHERE call_id = ?1 AND (?2 IS NULL OR org = ?2) ORDER BY started_at DESC LIMIT 1",
+                )?
+                .query_row(params![call_id, org], |r| {
+                    Ok(CallHistory {
+                        org: r.get(0)?,
+                        call_id: call_id.clone(),
+                        agent: r.get(1)?,
+                        caller: r.get(2)?,
+                        started_at: r.get(3)?,
+                        ended_at: r.get(4)?,
+                        end_reason: r.get(5)?,
+                        timeline: Vec::new(),
+                        invocations: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let Some(mut call) = head else {
+                return Ok(None);
+            };
+            let (org, agent, started_at, ended_at) =
+                (call.org.clone(), call.agent.clone(), call.started_at, call.ended_at);
+            let mut events: Vec<(Millis, Value)> = Vec::new();
+            let mut stmt = c.prepare_cached(
+                "SELECT at, data FROM call_events WHERE org = ?1 AND call_id = ?2 ORDER BY at, rowid",
+            )?;
+            for row in stmt.query_map(params![org, call_id], |r| {
+                Ok((r.get::<_, Millis>(0)?, r.get::<_, String>(1)?))
+            })? {
+                let (at, data) = row?;
+                let mut v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                v["at"] = json!(at);
+                events.push((at, v));
+            }
+            let mut stmt = c.prepare_cached(
+                "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.id = i.id \
+                 WHERE i.org = ?1 AND i.call_id = ?2 ORDER BY i.received_at, i.id",
+            )?;
+            let invocations: Vec<Invocation> = stmt
+                .query_map(params![org, call_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })?
+                .filter_map(|row| row.ok())
+                .filter_map(|(record, fin)| merge(&record, fin.as_deref()))
+                .collect();
+                        events.insert(0, (started_at, json!({"type": "session.start", "at": started_at, "agent": agent})));
+            for inv in &invocations {
+                for (at, v) in timeline_of(inv) {
+                    events.push((at, v));
+                }
+            }
+                        if let Some(end) = ended_at {
+                events.push((end, json!({"type": "session.end", "at": end, "reason": call.end_reason})));
+            }
+            // Stable: equal times keep insertion order (a turn before the call it prompted).
+            events.sort_by_key(|(at, _)| *at);
+            call.timeline = events.into_iter().map(|(_, v)| v).collect();
+            call.invocations = invocations;
+            Ok(Some(call))
+        })
+        .await
+    }
+
+    /// Delete calls, history and invocations older than `before`.
+    pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.read(move |c| {
+            let mut n = c.execute(
+                "DELETE FROM finals WHERE id IN (SELECT id FROM invocations WHERE received_at < ?1)",
+                [before],
+            )?;
+            n += c.execute("DELETE FROM invocations WHERE received_at < ?1", [before])?;
+            n += c.execute("DELETE FROM call_events WHERE at < ?1", [before])?;
+            n += c.execute(
+                "DELETE FROM calls WHERE started_at < ?1 AND (ended_at IS NULL OR ended_at < ?1)",
+                [before],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Stop the writer after it has committed everything queued.
+    pub async fn close(&self) {
+        self.sender.lock().expect("evidence lock").take();
+        let thread = self.thread.lock().expect("evidence lock").take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for EvidenceStore {
+    fn drop(&mut self) {
+        self.sender.lock().expect("evidence lock").take();
+    }
+}
+
+/// A record with its final outcome (if any) merged in.
+fn merge(record: &str, fin: Option<&str>) -> Option<Invocation> {
+    let mut inv: Invocation = serde_json::from_str(record).ok()?;
+    if let Some(f) = fin.and_then(|f| serde_json::from_str::<Final>(f).ok()) {
+        inv.status = f.status;
+        inv.is_final = true;
+        inv.final_at = Some(f.at);
+        if f.error_code.is_some() || inv.status != "succeeded" {
+            inv.error_code = f.error_code;
+            inv.error_message = f.error_message;
+        } else {
+            inv.error_code = None;
+            inv.error_message = None;
+        }
+        inv.provider_message_id = f.provider_message_id.or(inv.provider_message_id);
+        inv.at_least_once |= f.at_least_once;
+    }
+    Some(inv)
+}
+
+/// An invocation's entries on a call's timeline.
+fn timeline_of(inv: &Invocation) -> Vec<(Millis, Value)> {
+    let at = |ms: u64| inv.received_at + ms as Millis;
+    let mut out = Vec::new();
+    if inv.source_type == super::SourceType::Workflow {
+        out.push((
+            inv.received_at,
+            json!({"type": "workflow.attempt", "at": inv.received_at, "invocation_id": inv.invocation_id,
+                   "parent_invocation_id": inv.parent_invocation_id, "function": inv.function,
+                   "status": inv.status, "error_code": inv.error_code}),
+        ));
+        return out;
+    }
+    out.push((
+        inv.received_at,
+        json!({"type": "tool.call", "at": inv.received_at, "invocation_id": inv.invocation_id, "function": inv.function}),
+    ));
+    for f in &inv.timeline.filler_ms {
+        out.push((at(*f), json!({"type": "tool.filler", "at": at(*f), "invocation_id": inv.invocation_id, "elapsed_ms": f})));
+    }
+    if let Some(a) = inv.timeline.answered_ms {
+        out.push((
+            at(a),
+            json!({"type": "tool.result", "at": at(a), "invocation_id": inv.invocation_id,
+                   "status": inv.answered_status, "error_code": inv.error_code, "elapsed_ms": a}),
+        ));
+    }
+    if let (true, Some(fin)) = (
+        inv.answered_status != inv.status || inv.workflow_job_id.is_some(),
+        inv.final_at,
+    ) {
+        out.push((
+            fin,
+            json!({"type": "job.outcome", "at": fin, "invocation_id": inv.invocation_id,
+                   "job_id": inv.workflow_job_id, "status": inv.status, "error_code": inv.error_code}),
+        ));
+    }
+    out
+}
+
+fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Msg>, delay: Duration) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let mut flushes = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for msg in batch {
+                match msg {
+                    Msg::Flush(done) => flushes.push(done),
+                    Msg::Event(e) => apply(&tx, e)?,
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            error!(error = %e, "evidence batch could not be written; it is lost");
+        }
+        for f in flushes {
+            let _ = f.send(());
+        }
+    }
+}
+
+fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
+    match e {
+        Event::CallStarted {
+            org,
+            call_id,
+            agent,
+            caller,
+            at,
+        } => {
+            tx.prepare_cached(
+                "INSERT INTO calls (org, call_id, agent, caller, started_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (org, call_id) DO UPDATE SET agent = ?3, ended_at = NULL, end_reason = NULL",
+            )?
+            .execute(params![org, call_id, agent, caller, at])?;
+        }
+        Event::History {
+            org,
+            call_id,
+            entry,
+            started_at,
+        } => {
+            let turn = super::turn_record(&entry);
+            let at = started_at + turn.at_ms as Millis;
+            let data = json!({"type": if turn.role == "consent" { "consent" } else { "turn" },
+                              "role": turn.role, "text": turn.text, "final": turn.is_final,
+                              "at_ms": turn.at_ms});
+            tx.prepare_cached(
+                "INSERT INTO call_events (org, call_id, at, data) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![org, call_id, at, data.to_string()])?;
+        }
+        Event::CallEnded {
+            org,
+            call_id,
+            reason,
+            at,
+        } => {
+            tx.prepare_cached(
+                "UPDATE calls SET ended_at = ?3, end_reason = ?4 WHERE org = ?1 AND call_id = ?2",
+            )?
+            .execute(params![org, call_id, at, reason])?;
+        }
+        Event::Invocation(inv) => {
+            let record = serde_json::to_string(&inv).expect("records serialize");
+            let source = match inv.source_type {
+                super::SourceType::Agent => "agent",
+                super::SourceType::Workflow => "workflow",
+            };
+            tx.prepare_cached(
+                "INSERT INTO invocations (id, org, call_id, function, status, source_type, parent_id, received_at, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (id) DO UPDATE SET status = ?5, record = ?9",
+            )?
+            .execute(params![
+                inv.invocation_id,
+                inv.org_id,
+                inv.call_id,
+                inv.function,
+                inv.status,
+                source,
+                inv.parent_invocation_id,
+                inv.received_at,
+                record
+            ])?;
+        }
+        Event::Final(f) => {
+            let data = serde_json::to_string(&f).expect("finals serialize");
+            tx.prepare_cached(
+                "INSERT INTO finals (id, status, data) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET status = ?2, data = ?3",
+            )?
+            .execute(params![f.invocation_id, f.status, data])?;
+        }
+    }
+    Ok(())
+}
