@@ -96,14 +96,39 @@ pub fn text<'a>(s: &'a str, secrets: &[&str]) -> Cow<'a, str> {
                 .into_owned(),
         );
     }
-    if PHONE.is_match(&out) {
-        out = Cow::Owned(
-            PHONE
-                .replace_all(&out, |c: &regex::Captures<'_>| phone(&c[0]))
-                .into_owned(),
-        );
+    if let Some(masked) = mask_phones(&out) {
+        out = Cow::Owned(masked);
     }
     out
+}
+
+/// Mask the phone numbers in `s` (`None`: there were none). Digits glued to a letter belong
+/// to an identifier (a message id, a UUID such as `49a3999c-0ce1-4ea6-ab68-000000000002`),
+/// not to a number someone dials, and are left alone.
+fn mask_phones(s: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut last = 0;
+    for m in PHONE.find_iter(s) {
+        let glued = s[..m.start()]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphabetic())
+            || s[m.end()..]
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_alphabetic());
+        if glued {
+            continue;
+        }
+        out.push_str(&s[last..m.start()]);
+        out.push_str(&phone(m.as_str()));
+        last = m.end();
+    }
+    if last == 0 {
+        return None;
+    }
+    out.push_str(&s[last..]);
+    Some(out)
 }
 
 /// Longest provider response body kept, in bytes.
@@ -247,6 +272,14 @@ mod tests {
             Cow::Borrowed(_)
         ));
         assert_eq!(text("order A-1042 at 10:30", &[]), "order A-1042 at 10:30");
+        // Identifiers keep their digits; a number written next to one does not.
+        let id = "49a3999c-0ce1-4ea6-ab68-000000000002 and 00000002-0ce1-4ea6-ab68-afcd6dc2e794";
+        assert_eq!(text(id, &[]), id);
+        assert_eq!(
+            text("id 65f1a2b3c4d5e6f708091011", &[]),
+            "id 65f1a2b3c4d5e6f708091011"
+        );
+        assert_eq!(text("msg-1, +14155550100.", &[]), "msg-1, +1********00.");
     }
 
     #[test]

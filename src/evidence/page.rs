@@ -110,6 +110,16 @@ fn pretty(v: &impl serde::Serialize) -> String {
 fn value_text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
+        // A body kept as length and hash.
+        Value::Object(m)
+            if m.len() == 2 && m.contains_key("length") && m.contains_key("sha256") =>
+        {
+            format!(
+                "[{} characters, sha256 {}]",
+                m["length"],
+                m["sha256"].as_str().unwrap_or("")
+            )
+        }
         other => other.to_string(),
     }
 }

@@ -32,8 +32,8 @@ use crate::workflow::store::StoreError;
 /// Events the queue holds before new ones are dropped.
 pub const QUEUE: usize = 65_536;
 
-/// Most events per commit.
-const MAX_BATCH: usize = 2048;
+/// Most events per commit: bounds how long the job store may wait for the file's write lock.
+const MAX_BATCH: usize = 512;
 
 enum Msg {
     Event(Event),
@@ -433,6 +433,9 @@ fn merge(record: &str, fin: Option<&str>) -> Option<Invocation> {
         }
         inv.provider_message_id = f.provider_message_id.or(inv.provider_message_id);
         inv.at_least_once |= f.at_least_once;
+        if f.cancelled.is_some() {
+            inv.cancelled = f.cancelled;
+        }
     }
     Some(inv)
 }
@@ -491,7 +494,7 @@ fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Msg>, delay: Durati
         }
         let mut flushes = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for msg in batch {
                 match msg {
                     Msg::Flush(done) => flushes.push(done),
@@ -584,4 +587,215 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evidence::{SourceType, Timeline};
+
+    fn inv(id: &str, call: &str, at: Millis, status: &str) -> Invocation {
+        Invocation {
+            invocation_id: id.into(),
+            source_type: SourceType::Agent,
+            parent_invocation_id: None,
+            org_id: "acme".into(),
+            call_id: call.into(),
+            agent_id: "bot".into(),
+            function: "f".into(),
+            action: None,
+            connection_id: None,
+            received_at: at,
+            status: status.into(),
+            answered_status: status.into(),
+            is_final: status != "deferred",
+            final_at: None,
+            error_code: None,
+            error_message: None,
+            missing_fields: Vec::new(),
+            guards: Vec::new(),
+            inputs_redacted: Default::default(),
+            request_payload_redacted: None,
+            response_payload_redacted: None,
+            provider_message_id: None,
+            latency_ms: None,
+            timeline: Timeline::default(),
+            workflow_job_id: Some("job_1".into()),
+            at_least_once: false,
+            cancelled: None,
+            transcript_context: Vec::new(),
+        }
+    }
+
+    fn fin(id: &str, status: &str) -> Final {
+        Final {
+            invocation_id: id.into(),
+            status: status.into(),
+            error_code: None,
+            error_message: None,
+            provider_message_id: Some("m-1".into()),
+            at_least_once: true,
+            cancelled: None,
+            at: 99,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_final_outcome_applies_whichever_arrives_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
+        // The job ended before the session wrote the record, and the other way round.
+        store.submit(Event::Final(fin("inv_a", "succeeded")));
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_a", "c1", 10, "deferred",
+        ))));
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_b", "c1", 11, "deferred",
+        ))));
+        store.submit(Event::Final(fin("inv_b", "dead")));
+        // A later rewrite of the record (the live request ended) keeps the final outcome.
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_a", "c1", 10, "deferred",
+        ))));
+        store.flush().await;
+        let a = store.invocation("inv_a").await.unwrap().unwrap();
+        assert_eq!(
+            (a.status.as_str(), a.is_final, a.final_at),
+            ("succeeded", true, Some(99))
+        );
+        assert_eq!(a.answered_status, "deferred");
+        assert_eq!(a.provider_message_id.as_deref(), Some("m-1"));
+        assert!(a.at_least_once);
+        let b = store.invocation("inv_b").await.unwrap().unwrap();
+        assert_eq!(b.status, "dead");
+        // The status filter reads the final status.
+        let q = |status: &str| Query {
+            status: Some(status.into()),
+            limit: 10,
+            ..Query::default()
+        };
+        assert_eq!(
+            store
+                .invocations(q("succeeded"))
+                .await
+                .unwrap()
+                .invocations
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .invocations(q("deferred"))
+                .await
+                .unwrap()
+                .invocations
+                .len(),
+            0
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_what_is_older_than_the_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
+        for (call, at) in [("old", 1_000), ("new", 5_000)] {
+            store.submit(Event::CallStarted {
+                org: "acme".into(),
+                call_id: call.into(),
+                agent: "bot".into(),
+                caller: None,
+                at,
+            });
+            store.submit(Event::Invocation(Box::new(inv(
+                &format!("inv_{call}"),
+                call,
+                at,
+                "deferred",
+            ))));
+            store.submit(Event::Final(fin(&format!("inv_{call}"), "failed")));
+        }
+        store.flush().await;
+        assert!(store.prune(3_000).await.unwrap() >= 3);
+        assert!(store.call(None, "old").await.unwrap().is_none());
+        assert!(store.invocation("inv_old").await.unwrap().is_none());
+        assert_eq!(
+            store
+                .call(None, "new")
+                .await
+                .unwrap()
+                .unwrap()
+                .invocations
+                .len(),
+            1
+        );
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn evidence_and_jobs_share_the_file_without_refusing_each_other() {
+        use crate::bindings::{Resolved, ResolvedInput, ValueSource};
+        use crate::catalog::Action;
+        use crate::workflow::store::JobStore;
+        use crate::workflow::{DeferReason, NewJob, Start};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.db");
+        let evidence = EvidenceStore::open(&path, Duration::ZERO).unwrap();
+        let jobs = JobStore::open(&path).unwrap();
+        let writer = std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..20_000 {
+                    evidence.submit(Event::Invocation(Box::new(inv(
+                        &format!("inv_{i}"),
+                        "c",
+                        i,
+                        "succeeded",
+                    ))));
+                }
+            });
+            0
+        });
+        let _ = writer;
+        for i in 0..300 {
+            let job = NewJob {
+                org: "acme".into(),
+                agent: "bot".into(),
+                function: "f".into(),
+                call_id: "c".into(),
+                tool_call_id: format!("t{i}"),
+                invocation_id: format!("inv_j{i}"),
+                action: Action::WebhookPost,
+                connection: "hooks".into(),
+                inputs: vec![ResolvedInput {
+                    name: "note".into(),
+                    value: Resolved::Text("n".into()),
+                    source: ValueSource::Constant,
+                }],
+                idempotency_key: format!("k{i}"),
+                idempotent: true,
+                reason: DeferReason::Budget,
+                max_attempts: 3,
+                hard_timeout: Duration::from_secs(1),
+                start: Start::RunnableAt(0),
+            };
+            jobs.enqueue(job, 1)
+                .await
+                .expect("a job is never refused for the evidence writer's lock");
+        }
+        evidence.flush().await;
+        assert_eq!(evidence.dropped(), 0);
+        jobs.close().await;
+        evidence.close().await;
+    }
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = encode_cursor(1_795_000_000_000, "inv_01ABC");
+        assert_eq!(
+            decode_cursor(&c),
+            Some((1_795_000_000_000, "inv_01ABC".into()))
+        );
+        assert!(!cursor_is_valid("!!"));
+        assert!(!cursor_is_valid("bm9jb2xvbg"));
+    }
 }

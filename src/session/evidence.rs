@@ -63,8 +63,10 @@ impl Session {
     }
 
     /// The record of a tool call is due: written after the current frames are flushed.
-    pub(super) fn record_due(&mut self, id: &str) {
-        self.due.push(id.to_owned());
+    /// `last`: nothing more will be learned about the call here (a deferred call's record is
+    /// written when it is answered and again when its live request ends).
+    pub(super) fn record_due(&mut self, id: &str, last: bool) {
+        self.due.push((id.to_owned(), last));
     }
 
     /// A deferred call's job was cancelled before it was sent: its record ends `cancelled`.
@@ -87,16 +89,19 @@ impl Session {
 
     /// Build and hand over the records that are due.
     pub(super) fn write_evidence(&mut self) {
-        for id in std::mem::take(&mut self.due) {
+        for (id, last) in std::mem::take(&mut self.due) {
             if let Some(record) = self.build_record(&id) {
                 self.rt.evidence.submit(Event::Invocation(Box::new(record)));
+            }
+            if last && let Some(slot) = self.calls.get_mut(&id) {
+                slot.notes = None;
             }
         }
     }
 
-    fn build_record(&mut self, id: &str) -> Option<Invocation> {
-        let slot = self.calls.get_mut(id)?;
-        let notes = slot.notes.take()?;
+    fn build_record(&self, id: &str) -> Option<Invocation> {
+        let slot = self.calls.get(id)?;
+        let notes = slot.notes.as_deref()?;
         let function = slot.function.map(|i| &self.agent.functions[i]);
         let snap = self.rt.snap();
         let keep_bodies = snap.config.evidence.keep_bodies;
@@ -167,7 +172,7 @@ impl Session {
             org_id: self.key.0.clone(),
             call_id: self.ctx.call_id.clone(),
             agent_id: self.agent.id.clone(),
-            function: notes.name,
+            function: notes.name.clone(),
             action: function.map(|f| f.action.as_str().to_owned()),
             connection_id: function.map(|f| f.connection.id.clone()),
             received_at: notes.received_at,
@@ -190,12 +195,11 @@ impl Session {
                 .map(|r| evidence::request(r, keep_bodies, &secrets)),
             response_payload_redacted: response,
             provider_message_id: message_id,
-            latency_ms: timing
-                .done
-                .zip(timing.sent)
-                .map(|(d, s)| (d - s).as_millis() as u64),
+            latency_ms: ms(timing.done)
+                .zip(ms(timing.sent))
+                .map(|(d, s)| d.saturating_sub(s)),
             timeline: Timeline {
-                filler_ms: notes.fillers,
+                filler_ms: notes.fillers.clone(),
                 answered_ms: notes.answered_ms,
                 provider_sent_ms: ms(timing.sent),
                 provider_done_ms: ms(timing.done),

@@ -52,9 +52,15 @@ pub struct SessionHandle {
     agent_id: String,
 }
 
-/// A new invocation id (`inv_` + ULID: sortable by time).
+/// A new invocation id (`inv_` + ULID): sortable by time, and strictly increasing within this
+/// process, so records of the same millisecond still list in the order they were made.
 pub fn invocation_id() -> String {
-    format!("inv_{}", ulid::Ulid::generate())
+    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    let id = match IDS.lock().expect("id generator lock").generate() {
+        Ok(id) => id,
+        Err(overflow) => overflow.commit_overflow_random(),
+    };
+    format!("inv_{id}")
 }
 
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
@@ -307,8 +313,9 @@ struct Session {
     registered: bool,
     /// The sidecar is shutting down: no new tool calls; close once nothing is in flight.
     draining: bool,
-    /// Tool calls whose evidence record is due once the current frames are written.
-    due: Vec<String>,
+    /// Tool calls whose evidence record is due once the current frames are written (and
+    /// whether it is their last).
+    due: Vec<(String, bool)>,
     /// Why the session ended (`session.end`'s reason, `disconnected`, `shutdown`).
     end_reason: Option<String>,
 }
@@ -730,7 +737,7 @@ impl Session {
         );
         if let Some(a) = immediate {
             self.settle(&call.id, a, true);
-            self.record_due(&call.id);
+            self.record_due(&call.id, true);
             return;
         }
         let (Some(index), Some(key)) = (checked.function, checked.key) else {
@@ -871,6 +878,8 @@ impl Session {
                 self.deferred += 1;
                 self.ledger.set_state(&id, ActionState::Deferred);
                 self.settle(&id, a, !ended);
+                // On record as deferred now; completed when the live request ends.
+                self.record_due(&id, false);
             }
             Event::Done {
                 id,
@@ -960,7 +969,7 @@ impl Session {
                     }
                     self.settle(&id, a, !ended);
                 }
-                self.record_due(&id);
+                self.record_due(&id, true);
             }
         }
     }

@@ -386,7 +386,10 @@ fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let tx = match conn.transaction() {
+        // IMMEDIATE: take the write lock at the start. A deferred transaction that reads and
+        // then writes fails at once (SQLITE_BUSY, no busy wait) if the evidence writer
+        // committed in between.
+        let tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 error!(error = %e, "job store cannot begin a transaction; this batch of writes fails");
@@ -609,7 +612,7 @@ pub mod ops {
         let n = match finish {
             Finish::Succeeded { message_id } => tx.execute(
                 &format!(
-                    "UPDATE jobs SET state = 'succeeded', provider_message_id = ?3, last_error = NULL, \
+                    "UPDATE jobs SET state = 'succeeded', provider_message_id = ?3, last_error = NULL, inputs = '[]', \
                      lease_owner = NULL, lease_until = NULL, runnable_at = NULL, updated_at = ?4, finished_at = ?4 \
                      WHERE {held}"
                 ),

@@ -1,0 +1,261 @@
+//! The evidence store: how many records per second its one writer thread commits, and proof
+//! that the tool-result path never waits on it.
+//!
+//! 1. `writer`: realistic invocation records (redacted request and response, guards, inputs,
+//!    transcript context) and transcript turns submitted back to back; records/s from the first
+//!    submit until all are committed.
+//! 2. `tool_call`: sequential tool calls through an in-process sidecar (real WebSocket, loopback
+//!    provider that answers at once), once with the normal writer and once with a writer that
+//!    sleeps before every commit (a disk that stalls). Tool-call latency should be the same:
+//!    the ratio of the two runs' percentiles is printed.
+//!
+//! Run: `cargo bench --bench evidence` (set `EVIDENCE_BENCH_DIR` to put the file on another
+//! disk).
+
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use serde_json::json;
+use toolgate::evidence::store::EvidenceStore;
+use toolgate::evidence::{
+    Event, GuardRecord, InputRecord, Invocation, RequestRecord, ResponseRecord, SourceType,
+    Timeline, TurnRecord,
+};
+use toolgate::protocol::Role;
+use toolgate::session::state::Entry;
+use toolgate::workflow::now_ms;
+
+fn record(n: u64) -> Invocation {
+    let guards = [
+        "function_exposed",
+        "arguments",
+        "required_values",
+        "connection",
+        "consent",
+        "recipient",
+        "duplicate",
+        "per_call_limit",
+        "rate",
+    ]
+    .iter()
+    .map(|g| GuardRecord {
+        name: (*g).into(),
+        passed: true,
+        detail: "the caller agreed 1 turn(s) ago".into(),
+    })
+    .collect();
+    let mut inputs = IndexMap::new();
+    inputs.insert(
+        "to".to_owned(),
+        InputRecord {
+            value: json!("a***@example.com"),
+            source: "session:var.email".into(),
+        },
+    );
+    inputs.insert(
+        "text".to_owned(),
+        InputRecord {
+            value: json!({"length": 44, "sha256": "42a2451514ce2fce"}),
+            source: "arg:summary".into(),
+        },
+    );
+    let mut headers = IndexMap::new();
+    headers.insert("authorization".to_owned(), "[redacted]".to_owned());
+    headers.insert("idempotency-key".to_owned(), format!("tg_{n:032x}"));
+    headers.insert("content-type".to_owned(), "application/json".to_owned());
+    Invocation {
+        invocation_id: format!("inv_bench_{n:012}"),
+        source_type: SourceType::Agent,
+        parent_invocation_id: None,
+        org_id: "acme".into(),
+        call_id: format!("c-{}", n / 4),
+        agent_id: "support-bot".into(),
+        function: "send_email_summary".into(),
+        action: Some("resend.send_email".into()),
+        connection_id: Some("acme-resend".into()),
+        received_at: now_ms(),
+        status: "succeeded".into(),
+        answered_status: "succeeded".into(),
+        is_final: true,
+        final_at: Some(now_ms()),
+        error_code: None,
+        error_message: None,
+        missing_fields: Vec::new(),
+        guards,
+        inputs_redacted: inputs,
+        request_payload_redacted: Some(RequestRecord {
+            method: "POST".into(),
+            url: "https://api.resend.com/emails".into(),
+            headers,
+            body: Some(
+                json!({"from": "Acme <s***@acme.test>", "to": "a***@example.com",
+                               "subject": {"length": 17, "sha256": "1a6eab5ceecfc715"},
+                               "text": {"length": 44, "sha256": "42a2451514ce2fce"}}),
+            ),
+        }),
+        response_payload_redacted: Some(ResponseRecord {
+            status: Some(200),
+            body: Some(json!({"id": "49a3999c-0ce1-4ea6-ab68-afcd6dc2e794"})),
+        }),
+        provider_message_id: Some("49a3999c-0ce1-4ea6-ab68-afcd6dc2e794".into()),
+        latency_ms: Some(212),
+        timeline: Timeline {
+            filler_ms: vec![500],
+            answered_ms: Some(731),
+            provider_sent_ms: Some(1),
+            provider_done_ms: Some(213),
+        },
+        workflow_job_id: None,
+        at_least_once: false,
+        cancelled: None,
+        transcript_context: (0..6)
+            .map(|i| TurnRecord {
+                role: if i % 2 == 0 { "agent" } else { "caller" }.into(),
+                text: "Yes please, send it to a***@example.com when you can.".into(),
+                is_final: true,
+                at_ms: i * 2_000,
+            })
+            .collect(),
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
+    let store = EvidenceStore::open(&dir.join("writer.db"), Duration::ZERO).unwrap();
+    let records: Vec<Invocation> = (0..n).map(record).collect();
+    let start = Instant::now();
+    // Waves well under the queue's capacity: a submitter that outruns the writer by a whole
+    // queue would measure dropped events, not committed ones.
+    let wave = toolgate::evidence::store::QUEUE / 4;
+    for (i, r) in records.into_iter().enumerate() {
+        if i > 0 && i % wave == 0 {
+            rt.block_on(store.flush());
+        }
+        store.submit(Event::History {
+            org: "acme".into(),
+            call_id: format!("c-{}", i / 4),
+            entry: Entry::Turn {
+                role: Role::Caller,
+                text: "Yes please, send it to ana@example.com or +14155550100.".into(),
+                is_final: true,
+                at: Duration::from_millis(i as u64),
+            },
+            started_at: now_ms(),
+        });
+        store.submit(Event::Invocation(Box::new(r)));
+    }
+    let submitted = start.elapsed();
+    rt.block_on(store.flush());
+    let total = start.elapsed();
+    println!(
+        "writer: {n} invocation records + {n} transcript turns committed in {:.2} s: {:.0} records/s \
+         ({:.0} events/s; submitting took {:.1} ms, {:.2} us per event; dropped {})",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        2.0 * n as f64 / total.as_secs_f64(),
+        submitted.as_secs_f64() * 1000.0,
+        submitted.as_secs_f64() * 1e6 / (2.0 * n as f64),
+        store.dropped()
+    );
+    rt.block_on(store.close());
+}
+
+/// Sequential tool calls through an in-process sidecar whose evidence writer sleeps `delay`
+/// before each commit; each call's latency from send to result.
+fn tool_calls(calls: u64, delay: Duration, rt: &tokio::runtime::Runtime) -> Vec<Duration> {
+    rt.block_on(async {
+        let mocks = toolgate::demo::Mocks::start().await.unwrap();
+        let mut config = mocks
+            .config_with(|t| t.replace("[server]", "[server]\nmax_frames_per_second = 100000"));
+        config.evidence.writer_delay = delay;
+        let server = toolgate::server::Server::start(config).await.unwrap();
+        let mut client = toolgate::client::CallClient::connect(
+            &server.session_url(),
+            Some("demo-session-token"),
+        )
+        .await
+        .unwrap();
+        client
+            .send(&json!({"type": "session.start", "call_id": "bench", "agent": "support-bot",
+                          "caller": {"number": "+14155550100"}}))
+            .await
+            .unwrap();
+        client.recv(Duration::from_secs(5)).await.unwrap();
+        let mut out = Vec::with_capacity(calls as usize);
+        for n in 0..calls + 200 {
+            let id = format!("call_{n}");
+            let t = Instant::now();
+            client
+                .send(&json!({"type": "transcript", "role": "caller",
+                              "text": format!("Please have someone call me back, reason {n}"), "final": true}))
+                .await
+                .unwrap();
+            client
+                .send(&json!({"type": "tool.call", "id": id, "name": "request_callback",
+                              "arguments": {"reason": format!("bench {n}")}}))
+                .await
+                .unwrap();
+            let frames = client.until_result(&id, Duration::from_secs(5)).await.unwrap();
+            assert_eq!(frames.last().unwrap().frame["status"], "succeeded");
+            if n >= 200 {
+                out.push(t.elapsed());
+            }
+        }
+        let lag = server.runtime().evidence.dropped();
+        server.shutdown(Duration::from_secs(30)).await;
+        mocks.webhook.stop();
+        assert_eq!(lag, 0, "the slowed writer dropped evidence");
+        out.sort();
+        out
+    })
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run briefly then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let dir = match std::env::var("EVIDENCE_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    writer(dir.path(), if quick { 2_000 } else { 100_000 }, &rt);
+
+    let calls = if quick { 200 } else { 5_000 };
+    let stall = Duration::from_millis(250);
+    // Alternate, so drift over the run (a warming cache, a neighbour's load) shows up as a
+    // difference between the two runs of the same kind rather than as the writer's effect.
+    let mut normal = tool_calls(calls, Duration::ZERO, &rt);
+    let mut slowed = tool_calls(calls, stall, &rt);
+    normal.extend(tool_calls(calls, Duration::ZERO, &rt));
+    slowed.extend(tool_calls(calls, stall, &rt));
+    normal.sort();
+    slowed.sort();
+    println!(
+        "tool_call: 2 x {calls} sequential calls per writer, alternating; provider answers at once"
+    );
+    for (name, ms) in [
+        ("normal writer", &normal),
+        ("writer stalls 250 ms per commit", &slowed),
+    ] {
+        println!(
+            "  {name:<32} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            pct(ms, 0.50),
+            pct(ms, 0.90),
+            pct(ms, 0.99),
+            pct(ms, 1.0)
+        );
+    }
+    println!(
+        "  ratio slowed/normal: p50 {:.2}  p90 {:.2}  p99 {:.2}",
+        pct(&slowed, 0.50) / pct(&normal, 0.50),
+        pct(&slowed, 0.90) / pct(&normal, 0.90),
+        pct(&slowed, 0.99) / pct(&normal, 0.99)
+    );
+}
