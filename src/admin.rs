@@ -251,7 +251,8 @@ async fn reload(rt: &Runtime, scope: &AdminScope) -> HttpResponse {
             StatusCode::OK,
             &json!({
                 "reloaded": true,
-                "changed_connections": r.changed_connections,
+                                "changed_connections": r.changed_connections,
+                "at_restart": r.at_restart,
                 "warnings": r.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
             }),
         ),

@@ -424,17 +424,26 @@ impl Run<'_> {
         Ok(job)
     }
 
-    /// A provider failure as the rest of toolgate may see it: redacted, and recorded.
-    fn record(&self, started: Instant, result: &mut Result<Accepted, ProviderError>) {
-        let conn = &self.function.connection;
+    /// A provider failure as the rest of toolgate may see it: redacted against the
+    /// credentials the request actually carried (a reload may have rotated them since the
+    /// session started), and recorded.
+    fn record(
+        &self,
+        conn: &crate::config::Connection,
+        probe: bool,
+        started: Instant,
+        result: &mut Result<Accepted, ProviderError>,
+    ) {
         if let Err(e) = result {
             e.redact_for(conn);
             debug!(function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
         }
-        self.call
-            .snap
-            .connections
-            .record(&conn.id, started.elapsed(), result.as_ref().err());
+        self.call.snap.connections.record(
+            &conn.id,
+            started.elapsed(),
+            result.as_ref().err(),
+            probe,
+        );
     }
 }
 
@@ -459,10 +468,17 @@ async fn run_inner(
         _ => false,
     };
     let health = call.snap.connections.health(&function.connection.id);
-    if run.cancelled() {
-        if probe && let Some(h) = health {
-            h.breaker.release_probe(Instant::now());
+    // A live call that will not be sent after all gives back its probe and its rate token.
+    let unsent = || {
+        if let (Plan::Live { .. }, Some(h)) = (&call.plan, health) {
+            if probe {
+                h.breaker.release_probe(Instant::now());
+            }
+            h.limiter.give_back();
         }
+    };
+    if run.cancelled() {
+        unsent();
         return (Outcome::NotSent, timing, None);
     }
 
@@ -492,6 +508,7 @@ async fn run_inner(
         .connection(&function.connection.id)
         .cloned()
     else {
+        unsent();
         return (
             Outcome::Failed(ProviderError::unsendable(
                 "the connection is no longer configured",
@@ -509,7 +526,10 @@ async fn run_inner(
     };
     let req = match providers::prepare(&conn, function.action, &call.inputs, &ctx) {
         Ok(req) => Arc::new(req),
-        Err(e) => return (Outcome::Failed(e), timing, None),
+        Err(e) => {
+            unsent();
+            return (Outcome::Failed(e), timing, None);
+        }
     };
     let started = Instant::now();
     timing.sent = Some(call.received.elapsed());
@@ -559,7 +579,7 @@ async fn run_inner(
                 .await
                 .unwrap_or_else(|_| Err(ProviderError::timeout(budget.hard_timeout)));
             timing.done = Some(call.received.elapsed());
-            run.record(started, &mut result);
+            run.record(&conn, probe, started, &mut result);
             if let Some(job) = job {
                 // Close the job only if this request holds its lease (it always does, unless
                 // the same action was already queued under another holder).
@@ -585,7 +605,7 @@ async fn run_inner(
         }
     };
     timing.done = Some(call.received.elapsed());
-    run.record(started, &mut result);
+    run.record(&conn, probe, started, &mut result);
     match result {
         Ok(a) => (Outcome::Accepted(a), timing, Some(req.clone())),
         Err(e) if may_defer && e.retryable && !run.cancelled() => {

@@ -191,27 +191,7 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // SIGHUP reloads the config; SIGTERM and Ctrl-C stop.
-    #[cfg(unix)]
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hup.as_mut() {
-                Some(h) => h.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<Option<()>>();
-        tokio::select! {
-            _ = wait_for_signal() => break,
-            _ = hangup => match server.runtime().reload().await {
-                Ok(r) => tracing::info!(changed = ?r.changed_connections, warnings = r.warnings.len(), "SIGHUP: config reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old config keeps serving"),
-            },
-        }
-    }
+    serve_signals(server.runtime()).await;
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "shutting down: no new sessions; waiting for live ones"
@@ -281,19 +261,25 @@ async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
     let width = targets.iter().map(|c| c.id.len()).max().unwrap_or(0);
     let mut failed = 0;
     for (c, v) in targets.iter().zip(&results) {
-        if v.status == toolgate::connections::Status::Error {
+        // A template that is missing or not approved fails the check too: sends using it
+        // would be refused.
+        if v.status == toolgate::connections::Status::Error || v.problems > 0 {
             failed += 1;
         }
+        // One line per connection; what was confirmed rides along when all is well (the
+        // reason already names any problem).
+        let confirmed = if v.problems == 0 && !v.checks.is_empty() {
+            format!(" ({})", v.checks.join("; "))
+        } else {
+            String::new()
+        };
         out!(
-            "{:<width$}  {:<8} {:<12} {}",
+            "{:<width$}  {:<8} {:<12} {}{confirmed}",
             c.id,
             c.provider().as_str(),
             v.status.as_str(),
             v.reason
         );
-        for check in &v.checks {
-            out!("{:<width$}  {:<8} {:<12} - {check}", "", "", "");
-        }
     }
     if failed > 0 {
         ExitCode::FAILURE
@@ -307,7 +293,7 @@ async fn worker(path: PathBuf) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let drain = drain_time(&config);
-    let rt = match toolgate::runtime::Runtime::new(config) {
+    let rt = match toolgate::runtime::Runtime::with_source(config, Some(path)) {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -316,33 +302,51 @@ async fn worker(path: PathBuf) -> ExitCode {
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(toolgate::workflow::worker::run(rt.clone(), stop.clone()));
-    wait_for_signal().await;
+    // The worker keeps its own view of the connections: validated at start and periodically,
+    // so a connection that refused credentials recovers here too once it is fixed.
+    let validator = tokio::spawn(toolgate::connections::validate::run_periodically(
+        rt.clone(),
+        stop.clone(),
+    ));
+    serve_signals(&rt).await;
     tracing::info!("shutting down: no new claims; waiting for running attempts");
     stop.cancel();
     let _ = tokio::time::timeout(drain, task).await;
+    let _ = validator.await;
     rt.jobs.close().await;
     rt.evidence.close().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Until SIGTERM or Ctrl-C: reload the config on every SIGHUP. The listeners are made once,
+/// so a signal that arrives while a reload runs is not lost.
+async fn serve_signals(rt: &toolgate::runtime::Runtime) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                _ = &mut ctrl_c => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match rt.reload().await {
+                    Ok(r) => tracing::info!(changed = ?r.changed_connections, warnings = r.warnings.len(), "SIGHUP: config reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old config keeps serving"),
+                },
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = rt;
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -138,11 +138,15 @@ struct State {
     check_delay: Duration,
     /// The credential was revoked: every request is refused.
     revoked: bool,
+    /// A rotated bearer credential that replaced the one the mock started with.
+    rotated: Option<String>,
     /// Resend: the key is sending-only (`restricted_api_key` on non-sending endpoints).
     restricted: bool,
     /// Wati: the templates `getMessageTemplates` lists, with their status.
     templates: Vec<(String, String)>,
     script: VecDeque<Reply>,
+    /// Replies to checks (validation, health), before they answer normally again.
+    check_script: VecDeque<Reply>,
     default: Reply,
     requests: Vec<Recorded>,
     /// Resend idempotency: key to (body, status, response body).
@@ -160,8 +164,9 @@ struct Inner {
 impl Inner {
     /// Whether a bearer token is the accepted one (none accepted while revoked).
     fn accepts(&self, rec: &Recorded) -> Option<bool> {
-        let revoked = self.state.lock().expect("mock state lock").revoked;
-        bearer_ok(rec, &self.credential).map(|ok| ok && !revoked)
+        let state = self.state.lock().expect("mock state lock");
+        let credential = state.rotated.as_deref().unwrap_or(&self.credential);
+        bearer_ok(rec, credential).map(|ok| ok && !state.revoked)
     }
 }
 
@@ -198,6 +203,8 @@ impl MockProvider {
             state: Mutex::new(State {
                 check_delay: Duration::ZERO,
                 revoked: false,
+                rotated: None,
+                check_script: VecDeque::new(),
                 restricted: false,
                 templates: vec![("order_confirmed".into(), "APPROVED".into())],
                 script: VecDeque::new(),
@@ -239,6 +246,16 @@ impl MockProvider {
     /// Answer action requests with `reply` once the queue is empty.
     pub fn set_default(&self, reply: Reply) {
         self.lock().default = reply;
+    }
+
+    /// Answer the next check (validation, health request) with `reply` instead of normally.
+    pub fn push_check(&self, reply: Reply) {
+        self.lock().check_script.push_back(reply);
+    }
+
+    /// Rotate the accepted bearer credential (Resend key, Wati token): the old one is refused.
+    pub fn set_credential(&self, credential: &str) {
+        self.lock().rotated = Some(credential.to_owned());
     }
 
     /// Revoke the credential (`true`) or restore it (`false`): while revoked, every request
@@ -392,8 +409,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
         let mut st = inner.state.lock().expect("mock state lock");
         st.script.pop_front().unwrap_or_else(|| st.default.clone())
     } else {
-        let delay = inner.state.lock().expect("mock state lock").check_delay;
-        Reply::Delay(delay, Box::new(Reply::Normal))
+        let mut st = inner.state.lock().expect("mock state lock");
+        let next = st.check_script.pop_front().unwrap_or(Reply::Normal);
+        Reply::Delay(st.check_delay, Box::new(next))
     };
     // Delays happen before the provider "acts", like a slow provider.
     let mut reply = reply;

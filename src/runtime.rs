@@ -147,6 +147,8 @@ pub struct Reloaded {
     pub warnings: Vec<Problem>,
     /// Connections that are new or changed (they start over as `pending` and are validated).
     pub changed_connections: Vec<String>,
+    /// Settings that changed but only take effect at the next restart.
+    pub at_restart: Vec<String>,
 }
 
 /// Everything the sessions of one sidecar share.
@@ -248,6 +250,18 @@ impl Runtime {
             )));
         }
         let warnings = config.warnings.clone();
+        // What a running sidecar reads once, at start: changing it is allowed, but says so.
+        let mut at_restart = Vec::new();
+        if config.server != self.server {
+            at_restart.push("[server] settings (other than the listeners)".to_owned());
+        }
+        let (new_wf, old_wf) = (&config.workflow, &old.config.workflow);
+        if new_wf.concurrency != old_wf.concurrency || new_wf.worker != old_wf.worker {
+            at_restart.push("workflow.concurrency and workflow.worker".to_owned());
+        }
+        if !at_restart.is_empty() {
+            tracing::warn!(settings = ?at_restart, "these changed settings take effect at the next restart");
+        }
         let next = Snapshot::build(config, Some(&old));
         let changed_connections = next
             .connections
@@ -264,6 +278,7 @@ impl Runtime {
         Ok(Reloaded {
             warnings,
             changed_connections,
+            at_restart,
         })
     }
 }

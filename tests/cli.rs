@@ -246,4 +246,38 @@ token = {{ file = "wati.token" }}
     );
     let (code, _) = tokio::task::block_in_place(|| run(&["--connection", "acme-resnd"]));
     assert_eq!(code, Some(1));
+
+    // A template the config sends that Wati has not approved fails the check, on one line.
+    let with_template = text
+        + r#"
+[[agents]]
+id = "wati-bot"
+org = "acme"
+
+[[agents.functions]]
+name = "confirm_order"
+action = "wati.send_template_message"
+connection = "acme-wati"
+description = "Confirm the order on WhatsApp."
+
+[agents.functions.inputs]
+whatsapp_number = { from = "caller.number" }
+template_name = { value = "order_confirmed" }
+broadcast_name = { value = "confirmations" }
+"#;
+    write(dir.path(), "toolgate.toml", &with_template);
+    wati.set_templates(&[("order_confirmed", "PENDING")]);
+    let (code, out) = tokio::task::block_in_place(|| run(&["--connection", "acme-wati"]));
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(
+        out.trim(),
+        "acme-wati  wati     connected    the token is valid, but template \"order_confirmed\" is not approved (PENDING)"
+    );
+    wati.set_templates(&[("order_confirmed", "APPROVED")]);
+    let (code, out) = tokio::task::block_in_place(|| run(&["--connection", "acme-wati"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.trim(),
+        "acme-wati  wati     connected    the token is valid (template \"order_confirmed\" is approved)"
+    );
 }

@@ -274,21 +274,90 @@ async fn the_circuit_opens_after_consecutive_failures_then_lets_one_probe_throug
     assert_eq!(a.error().as_deref(), Some("connection_unavailable"));
     assert_eq!(env.webhook.requests().len(), 4);
     // The provider recovers; the next probe closes the circuit.
-    env.webhook.set_default(Reply::Normal);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let a = s.call("c10", "escalate_now", call(10)).await;
-    assert_eq!(a.status(), "succeeded");
-    let a = s.call("c11", "escalate_now", call(11)).await;
-    assert_eq!(a.status(), "succeeded");
+    // Several callers at once when the penalty ends: exactly one probe reaches the provider.
+    env.webhook.set_default(Reply::slow(300));
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    let ids: Vec<String> = (20..25).map(|n| format!("c{n}")).collect();
+    for (n, id) in (20..25).zip(&ids) {
+        s.send_call(id, "escalate_now", call(n)).await;
+    }
+    let results = s.results_of(&ids).await;
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r.frame["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "succeeded").count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(env.webhook.requests().len(), 5, "one probe, no more");
     assert_eq!(env.connection("acme-hooks").await["circuit"], "closed");
+    let a = s.call("c30", "escalate_now", call(30)).await;
+    assert_eq!(a.status(), "succeeded");
+}
+
+#[tokio::test]
+async fn a_worker_holds_jobs_for_a_refused_connection_without_spending_their_attempts() {
+    let env = Env::start_with(|t| {
+        t.replace("[workflow]", "[defaults]\nrevalidate_error_ms = 1000\n\n[workflow]")
+            .replacen(
+                "[[agents]]\nid = \"beta-bot\"",
+                "[[agents.functions]]\nname = \"wati_after_call\"\naction = \"wati.send_session_message\"\nconnection = \"acme-wati\"\ndescription = \"WhatsApp the caller after the call.\"\nrecipient = { input = \"whatsapp_number\", policy = \"caller\" }\ntiming = { mode = \"workflow\" }\n\n[agents.functions.inputs]\nwhatsapp_number = { from = \"caller.number\" }\nmessage_text = { arg = \"text\", required = true }\n\n[[agents]]\nid = \"beta-bot\"",
+                1,
+            )
+    })
+    .await;
+    env.validated("acme-wati").await;
+    let mut s = env.session("c-held", json!({})).await;
+    let a = s
+        .call("call_1", "wati_after_call", json!({"text": "thanks"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let job = a.result.frame["data"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The token is revoked before the call ends.
+    env.wati.set_revoked(true);
+    let (_, body) = validate(&env, "acme-wati", ADMIN_TOKEN).await;
+    assert_eq!(body["connection"]["status"], "error");
+    s.client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    // The worker looks at it (at the end of the call, then every second) but never sends or
+    // counts an attempt.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    let j = env.job(&job).await;
+    assert_eq!(j["state"], "queued", "{j}");
+    assert_eq!(j["attempts"], 0, "{j}");
+    assert!(
+        j["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("acme-wati is error"),
+        "{j}"
+    );
+    assert!(env.wati.requests().is_empty());
+    // Fixed and validated: it goes out, as its first attempt.
+    env.wati.set_revoked(false);
+    let (_, body) = validate(&env, "acme-wati", ADMIN_TOKEN).await;
+    assert_eq!(body["connection"]["status"], "connected");
+    let j = env.job_settled(&job, Duration::from_secs(10)).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["attempts"], 1, "{j}");
+    assert_eq!(env.wati.requests().len(), 1);
 }
 
 #[tokio::test]
 async fn over_the_rate_a_live_call_is_refused_and_a_deferrable_one_queued() {
+    // A slow refill (one token per 2.5 s), so the machine's own pace cannot refill the
+    // bucket between the calls.
     let env = Env::start_with(|t| {
         t.replace(
             "token = { env = \"ACME_WATI_TOKEN\" }",
-            "token = { env = \"ACME_WATI_TOKEN\" }\nrate = \"2/1s\"",
+            "token = { env = \"ACME_WATI_TOKEN\" }\nrate = \"2/5s\"",
         )
     })
     .await;
@@ -345,4 +414,26 @@ async fn a_provider_429_pauses_the_connection_for_its_retry_after() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let a = s.call("c2", "email_someone", args(2)).await;
     assert_eq!(a.status(), "succeeded");
+}
+
+#[tokio::test]
+async fn a_rate_limited_validation_keeps_the_status_and_pauses_the_connection() {
+    let env = Env::start().await;
+    let before = env.validated("acme-resend").await;
+    assert_eq!(before["status"], "connected");
+    env.resend.push_check(Reply::Raw {
+        status: 429,
+        headers: vec![("retry-after".into(), "3".into())],
+        body: r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests."}"#
+            .into(),
+    });
+    let (_, body) = validate(&env, "acme-resend", ADMIN_TOKEN).await;
+    let c = &body["connection"];
+    assert_eq!(
+        c["status"], "connected",
+        "a 429 says nothing of the key: {c}"
+    );
+    assert_eq!(c["reason"], before["reason"]);
+    assert!(c["paused_ms"].as_u64().unwrap() > 2_000, "{c}");
+    assert_eq!(c["circuit"], "closed");
 }

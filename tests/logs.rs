@@ -50,10 +50,19 @@ async fn logs_carry_no_secrets_and_no_caller_pii() {
         .call("call_1", "whatsapp_note", json!({"text": "hi"}))
         .await;
     assert_eq!(a.error().as_deref(), Some("provider_auth_failed"));
+    // What the model and the media server are told counts as shown too.
+    let mut frames = vec![a.result.frame.to_string()];
+    // The connection is now in error: the next call fails fast with an error frame's kin.
+    let a = s
+        .call("call_1b", "whatsapp_note", json!({"text": "again"}))
+        .await;
+    assert_eq!(a.error().as_deref(), Some("connection_unavailable"));
+    frames.push(a.result.frame.to_string());
     let a = s
         .call("call_2", "send_email_summary", json!({"summary": "x"}))
         .await;
     assert_eq!(a.status(), "failed");
+    frames.push(a.result.frame.to_string());
     let a = s
         .call("call_3", "notify_team", json!({"reason": "billing"}))
         .await;
@@ -77,7 +86,10 @@ async fn logs_carry_no_secrets_and_no_caller_pii() {
         .unwrap();
     s.client.abort();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    for shown in [validated.to_string(), listed.to_string(), metrics] {
+    for shown in [validated.to_string(), listed.to_string(), metrics]
+        .into_iter()
+        .chain(frames)
+    {
         for needle in SECRETS {
             assert!(!shown.contains(needle), "{needle} appears in {shown}");
         }

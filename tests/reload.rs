@@ -232,6 +232,27 @@ async fn a_broken_config_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(body["error"], "needs_restart");
     let (status, _) = s.admin("POST", "/v1/reload", ACME_ADMIN).await;
     assert_eq!(status, 403);
+
+    // A setting read once at start may change, and the answer says when it applies.
+    std::fs::write(
+        &s.path,
+        s.base
+            .replace("disconnect_grace_ms = 2000", "disconnect_grace_ms = 3000")
+            .replace(
+                "backoff_base_ms = 50",
+                "backoff_base_ms = 50\nconcurrency = 2",
+            ),
+    )
+    .unwrap();
+    let (status, body) = s.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["at_restart"],
+        json!([
+            "[server] settings (other than the listeners)",
+            "workflow.concurrency and workflow.worker"
+        ])
+    );
 }
 
 #[tokio::test]
@@ -261,4 +282,57 @@ async fn secrets_are_read_again_on_reload_and_changed_connections_revalidated() 
     // Unchanged connections kept their state: not validated again.
     let resend = s.connection("acme-resend").await;
     assert!(resend["validated_at"].as_i64().unwrap() < t0, "{resend}");
+}
+
+#[tokio::test]
+async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_scrubbed() {
+    let s = setup().await;
+    let (mut live, _) = s.session("c-inflight").await;
+    // A call still waiting on the provider while the config is reloaded.
+    s.wati.push(toolgate::mock::Reply::slow(600));
+    live.send(
+        &json!({"type": "tool.call", "id": "slow", "name": "whatsapp_note",
+                      "arguments": {"text": "on its way"}}),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    std::fs::write(&s.path, with_new_function(&s.base)).unwrap();
+    let (status, body) = s.reload().await;
+    assert_eq!(status, 200, "{body}");
+    let r = live
+        .until_result("slow", WAIT)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(r.frame["status"], "succeeded", "{:?}", r.frame);
+
+    // The token is rotated at Wati and in the file; the live session's next call goes out with
+    // the new one, and a provider that echoes it back has it scrubbed from what the model,
+    // the logs and the evidence see, though the session's agent predates the rotation.
+    let rotated = "wati-rotated-secret-5150";
+    s.wati.set_credential(rotated);
+    std::fs::write(s.dir.path().join("ACME_WATI_TOKEN"), rotated).unwrap();
+    let (status, body) = s.reload().await;
+    assert_eq!(status, 200, "{body}");
+    s.wati.push(toolgate::mock::Reply::WatiResultFalse {
+        info: format!("token {rotated} may not send to this number"),
+    });
+    let r = call(&mut live, "echo", "whatsapp_note", json!({"text": "hi"})).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let sent = s.wati.requests().pop().unwrap();
+    assert_eq!(
+        sent.header("authorization").map(str::to_owned),
+        Some(format!("Bearer {rotated}"))
+    );
+    assert!(!r.to_string().contains(rotated), "{r}");
+    assert!(r["output"].as_str().unwrap().contains("[redacted]"), "{r}");
+    let id = r["invocation_id"].as_str().unwrap();
+    s.server.runtime().evidence.flush().await;
+    let (_, record) = s
+        .admin("GET", &format!("/v1/invocations/{id}"), ADMIN_TOKEN)
+        .await;
+    assert_eq!(record["invocation"]["status"], "failed", "{record}");
+    assert!(!record.to_string().contains(rotated), "{record}");
 }

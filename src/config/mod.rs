@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 /// `[server]`
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
     /// WebSocket listener (`listen`).
     pub listen: String,

@@ -504,9 +504,20 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
     let root: Table = match text.parse::<Table>() {
         Ok(t) => t,
         Err(e) => {
+            // Position and message only: the parser's own report quotes the offending line,
+            // which may hold a pasted secret, and this message reaches logs and the reload API.
+            let at = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
             return Err(vec![Problem {
                 path: String::new(),
-                message: format!("not valid TOML: {}", e.to_string().trim_end()),
+                message: format!("not valid TOML{at}: {}", e.message().trim_end()),
             }]);
         }
     };

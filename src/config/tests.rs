@@ -380,7 +380,14 @@ fn timing_and_server_values_are_range_checked() {
 fn toml_syntax_errors_are_one_clear_problem() {
     let p = problems("[[orgs]\nid = 1");
     assert_eq!(p.len(), 1);
-    assert!(p[0].starts_with("not valid TOML:"), "{p:?}");
+    assert!(
+        p[0].starts_with("not valid TOML at line 1, column "),
+        "{p:?}"
+    );
+    // A broken line holding a pasted secret is located, never quoted.
+    let p = problems("[admin]\ntokens = [\"admin-secret-8c1f\"\n");
+    assert!(p[0].contains("line 2") || p[0].contains("line 3"), "{p:?}");
+    assert!(!p[0].contains("admin-secret-8c1f"), "{p:?}");
 }
 
 #[test]

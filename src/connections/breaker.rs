@@ -67,9 +67,16 @@ impl CircuitState {
 
 #[derive(Debug)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    Probing,
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is out since then.
+    Probing {
+        since: Instant,
+    },
 }
 
 #[derive(Debug)]
@@ -115,17 +122,25 @@ impl Breaker {
         Duration::from_millis(rand::random_range(ms / 2..=ms.max(1)))
     }
 
-    /// May a request go now? At most one caller gets [`Admit::Probe`] per penalty.
+    /// May a request go now? At most one caller gets [`Admit::Probe`] per penalty, or per
+    /// [`PROBE_GRACE`] when a probe never reports back.
     pub fn admit(&self, now: Instant) -> Admit {
         let mut inner = self.inner.lock().expect("breaker lock");
         match inner.state {
             State::Closed { .. } => Admit::Go,
             State::Open { until } if now < until => Admit::Wait(until),
             State::Open { .. } => {
-                inner.state = State::Probing;
+                inner.state = State::Probing { since: now };
                 Admit::Probe
             }
-            State::Probing => Admit::Wait(now + PROBE_GRACE.min(self.settings.max_penalty)),
+            State::Probing { since } if now >= since + PROBE_GRACE => {
+                inner.state = State::Probing { since: now };
+                Admit::Probe
+            }
+            // Look again soon: a probe usually answers well within the first penalty.
+            State::Probing { since } => {
+                Admit::Wait((now + self.settings.penalty).min(since + PROBE_GRACE))
+            }
         }
     }
 
@@ -134,8 +149,7 @@ impl Breaker {
         match self.inner.lock().expect("breaker lock").state {
             State::Closed { .. } => CircuitState::Closed,
             State::Open { until } if now < until => CircuitState::Open,
-            State::Open { .. } => CircuitState::HalfOpen,
-            State::Probing => CircuitState::HalfOpen,
+            State::Open { .. } | State::Probing { .. } => CircuitState::HalfOpen,
         }
     }
 
@@ -151,13 +165,15 @@ impl Breaker {
     /// rate limit): the next request probes instead.
     pub fn release_probe(&self, now: Instant) {
         let mut inner = self.inner.lock().expect("breaker lock");
-        if matches!(inner.state, State::Probing) {
+        if matches!(inner.state, State::Probing { .. }) {
             inner.state = State::Open { until: now };
         }
     }
 
-    /// Report a request's outcome: `trouble` for a timeout, 5xx or connection error.
-    pub fn record(&self, trouble: bool, now: Instant) {
+    /// Report a request's outcome: `trouble` for a timeout, 5xx or connection error; `probe`
+    /// when the request was the one [`Admit::Probe`] let through. Any success closes the
+    /// circuit; while a probe is out, only the probe's failure reopens it.
+    pub fn record(&self, trouble: bool, probe: bool, now: Instant) {
         let mut inner = self.inner.lock().expect("breaker lock");
         match (&mut inner.state, trouble) {
             (_, false) => {
@@ -172,13 +188,13 @@ impl Breaker {
                     inner.state = State::Open { until };
                 }
             }
-            (State::Probing, true) => {
+            (State::Probing { .. }, true) if probe => {
                 inner.opened += 1;
                 let until = now + self.penalty(inner.opened);
                 inner.state = State::Open { until };
             }
             // Late reports of requests sent before it opened do not extend the penalty.
-            (State::Open { .. }, true) => {}
+            (State::Probing { .. } | State::Open { .. }, true) => {}
         }
     }
 }
@@ -203,7 +219,7 @@ mod tests {
         if matches!(admit, Admit::Go | Admit::Probe) {
             sent.fetch_add(1, Ordering::SeqCst);
             sleep(Duration::from_millis(10)).await;
-            b.record(true, Instant::now());
+            b.record(true, admit == Admit::Probe, Instant::now());
         }
         admit
     }
@@ -232,13 +248,13 @@ mod tests {
     async fn a_failed_probe_reopens_for_longer_and_a_good_one_closes() {
         let b = Breaker::new(settings());
         for _ in 0..3 {
-            b.record(true, Instant::now());
+            b.record(true, false, Instant::now());
         }
         let first = b.open_until(Instant::now()).unwrap() - Instant::now();
         assert!(first >= Duration::from_millis(500) && first <= Duration::from_millis(1000));
         advance(first).await;
         assert_eq!(b.admit(Instant::now()), Admit::Probe);
-        b.record(true, Instant::now());
+        b.record(true, true, Instant::now());
         let second = b.open_until(Instant::now()).unwrap() - Instant::now();
         assert!(
             second >= Duration::from_millis(1000) && second <= Duration::from_millis(2000),
@@ -246,7 +262,7 @@ mod tests {
         );
         advance(second).await;
         assert_eq!(b.admit(Instant::now()), Admit::Probe);
-        b.record(false, Instant::now());
+        b.record(false, true, Instant::now());
         assert_eq!(b.state(Instant::now()), CircuitState::Closed);
         assert_eq!(b.admit(Instant::now()), Admit::Go);
     }
@@ -255,14 +271,14 @@ mod tests {
     async fn the_penalty_grows_to_its_cap() {
         let b = Breaker::new(settings());
         for _ in 0..3 {
-            b.record(true, Instant::now());
+            b.record(true, false, Instant::now());
         }
         for _ in 0..10 {
             let until = b.open_until(Instant::now()).unwrap();
             assert!(until - Instant::now() <= Duration::from_millis(8000));
             advance(until - Instant::now()).await;
             assert_eq!(b.admit(Instant::now()), Admit::Probe);
-            b.record(true, Instant::now());
+            b.record(true, true, Instant::now());
         }
         let last = b.open_until(Instant::now()).unwrap() - Instant::now();
         assert!(last >= Duration::from_millis(4000), "{last:?}");
@@ -272,10 +288,50 @@ mod tests {
     async fn successes_reset_the_count_so_only_consecutive_failures_open_it() {
         let b = Breaker::new(settings());
         for _ in 0..10 {
-            b.record(true, Instant::now());
-            b.record(true, Instant::now());
-            b.record(false, Instant::now());
+            b.record(true, false, Instant::now());
+            b.record(true, false, Instant::now());
+            b.record(false, false, Instant::now());
         }
+        assert_eq!(b.state(Instant::now()), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_never_reports_gives_way_to_another_after_the_grace() {
+        let b = Breaker::new(settings());
+        for _ in 0..3 {
+            b.record(true, false, Instant::now());
+        }
+        advance(Duration::from_millis(1000)).await;
+        assert_eq!(b.admit(Instant::now()), Admit::Probe);
+        // Its caller vanished. Others are told to look again soon, not in a minute.
+        match b.admit(Instant::now()) {
+            Admit::Wait(until) => assert!(until - Instant::now() <= Duration::from_millis(1000)),
+            other => panic!("{other:?}"),
+        }
+        advance(PROBE_GRACE - Duration::from_millis(1)).await;
+        assert!(matches!(b.admit(Instant::now()), Admit::Wait(_)));
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            b.admit(Instant::now()),
+            Admit::Probe,
+            "a new probe after the grace"
+        );
+        b.record(false, true, Instant::now());
+        assert_eq!(b.admit(Instant::now()), Admit::Go);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_probe_can_reopen_a_half_open_circuit() {
+        let b = Breaker::new(settings());
+        for _ in 0..3 {
+            b.record(true, false, Instant::now());
+        }
+        advance(Duration::from_millis(1000)).await;
+        assert_eq!(b.admit(Instant::now()), Admit::Probe);
+        // A request sent before the circuit opened times out now: not the probe's verdict.
+        b.record(true, false, Instant::now());
+        assert_eq!(b.state(Instant::now()), CircuitState::HalfOpen);
+        b.record(false, true, Instant::now());
         assert_eq!(b.state(Instant::now()), CircuitState::Closed);
     }
 }

@@ -107,7 +107,12 @@ pub struct Detail {
     pub validated_at: Option<Millis>,
     /// What validation checked and found (e.g. each Wati template's approval).
     pub checks: Vec<String>,
+    /// When the provider last refused the credentials during an action.
+    pub refused_at: Option<Millis>,
 }
+
+/// How long a 429 without `Retry-After` pauses the connection.
+pub const DEFAULT_429_PAUSE: Duration = Duration::from_secs(1);
 
 /// How many recent request latencies feed the p90.
 const LATENCY_WINDOW: usize = 50;
@@ -151,32 +156,51 @@ impl Health {
 
     /// Set the status and its reason.
     pub fn set(&self, status: Status, trouble: Option<Trouble>, reason: Option<String>) {
-        {
-            let mut d = self.detail.lock().expect("health lock");
-            d.reason = reason;
-            d.trouble = trouble;
-        }
+        // The status changes under the same lock as its trouble, so a reader that takes the
+        // lock sees the two together.
+        let mut d = self.detail.lock().expect("health lock");
+        d.reason = reason;
+        d.trouble = trouble;
         self.status.store(status as u8, Ordering::Release);
     }
 
-    /// Record a validation's result.
-    pub fn validated(&self, v: &validate::Validation, at: Millis) {
+    /// Record the result of a validation that started at `started`; `false` when a credential
+    /// refusal during an action came after it started (the older answer does not overrule it).
+    pub fn validated(&self, v: &validate::Validation, started: Millis, at: Millis) -> bool {
         {
             let mut d = self.detail.lock().expect("health lock");
             d.validated_at = Some(at);
+            if d.refused_at.is_some_and(|r| r >= started) {
+                return false;
+            }
             d.checks = v.checks.clone();
         }
         self.set(v.status, v.trouble, Some(v.reason.clone()));
+        true
+    }
+
+    /// A validation could not say anything (the provider asked for quiet): the status stays,
+    /// the next one is due on the usual schedule.
+    pub fn validation_postponed(&self, at: Millis) {
+        self.detail.lock().expect("health lock").validated_at = Some(at);
     }
 
     /// What an action may do now.
     pub fn usable(&self, now: Instant) -> Usable {
         match self.status() {
             Status::Disconnected => Usable::No,
-            Status::Error => match self.detail.lock().expect("health lock").trouble {
-                Some(Trouble::Unreachable) => Usable::Later,
-                _ => Usable::No,
-            },
+            Status::Error => {
+                let d = self.detail.lock().expect("health lock");
+                match (self.status(), d.trouble) {
+                    (Status::Error, Some(Trouble::Unreachable)) => Usable::Later,
+                    (Status::Error, _) => Usable::No,
+                    // It changed while we looked: read it again.
+                    _ => {
+                        drop(d);
+                        self.usable(now)
+                    }
+                }
+            }
             Status::Pending | Status::Connected => {
                 if self.breaker.open_until(now).is_some() {
                     Usable::Later
@@ -264,24 +288,38 @@ impl Registry {
     }
 
     /// Record a provider request's outcome (live or from the worker): its latency; provider
-    /// trouble for the breaker; a provider's "slow down" pauses the connection; a credential
-    /// refusal marks it `error`.
-    pub fn record(&self, id: &str, latency: Duration, failure: Option<&ProviderError>) {
+    /// trouble for the breaker (`probe`: the request was the circuit's probe); a provider's
+    /// "slow down" pauses the connection; a credential refusal marks it `error`.
+    pub fn record(
+        &self,
+        id: &str,
+        latency: Duration,
+        failure: Option<&ProviderError>,
+        probe: bool,
+    ) {
         let Some(h) = self.health(id) else { return };
         let now = Instant::now();
         h.record_latency(latency);
         let trouble = failure.is_some_and(ProviderError::is_provider_trouble);
         let was_open = h.breaker.open_until(now).is_some();
-        h.breaker.record(trouble, now);
+        // A "slow down" (429) says nothing about the provider's health: it pauses the
+        // connection below and leaves the circuit as it is.
+        if failure.is_none_or(|e| e.http_status != Some(429)) {
+            h.breaker.record(trouble, probe, now);
+        } else if probe {
+            h.breaker.release_probe(now);
+        }
         if !was_open && let Some(until) = h.breaker.open_until(now) {
             warn!(connection = %id, penalty_ms = (until - now).as_millis() as u64, "circuit opened after consecutive provider failures");
         }
         if let Some(e) = failure {
-            if let (Some(429), Some(wait)) = (e.http_status, e.retry_after) {
+            if e.http_status == Some(429) {
+                let wait = e.retry_after.unwrap_or(DEFAULT_429_PAUSE);
                 info!(connection = %id, wait_ms = wait.as_millis() as u64, "provider asked to slow down; connection paused");
                 h.limiter.pause_until(now + wait);
             }
             if e.is_auth() {
+                h.detail.lock().expect("health lock").refused_at = Some(crate::workflow::now_ms());
                 if h.status() != Status::Error {
                     warn!(connection = %id, status = ?e.http_status, "provider refused the credentials; connection marked error");
                 }

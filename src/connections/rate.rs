@@ -66,7 +66,15 @@ impl Limiter {
         }
     }
 
-    /// The provider asked us to wait: nothing goes out before `until`.
+    /// Return a token taken for a request that was never sent.
+    pub fn give_back(&self) {
+        if let Some(rate) = self.rate {
+            let mut b = self.bucket.lock().expect("limiter lock");
+            b.tokens = (b.tokens + 1.0).min(f64::from(rate.count));
+        }
+    }
+
+    /// Hold every request back until `until` (a provider's `Retry-After`).
     pub fn pause_until(&self, until: Instant) {
         let mut b = self.bucket.lock().expect("limiter lock");
         if b.paused_until.is_none_or(|p| p < until) {

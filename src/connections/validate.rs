@@ -19,6 +19,11 @@ pub struct Validation {
     pub reason: String,
     /// Individual findings (each Wati template's approval).
     pub checks: Vec<String>,
+    /// How many findings are problems (a Wati template missing or not approved).
+    pub problems: usize,
+    /// The provider answered 429: it asked to be left alone this long. The answer says
+    /// nothing about the credentials, so a running sidecar keeps the connection's status.
+    pub rate_limited: Option<Duration>,
 }
 
 impl Validation {
@@ -61,6 +66,8 @@ pub async fn validate(
             trouble: None,
             reason: "disabled in the config".into(),
             checks: Vec::new(),
+            problems: 0,
+            rate_limited: None,
         };
     }
     let Some(req) = providers::prepare_validation(conn, templates) else {
@@ -69,6 +76,8 @@ pub async fn validate(
             trouble: None,
             reason: "configuration checked (URL and signing secret); set health_url to check the endpoint too".into(),
             checks: Vec::new(),
+            problems: 0,
+            rate_limited: None,
         };
     };
     let answer = match tokio::time::timeout(timeout, providers::send(client, &req)).await {
@@ -78,18 +87,31 @@ pub async fn validate(
         Ok(Err(e)) => return unreachable(e.message),
         Ok(Ok(raw)) => raw,
     };
+    if answer.status == 429 {
+        let wait = providers::retry_after(&answer.headers).unwrap_or(super::DEFAULT_429_PAUSE);
+        let mut v = unreachable(format!(
+            "the provider is rate-limiting (HTTP 429) for {} ms; the credentials were not checked",
+            wait.as_millis()
+        ));
+        v.rate_limited = Some(wait);
+        return v;
+    }
     match providers::interpret_validation(conn, &answer, templates) {
-        Ok((reason, checks)) => Validation {
+        Ok(found) => Validation {
             status: Status::Connected,
             trouble: None,
-            reason,
-            checks,
+            reason: found.reason,
+            checks: found.checks,
+            problems: found.problems,
+            rate_limited: None,
         },
         Err((trouble, reason)) => Validation {
             status: Status::Error,
             trouble: Some(trouble),
             reason,
             checks: Vec::new(),
+            problems: 0,
+            rate_limited: None,
         },
     }
 }
@@ -100,6 +122,8 @@ fn unreachable(why: String) -> Validation {
         trouble: Some(Trouble::Unreachable),
         reason: format!("cannot reach the provider: {why}"),
         checks: Vec::new(),
+        problems: 0,
+        rate_limited: None,
     }
 }
 
@@ -111,6 +135,7 @@ pub async fn run_one(
     health: &super::Health,
 ) -> Validation {
     let templates = templates_for(&snap.config, &conn.id);
+    let started = crate::workflow::now_ms();
     let v = validate(
         &rt.providers,
         conn,
@@ -118,7 +143,19 @@ pub async fn run_one(
         snap.config.defaults.validate_timeout,
     )
     .await;
-    health.validated(&v, crate::workflow::now_ms());
+    if let Some(wait) = v.rate_limited {
+        // The provider asked for quiet: honour it for actions too, and keep the status.
+        health
+            .limiter
+            .pause_until(tokio::time::Instant::now() + wait);
+        health.validation_postponed(crate::workflow::now_ms());
+        tracing::info!(connection = %conn.id, wait_ms = wait.as_millis() as u64, "validation rate-limited by the provider; status kept");
+        return v;
+    }
+    if !health.validated(&v, started, crate::workflow::now_ms()) {
+        tracing::info!(connection = %conn.id, "validation outrun by a credential refusal during an action; status kept");
+        return v;
+    }
     match v.status {
         Status::Error => {
             tracing::warn!(connection = %conn.id, reason = %v.reason, "connection validation failed")
@@ -146,11 +183,16 @@ pub async fn run_periodically(
             .iter()
             .filter(|(c, h)| {
                 let d = h.detail();
-                let every = if h.status() == Status::Error {
-                    snap.config.defaults.revalidate_error
-                } else {
-                    snap.config.defaults.validate_every
-                };
+                // A provider that was down is looked at again soon; refused credentials and
+                // wrong settings do not fix themselves (a person validates after fixing them,
+                // and a reload validates at once), and a send-time refusal of credentials
+                // that validate would otherwise flap.
+                let every =
+                    if h.status() == Status::Error && d.trouble == Some(Trouble::Unreachable) {
+                        snap.config.defaults.revalidate_error
+                    } else {
+                        snap.config.defaults.validate_every
+                    };
                 c.enabled
                     && d.validated_at
                         .is_none_or(|at| crate::workflow::now_ms() - at >= every.as_millis() as i64)

@@ -149,6 +149,8 @@ impl ProviderError {
     /// rather than that this request was wrong: what feeds a connection's failure streak.
     pub fn is_provider_trouble(&self) -> bool {
         matches!(self.kind, FailureKind::Unavailable | FailureKind::Timeout)
+            // "Slow down" and "that key is still running" are about our requests, not its health.
+            && !matches!(self.http_status, Some(429 | 409))
     }
 
     /// `code: message`, as job records keep it.
@@ -441,8 +443,31 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.min(86_400)))
 }
 
+/// What a connection check confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// For a person.
+    pub reason: String,
+    /// Individual findings (each Wati template's approval).
+    pub checks: Vec<String>,
+    /// How many findings are problems (a template missing or not approved): the credentials
+    /// work, but some sends will be refused.
+    pub problems: usize,
+}
+
+impl Found {
+    /// Credentials confirmed, nothing else checked.
+    pub fn valid(reason: impl Into<String>) -> Found {
+        Found {
+            reason: reason.into(),
+            checks: Vec::new(),
+            problems: 0,
+        }
+    }
+}
+
 /// What a connection check found: `Ok` with what was confirmed, or the trouble and why.
-pub type Checked = Result<(String, Vec<String>), (crate::connections::Trouble, String)>;
+pub type Checked = Result<Found, (crate::connections::Trouble, String)>;
 
 /// The request that checks a connection's credentials (SPEC §5), if the provider has one.
 pub fn prepare_validation(conn: &Connection, templates: &[String]) -> Option<Prepared> {

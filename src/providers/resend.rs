@@ -73,13 +73,11 @@ pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
     let parsed: Option<ErrorBody> = serde_json::from_slice(&raw.body).ok();
     let name = parsed.as_ref().and_then(|b| b.name.as_deref());
     match (raw.status, name) {
-        (200..=299, _) => Ok((
-            "the API key is valid (it can list domains)".into(),
-            Vec::new(),
+        (200..=299, _) => Ok(super::Found::valid(
+            "the API key is valid (it can list domains)",
         )),
-        (401, Some("restricted_api_key")) => Ok((
-            "a sending-only API key (restricted_api_key): it can send email".into(),
-            Vec::new(),
+        (401, Some("restricted_api_key")) => Ok(super::Found::valid(
+            "a sending-only API key (restricted_api_key): it can send email",
         )),
         (401 | 403, name) => Err((
             Trouble::Credentials,
@@ -133,6 +131,19 @@ pub fn interpret(raw: RawResponse) -> Result<Accepted, ProviderError> {
         .map(short)
         .unwrap_or_else(|| format!("HTTP {}", raw.status));
     let mut e = ProviderError::from_status(&raw, message);
+    // Resend also answers 403 for what is wrong with the email, not the key (a
+    // `validation_error` such as sending to an address the domain may not reach): only its
+    // key errors (or a 401/403 without a name) are credential refusals.
+    if e.kind == FailureKind::AuthFailed
+        && name.as_deref().is_some_and(|n| {
+            !matches!(
+                n,
+                "missing_api_key" | "invalid_api_key" | "restricted_api_key"
+            )
+        })
+    {
+        e.kind = FailureKind::Rejected;
+    }
     // Same key while the first request is still running: the first one may still send.
     if raw.status == 409 && name.as_deref() == Some("concurrent_idempotent_requests") {
         e.kind = FailureKind::Unavailable;
@@ -216,6 +227,14 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(e.kind, FailureKind::AuthFailed);
+        // A 403 about the email, not the key: the caller's mistake, the connection is fine.
+        let e = interpret(raw(
+            403,
+            r#"{"statusCode":403,"name":"validation_error","message":"You can only send testing emails to your own email address."}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(e.kind, FailureKind::Rejected);
+        assert!(!e.is_auth() && !e.is_provider_trouble());
 
         let mut r = raw(
             429,
@@ -226,6 +245,10 @@ mod tests {
         let e = interpret(r).unwrap_err();
         assert_eq!(e.kind, FailureKind::Unavailable);
         assert!(e.retryable);
+        assert!(
+            !e.is_provider_trouble(),
+            "a 429 is no sign of a dead provider"
+        );
         assert_eq!(e.retry_after, Some(std::time::Duration::from_secs(2)));
 
         let e = interpret(raw(

@@ -150,7 +150,11 @@ pub fn interpret_validation(raw: &RawResponse, templates: &[String]) -> super::C
     } else {
         format!("the token is valid, but {}", problems.join("; "))
     };
-    Ok((summary, checks))
+    Ok(super::Found {
+        reason: summary,
+        checks,
+        problems: problems.len(),
+    })
 }
 
 /// Read a Wati send answer.

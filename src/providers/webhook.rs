@@ -133,10 +133,10 @@ pub fn prepare_validation(settings: &ConnectionSettings) -> Option<Prepared> {
 pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
     use crate::connections::Trouble;
     match raw.status {
-        200..=299 => Ok((
-            format!("the health check answered HTTP {}", raw.status),
-            Vec::new(),
-        )),
+        200..=299 => Ok(super::Found::valid(format!(
+            "the health check answered HTTP {}",
+            raw.status
+        ))),
         429 | 500..=599 => Err((
             Trouble::Unreachable,
             format!("the health check answered HTTP {}", raw.status),

@@ -419,6 +419,11 @@ impl Session {
         );
     }
 
+    /// A moment of this session as ms since the epoch, on the session's monotonic clock.
+    fn clock(&self, at: Instant) -> Millis {
+        self.started_at + at.saturating_duration_since(self.started).as_millis() as Millis
+    }
+
     /// Make the call's held workflow jobs runnable (in the background, tracked for shutdown).
     fn release_held(&self) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -444,7 +449,7 @@ impl Session {
             org: self.key.0.clone(),
             call_id: self.ctx.call_id.clone(),
             reason: self.end_reason.take().unwrap_or_else(|| "closed".into()),
-            at: now_ms(),
+            at: self.clock(Instant::now()),
         });
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
@@ -662,7 +667,9 @@ impl Session {
         }
         let invocation_id = invocation_id();
         self.invocations += 1;
-        let received_at = now_ms();
+        // On the session's own clock, like its transcript turns, so the call's timeline orders
+        // them exactly however the wall clock is slewed.
+        let received_at = self.clock(received);
         let history_len = self.history.entries().len();
         let snap = self.rt.snap();
         let mut checked = {

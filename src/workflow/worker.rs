@@ -36,13 +36,15 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let concurrency = rt.config().workflow.concurrency;
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
-    let retain = Duration::from_secs(u64::from(rt.config().workflow.retain_days) * 86_400);
+
     let mut next_prune = Instant::now();
     info!(%owner, concurrency, "workflow worker started");
     loop {
         while running.try_join_next().is_some() {}
         if Instant::now() >= next_prune {
             next_prune = Instant::now() + PRUNE_EVERY;
+            // Read at each pass, so a reload's retention applies.
+            let retain = Duration::from_secs(u64::from(rt.config().workflow.retain_days) * 86_400);
             match rt.jobs.prune(now_ms() - retain.as_millis() as i64).await {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
@@ -109,9 +111,11 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
 
 /// Whether a claimed job may go out now.
 enum Gate {
-    /// Send it (when the circuit was open, this is its one probe; its outcome is reported
-    /// like any other).
-    Go,
+    /// Send it; `probe` when it is the open circuit's one probe (its outcome decides).
+    Go {
+        /// The circuit's probe.
+        probe: bool,
+    },
     /// Not now: hand it back, unattempted, until then.
     Hold(Instant, String),
 }
@@ -120,13 +124,29 @@ enum Gate {
 /// this the probe), and a rate token free.
 fn gate(snap: &Snapshot, job: &Job, now: Instant) -> Gate {
     let Some(h) = snap.connections.health(&job.connection) else {
-        return Gate::Go;
+        return Gate::Go { probe: false };
     };
-    if h.usable(now) == Usable::Later && h.breaker.open_until(now).is_none() {
-        return Gate::Hold(
-            now + snap.config.defaults.revalidate_error,
-            format!("connection {} is unreachable", job.connection),
-        );
+    match h.usable(now) {
+        // Refused credentials or a disabled connection: sending only earns another refusal.
+        // Wait for it to be fixed and validated, without spending the job's attempts.
+        Usable::No => {
+            return Gate::Hold(
+                now + snap.config.defaults.revalidate_error,
+                format!(
+                    "connection {} is {}: {}",
+                    job.connection,
+                    h.status().as_str(),
+                    h.reason().unwrap_or_default()
+                ),
+            );
+        }
+        Usable::Later if h.breaker.open_until(now).is_none() => {
+            return Gate::Hold(
+                now + snap.config.defaults.revalidate_error,
+                format!("connection {} is unreachable", job.connection),
+            );
+        }
+        _ => {}
     }
     let probe = match h.breaker.admit(now) {
         Admit::Go => false,
@@ -141,27 +161,39 @@ fn gate(snap: &Snapshot, job: &Job, now: Instant) -> Gate {
         }
         return Gate::Hold(until, format!("{} is over its rate limit", job.connection));
     }
-    Gate::Go
+    Gate::Go { probe }
 }
 
 /// Run one attempt of a claimed job and record how it ended.
 async fn attempt(rt: &Runtime, job: Job, owner: &str) {
     let snap = rt.snap();
     let now = Instant::now();
-    if let Gate::Hold(until, why) = gate(&snap, &job, now) {
-        let not_before = now_ms() + until.saturating_duration_since(now).as_millis() as i64;
-        match rt
-            .jobs
-            .put_back(&job.id, owner, job.attempts, not_before, &why, now_ms())
-            .await
-        {
-            Ok(_) => debug!(%why, "job held back, not attempted"),
-            Err(e) => warn!(error = %e, "cannot hand a job back; its lease will lapse"),
+    let probe = match gate(&snap, &job, now) {
+        Gate::Go { probe } => probe,
+        Gate::Hold(until, why) => {
+            let not_before = now_ms() + until.saturating_duration_since(now).as_millis() as i64;
+            match rt
+                .jobs
+                .put_back(&job.id, owner, job.attempts, not_before, &why, now_ms())
+                .await
+            {
+                Ok(_) => debug!(%why, "job held back, not attempted"),
+                Err(e) => warn!(error = %e, "cannot hand a job back; its lease will lapse"),
+            }
+            return;
         }
-        return;
-    }
+    };
     let started_at = now_ms();
-    let run = execute(rt, &snap, &job).await;
+    let run = execute(rt, &snap, &job, probe).await;
+    if run.result.is_none()
+        && let Some(h) = snap.connections.health(&job.connection)
+    {
+        // Never sent: its probe and rate token go back.
+        if probe {
+            h.breaker.release_probe(Instant::now());
+        }
+        h.limiter.give_back();
+    }
     let finish = run.finish;
     let label = match &finish {
         Finish::Succeeded { .. } => "succeeded",
@@ -249,7 +281,7 @@ impl Ran {
     }
 }
 
-async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Ran {
+async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, probe: bool) -> Ran {
     let (Some(conn), Some(action)) = (
         snap.connections.connection(&job.connection),
         Action::parse(&job.action),
@@ -310,7 +342,7 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job) -> Ran {
         );
     }
     snap.connections
-        .record(&conn.id, latency, result.as_ref().err());
+        .record(&conn.id, latency, result.as_ref().err(), probe);
     Ran {
         finish: Finish::from_result(&result, &backoff, job.attempts, now_ms()),
         request: Some(req),
