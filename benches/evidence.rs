@@ -4,10 +4,12 @@
 //! 1. `writer`: realistic invocation records (redacted request and response, guards, inputs,
 //!    transcript context) and transcript turns submitted back to back; records/s from the first
 //!    submit until all are committed.
-//! 2. `tool_call`: sequential tool calls through an in-process sidecar (real WebSocket, loopback
-//!    provider that answers at once), once with the normal writer and once with a writer that
-//!    sleeps before every commit (a disk that stalls). Tool-call latency should be the same:
-//!    the ratio of the two runs' percentiles is printed.
+//! 2. `tool_call`: sequential tool calls through an in-process sidecar (real WebSocket), once
+//!    with the normal writer and once with a writer that stalls inside every commit, holding its
+//!    file's write lock (a disk that stalls). Two kinds of call: a live one (loopback provider
+//!    that answers at once) and a deferred one (`mode = "workflow"`: the job is written and
+//!    fsynced before `deferred` is answered, in the job store's own file). Latency should be the
+//!    same with either writer: the ratios of the two runs' percentiles are printed.
 //!
 //! Run: `cargo bench --bench evidence` (set `EVIDENCE_BENCH_DIR` to put the file on another
 //! disk).
@@ -164,13 +166,33 @@ fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
     rt.block_on(store.close());
 }
 
-/// Sequential tool calls through an in-process sidecar whose evidence writer sleeps `delay`
-/// before each commit; each call's latency from send to result.
-fn tool_calls(calls: u64, delay: Duration, rt: &tokio::runtime::Runtime) -> Vec<Duration> {
+/// A workflow-mode function beside the demo's: answered `deferred` once its job is stored.
+const LOG_NOTE: &str = "[[agents.functions]]
+name = \"log_note\"
+action = \"webhook.post\"
+connection = \"acme-hooks\"
+description = \"Record a note for the team after the call.\"
+timing = { mode = \"workflow\" }
+
+[agents.functions.inputs]
+note = { arg = \"note\", required = true }
+
+";
+
+/// Sequential tool calls through an in-process sidecar whose evidence writer stalls `delay`
+/// inside each commit; each call's latency from send to result, live ones and deferred ones.
+fn tool_calls(
+    calls: u64,
+    delay: Duration,
+    rt: &tokio::runtime::Runtime,
+) -> (Vec<Duration>, Vec<Duration>) {
     rt.block_on(async {
         let mocks = toolgate::demo::Mocks::start().await.unwrap();
-        let mut config = mocks
-            .config_with(|t| t.replace("[server]", "[server]\nmax_frames_per_second = 100000"));
+        let mut config = mocks.config_with(|t| {
+            let t = t.replace("[server]", "[server]\nmax_frames_per_second = 100000");
+            let at = t.find("[[agents.functions]]").expect("the demo has functions");
+            format!("{}{LOG_NOTE}{}", &t[..at], &t[at..])
+        });
         config.evidence.writer_delay = delay;
         let server = toolgate::server::Server::start(config).await.unwrap();
         let mut client = toolgate::client::CallClient::connect(
@@ -185,32 +207,36 @@ fn tool_calls(calls: u64, delay: Duration, rt: &tokio::runtime::Runtime) -> Vec<
             .await
             .unwrap();
         client.recv(Duration::from_secs(5)).await.unwrap();
-        let mut out = Vec::with_capacity(calls as usize);
+                let mut live = Vec::with_capacity(calls as usize);
+        let mut deferred = Vec::with_capacity(calls as usize);
         for n in 0..calls + 200 {
-            let id = format!("call_{n}");
-            let t = Instant::now();
             client
                 .send(&json!({"type": "transcript", "role": "caller",
                               "text": format!("Please have someone call me back, reason {n}"), "final": true}))
                 .await
                 .unwrap();
-            client
-                .send(&json!({"type": "tool.call", "id": id, "name": "request_callback",
-                              "arguments": {"reason": format!("bench {n}")}}))
-                .await
-                .unwrap();
-            let frames = client.until_result(&id, Duration::from_secs(5)).await.unwrap();
-            assert_eq!(frames.last().unwrap().frame["status"], "succeeded");
-            if n >= 200 {
-                out.push(t.elapsed());
+            for (name, args, status, out) in [
+                ("request_callback", json!({"reason": format!("bench {n}")}), "succeeded", &mut live),
+                ("log_note", json!({"note": format!("note {n}")}), "deferred", &mut deferred),
+            ] {
+                let id = format!("{name}_{n}");
+                let t = Instant::now();
+                client
+                    .send(&json!({"type": "tool.call", "id": id, "name": name, "arguments": args}))
+                    .await
+                    .unwrap();
+                let frames = client.until_result(&id, Duration::from_secs(5)).await.unwrap();
+                assert_eq!(frames.last().unwrap().frame["status"], status);
+                if n >= 200 {
+                    out.push(t.elapsed());
+                }
             }
         }
         let lag = server.runtime().evidence.dropped();
-        server.shutdown(Duration::from_secs(30)).await;
+        server.shutdown(Duration::from_secs(60)).await;
         mocks.webhook.stop();
         assert_eq!(lag, 0, "the slowed writer dropped evidence");
-        out.sort();
-        out
+        (live, deferred)
     })
 }
 
@@ -231,31 +257,38 @@ fn main() {
     let stall = Duration::from_millis(250);
     // Alternate, so drift over the run (a warming cache, a neighbour's load) shows up as a
     // difference between the two runs of the same kind rather than as the writer's effect.
-    let mut normal = tool_calls(calls, Duration::ZERO, &rt);
-    let mut slowed = tool_calls(calls, stall, &rt);
-    normal.extend(tool_calls(calls, Duration::ZERO, &rt));
-    slowed.extend(tool_calls(calls, stall, &rt));
-    normal.sort();
-    slowed.sort();
-    println!(
-        "tool_call: 2 x {calls} sequential calls per writer, alternating; provider answers at once"
-    );
-    for (name, ms) in [
-        ("normal writer", &normal),
-        ("writer stalls 250 ms per commit", &slowed),
+    let (mut normal, mut slowed) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+    for _ in 0..2 {
+        let (l, d) = tool_calls(calls, Duration::ZERO, &rt);
+        normal.0.extend(l);
+        normal.1.extend(d);
+        let (l, d) = tool_calls(calls, stall, &rt);
+        slowed.0.extend(l);
+        slowed.1.extend(d);
+    }
+    for v in [&mut normal.0, &mut normal.1, &mut slowed.0, &mut slowed.1] {
+        v.sort();
+    }
+    println!("tool_call: 2 x {calls} sequential calls of each kind per writer, alternating runs");
+    for (kind, n, s) in [
+        ("live (provider answers at once)", &normal.0, &slowed.0),
+        ("deferred (job fsynced first)", &normal.1, &slowed.1),
     ] {
+        println!("  {kind}");
+        for (name, ms) in [("normal writer", n), ("writer stalls 250 ms per commit", s)] {
+            println!(
+                "    {name:<32} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+                pct(ms, 0.50),
+                pct(ms, 0.90),
+                pct(ms, 0.99),
+                pct(ms, 1.0)
+            );
+        }
         println!(
-            "  {name:<32} p50 {:.3} ms  p90 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
-            pct(ms, 0.50),
-            pct(ms, 0.90),
-            pct(ms, 0.99),
-            pct(ms, 1.0)
+            "    ratio stalled/normal: p50 {:.2}  p90 {:.2}  p99 {:.2}",
+            pct(s, 0.50) / pct(n, 0.50),
+            pct(s, 0.90) / pct(n, 0.90),
+            pct(s, 0.99) / pct(n, 0.99)
         );
     }
-    println!(
-        "  ratio slowed/normal: p50 {:.2}  p90 {:.2}  p99 {:.2}",
-        pct(&slowed, 0.50) / pct(&normal, 0.50),
-        pct(&slowed, 0.90) / pct(&normal, 0.90),
-        pct(&slowed, 0.99) / pct(&normal, 0.99)
-    );
 }

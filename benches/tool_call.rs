@@ -4,6 +4,9 @@
 //!   with `--features simd-json`).
 //! - `guards/*`: the whole guard chain for a typical tool call.
 //! - `per_call/decode_and_guards`: both, as a tool call pays them.
+//! - `redaction/*`: masking a transcript turn, a provider request body and a URL.
+//! - `evidence/*`: building one invocation record from a tool call (redacted inputs, request
+//!   and context) and encoding it as the store writes it.
 //! - `end_to_end/tool_call`: a whole tool call through an in-process sidecar, over a real
 //!   WebSocket, to a loopback mock provider that answers at once.
 //!
@@ -160,6 +163,107 @@ fn guard_chain(c: &mut Criterion) {
     g.finish();
 }
 
+fn redaction(c: &mut Criterion) {
+    use toolgate::redact;
+    let mut g = c.benchmark_group("redaction");
+    let turn = "Yes please, send it to ana.b@example.com or text me on +1 415 555 0100 after six.";
+    g.bench_function("transcript_turn", |b| {
+        b.iter(|| redact::text(black_box(turn), &["bench-secret"]))
+    });
+    let clean = "Thanks, that is all I needed for today.";
+    g.bench_function("transcript_turn_nothing_to_mask", |b| {
+        b.iter(|| redact::text(black_box(clean), &["bench-secret"]))
+    });
+    let body = json!({"from": "Acme Support <support@acme.test>", "to": "ana@example.com",
+                      "subject": "Your call with Acme", "text": "Order A-1042 ships Friday; refund of $12 approved. Call +14155550100 with questions."});
+    g.bench_function("email_request_body", |b| {
+        b.iter(|| redact::json(black_box(&body), false, &["bench-secret"]))
+    });
+    let url = reqwest::Url::parse(
+        "https://live-server-1234.wati.io/123456/api/v1/sendSessionMessage/14155550100?messageText=Hello%20Ana",
+    )
+    .unwrap();
+    g.bench_function("wati_url", |b| {
+        b.iter(|| redact::url(black_box(&url), false, &["bench-secret"]))
+    });
+    g.finish();
+}
+
+fn evidence_encoding(c: &mut Criterion) {
+    use toolgate::evidence;
+    let fx = fixture();
+    let agent = fx.config.agent("support-bot").unwrap().clone();
+    let Inbound::ToolCall(call) = protocol::decode(TOOL_CALL).unwrap() else {
+        unreachable!()
+    };
+    let view = CallView {
+        ctx: &fx.ctx,
+        history: &fx.history,
+        ledger: &fx.ledger,
+        connections: &fx.registry,
+    };
+    let checked = guards::check(&agent, &call, &view);
+    let function = &agent.functions[checked.function.unwrap()];
+    let conn = fx.registry.connection(&function.connection.id).unwrap();
+    let ctx = toolgate::providers::ActionContext {
+        call_id: "c-8f2e",
+        function: &function.name,
+        idempotency_key: "tg_0123456789abcdef0123456789abcdef",
+        now: std::time::SystemTime::now(),
+    };
+    let req =
+        toolgate::providers::prepare(conn, function.action, &checked.resolution, &ctx).unwrap();
+    let secrets = conn.secret_texts();
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let build = || evidence::Invocation {
+        invocation_id: "inv_01M8K4AMAJXC90C5F5TZTYCA04".into(),
+        source_type: evidence::SourceType::Agent,
+        parent_invocation_id: None,
+        org_id: "acme".into(),
+        call_id: "c-8f2e".into(),
+        agent_id: "support-bot".into(),
+        function: function.name.clone(),
+        action: Some(function.action.as_str().into()),
+        connection_id: Some(conn.id.clone()),
+        received_at: 1_795_000_000_000,
+        status: "succeeded".into(),
+        answered_status: "succeeded".into(),
+        is_final: true,
+        final_at: Some(1_795_000_000_212),
+        error_code: None,
+        error_message: None,
+        missing_fields: Vec::new(),
+        guards: evidence::guards(&checked.verdicts),
+        inputs_redacted: evidence::inputs(Some(function), &checked.resolution, false),
+        request_payload_redacted: Some(evidence::request(&req, false, &secrets)),
+        response_payload_redacted: Some(evidence::response(
+            Some(200),
+            Some(br#"{"result":true,"info":"ok","validWhatsAppNumber":true}"#),
+            false,
+            &secrets,
+        )),
+        provider_message_id: None,
+        latency_ms: Some(212),
+        timeline: evidence::Timeline {
+            filler_ms: Vec::new(),
+            answered_ms: Some(213),
+            provider_sent_ms: Some(0),
+            provider_done_ms: Some(212),
+        },
+        workflow_job_id: None,
+        at_least_once: false,
+        cancelled: None,
+        transcript_context: evidence::context(fx.history.entries()),
+    };
+    let mut g = c.benchmark_group("evidence");
+    g.bench_function("build_record", |b| b.iter(|| black_box(build())));
+    let record = build();
+    g.bench_function("encode_record", |b| {
+        b.iter(|| serde_json::to_string(black_box(&record)).unwrap())
+    });
+    g.finish();
+}
+
 fn end_to_end(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -218,6 +322,6 @@ fn end_to_end(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = decode, guard_chain, end_to_end
+        targets = decode, guard_chain, redaction, evidence_encoding, end_to_end
 }
 criterion_main!(benches);

@@ -26,8 +26,19 @@ const MAX_LIMIT: usize = 1000;
 
 /// Route one admin request.
 pub async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> HttpResponse {
-    let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Each segment percent-decoded: a call id may hold any character (`/` arrives as %2F).
+    let decoded: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, ["readyz"]) => ready(&rt).await,
@@ -62,7 +73,7 @@ pub async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> HttpResponse {
                 Err(resp) => return resp,
             };
             match method {
-                &Method::GET => get_call(call_id, &rt, &scope).await,
+                &Method::GET => get_call(&req, call_id, &rt, &scope).await,
                 _ => method_not_allowed("GET"),
             }
         }
@@ -351,8 +362,19 @@ fn store_error(e: &crate::workflow::store::StoreError) -> HttpResponse {
     )
 }
 
-async fn get_call(call_id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
-    match rt.evidence.call(org_of(scope), call_id).await {
+/// The org whose call to show: an org token's own; for an all-orgs token `?org=` when given
+/// (two orgs may use the same call id), else the latest call with that id.
+fn call_org(req: &Request<Incoming>, scope: &AdminScope) -> Option<String> {
+    org_of(scope).or_else(|| query_param(req, "org").filter(|o| !o.is_empty()))
+}
+
+async fn get_call(
+    req: &Request<Incoming>,
+    call_id: &str,
+    rt: &Runtime,
+    scope: &AdminScope,
+) -> HttpResponse {
+    match rt.evidence.call(call_org(req, scope), call_id).await {
         Ok(Some(call)) => json_response(StatusCode::OK, &json!(call)),
         Ok(None) => json_error(StatusCode::NOT_FOUND, "not_found", "no such call"),
         Err(e) => store_error(&e),
@@ -482,7 +504,7 @@ async fn call_page(req: &Request<Incoming>, call_id: &str, rt: &Runtime) -> Http
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
     };
-    match rt.evidence.call(org_of(&scope), call_id).await {
+    match rt.evidence.call(call_org(req, &scope), call_id).await {
         Ok(Some(call)) => html(StatusCode::OK, crate::evidence::page::render(&call)),
         Ok(None) => html_message(
             StatusCode::NOT_FOUND,

@@ -150,6 +150,8 @@ pub enum Event {
         job_id: String,
         /// Why.
         reason: DeferReason,
+        /// How long the call waited on the provider before it was handed off.
+        provider_wait: Duration,
     },
     /// The call is finished.
     Done {
@@ -379,7 +381,12 @@ impl Run<'_> {
     ///   cancelled, nothing will be sent (`NotSent`);
     /// - the store refused the job (`None`): the caller decides;
     /// - the job is already final (out of attempts, or done before): answered by its state.
-    async fn defer(&self, reason: DeferReason, start: Start) -> Result<Job, Option<Outcome>> {
+    async fn defer(
+        &self,
+        reason: DeferReason,
+        start: Start,
+        provider_wait: Duration,
+    ) -> Result<Job, Option<Outcome>> {
         let unsent = match &start {
             Start::RunnableAt(_) | Start::AfterCall => true,
             Start::Retry { possibly_sent, .. } => !possibly_sent,
@@ -420,6 +427,7 @@ impl Run<'_> {
             id: self.call.id.clone(),
             job_id: job.id.clone(),
             reason,
+            provider_wait,
         });
         Ok(job)
     }
@@ -434,16 +442,23 @@ impl Run<'_> {
         started: Instant,
         result: &mut Result<Accepted, ProviderError>,
     ) {
+        let took = started.elapsed();
+        telemetry::provider_request(
+            self.function.action.provider().as_str(),
+            self.function.action.as_str(),
+            result
+                .as_ref()
+                .map_or_else(|e| e.kind.code(), |_| "succeeded"),
+            took,
+        );
         if let Err(e) = result {
             e.redact_for(conn);
             debug!(function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
         }
-        self.call.snap.connections.record(
-            &conn.id,
-            started.elapsed(),
-            result.as_ref().err(),
-            probe,
-        );
+        self.call
+            .snap
+            .connections
+            .record(&conn.id, took, result.as_ref().err(), probe);
     }
 }
 
@@ -483,7 +498,7 @@ async fn run_inner(
     }
 
     if let Plan::Queue { reason, start } = &call.plan {
-        match run.defer(*reason, start.clone()).await {
+        match run.defer(*reason, start.clone(), Duration::ZERO).await {
             Ok(_) => return (Outcome::Queued, timing, None),
             Err(Some(outcome)) => return (outcome, timing, None),
             // Only a call merely predicted slow may still go out live without the store; a
@@ -573,7 +588,9 @@ async fn run_inner(
                     owner: rt.live_owner.clone(),
                     until: lease_until,
                 };
-                run.defer(DeferReason::Budget, start).await.ok()
+                run.defer(DeferReason::Budget, start, started.elapsed())
+                    .await
+                    .ok()
             };
             let mut result = tokio::time::timeout_at(hard_deadline, work.as_mut())
                 .await
@@ -620,7 +637,15 @@ async fn run_inner(
                 possibly_sent: e.delivery != Delivery::NotSent,
                 error: e.summary(),
             };
-            match run.defer(DeferReason::RetryableFailure, start).await {
+            let waited = timing
+                .done
+                .zip(timing.sent)
+                .map(|(d, s)| d.saturating_sub(s))
+                .unwrap_or_default();
+            match run
+                .defer(DeferReason::RetryableFailure, start, waited)
+                .await
+            {
                 Ok(_) => (Outcome::Queued, timing, Some(req.clone())),
                 Err(Some(outcome)) => (outcome, timing, Some(req.clone())),
                 // Not stored, or already out of attempts: the failure is the answer.
@@ -654,7 +679,8 @@ async fn close_live_job(
     {
         Ok(true) => {
             if let Some(fin) = fin {
-                rt.evidence.submit(crate::evidence::Event::Final(fin));
+                rt.evidence
+                    .submit(crate::evidence::Event::Final(Box::new(fin)));
             }
         }
         Ok(false) => {

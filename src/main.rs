@@ -28,6 +28,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use toolgate::config::Config;
 use toolgate::server::Server;
+use tracing::Instrument;
 
 #[derive(Parser)]
 #[command(
@@ -301,13 +302,16 @@ async fn worker(path: PathBuf) -> ExitCode {
         }
     };
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(toolgate::workflow::worker::run(rt.clone(), stop.clone()));
+    let task = tokio::spawn(
+        toolgate::workflow::worker::run(rt.clone(), stop.clone())
+            .instrument(tracing::info_span!("worker")),
+    );
     // The worker keeps its own view of the connections: validated at start and periodically,
     // so a connection that refused credentials recovers here too once it is fixed.
-    let validator = tokio::spawn(toolgate::connections::validate::run_periodically(
-        rt.clone(),
-        stop.clone(),
-    ));
+    let validator = tokio::spawn(
+        toolgate::connections::validate::run_periodically(rt.clone(), stop.clone())
+            .instrument(tracing::info_span!("validator")),
+    );
     serve_signals(&rt).await;
     tracing::info!("shutting down: no new claims; waiting for running attempts");
     stop.cancel();

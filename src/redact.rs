@@ -77,9 +77,9 @@ static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 /// Seven or more digits, optionally after `+`, with the separators people write inside one
-/// number.
+/// number (`+1 (415) 555-0100`: up to two in a row).
 static PHONE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\+?\d(?:[\s().-]?\d){6,}").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"\+?\d(?:[\s().-]{0,2}\d){6,}").expect("static regex"));
 
 /// Remove `secrets` (exact substrings), then redact email addresses and phone numbers.
 pub fn text<'a>(s: &'a str, secrets: &[&str]) -> Cow<'a, str> {
@@ -102,22 +102,37 @@ pub fn text<'a>(s: &'a str, secrets: &[&str]) -> Cow<'a, str> {
     out
 }
 
-/// Mask the phone numbers in `s` (`None`: there were none). Digits glued to a letter belong
-/// to an identifier (a message id, a UUID such as `49a3999c-0ce1-4ea6-ab68-000000000002`),
-/// not to a number someone dials, and are left alone.
+/// Whether the digits at `start..end` of `s` sit inside a long hexadecimal identifier (a
+/// message id, a UUID such as `49a3999c-0ce1-4ea6-ab68-000000000002`): a token of at least
+/// 16 hex digits and dashes with a letter among them. Anything else that looks like a number
+/// is masked, glued to words or not (`order14155550100`).
+fn in_hex_id(s: &str, start: usize, end: usize) -> bool {
+    let is_id = |c: char| c.is_ascii_hexdigit() || c == '-';
+    let from = s[..start]
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| is_id(*c))
+        .last()
+        .map_or(start, |(i, _)| i);
+    let to = s[end..]
+        .char_indices()
+        .take_while(|(_, c)| is_id(*c))
+        .last()
+        .map_or(end, |(i, c)| end + i + c.len_utf8());
+    let token = &s[from..to];
+    let glued = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    token.len() >= 16
+        && token.chars().any(|c| c.is_ascii_alphabetic())
+        && !glued(s[..from].chars().next_back())
+        && !glued(s[to..].chars().next())
+}
+
+/// Mask the phone numbers in `s` (`None`: there were none).
 fn mask_phones(s: &str) -> Option<String> {
     let mut out = String::new();
     let mut last = 0;
     for m in PHONE.find_iter(s) {
-        let glued = s[..m.start()]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphabetic())
-            || s[m.end()..]
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_alphabetic());
-        if glued {
+        if !m.as_str().starts_with('+') && in_hex_id(s, m.start(), m.end()) {
             continue;
         }
         out.push_str(&s[last..m.start()]);
@@ -199,16 +214,42 @@ pub fn json(value: &serde_json::Value, keep_bodies: bool, secrets: &[&str]) -> s
     walk(value, None, keep_bodies, secrets)
 }
 
+/// Whether a query parameter's name says its value is a credential (`token`, `api_key`,
+/// `sig`, `X-Amz-Signature`, ...).
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "token",
+        "key",
+        "sig",
+        "secret",
+        "auth",
+        "pass",
+        "credential",
+    ]
+    .iter()
+    .any(|w| k.contains(w))
+}
+
 /// A URL with its path and query redacted (a phone number in a Wati path, a message in a
 /// query string).
 pub fn url(u: &reqwest::Url, keep_bodies: bool, secrets: &[&str]) -> String {
     let mut out = u.clone();
+    // Credentials in the URL itself (`https://user:pass@host`): never.
+    if !u.username().is_empty() {
+        let _ = out.set_username("[redacted]");
+    }
+    if u.password().is_some() {
+        let _ = out.set_password(Some("[redacted]"));
+    }
     out.set_path(&text(u.path(), secrets));
     if u.query().is_some() {
         let pairs: Vec<(String, String)> = u
             .query_pairs()
             .map(|(k, v)| {
-                let v = if BODY_KEYS.contains(&k.as_ref()) {
+                let v = if is_secret_key(&k) {
+                    "[redacted]".to_owned()
+                } else if BODY_KEYS.contains(&k.as_ref()) {
                     match body(&v, keep_bodies, secrets) {
                         serde_json::Value::String(s) => s,
                         hashed => format!(
@@ -230,16 +271,27 @@ pub fn url(u: &reqwest::Url, keep_bodies: bool, secrets: &[&str]) -> String {
     out.to_string()
 }
 
-/// A provider response body: at most [`MAX_BODY`] bytes, JSON redacted structurally, anything
-/// else as text.
+/// A provider response body: redacted whole (JSON structurally, anything else as text), then
+/// cut to [`MAX_BODY`] bytes. Cutting first would break the JSON (so its body fields would
+/// escape the hashing) and could split a secret so that its head escapes the scrubbing.
 pub fn response_body(raw: &[u8], keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
-    let cut = &raw[..raw.len().min(MAX_BODY)];
-    match serde_json::from_slice::<serde_json::Value>(cut) {
+    use serde_json::Value;
+    let redacted = match serde_json::from_slice::<Value>(raw) {
         Ok(v) => json(&v, keep_bodies, secrets),
-        Err(_) => {
-            serde_json::Value::String(text(&String::from_utf8_lossy(cut), secrets).into_owned())
-        }
+        Err(_) => Value::String(text(&String::from_utf8_lossy(raw), secrets).into_owned()),
+    };
+    let encoded = match &redacted {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if encoded.len() <= MAX_BODY {
+        return redacted;
     }
+    let mut end = MAX_BODY;
+    while !encoded.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::String(format!("{}… [cut at {MAX_BODY} bytes]", &encoded[..end]))
 }
 
 #[cfg(test)]
@@ -280,6 +332,16 @@ mod tests {
             "id 65f1a2b3c4d5e6f708091011"
         );
         assert_eq!(text("msg-1, +14155550100.", &[]), "msg-1, +1********00.");
+        // Numbers however they are written, glued to words or not.
+        for (written, masked) in [
+            ("confirm+14155550100", "confirm+1********00"),
+            ("order14155550100", "order*********00"),
+            ("4155550100abc", "********00abc"),
+            ("+1 (415) 555-0100", "+1********00"),
+            ("call 415.555.0100 now", "call ********00 now"),
+        ] {
+            assert_eq!(text(written, &[]), masked, "{written}");
+        }
     }
 
     #[test]
@@ -317,12 +379,34 @@ mod tests {
         );
         assert!(r.contains("sendSessionMessage/*********00"), "{r}");
         assert!(r.contains("messageText=%5Blength%3D9+sha256%3D"), "{r}");
+        // Credentials in the URL itself, and in parameters named like credentials.
+        let u = reqwest::Url::parse(
+            "https://user:hunter2pass@hooks.example.com/p?token=abcd1234&X-Amz-Signature=ffee&page=2",
+        )
+        .unwrap();
+        let r = url(&u, false, &[]);
+        assert!(
+            !r.contains("hunter2pass") && !r.contains("abcd1234") && !r.contains("ffee"),
+            "{r}"
+        );
+        assert!(r.contains("page=2"), "{r}");
 
         let long = format!("{{\"info\": \"{}\"}}", "x".repeat(10_000));
         let r = response_body(long.as_bytes(), false, &[]);
         assert!(
-            r.as_str().unwrap().len() <= MAX_BODY,
+            r.as_str().unwrap().len() <= MAX_BODY + 40,
             "cut to 4 KiB, then not JSON any more"
+        );
+        // Redacted before it is cut: a body field is hashed and a secret at the cut is gone.
+        let secret = "re_SECRETKEY_0123456789";
+        let padding = "y".repeat(MAX_BODY - 20);
+        let long = format!(
+            "{{\"info\": \"{padding}\", \"note\": \"key {secret} for ana@example.com\", \"message\": \"private words\"}}"
+        );
+        let r = response_body(long.as_bytes(), false, &[secret]).to_string();
+        assert!(
+            !r.contains("re_SECRET") && !r.contains("private words") && !r.contains("ana@"),
+            "{r}"
         );
     }
 

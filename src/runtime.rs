@@ -164,7 +164,8 @@ pub struct Runtime {
     pub active_sessions: AtomicUsize,
     /// The durable post-call job queue.
     pub jobs: Arc<JobStore>,
-    /// Invocation evidence and call history (same SQLite file, its own writer thread).
+    /// Invocation evidence and call history (its own SQLite file beside the jobs', its own
+    /// writer thread).
     pub evidence: Arc<EvidenceStore>,
     /// The lease owner of live requests that outlive their budget (`live:<instance>`).
     pub live_owner: String,
@@ -192,7 +193,7 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = Arc::new(JobStore::open(&config.storage.path)?);
         let evidence = Arc::new(EvidenceStore::open(
-            &config.storage.path,
+            &config.storage.evidence_path(),
             config.evidence.writer_delay,
         )?);
         Ok(Arc::new(Runtime {

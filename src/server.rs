@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::admin;
 use crate::config::Config;
@@ -88,13 +88,16 @@ impl Server {
         let admin_shutdown = CancellationToken::new();
         // Validation runs in the background: serving does not wait for providers.
         let validator_stop = CancellationToken::new();
-        let validator = tokio::spawn(crate::connections::validate::run_periodically(
-            runtime.clone(),
-            validator_stop.clone(),
-        ));
+        let validator = tokio::spawn(
+            crate::connections::validate::run_periodically(runtime.clone(), validator_stop.clone())
+                .instrument(tracing::info_span!("validator")),
+        );
         let worker = runtime.config().workflow.worker.then(|| {
             let stop = CancellationToken::new();
-            let task = tokio::spawn(worker::run(runtime.clone(), stop.clone()));
+            let task = tokio::spawn(
+                worker::run(runtime.clone(), stop.clone())
+                    .instrument(tracing::info_span!("worker")),
+            );
             (stop, task)
         });
 

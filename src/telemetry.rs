@@ -24,6 +24,26 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+/// `toolgate_sessions_active`
+pub const SESSIONS_ACTIVE: &str = "toolgate_sessions_active";
+/// `toolgate_sessions_total{end}`
+pub const SESSIONS_TOTAL: &str = "toolgate_sessions_total";
+/// `toolgate_tool_calls_total{function,status}`
+pub const TOOL_CALLS_TOTAL: &str = "toolgate_tool_calls_total";
+/// `toolgate_tool_call_duration_seconds{status}`
+pub const TOOL_CALL_DURATION: &str = "toolgate_tool_call_duration_seconds";
+/// `toolgate_first_signal_seconds`
+pub const FIRST_SIGNAL: &str = "toolgate_first_signal_seconds";
+/// `toolgate_overhead_seconds`
+pub const OVERHEAD: &str = "toolgate_overhead_seconds";
+/// `toolgate_provider_request_duration_seconds{provider,action,outcome}`
+pub const PROVIDER_REQUEST_DURATION: &str = "toolgate_provider_request_duration_seconds";
+/// `toolgate_fillers_total`
+pub const FILLERS_TOTAL: &str = "toolgate_fillers_total";
+/// `toolgate_guard_rejections_total{guard}`
+pub const GUARD_REJECTIONS_TOTAL: &str = "toolgate_guard_rejections_total";
+/// `toolgate_protocol_errors_total{code}`
+pub const PROTOCOL_ERRORS_TOTAL: &str = "toolgate_protocol_errors_total";
 /// `toolgate_deferrals_total{reason}`
 pub const DEFERRALS_TOTAL: &str = "toolgate_deferrals_total";
 /// `toolgate_jobs{state}`
@@ -35,16 +55,40 @@ pub const CONNECTION_UP: &str = "toolgate_connection_up";
 /// `toolgate_evidence_dropped_total`
 pub const EVIDENCE_DROPPED_TOTAL: &str = "toolgate_evidence_dropped_total";
 
+/// Latency buckets, in seconds: 1 ms to 10 s.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets for toolgate's own time per call, in seconds: 10 µs to 1 s.
+pub const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0,
+];
+
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// The Prometheus recorder, installed and described on first use. When another recorder is
+fn builder() -> PrometheusBuilder {
+    use metrics_exporter_prometheus::Matcher;
+    let latency = [TOOL_CALL_DURATION, FIRST_SIGNAL, PROVIDER_REQUEST_DURATION];
+    let mut b = PrometheusBuilder::new();
+    for name in latency {
+        b = b
+            .set_buckets_for_metric(Matcher::Full(name.to_owned()), LATENCY_BUCKETS)
+            .expect("the buckets are not empty");
+    }
+    b.set_buckets_for_metric(Matcher::Full(OVERHEAD.to_owned()), OVERHEAD_BUCKETS)
+        .expect("the buckets are not empty")
+}
+
+/// The Prometheus recorder, installed and described on first use (the server does so at
+/// start, so nothing recorded before the first scrape is lost). When another recorder is
 /// already global (an embedding program's), metrics go there and this one renders empty.
 pub fn prometheus() -> &'static PrometheusHandle {
     PROMETHEUS.get_or_init(|| {
-        let builder = PrometheusBuilder::new();
-        let handle = match builder.install_recorder() {
+        let handle = match builder().install_recorder() {
             Ok(handle) => handle,
-            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            Err(_) => builder().build_recorder().handle(),
         };
         describe();
         handle
@@ -52,6 +96,48 @@ pub fn prometheus() -> &'static PrometheusHandle {
 }
 
 fn describe() {
+    use metrics::Unit;
+    metrics::describe_gauge!(
+        SESSIONS_ACTIVE,
+        "Live sessions (calls) on this sidecar, attached or within their disconnect grace."
+    );
+    metrics::describe_counter!(
+        SESSIONS_TOTAL,
+        "Sessions that ended, by how (ended: session.end; disconnected: the socket dropped and the grace ran out; shutdown; closed)."
+    );
+    metrics::describe_counter!(
+        TOOL_CALLS_TOTAL,
+        "Tool calls answered, by function (unknown for a name the agent does not have) and result status."
+    );
+    metrics::describe_histogram!(
+        TOOL_CALL_DURATION,
+        Unit::Seconds,
+        "From a tool.call arriving to its tool.result going out, by result status."
+    );
+    metrics::describe_histogram!(
+        FIRST_SIGNAL,
+        Unit::Seconds,
+        "From a tool.call arriving to the first thing the caller hears about it (a filler line or the result): the silence on the line."
+    );
+    metrics::describe_histogram!(
+        OVERHEAD,
+        Unit::Seconds,
+        "toolgate's own time per tool call: its duration minus the time spent waiting on the provider."
+    );
+    metrics::describe_histogram!(
+        PROVIDER_REQUEST_DURATION,
+        Unit::Seconds,
+        "Provider HTTP requests (live and from the worker), by provider, action and outcome (succeeded or the failure code)."
+    );
+    metrics::describe_counter!(FILLERS_TOTAL, "Filler lines sent to media servers.");
+    metrics::describe_counter!(
+        GUARD_REJECTIONS_TOTAL,
+        "Tool calls a guard stopped, by the guard that decided."
+    );
+    metrics::describe_counter!(
+        PROTOCOL_ERRORS_TOTAL,
+        "error frames sent to media servers, by code."
+    );
     metrics::describe_counter!(
         DEFERRALS_TOTAL,
         "Tool calls handed to a post-call workflow, by reason (budget, retryable_failure, circuit_open, predicted_slow, workflow)."
@@ -88,9 +174,9 @@ pub fn connection_up(connection: &str, up: bool) {
     });
 }
 
-/// Count an evidence event the writer could not take.
-pub fn evidence_dropped() {
-    metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(1);
+/// Count evidence events that were lost.
+pub fn evidence_dropped(n: u64) {
+    metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(n);
 }
 
 /// Count a worker attempt.
@@ -107,4 +193,66 @@ pub fn job_counts(counts: &[(crate::workflow::JobState, u64)]) {
             .map_or(0, |(_, n)| *n);
         metrics::gauge!(JOBS, "state" => state.as_str()).set(n as f64);
     }
+}
+
+/// A session started.
+pub fn session_started() {
+    metrics::gauge!(SESSIONS_ACTIVE).increment(1.0);
+}
+
+/// A session ended (`end`: `ended`, `disconnected`, `shutdown`, `closed`).
+pub fn session_ended(end: &'static str) {
+    metrics::gauge!(SESSIONS_ACTIVE).decrement(1.0);
+    metrics::counter!(SESSIONS_TOTAL, "end" => end).increment(1);
+}
+
+/// A tool call was answered (`function`: a configured name, or `unknown`); its duration
+/// counts when the answer was `delivered` (the session was still there to take it).
+pub fn tool_call_answered(
+    function: &str,
+    status: &'static str,
+    took: std::time::Duration,
+    delivered: bool,
+) {
+    metrics::counter!(TOOL_CALLS_TOTAL, "function" => function.to_owned(), "status" => status)
+        .increment(1);
+    if delivered {
+        metrics::histogram!(TOOL_CALL_DURATION, "status" => status).record(took.as_secs_f64());
+    }
+}
+
+/// The first signal (filler or result) of a tool call went out.
+pub fn first_signal(after: std::time::Duration) {
+    metrics::histogram!(FIRST_SIGNAL).record(after.as_secs_f64());
+}
+
+/// toolgate's own time on a tool call.
+pub fn overhead(took: std::time::Duration) {
+    metrics::histogram!(OVERHEAD).record(took.as_secs_f64());
+}
+
+/// A provider request ended (`outcome`: `succeeded` or a failure code).
+pub fn provider_request(
+    provider: &'static str,
+    action: &'static str,
+    outcome: &'static str,
+    took: std::time::Duration,
+) {
+    metrics::histogram!(PROVIDER_REQUEST_DURATION, "provider" => provider, "action" => action, "outcome" => outcome)
+        .record(took.as_secs_f64());
+}
+
+/// A filler line went out.
+pub fn filler() {
+    metrics::counter!(FILLERS_TOTAL).increment(1);
+}
+
+/// A guard stopped a tool call.
+pub fn guard_rejection(guard: &'static str) {
+    metrics::counter!(GUARD_REJECTIONS_TOTAL, "guard" => guard).increment(1);
+}
+
+/// An `error` frame went out.
+pub fn protocol_error(code: &'static str) {
+    metrics::counter!(PROTOCOL_ERRORS_TOTAL, "code" => code).increment(1);
 }

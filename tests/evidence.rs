@@ -621,8 +621,17 @@ async fn no_secret_number_address_or_body_is_stored_or_served() {
         .call("call_05", "notify_team", json!({"reason": "billing"}))
         .await;
     assert_eq!(hook.status(), "succeeded");
+    // An argument the guards refuse, quoting the number the model put in it.
+    let invalid = s
+        .call(
+            "call_06",
+            "notify_team",
+            json!({"reason": "billing", "priority": "call 4155550100"}),
+        )
+        .await;
+    assert_eq!(invalid.error().as_deref(), Some("invalid_arguments"));
     end(&mut s).await;
-    let ids: Vec<String> = [&ok, &refused, &wati, &later, &hook]
+    let ids: Vec<String> = [&ok, &refused, &wati, &later, &hook, &invalid]
         .iter()
         .map(|a| inv_id(a))
         .collect();
@@ -665,7 +674,19 @@ async fn no_secret_number_address_or_body_is_stored_or_served() {
     }
     // The records are really there (a leak check over nothing proves nothing).
     let call = &served[0];
-    assert!(call["invocations"].as_array().unwrap().len() >= 5);
+    assert_eq!(
+        call["invocations"].as_array().unwrap().len(),
+        6,
+        "one record per tool call: {call}"
+    );
+    let invalid_rec = record(&env, &ids[5]).await;
+    assert!(
+        invalid_rec["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("********00"),
+        "{invalid_rec}"
+    );
     let refused_rec = record(&env, &ids[1]).await;
     assert!(
         refused_rec["error_message"]
@@ -686,9 +707,9 @@ async fn no_secret_number_address_or_body_is_stored_or_served() {
         .unwrap();
     check("/metrics", &metrics);
 
-    // Every evidence row in the SQLite file.
+    // Every evidence row in the evidence file.
     env.server.runtime().evidence.flush().await;
-    let db = rusqlite::Connection::open(env.dir.path().join("toolgate.db")).unwrap();
+    let db = rusqlite::Connection::open(env.dir.path().join("toolgate-evidence.db")).unwrap();
     let mut rows = 0;
     for table in ["calls", "call_events", "invocations", "finals"] {
         let mut stmt = db.prepare(&format!("SELECT * FROM {table}")).unwrap();
@@ -704,10 +725,11 @@ async fn no_secret_number_address_or_body_is_stored_or_served() {
             }
         }
     }
-    // 1 call, 3 history events, 5 invocations, 1 final.
-    assert!(rows >= 10, "only {rows} evidence rows");
+    // 1 call, 3 history events, 6 invocations, 1 final.
+    assert_eq!(rows, 11, "evidence rows");
     // The job queue must keep a pending job's recipient to send it; secrets never, and a
     // finished job's inputs are dropped.
+    let db = rusqlite::Connection::open(env.dir.path().join("toolgate.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT state, inputs, last_error FROM jobs")
         .unwrap();
@@ -789,4 +811,163 @@ async fn the_call_page_shows_the_conversation_and_every_action() {
     assert!(html.contains("Request (redacted)"));
     let (code, _) = page(&env, "c-nope", ACME_ADMIN).await;
     assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn duplicates_and_calls_refused_before_their_guards_are_on_record() {
+    let env = Env::start().await;
+    let mut s = env.session("c-ev-dup", json!({})).await;
+    let first = s
+        .call("call_1", "notify_team", json!({"reason": "billing"}))
+        .await;
+    assert_eq!(first.status(), "succeeded");
+    let again = s
+        .call("call_2", "notify_team", json!({"reason": "billing"}))
+        .await;
+    assert_eq!(again.status(), "duplicate");
+    let r = record(&env, &inv_id(&again)).await;
+    assert_eq!(r["status"], "duplicate");
+    assert_eq!(guard(&r, "duplicate")["passed"], false);
+    assert!(r["request_payload_redacted"].is_null());
+    // The same tool call id twice: an error frame, and a record of the refusal.
+    s.send_call("call_1", "notify_team", json!({"reason": "delivery"}))
+        .await;
+    s.expect_error("duplicate_call_id").await;
+    end(&mut s).await;
+    env.server.runtime().evidence.flush().await;
+    let (_, list) = env
+        .admin(
+            "GET",
+            "/v1/invocations?call_id=c-ev-dup&status=rejected",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    let refused = list["invocations"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{list}");
+    assert_eq!(refused[0]["error_code"], "duplicate_call_id");
+    assert_eq!(refused[0]["function"], "notify_team");
+    assert_eq!(env.webhook.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_call_still_running_when_the_session_ends_is_recorded_unanswered() {
+    let env = Env::start().await;
+    env.webhook.push(Reply::slow(400));
+    let mut s = env.session("c-ev-gone", json!({})).await;
+    s.send_call("call_1", "escalate_now", json!({"reason": "angry"}))
+        .await;
+    sleep(Duration::from_millis(50)).await;
+    end(&mut s).await;
+    // The tool.call's id is known only from the request; find the record through the call.
+    let deadline = Instant::now() + SETTLE;
+    let r = loop {
+        let (_, list) = env
+            .admin(
+                "GET",
+                "/v1/invocations?call_id=c-ev-gone",
+                Some(ADMIN_TOKEN),
+            )
+            .await;
+        if let Some(r) = list["invocations"].as_array().and_then(|l| l.first()) {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "no record");
+        sleep(Duration::from_millis(40)).await;
+    };
+    assert_eq!(r["status"], "succeeded", "the provider did it: {r}");
+    assert!(
+        r["timeline"]["answered_ms"].is_null(),
+        "nobody was told: {r}"
+    );
+    assert!(r["latency_ms"].as_u64().unwrap() >= 350);
+    assert_eq!(env.webhook.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_deferred_call_whose_job_runs_out_of_attempts_ends_dead() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "health_url = \"{webhook_health}\"",
+            "health_url = \"{webhook_health}\"\ncircuit = { failures = 100, penalty_ms = 1000, max_penalty_ms = 1000 }",
+        )
+        .replace("backoff_base_ms = 50", "backoff_base_ms = 50\nmax_attempts = 3")
+    })
+    .await;
+    env.webhook.set_default(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: String::new(),
+    });
+    let mut s = env.session("c-ev-dead", json!({})).await;
+    let a = s
+        .call("call_1", "notify_team", json!({"reason": "billing"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    let r = record_when(&env, &inv_id(&a), |r| r["final"] == true).await;
+    assert_eq!(r["status"], "dead", "{r}");
+    assert_eq!(r["error_code"], "max_attempts");
+    assert_eq!(r["answered_status"], "deferred");
+    let (_, list) = env
+        .admin(
+            "GET",
+            "/v1/invocations?call_id=c-ev-dead",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    let attempts: Vec<&Value> = list["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["source_type"] == "workflow")
+        .collect();
+    assert_eq!(
+        attempts.len(),
+        2,
+        "the live request was the first of 3: {list}"
+    );
+    assert!(attempts.iter().all(|w| w["status"] == "failed"
+        && w["error_code"] == "provider_unavailable"
+        && w["response_payload_redacted"]["status"] == 503));
+    end(&mut s).await;
+}
+
+#[tokio::test]
+async fn call_ids_with_any_characters_reach_their_page_and_record() {
+    let env = Env::start().await;
+    let id = "call/with space#and%percent";
+    let mut s = env.session(id, json!({})).await;
+    s.call("call_1", "notify_team", json!({"reason": "billing"}))
+        .await;
+    end(&mut s).await;
+    env.server.runtime().evidence.flush().await;
+    let enc: String = id
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let (code, call) = env
+        .admin(
+            "GET",
+            &format!("/v1/calls/{enc}?org=acme"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 200, "{call}");
+    assert_eq!(call["call_id"], id);
+    let (code, html) = page(&env, &enc, ACME_ADMIN).await;
+    assert_eq!(code, 200);
+    assert!(html.contains("notify_team"));
+    let (code, _) = env
+        .admin(
+            "GET",
+            &format!("/v1/calls/{enc}?org=beta"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 404, "the org filter applies to all-orgs tokens");
 }

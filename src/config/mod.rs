@@ -84,6 +84,22 @@ pub struct StorageSettings {
     pub path: PathBuf,
 }
 
+impl StorageSettings {
+    /// The evidence store's SQLite file: beside `path`, named after it (`toolgate.db` gives
+    /// `toolgate-evidence.db`), so its writer never holds the job store's lock.
+    pub fn evidence_path(&self) -> PathBuf {
+        let stem = self
+            .path
+            .file_stem()
+            .map_or_else(|| "toolgate".into(), |s| s.to_string_lossy().into_owned());
+        let name = match self.path.extension() {
+            Some(ext) => format!("{stem}-evidence.{}", ext.to_string_lossy()),
+            None => format!("{stem}-evidence"),
+        };
+        self.path.with_file_name(name)
+    }
+}
+
 /// `[admin]`
 #[derive(Debug, Clone, Default)]
 pub struct AdminSettings {

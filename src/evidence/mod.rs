@@ -179,10 +179,13 @@ pub struct Invocation {
     pub transcript_context: Vec<TurnRecord>,
 }
 
-/// How a deferred (or workflow) invocation finally ended.
+/// How a workflow job finally ended: the final outcome of every tool call answered `deferred`
+/// with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Final {
-    /// The invocation to update.
+    /// The job.
+    pub job_id: String,
+    /// The invocation that created the job.
     pub invocation_id: String,
     /// `succeeded`, `failed` (a refusal, a cancelled job, or out of attempts).
     pub status: String,
@@ -241,8 +244,8 @@ pub enum Event {
     },
     /// An invocation record (inserted, or replaced while not final).
     Invocation(Box<Invocation>),
-    /// A deferred invocation reached its end.
-    Final(Final),
+    /// A workflow job reached its end.
+    Final(Box<Final>),
 }
 
 /// A history entry as the evidence keeps it.
@@ -409,6 +412,7 @@ pub fn job_final(job: &Job, finish: &Finish, code: Option<&str>, now: Millis) ->
         Finish::Retry { .. } => return None,
     };
     Some(Final {
+        job_id: job.id.clone(),
         invocation_id: job.invocation_id.clone(),
         status: status.to_owned(),
         error_code: error_code.map(str::to_owned),
@@ -480,6 +484,8 @@ pub struct Attempt<'a> {
     pub not_sent: Option<&'a str>,
     /// Provider latency.
     pub latency_ms: Option<u64>,
+    /// The job's lease lapsed before the attempt ended: another claim may send it again.
+    pub lease_lost: bool,
     /// `evidence.keep_bodies`.
     pub keep_bodies: bool,
     /// The connection's secrets, scrubbed wherever they might be echoed.
@@ -508,6 +514,18 @@ impl Attempt<'_> {
         let resolution = Resolution {
             inputs: job.inputs.clone(),
             ..Resolution::default()
+        };
+        let (error_code, error_message) = if self.lease_lost {
+            let outlived = "the attempt outlived its lease; another claim may send it again";
+            (
+                error_code.or_else(|| Some("lease_lost".to_owned())),
+                Some(match error_message {
+                    Some(m) => format!("{m} ({outlived})"),
+                    None => outlived.to_owned(),
+                }),
+            )
+        } else {
+            (error_code, error_message)
         };
         Invocation {
             invocation_id: crate::session::invocation_id(),
@@ -543,7 +561,7 @@ impl Attempt<'_> {
                 ..Timeline::default()
             },
             workflow_job_id: Some(job.id.clone()),
-            at_least_once: job.at_least_once,
+            at_least_once: job.at_least_once || (self.lease_lost && !job.idempotent),
             cancelled: None,
             transcript_context: Vec::new(),
         }

@@ -281,7 +281,7 @@ pub fn render(call: &CallHistory) -> String {
                     .map(|i| i.function.clone())
                     .unwrap_or_default();
                 items.push(marker(format!(
-                    "{function} settled after the call: {}",
+                    "{function}: the deferred action ended {}",
                     text(e, "status")
                 )));
             }

@@ -1,5 +1,7 @@
-//! The evidence store: invocation records and call history in the SQLite file, written by one
-//! batching writer thread off the hot path.
+//! The evidence store: invocation records and call history in an embedded SQLite file of its
+//! own beside the job store's ([`crate::config::StorageSettings::evidence_path`]), written by
+//! one batching writer thread off the hot path. Its own file means its writer never holds the
+//! lock the job store needs to answer `deferred`.
 //!
 //! [`EvidenceStore::submit`] never waits: it puts the event in a bounded queue and returns.
 //! The writer drains whatever is queued into one transaction (`synchronous = NORMAL`: evidence
@@ -8,9 +10,13 @@
 //! queue, events are dropped and counted (`toolgate_evidence_dropped_total`), with an error
 //! log: data loss an operator must know about.
 //!
-//! A final outcome ([`super::Final`]) is kept beside the record it completes and merged when
-//! read, so its order relative to the record does not matter (a fast worker may finish a job
-//! before the session has written the call's record).
+//! A final outcome ([`super::Final`]) is kept by job id beside the records it completes and
+//! merged when read, so its order relative to them does not matter (a fast worker may finish a
+//! job before the session has written the call's record), and every tool call answered with
+//! that job (a repeat in a resumed call shares it) gets the job's end.
+//!
+//! Nothing is lost quietly: an event dropped because the queue is full or the store is closed,
+//! or a batch SQLite refused twice, is counted (`toolgate_evidence_dropped_total`) and logged.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +29,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{Event, Final, Invocation};
 use crate::workflow::Millis;
@@ -38,7 +44,12 @@ const MAX_BATCH: usize = 512;
 enum Msg {
     Event(Event),
     Flush(oneshot::Sender<()>),
+    /// Delete what is older than this, in short transactions; answer how many rows went.
+    Prune(Millis, oneshot::Sender<Result<usize, String>>),
 }
+
+/// Rows one pruning transaction deletes, so the writer never holds the file for long.
+const PRUNE_CHUNK: usize = 500;
 
 /// The evidence store.
 pub struct EvidenceStore {
@@ -60,6 +71,7 @@ CREATE TABLE IF NOT EXISTS calls (
   PRIMARY KEY (org, call_id)
 );
 CREATE INDEX IF NOT EXISTS calls_started ON calls(started_at);
+CREATE INDEX IF NOT EXISTS calls_id ON calls(call_id, started_at);
 CREATE TABLE IF NOT EXISTS call_events (
   org TEXT NOT NULL,
   call_id TEXT NOT NULL,
@@ -75,20 +87,25 @@ CREATE TABLE IF NOT EXISTS invocations (
   function TEXT NOT NULL,
   status TEXT NOT NULL,
   source_type TEXT NOT NULL,
-  parent_id TEXT,
+    parent_id TEXT,
+  job_id TEXT,
   received_at INTEGER NOT NULL,
   record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invocations_call ON invocations(org, call_id, received_at);
+CREATE INDEX IF NOT EXISTS invocations_call ON invocations(org, call_id, received_at, id);
+CREATE INDEX IF NOT EXISTS invocations_any_call ON invocations(call_id, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_org_time ON invocations(org, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_time ON invocations(received_at, id);
-CREATE INDEX IF NOT EXISTS invocations_function ON invocations(org, function, received_at);
+CREATE INDEX IF NOT EXISTS invocations_function ON invocations(org, function, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_parent ON invocations(parent_id);
+CREATE INDEX IF NOT EXISTS invocations_job ON invocations(job_id);
 CREATE TABLE IF NOT EXISTS finals (
-  id TEXT PRIMARY KEY,
+  job_id TEXT PRIMARY KEY,
   status TEXT NOT NULL,
+  at INTEGER NOT NULL,
   data TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS finals_at ON finals(at);
 ";
 
 /// Filters of `GET /v1/invocations`.
@@ -173,34 +190,36 @@ impl EvidenceStore {
         writer.execute_batch(SCHEMA)?;
         let reader = crate::workflow::store::connect(path)?;
         let (tx, rx) = std_mpsc::sync_channel::<Msg>(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let writer_dropped = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("toolgate-evidence".into())
-            .spawn(move || writer_loop(&mut writer, rx, writer_delay))
+            .spawn(move || writer_loop(&mut writer, rx, writer_delay, &writer_dropped))
             .map_err(|e| StoreError::Sqlite(format!("cannot start the evidence writer: {e}")))?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
-            dropped: Arc::new(AtomicU64::new(0)),
+            dropped,
         })
     }
 
-    /// Hand an event to the writer. Never waits; drops (and counts) it if the queue is full.
+    /// Hand an event to the writer. Never waits; drops (and counts) it if the queue is full
+    /// or the store is closed.
     pub fn submit(&self, event: Event) {
         let sender = self.sender.lock().expect("evidence lock");
-        let Some(sender) = sender.as_ref() else {
-            return;
-        };
-        if let Err(std_mpsc::TrySendError::Full(_)) = sender.try_send(Msg::Event(event)) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            crate::telemetry::evidence_dropped();
-            if n.is_power_of_two() {
-                error!(
-                    dropped = n,
-                    "evidence queue full (the disk is not keeping up); evidence is being lost"
-                );
+        let why = match sender.as_ref().map(|s| s.try_send(Msg::Event(event))) {
+            Some(Ok(())) => return,
+            Some(Err(std_mpsc::TrySendError::Full(_))) => {
+                "evidence queue full (the disk is not keeping up); evidence is being lost"
             }
-        }
+            Some(Err(std_mpsc::TrySendError::Disconnected(_))) => {
+                "the evidence writer has stopped; evidence is being lost"
+            }
+            None => "evidence arrived after the store closed; it is lost",
+        };
+        drop(sender);
+        count_drops(&self.dropped, 1, why);
     }
 
     /// Events dropped because the queue was full.
@@ -239,7 +258,7 @@ impl EvidenceStore {
         self.read(move |c| {
             let row: Option<(String, Option<String>)> = c
                 .prepare_cached(
-                    "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.id = i.id \
+                    "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
                      WHERE i.id = ?1",
                 )?
                 .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -252,37 +271,48 @@ impl EvidenceStore {
     /// Invocations, newest first, a page at a time.
     pub async fn invocations(&self, q: Query) -> Result<Page, StoreError> {
         self.read(move |c| {
-            let cursor = q.cursor.as_deref().and_then(decode_cursor);
-            let mut stmt = c.prepare_cached(
+            use rusqlite::types::Value as Sql;
+            // Only the filters given, so SQLite can pick the index that fits them.
+            let mut clauses: Vec<&str> = Vec::new();
+            let mut args: Vec<Sql> = Vec::new();
+            let mut filter = |clause: &'static str, value: Option<Sql>| {
+                if let Some(v) = value {
+                    clauses.push(clause);
+                    args.push(v);
+                }
+            };
+            filter("i.org = ?", q.org.clone().map(Sql::Text));
+            filter("i.call_id = ?", q.call_id.clone().map(Sql::Text));
+            filter("i.function = ?", q.function.clone().map(Sql::Text));
+            filter(
+                "COALESCE(f.status, i.status) = ?",
+                q.status.clone().map(Sql::Text),
+            );
+            filter("i.received_at >= ?", q.since.map(Sql::Integer));
+            if let Some((at, id)) = q.cursor.as_deref().and_then(decode_cursor) {
+                clauses.push("(i.received_at < ? OR (i.received_at = ? AND i.id < ?))");
+                args.extend([Sql::Integer(at), Sql::Integer(at), Sql::Text(id)]);
+            }
+            let sql = format!(
                 "SELECT i.record, f.data, i.received_at, i.id FROM invocations i \
-                 LEFT JOIN finals f ON f.id = i.id \
-                 WHERE (?1 IS NULL OR i.org = ?1) AND (?2 IS NULL OR i.call_id = ?2) \
-                   AND (?3 IS NULL OR i.function = ?3) \
-                   AND (?4 IS NULL OR COALESCE(f.status, i.status) = ?4) \
-                   AND (?5 IS NULL OR i.received_at >= ?5) \
-                   AND (?6 IS NULL OR i.received_at < ?6 OR (i.received_at = ?6 AND i.id < ?7)) \
-                 ORDER BY i.received_at DESC, i.id DESC LIMIT ?8",
-            )?;
-            let rows = stmt.query_map(
-                params![
-                    q.org,
-                    q.call_id,
-                    q.function,
-                    q.status,
-                    q.since,
-                    cursor.as_ref().map(|c| c.0),
-                    cursor.as_ref().map(|c| c.1.clone()),
-                    (q.limit + 1) as i64
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, Option<String>>(1)?,
-                        r.get::<_, Millis>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
+                 LEFT JOIN finals f ON f.job_id = i.job_id {} \
+                 ORDER BY i.received_at DESC, i.id DESC LIMIT {}",
+                if clauses.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", clauses.join(" AND "))
                 },
-            )?;
+                q.limit + 1
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Millis>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
             let mut out = Vec::new();
             let mut last = None;
             let mut more = false;
@@ -292,9 +322,9 @@ impl EvidenceStore {
                     more = true;
                     break;
                 }
+                last = Some((at, id));
                 if let Some(inv) = merge(&record, fin.as_deref()) {
                     out.push(inv);
-                    last = Some((at, id));
                 }
             }
             Ok(Page {
@@ -355,7 +385,7 @@ impl EvidenceStore {
                 events.push((at, v));
             }
             let mut stmt = c.prepare_cached(
-                "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.id = i.id \
+                "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
                  WHERE i.org = ?1 AND i.call_id = ?2 ORDER BY i.received_at, i.id",
             )?;
             let invocations: Vec<Invocation> = stmt
@@ -383,22 +413,20 @@ impl EvidenceStore {
         .await
     }
 
-    /// Delete calls, history and invocations older than `before`.
+    /// Delete calls, history, invocations and job outcomes older than `before`. The writer
+    /// does it in short transactions between its batches.
     pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
-        self.read(move |c| {
-            let mut n = c.execute(
-                "DELETE FROM finals WHERE id IN (SELECT id FROM invocations WHERE received_at < ?1)",
-                [before],
-            )?;
-            n += c.execute("DELETE FROM invocations WHERE received_at < ?1", [before])?;
-            n += c.execute("DELETE FROM call_events WHERE at < ?1", [before])?;
-            n += c.execute(
-                "DELETE FROM calls WHERE started_at < ?1 AND (ended_at IS NULL OR ended_at < ?1)",
-                [before],
-            )?;
-            Ok(n)
-        })
-        .await
+        let (tx, rx) = oneshot::channel();
+        {
+            let sender = self.sender.lock().expect("evidence lock");
+            let sender = sender.as_ref().ok_or(StoreError::Closed)?;
+            sender
+                .send(Msg::Prune(before, tx))
+                .map_err(|_| StoreError::Closed)?;
+        }
+        rx.await
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Sqlite)
     }
 
     /// Stop the writer after it has committed everything queued.
@@ -480,36 +508,98 @@ fn timeline_of(inv: &Invocation) -> Vec<(Millis, Value)> {
     out
 }
 
-fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Msg>, delay: Duration) {
+fn writer_loop(
+    conn: &mut Connection,
+    rx: std_mpsc::Receiver<Msg>,
+    delay: Duration,
+    dropped: &AtomicU64,
+) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(m) => batch.push(m),
-                Err(_) => break,
-            }
-        }
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
+        let mut events = Vec::new();
         let mut flushes = Vec::new();
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for msg in batch {
-                match msg {
-                    Msg::Flush(done) => flushes.push(done),
-                    Msg::Event(e) => apply(&tx, e)?,
+        let mut prune = None;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Event(e) => events.push(e),
+                Msg::Flush(done) => flushes.push(done),
+                // Pruning waits for the events before it, then runs on its own.
+                Msg::Prune(before, done) => {
+                    prune = Some((before, done));
+                    break;
                 }
             }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            error!(error = %e, "evidence batch could not be written; it is lost");
+            if events.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !events.is_empty() {
+            // One retry for a batch SQLite refused (a transient lock, a full disk that freed
+            // up); then it is counted lost.
+            let mut result = commit(conn, &events, delay);
+            if let Err(e) = &result {
+                warn!(error = %e, events = events.len(), "evidence batch refused; retrying once");
+                std::thread::sleep(Duration::from_millis(50));
+                result = commit(conn, &events, delay);
+            }
+            if let Err(e) = result {
+                let why = format!("evidence batch could not be written ({e}); it is lost");
+                count_drops(dropped, events.len() as u64, &why);
+            }
         }
         for f in flushes {
             let _ = f.send(());
         }
+        if let Some((before, done)) = prune {
+            let _ = done.send(prune_in_chunks(conn, before).map_err(|e| e.to_string()));
+        }
     }
+}
+
+/// Count lost events and say so (at powers of two, so a stalled disk does not flood the log).
+fn count_drops(dropped: &AtomicU64, n: u64, why: &str) {
+    let before = dropped.fetch_add(n, Ordering::Relaxed);
+    crate::telemetry::evidence_dropped(n);
+    let after = before + n;
+    if before == 0 || (before + 1..=after).any(u64::is_power_of_two) {
+        error!(dropped = after, "{why}");
+    }
+}
+
+fn commit(conn: &mut Connection, events: &[Event], delay: Duration) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !delay.is_zero() {
+        // A disk that stalls mid-commit, holding this file's write lock.
+        std::thread::sleep(delay);
+    }
+    for e in events {
+        apply(&tx, e.clone())?;
+    }
+    tx.commit()
+}
+
+/// Delete what is older than `before`, [`PRUNE_CHUNK`] rows per transaction.
+fn prune_in_chunks(conn: &mut Connection, before: Millis) -> rusqlite::Result<usize> {
+    let statements = [
+        "DELETE FROM invocations WHERE rowid IN (SELECT rowid FROM invocations WHERE received_at < ?1 LIMIT ?2)",
+        "DELETE FROM finals WHERE rowid IN (SELECT rowid FROM finals WHERE at < ?1 LIMIT ?2)",
+        "DELETE FROM call_events WHERE rowid IN (SELECT rowid FROM call_events WHERE at < ?1 LIMIT ?2)",
+        "DELETE FROM calls WHERE rowid IN (SELECT rowid FROM calls WHERE started_at < ?1 \
+         AND (ended_at IS NULL OR ended_at < ?1) LIMIT ?2)",
+    ];
+    let mut total = 0;
+    for sql in statements {
+        loop {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let n = tx.execute(sql, params![before, PRUNE_CHUNK as i64])?;
+            tx.commit()?;
+            total += n;
+            if n < PRUNE_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(total)
 }
 
 fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
@@ -560,10 +650,16 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
                 super::SourceType::Agent => "agent",
                 super::SourceType::Workflow => "workflow",
             };
+            // Only a live call's record takes its job's final outcome; a workflow attempt is
+            // final as written.
+            let job = match inv.source_type {
+                super::SourceType::Agent => inv.workflow_job_id.as_deref(),
+                super::SourceType::Workflow => None,
+            };
             tx.prepare_cached(
-                "INSERT INTO invocations (id, org, call_id, function, status, source_type, parent_id, received_at, record) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-                 ON CONFLICT (id) DO UPDATE SET status = ?5, record = ?9",
+                "INSERT INTO invocations (id, org, call_id, function, status, source_type, parent_id, job_id, received_at, record) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT (id) DO UPDATE SET status = ?5, job_id = ?8, record = ?10",
             )?
             .execute(params![
                 inv.invocation_id,
@@ -573,17 +669,20 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
                 inv.status,
                 source,
                 inv.parent_invocation_id,
+                job,
                 inv.received_at,
                 record
             ])?;
         }
         Event::Final(f) => {
             let data = serde_json::to_string(&f).expect("finals serialize");
+            // A job ends once; an operator's retry of a failed or dead job reopens it, and its
+            // new end replaces the old.
             tx.prepare_cached(
-                "INSERT INTO finals (id, status, data) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (id) DO UPDATE SET status = ?2, data = ?3",
+                "INSERT INTO finals (job_id, status, at, data) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (job_id) DO UPDATE SET status = ?2, at = ?3, data = ?4",
             )?
-            .execute(params![f.invocation_id, f.status, data])?;
+            .execute(params![f.job_id, f.status, f.at, data])?;
         }
     }
     Ok(())
@@ -620,7 +719,7 @@ mod tests {
             provider_message_id: None,
             latency_ms: None,
             timeline: Timeline::default(),
-            workflow_job_id: Some("job_1".into()),
+            workflow_job_id: Some(format!("job_{id}")),
             at_least_once: false,
             cancelled: None,
             transcript_context: Vec::new(),
@@ -629,6 +728,7 @@ mod tests {
 
     fn fin(id: &str, status: &str) -> Final {
         Final {
+            job_id: format!("job_{id}"),
             invocation_id: id.into(),
             status: status.into(),
             error_code: None,
@@ -645,14 +745,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
         // The job ended before the session wrote the record, and the other way round.
-        store.submit(Event::Final(fin("inv_a", "succeeded")));
+        store.submit(Event::Final(Box::new(fin("inv_a", "succeeded"))));
         store.submit(Event::Invocation(Box::new(inv(
             "inv_a", "c1", 10, "deferred",
         ))));
         store.submit(Event::Invocation(Box::new(inv(
             "inv_b", "c1", 11, "deferred",
         ))));
-        store.submit(Event::Final(fin("inv_b", "dead")));
+        store.submit(Event::Final(Box::new(fin("inv_b", "dead"))));
         // A later rewrite of the record (the live request ended) keeps the final outcome.
         store.submit(Event::Invocation(Box::new(inv(
             "inv_a", "c1", 10, "deferred",
@@ -713,7 +813,7 @@ mod tests {
                 at,
                 "deferred",
             ))));
-            store.submit(Event::Final(fin(&format!("inv_{call}"), "failed")));
+            store.submit(Event::Final(Box::new(fin(&format!("inv_{call}"), "failed"))));
         }
         store.flush().await;
         assert!(store.prune(3_000).await.unwrap() >= 3);
@@ -733,59 +833,77 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn evidence_and_jobs_share_the_file_without_refusing_each_other() {
-        use crate::bindings::{Resolved, ResolvedInput, ValueSource};
-        use crate::catalog::Action;
-        use crate::workflow::store::JobStore;
-        use crate::workflow::{DeferReason, NewJob, Start};
+    async fn pages_never_skip_or_repeat_records_of_the_same_millisecond() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("shared.db");
-        let evidence = EvidenceStore::open(&path, Duration::ZERO).unwrap();
-        let jobs = JobStore::open(&path).unwrap();
-        let writer = std::thread::scope(|s| {
-            s.spawn(|| {
-                for i in 0..20_000 {
-                    evidence.submit(Event::Invocation(Box::new(inv(
-                        &format!("inv_{i}"),
-                        "c",
-                        i,
-                        "succeeded",
-                    ))));
-                }
-            });
-            0
-        });
-        let _ = writer;
-        for i in 0..300 {
-            let job = NewJob {
-                org: "acme".into(),
-                agent: "bot".into(),
-                function: "f".into(),
-                call_id: "c".into(),
-                tool_call_id: format!("t{i}"),
-                invocation_id: format!("inv_j{i}"),
-                action: Action::WebhookPost,
-                connection: "hooks".into(),
-                inputs: vec![ResolvedInput {
-                    name: "note".into(),
-                    value: Resolved::Text("n".into()),
-                    source: ValueSource::Constant,
-                }],
-                idempotency_key: format!("k{i}"),
-                idempotent: true,
-                reason: DeferReason::Budget,
-                max_attempts: 3,
-                hard_timeout: Duration::from_secs(1),
-                start: Start::RunnableAt(0),
-            };
-            jobs.enqueue(job, 1)
-                .await
-                .expect("a job is never refused for the evidence writer's lock");
+        let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
+        let mut ids: Vec<String> = (0..7).map(|i| format!("inv_{i:02}")).collect();
+        for id in &ids {
+            store.submit(Event::Invocation(Box::new(inv(id, "c1", 42, "succeeded"))));
         }
-        evidence.flush().await;
-        assert_eq!(evidence.dropped(), 0);
-        jobs.close().await;
-        evidence.close().await;
+        store.flush().await;
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = store
+                .invocations(Query {
+                    call_id: Some("c1".into()),
+                    limit: 3,
+                    cursor: cursor.take(),
+                    ..Query::default()
+                })
+                .await
+                .unwrap();
+            seen.extend(page.invocations.into_iter().map(|i| i.invocation_id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        ids.reverse();
+        assert_eq!(seen, ids);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_final_reaches_every_call_answered_with_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
+        // Two tool calls answered `deferred` with one job (the second found it queued).
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_a", "c1", 10, "deferred",
+        ))));
+        let mut b = inv("inv_b", "c1", 20, "deferred");
+        b.workflow_job_id = Some("job_inv_a".into());
+        store.submit(Event::Invocation(Box::new(b)));
+        let mut attempt = inv("inv_w", "c1", 30, "succeeded");
+        attempt.source_type = SourceType::Workflow;
+        attempt.workflow_job_id = Some("job_inv_a".into());
+        store.submit(Event::Invocation(Box::new(attempt)));
+        store.submit(Event::Final(Box::new(fin("inv_a", "succeeded"))));
+        store.flush().await;
+        for id in ["inv_a", "inv_b"] {
+            let r = store.invocation(id).await.unwrap().unwrap();
+            assert_eq!((r.status.as_str(), r.is_final), ("succeeded", true), "{id}");
+        }
+        // A workflow attempt is final as written: the job's end does not rewrite it.
+        let w = store.invocation("inv_w").await.unwrap().unwrap();
+        assert_eq!(w.final_at, None);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn events_after_close_are_counted_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
+        store.close().await;
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_late",
+            "c1",
+            1,
+            "succeeded",
+        ))));
+        assert_eq!(store.dropped(), 1);
+        assert!(matches!(store.prune(0).await, Err(StoreError::Closed)));
     }
 
     #[test]

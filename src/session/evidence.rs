@@ -49,6 +49,9 @@ pub(super) struct Notes {
     pub request: Option<Arc<Prepared>>,
     /// A barge-in's outcome at the provider.
     pub cancel: Option<ProviderOutcome>,
+    /// How long the call waited on the provider before it was answered (for the overhead
+    /// metric: the rest is toolgate's own time).
+    pub provider_wait: std::time::Duration,
 }
 
 impl Session {
@@ -70,8 +73,14 @@ impl Session {
     }
 
     /// A deferred call's job was cancelled before it was sent: its record ends `cancelled`.
-    pub(super) fn record_cancelled_job(&self, invocation_id: &str, reason: Option<String>) {
-        self.rt.evidence.submit(Event::Final(Final {
+    pub(super) fn record_cancelled_job(
+        &self,
+        job_id: &str,
+        invocation_id: &str,
+        reason: Option<String>,
+    ) {
+        self.rt.evidence.submit(Event::Final(Box::new(Final {
+            job_id: job_id.to_owned(),
             invocation_id: invocation_id.to_owned(),
             status: "cancelled".into(),
             error_code: Some("cancelled".into()),
@@ -84,7 +93,56 @@ impl Session {
                 provider_outcome: "not_sent".into(),
             }),
             at: now_ms(),
-        }));
+        })));
+    }
+
+    /// A tool call refused before its guards ran (the sidecar is draining or overloaded, or the
+    /// id was used before): answered with an `error` frame, and on record as `rejected`.
+    pub(super) fn record_refused(
+        &self,
+        call: &crate::protocol::ToolCall,
+        received: tokio::time::Instant,
+        code: crate::protocol::ErrorCode,
+        message: &str,
+    ) {
+        let function = self.agent.functions.iter().find(|f| f.name == call.name);
+        let received_at = self.clock(received);
+        let answered = received.elapsed().as_millis() as u64;
+        self.rt
+            .evidence
+            .submit(Event::Invocation(Box::new(Invocation {
+                invocation_id: super::invocation_id(),
+                source_type: SourceType::Agent,
+                parent_invocation_id: None,
+                org_id: self.key.0.clone(),
+                call_id: self.ctx.call_id.clone(),
+                agent_id: self.agent.id.clone(),
+                function: call.name.clone(),
+                action: function.map(|f| f.action.as_str().to_owned()),
+                connection_id: function.map(|f| f.connection.id.clone()),
+                received_at,
+                status: "rejected".into(),
+                answered_status: "rejected".into(),
+                is_final: true,
+                final_at: Some(received_at + answered as Millis),
+                error_code: Some(code.as_str().to_owned()),
+                error_message: Some(crate::redact::text(message, &[]).into_owned()),
+                missing_fields: Vec::new(),
+                guards: Vec::new(),
+                inputs_redacted: Default::default(),
+                request_payload_redacted: None,
+                response_payload_redacted: None,
+                provider_message_id: None,
+                latency_ms: None,
+                timeline: Timeline {
+                    answered_ms: Some(answered),
+                    ..Timeline::default()
+                },
+                workflow_job_id: None,
+                at_least_once: false,
+                cancelled: None,
+                transcript_context: evidence::context(self.history.entries()),
+            })));
     }
 
     /// Build and hand over the records that are due.
@@ -122,7 +180,11 @@ impl Session {
             Some(s) => (s.as_str(), true),
             None => ("failed", true),
         };
-        let mut error_message = notes.rejection.clone();
+        // Guards quote what they refused ("4155550100 is not a phone number"): masked too.
+        let mut error_message = notes
+            .rejection
+            .as_deref()
+            .map(|r| crate::redact::text(r, &secrets).into_owned());
         let mut message_id = None;
         let mut response = None;
         match &notes.outcome {
@@ -149,7 +211,9 @@ impl Session {
                     error_code.get_or_insert_with(|| e.kind.code().to_owned());
                 }
             }
-            Some(Outcome::Internal(what)) => error_message = Some(what.clone()),
+            Some(Outcome::Internal(what)) => {
+                error_message = Some(crate::redact::text(what, &secrets).into_owned())
+            }
             _ => {}
         }
         let cancelled = (slot.cancelled.load(std::sync::atomic::Ordering::Acquire)

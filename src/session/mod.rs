@@ -64,6 +64,7 @@ pub fn invocation_id() -> String {
 }
 
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
+    crate::telemetry::protocol_error(code.as_str());
     Outbound::Error {
         code,
         message,
@@ -215,6 +216,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 };
             }
             rt.active_sessions.fetch_add(1, Ordering::AcqRel);
+            crate::telemetry::session_started();
             let attached = Arc::new(AtomicBool::new(true));
             let (reattach_tx, reattach_rx) = mpsc::channel(1);
             v.insert(SessionHandle {
@@ -253,6 +255,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
                 draining: false,
                 due: Vec::new(),
                 end_reason: None,
+                end_kind: "closed",
             };
             Open::New(Box::new(session), start.call_id)
         }
@@ -273,6 +276,8 @@ struct Slot {
     job_cancelled: bool,
     /// Evidence gathered until the call's record is written.
     notes: Option<Box<evidence::Notes>>,
+    /// The caller has heard something about this call (a filler or its result).
+    signalled: bool,
 }
 
 /// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
@@ -318,6 +323,8 @@ struct Session {
     due: Vec<(String, bool)>,
     /// Why the session ended (`session.end`'s reason, `disconnected`, `shutdown`).
     end_reason: Option<String>,
+    /// How it ended, as a metric label: `ended`, `disconnected`, `shutdown`, `closed`.
+    end_kind: &'static str,
 }
 
 impl Drop for Session {
@@ -354,6 +361,7 @@ impl Session {
                 // Shutting down and nothing is in flight: let the media server move on.
                 info!("sidecar shutting down; closing the session");
                 self.end_reason = Some("shutdown".into());
+                self.end_kind = "shutdown";
                 if let Some(s) = sock.as_mut() {
                     s.close(CloseCode::Away, "toolgate is shutting down").await;
                 }
@@ -403,7 +411,8 @@ impl Session {
                 _ = shutdown.cancelled(), if !self.draining => self.draining = true,
                 _ = sleep_until(grace), if sock.is_none() && !ended && grace_until.is_some() => {
                                         info!(inflight = self.inflight, "disconnect grace over; session ended");
-                    self.end_reason = Some("disconnected".into());
+                                        self.end_reason = Some("disconnected".into());
+                    self.end_kind = "disconnected";
                     ended = true;
                     self.outbox.clear();
                     self.deregister();
@@ -432,10 +441,11 @@ impl Session {
         let (jobs, (org, call_id)) = (self.rt.jobs.clone(), self.key.clone());
         self.rt.tasks.spawn_on(
             async move {
-                if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
+                                if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
                     tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs; they run at the next start");
                 }
-            },
+            }
+            .in_current_span(),
             &handle,
         );
     }
@@ -445,6 +455,7 @@ impl Session {
             return;
         }
         self.registered = false;
+        crate::telemetry::session_ended(self.end_kind);
         self.rt.evidence.submit(crate::evidence::Event::CallEnded {
             org: self.key.0.clone(),
             call_id: self.ctx.call_id.clone(),
@@ -595,7 +606,7 @@ impl Session {
                             }
                             self.ledger.set_state(&c.id, ActionState::Closed);
                             if let Some(inv) = invocation {
-                                self.record_cancelled_job(&inv, c.reason.clone());
+                                self.record_cancelled_job(&job_id, &inv, c.reason.clone());
                             }
                         }
                     }
@@ -613,6 +624,7 @@ impl Session {
                     "session.end"
                 );
                 self.end_reason = Some(reason.unwrap_or_else(|| "session.end".into()));
+                self.end_kind = "ended";
                 let frame = Outbound::SessionEnded {
                     call_id: &self.ctx.call_id,
                     invocations: self.invocations,
@@ -628,41 +640,31 @@ impl Session {
     }
 
     fn on_tool_call(&mut self, call: ToolCall, received: Instant) {
-        if self.draining {
-            self.push(
-                error_frame(
-                    ErrorCode::Overloaded,
-                    "this sidecar is shutting down; the call was not accepted",
-                    Some(&call.id),
-                ),
-                Keep::LiveOnly,
-            );
-            return;
-        }
-        if self.calls.contains_key(&call.id) {
-            self.push(
-                error_frame(
-                    ErrorCode::DuplicateCallId,
-                    &format!(
-                        "tool call id {:?} was already used in this session",
-                        call.id
-                    ),
-                    Some(&call.id),
-                ),
-                Keep::LiveOnly,
-            );
-            return;
-        }
         let max = self.rt.server.max_inflight_per_session;
-        if self.inflight >= max {
-            self.push(
-                error_frame(
-                    ErrorCode::Overloaded,
-                    &format!("{max} tool calls are already running in this session"),
-                    Some(&call.id),
+        let refused = if self.draining {
+            Some((
+                ErrorCode::Overloaded,
+                "this sidecar is shutting down; the call was not accepted".to_owned(),
+            ))
+        } else if self.calls.contains_key(&call.id) {
+            Some((
+                ErrorCode::DuplicateCallId,
+                format!(
+                    "tool call id {:?} was already used in this session",
+                    call.id
                 ),
-                Keep::LiveOnly,
-            );
+            ))
+        } else if self.inflight >= max {
+            Some((
+                ErrorCode::Overloaded,
+                format!("{max} tool calls are already running in this session"),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refused {
+            self.push(error_frame(code, &message, Some(&call.id)), Keep::LiveOnly);
+            self.record_refused(&call, received, code, &message);
             return;
         }
         let invocation_id = invocation_id();
@@ -723,6 +725,7 @@ impl Session {
         });
         if let Decision::Rejected(r) = &checked.decision {
             notes.rejection = Some(r.message.clone());
+            crate::telemetry::guard_rejection(r.guard.as_str());
         }
         let answered = immediate.is_some();
         if answered {
@@ -740,6 +743,7 @@ impl Session {
                 job_id: None,
                 job_cancelled: false,
                 notes: Some(notes),
+                signalled: false,
             },
         );
         if let Some(a) = immediate {
@@ -773,9 +777,12 @@ impl Session {
             plan: plan.expect("a call that proceeds was planned"),
             snap,
         };
+        // One span per invocation, inside the session's: every line the call's task logs says
+        // which call, which tool call and which function.
+        let span = tracing::info_span!("invocation", id = %live.id, invocation_id = %live.invocation_id, function = %call.name);
         self.rt
             .tasks
-            .spawn(dispatch::run(live, self.rt.clone(), self.events_tx.clone()).in_current_span());
+            .spawn(dispatch::run(live, self.rt.clone(), self.events_tx.clone()).instrument(span));
     }
 
     /// The call's answer is decided: write it to the media server when `deliver` (the session
@@ -784,7 +791,22 @@ impl Session {
         let Some(slot) = self.calls.get_mut(id) else {
             return;
         };
-        let elapsed_ms = slot.received.elapsed().as_millis() as u64;
+        let elapsed = slot.received.elapsed();
+        let elapsed_ms = elapsed.as_millis() as u64;
+        let function = slot
+            .function
+            .map_or("unknown", |i| self.agent.functions[i].name.as_str());
+        crate::telemetry::tool_call_answered(function, a.status.as_str(), elapsed, deliver);
+        if deliver {
+            if !std::mem::replace(&mut slot.signalled, true) {
+                crate::telemetry::first_signal(elapsed);
+            }
+            let waited = slot
+                .notes
+                .as_ref()
+                .map_or(Duration::ZERO, |n| n.provider_wait);
+            crate::telemetry::overhead(elapsed.saturating_sub(waited));
+        }
         let frame = deliver.then(|| {
             Outbound::ToolResult {
                 id,
@@ -835,12 +857,23 @@ impl Session {
                     seq,
                 }
                 .encode();
-                if let Some(notes) = self.calls.get_mut(&id).and_then(|s| s.notes.as_mut()) {
-                    notes.fillers.push(elapsed.as_millis() as u64);
+                if let Some(slot) = self.calls.get_mut(&id) {
+                    if !std::mem::replace(&mut slot.signalled, true) {
+                        crate::telemetry::first_signal(slot.received.elapsed());
+                    }
+                    if let Some(notes) = slot.notes.as_mut() {
+                        notes.fillers.push(elapsed.as_millis() as u64);
+                    }
                 }
+                crate::telemetry::filler();
                 self.push(frame, Keep::LiveOnly);
             }
-            Event::Deferred { id, job_id, reason } => {
+            Event::Deferred {
+                id,
+                job_id,
+                reason,
+                provider_wait,
+            } => {
                 if !self.registered {
                     // The call ended while the job was being written: its end already ran,
                     // so release this job here.
@@ -850,6 +883,9 @@ impl Session {
                     return;
                 };
                 slot.job_id = Some(job_id.clone());
+                if let Some(notes) = slot.notes.as_mut() {
+                    notes.provider_wait = provider_wait;
+                }
                 let function_index = slot.function.expect("live calls have a function");
                 if slot.cancelled.load(Ordering::Acquire) {
                     // The caller barged in while the job was written: if it has not been sent,
@@ -955,6 +991,13 @@ impl Session {
                     notes.inputs = Some(inputs);
                     notes.request = request;
                     notes.timing = timing;
+                    if !was_answered {
+                        notes.provider_wait = timing
+                            .done
+                            .zip(timing.sent)
+                            .map(|(d, s)| d.saturating_sub(s))
+                            .unwrap_or_default();
+                    }
                     if let Some((_, po)) = &answer {
                         notes.cancel = notes.cancel.or(*po);
                     }

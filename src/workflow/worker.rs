@@ -201,49 +201,54 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         Finish::Retry { .. } if job.attempts >= job.max_attempts => "dead",
         Finish::Retry { .. } => "retry",
     };
-    let code = run
-        .result
-        .as_ref()
-        .and_then(|r| r.as_ref().err())
-        .map(|e| e.kind.code());
+    let code = match &run.result {
+        None => Some("not_sent"),
+        Some(r) => r.as_ref().err().map(|e| e.kind.code()),
+    };
     let fin = evidence::job_final(&job, &finish, code, now_ms());
     let not_sent = match (&run.result, &finish) {
         (None, Finish::Failed { error } | Finish::Retry { error, .. }) => Some(error.clone()),
         _ => None,
     };
-    match rt
+    let recorded = rt
         .jobs
         .finish(&job.id, owner, job.attempts, finish, now_ms())
-        .await
-    {
+        .await;
+    // Every attempt is on record, one whose lease lapsed too: it may have reached the provider
+    // while another claim sends it again.
+    let lease_lost = matches!(recorded, Ok(false));
+    if recorded.is_ok() && (!lease_lost || run.result.is_some()) {
+        let function = snap
+            .agent(&job.agent)
+            .and_then(|a| a.functions.iter().find(|f| f.name == job.function));
+        let secrets = snap
+            .connections
+            .connection(&job.connection)
+            .map(|c| c.secret_texts())
+            .unwrap_or_default();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let record = evidence::Attempt {
+            job: &job,
+            function,
+            started_at,
+            request: run.request.as_ref(),
+            result: run.result.as_ref(),
+            not_sent: not_sent.as_deref(),
+            latency_ms: run.latency.map(|d| d.as_millis() as u64),
+            lease_lost,
+            keep_bodies: snap.config.evidence.keep_bodies,
+            secrets: &secrets,
+        }
+        .record();
+        rt.evidence
+            .submit(evidence::Event::Invocation(Box::new(record)));
+    }
+    match recorded {
         Ok(true) => {
             telemetry::job_attempt(label);
             info!(attempt = job.attempts, outcome = label, "job attempt done");
-            let function = snap
-                .agent(&job.agent)
-                .and_then(|a| a.functions.iter().find(|f| f.name == job.function));
-            let secrets = snap
-                .connections
-                .connection(&job.connection)
-                .map(|c| c.secret_texts())
-                .unwrap_or_default();
-            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-            let record = evidence::Attempt {
-                job: &job,
-                function,
-                started_at,
-                request: run.request.as_ref(),
-                result: run.result.as_ref(),
-                not_sent: not_sent.as_deref(),
-                latency_ms: run.latency.map(|d| d.as_millis() as u64),
-                keep_bodies: snap.config.evidence.keep_bodies,
-                secrets: &secrets,
-            }
-            .record();
-            rt.evidence
-                .submit(evidence::Event::Invocation(Box::new(record)));
             if let Some(fin) = fin {
-                rt.evidence.submit(evidence::Event::Final(fin));
+                rt.evidence.submit(evidence::Event::Final(Box::new(fin)));
             }
         }
         Ok(false) => {
@@ -333,6 +338,14 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, probe: bool) -> Ran {
         .await
         .unwrap_or_else(|_| Err(ProviderError::timeout(budget)));
     let latency = started.elapsed();
+    telemetry::provider_request(
+        action.provider().as_str(),
+        action.as_str(),
+        result
+            .as_ref()
+            .map_or_else(|e| e.kind.code(), |_| "succeeded"),
+        latency,
+    );
     if let Err(e) = &mut result {
         e.redact_for(conn);
         debug!(
