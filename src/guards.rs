@@ -376,12 +376,62 @@ fn action_key(ctx: &CallContext, function: &Function, r: &Resolution) -> String 
     out
 }
 
+/// Message channels a scope or a turn can name, as bits.
+const EMAIL: u8 = 1;
+const WHATSAPP: u8 = 2;
+const SMS: u8 = 4;
+
+static CHANNEL_WORDS: std::sync::LazyLock<[(u8, regex::Regex); 3]> =
+    std::sync::LazyLock::new(|| {
+        let re = |p: &str| regex::Regex::new(p).expect("static regex");
+        [
+            (EMAIL, re(r"(?i)\be-?mail")),
+            (WHATSAPP, re(r"(?i)\bwhats\s?app")),
+            (SMS, re(r"(?i)\b(sms|text me|texts?\b)")),
+        ]
+    });
+
+/// The channels a text names.
+fn channels(text: &str) -> u8 {
+    CHANNEL_WORDS
+        .iter()
+        .filter(|(_, re)| re.is_match(text))
+        .fold(0, |acc, (bit, _)| acc | bit)
+}
+
+/// A yes in `turn` (answering `asked`, the agent's turn before it) is about this scope's
+/// channel: a caller who asks for an email has not agreed to a WhatsApp message. A turn that
+/// names no channel answers the agent's question; when neither names one, or the scope is not
+/// a channel, the yes counts.
+fn about_scope(scope_channel: u8, turn: &str, asked: Option<&str>) -> bool {
+    if scope_channel == 0 {
+        return true;
+    }
+    let named = match channels(turn) {
+        0 => asked.map_or(0, channels),
+        n => n,
+    };
+    named == 0 || named & scope_channel != 0
+}
+
 /// The most recent clear yes or no decides: a `consent` event for the scope (at any time), or a
 /// final caller turn that matches `deny` (a no) or, among the last `within_turns` caller turns,
-/// `allow` (a yes). A no outside the window still outweighs an older grant; a yes outside it
-/// no longer counts.
+/// `allow` (a yes) about this scope's channel. A no outside the window still outweighs an older
+/// grant; a yes outside it no longer counts.
 fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
     let entries = history.entries();
+    let scope_channel = channels(&rule.scope);
+    // The agent's turn before entry `i`, if any.
+    let asked_before = |i: usize| {
+        entries[..i].iter().rev().find_map(|e| match e {
+            Entry::Turn {
+                role: crate::protocol::Role::Agent,
+                text,
+                ..
+            } => Some(text.as_str()),
+            _ => None,
+        })
+    };
     let last_event = entries
         .iter()
         .rposition(|e| matches!(e, Entry::Consent { scope, .. } if *scope == rule.scope));
@@ -418,7 +468,10 @@ fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
                         format!("the caller declined {caller_turns} turn(s) ago"),
                     );
                 }
-                if within && rule.allow.is_match(text) {
+                                if within
+                    && rule.allow.is_match(text)
+                    && about_scope(scope_channel, text, asked_before(i))
+                {
                     return (
                         true,
                         format!("the caller agreed {caller_turns} turn(s) ago"),
@@ -587,6 +640,28 @@ mod tests {
     }
 
     #[test]
+        fn a_yes_to_another_channel_is_not_consent_for_this_one() {
+        let mut h = History::default();
+        turn(&mut h, Role::Caller, "Where is my order? Please email me the details.");
+        assert!(!consent(&rule(3), &h).0, "an email request is not a WhatsApp yes");
+        turn(&mut h, Role::Agent, "Shall I also send it on WhatsApp?");
+        turn(&mut h, Role::Caller, "Yes please.");
+        assert!(consent(&rule(3), &h).0, "a yes to the WhatsApp question");
+        let mut h = History::default();
+        turn(&mut h, Role::Agent, "Would you like the summary by email?");
+        turn(&mut h, Role::Caller, "Sure.");
+        assert!(!consent(&rule(3), &h).0, "a yes to the email question");
+        turn(&mut h, Role::Caller, "And send it on WhatsApp too, please.");
+        assert!(consent(&rule(3), &h).0);
+        // A scope that is no channel takes any clear yes.
+        let mut callback = rule(3);
+        callback.scope = "callback".into();
+        let mut h = History::default();
+        turn(&mut h, Role::Caller, "Yes, email me and call me back.");
+        assert!(consent(&callback, &h).0);
+    }
+
+    #[test]
     fn consent_follows_the_most_recent_clear_answer() {
         let mut h = History::default();
         assert!(!consent(&rule(3), &h).0);
@@ -706,8 +781,9 @@ mod tests {
             "Sure.",
             "okay",
             "Ok!",
-            "Go ahead.",
-            "Can you email me the summary?",
+                        "Go ahead.",
+            "Can you send me the summary?",
+            "Can you whatsapp me the summary?",
             "Please send it.",
         ] {
             let mut h = History::default();
