@@ -468,7 +468,7 @@ fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
                         format!("the caller declined {caller_turns} turn(s) ago"),
                     );
                 }
-                                if within
+                if within
                     && rule.allow.is_match(text)
                     && about_scope(scope_channel, text, asked_before(i))
                 {
@@ -640,10 +640,17 @@ mod tests {
     }
 
     #[test]
-        fn a_yes_to_another_channel_is_not_consent_for_this_one() {
+    fn a_yes_to_another_channel_is_not_consent_for_this_one() {
         let mut h = History::default();
-        turn(&mut h, Role::Caller, "Where is my order? Please email me the details.");
-        assert!(!consent(&rule(3), &h).0, "an email request is not a WhatsApp yes");
+        turn(
+            &mut h,
+            Role::Caller,
+            "Where is my order? Please email me the details.",
+        );
+        assert!(
+            !consent(&rule(3), &h).0,
+            "an email request is not a WhatsApp yes"
+        );
         turn(&mut h, Role::Agent, "Shall I also send it on WhatsApp?");
         turn(&mut h, Role::Caller, "Yes please.");
         assert!(consent(&rule(3), &h).0, "a yes to the WhatsApp question");
@@ -781,7 +788,7 @@ mod tests {
             "Sure.",
             "okay",
             "Ok!",
-                        "Go ahead.",
+            "Go ahead.",
             "Can you send me the summary?",
             "Can you whatsapp me the summary?",
             "Please send it.",

@@ -59,6 +59,7 @@ pub mod protocol;
 pub mod providers;
 pub mod redact;
 pub mod runtime;
+pub mod scenario;
 pub mod server;
 pub mod session;
 pub mod telemetry;

@@ -72,6 +72,16 @@ enum Command {
         #[arg(long, short, default_value = "toolgate.toml")]
         config: PathBuf,
     },
+    /// Run scenario files (scripted calls with simulated providers) through the real sidecar;
+    /// exit 1 if an expectation fails.
+    Test {
+        /// Scenario files, or directories of them.
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Also write the results as JUnit XML here.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
         /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
@@ -105,6 +115,10 @@ fn main() -> ExitCode {
         Command::Worker { config } => {
             toolgate::telemetry::init_tracing("info");
             runtime.block_on(worker(config))
+        }
+        Command::Test { scenarios, junit } => {
+            toolgate::telemetry::init_tracing("error");
+            runtime.block_on(test(scenarios, junit))
         }
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
@@ -286,6 +300,34 @@ async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn test(paths: Vec<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
+    let files = match toolgate::scenario::expand(&paths) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("toolgate test: no scenario files in {paths:?}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("toolgate test: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("toolgate test: running {} scenario(s)", files.len());
+    let reports = toolgate::scenario::run_all(&files).await;
+    out!("{}", toolgate::scenario::render(&reports).trim_end());
+    if let Some(path) = junit
+        && let Err(e) = std::fs::write(&path, toolgate::scenario::junit(&reports))
+    {
+        eprintln!("toolgate test: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if reports.iter().all(toolgate::scenario::Report::passed) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

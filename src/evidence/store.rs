@@ -813,7 +813,10 @@ mod tests {
                 at,
                 "deferred",
             ))));
-            store.submit(Event::Final(Box::new(fin(&format!("inv_{call}"), "failed"))));
+            store.submit(Event::Final(Box::new(fin(
+                &format!("inv_{call}"),
+                "failed",
+            ))));
         }
         store.flush().await;
         assert!(store.prune(3_000).await.unwrap() >= 3);
