@@ -108,6 +108,7 @@ fn record(n: u64) -> Invocation {
             provider_done_ms: Some(213),
         },
         workflow_job_id: None,
+        deferral_reason: None,
         at_least_once: false,
         cancelled: None,
         transcript_context: (0..6)

@@ -251,6 +251,7 @@ fn evidence_encoding(c: &mut Criterion) {
             provider_done_ms: Some(212),
         },
         workflow_job_id: None,
+        deferral_reason: None,
         at_least_once: false,
         cancelled: None,
         transcript_context: evidence::context(fx.history.entries()),

@@ -89,6 +89,16 @@ pub async fn handle(req: Request<Incoming>, rt: Arc<Runtime>) -> HttpResponse {
                 _ => not_found(),
             }
         }
+        (method, ["v1", "diagnostics"]) => {
+            let scope = match authorize(&req, &rt) {
+                Ok(scope) => scope,
+                Err(resp) => return resp,
+            };
+            match method {
+                &Method::GET => diagnostics(&req, &rt, &scope).await,
+                _ => method_not_allowed("GET"),
+            }
+        }
         (method, ["calls", call_id]) => match method {
             &Method::GET => call_page(&req, call_id, &rt).await,
             _ => method_not_allowed("GET"),
@@ -402,13 +412,63 @@ const STATUSES: &[&str] = &[
     "dead",
 ];
 
-/// `since`: ms since the epoch, or an RFC 3339 time.
-fn parse_since(s: &str) -> Option<i64> {
+/// `since`: ms since the epoch, an RFC 3339 time, or a span back from now (`7d`, `24h`).
+pub fn parse_since(s: &str) -> Option<i64> {
     if let Ok(ms) = s.parse::<i64>() {
         return Some(ms);
     }
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return Some(now_ms() - ago.as_millis() as i64);
+    }
     let t = humantime::parse_rfc3339_weak(s).ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
+}
+
+async fn diagnostics(req: &Request<Incoming>, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
+    let bad = |m: String| json_error(StatusCode::BAD_REQUEST, "bad_request", &m);
+    let since = match query_param(req, "since").filter(|s| !s.is_empty()) {
+        None => now_ms() - 7 * 86_400_000,
+        Some(s) => match parse_since(&s) {
+            Some(ms) => ms,
+            None => {
+                return bad(format!(
+                    "since {s:?} is not ms since the epoch, an RFC 3339 time or a span like 7d"
+                ));
+            }
+        },
+    };
+    let min_sample = match query_param(req, "min_sample").map(|m| m.parse::<usize>()) {
+        None => crate::diagnostics::MIN_SAMPLE,
+        Some(Ok(n)) if n >= 1 => n,
+        Some(_) => return bad("min_sample must be a whole number of at least 1".into()),
+    };
+    let snap = rt.snap();
+    let wanted = query_param(req, "agent").filter(|a| !a.is_empty());
+    let agents: Vec<_> = snap
+        .config
+        .agents
+        .iter()
+        .filter(|a| visible(scope, &a.org))
+        .filter(|a| wanted.as_ref().is_none_or(|w| &a.id == w))
+        .cloned()
+        .collect();
+    if let (Some(w), true) = (&wanted, agents.is_empty()) {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no agent {w:?}"),
+        );
+    }
+    let mut reports = Vec::new();
+    for agent in agents {
+        match crate::diagnostics::diagnose(&rt.evidence, &agent, org_of(scope), since, min_sample)
+            .await
+        {
+            Ok(r) => reports.push(r),
+            Err(e) => return store_error(&e),
+        }
+    }
+    json_response(StatusCode::OK, &json!({ "agents": reports }))
 }
 
 async fn list_invocations(

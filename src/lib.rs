@@ -50,6 +50,7 @@ pub mod client;
 pub mod config;
 pub mod connections;
 pub mod demo;
+pub mod diagnostics;
 pub mod dispatch;
 pub mod evidence;
 pub mod guards;

@@ -82,6 +82,24 @@ enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Read recent evidence and report, per function, what keeps going wrong and how to fix it.
+    Doctor {
+        /// Config file (its storage holds the evidence).
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        /// How far back: a span (`7d`, `24h`), an RFC 3339 time, or ms since the epoch.
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Fewest calls a finding rests on.
+        #[arg(long, default_value_t = toolgate::diagnostics::MIN_SAMPLE)]
+        min_sample: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
         /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
@@ -119,6 +137,16 @@ fn main() -> ExitCode {
         Command::Test { scenarios, junit } => {
             toolgate::telemetry::init_tracing("error");
             runtime.block_on(test(scenarios, junit))
+        }
+        Command::Doctor {
+            config,
+            agent,
+            since,
+            min_sample,
+            json,
+        } => {
+            toolgate::telemetry::init_tracing("error");
+            runtime.block_on(doctor(config, agent, since, min_sample, json))
         }
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
@@ -329,6 +357,83 @@ async fn test(paths: Vec<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+async fn doctor(
+    path: PathBuf,
+    only: Option<String>,
+    since: String,
+    min_sample: usize,
+    as_json: bool,
+) -> ExitCode {
+    // The evidence needs no secrets: check the config's shape only.
+    let config = match Config::load_with(&path, |o| o.without_secrets()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(since) = toolgate::admin::parse_since(&since) else {
+        eprintln!(
+            "toolgate doctor: --since {since:?} is not a span (7d, 24h), an RFC 3339 time or ms since the epoch"
+        );
+        return ExitCode::FAILURE;
+    };
+    let agents: Vec<_> = config
+        .agents
+        .iter()
+        .filter(|a| only.as_ref().is_none_or(|o| &a.id == o))
+        .cloned()
+        .collect();
+    if let (Some(o), true) = (&only, agents.is_empty()) {
+        let hint = toolgate::config::did_you_mean(o, config.agents.iter().map(|a| a.id.as_str()))
+            .map(|s| format!(" (did you mean {s:?}?)"))
+            .unwrap_or_default();
+        eprintln!("toolgate doctor: no agent {o:?}{hint}");
+        return ExitCode::FAILURE;
+    }
+    let file = config.storage.evidence_path();
+    if !file.exists() {
+        eprintln!(
+            "toolgate doctor: no evidence yet at {} (it is written by `toolgate serve`)",
+            file.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let store = match toolgate::evidence::store::EvidenceStore::open(&file, Duration::ZERO) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("toolgate doctor: cannot open {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reports = Vec::new();
+    for agent in &agents {
+        match toolgate::diagnostics::diagnose(&store, agent, None, since, min_sample).await {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("toolgate doctor: cannot read the evidence: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    store.close().await;
+    if as_json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "agents": reports }))
+                .unwrap_or_default()
+        );
+    } else {
+        for (i, r) in reports.iter().enumerate() {
+            if i > 0 {
+                out!("");
+            }
+            out!("{}", toolgate::diagnostics::render(r).trim_end());
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 async fn worker(path: PathBuf) -> ExitCode {

@@ -712,7 +712,7 @@ pub fn junit(reports: &[Report]) -> String {
         out.push_str(&format!(
             "  <testsuite name=\"{}\" file=\"{}\" tests=\"{}\" failures=\"{failed}\" time=\"{:.3}\">\n",
             escape(&r.name),
-            escape(&r.file.display().to_string()),
+            escape(r.file.display().to_string()),
             r.checks.len().max(1),
             r.took.as_secs_f64()
         ));
@@ -734,7 +734,7 @@ pub fn junit(reports: &[Report]) -> String {
             } else {
                 out.push_str(&format!(
                     "><failure message=\"{}\"/></testcase>\n",
-                    escape(&c.detail())
+                    escape(c.detail())
                 ));
             }
         }

@@ -171,6 +171,9 @@ pub struct Invocation {
     pub timeline: Timeline,
     /// The workflow job, when deferred.
     pub workflow_job_id: Option<String>,
+    /// Why it was deferred (`budget`, `predicted_slow`, `circuit_open`, ...).
+    #[serde(default)]
+    pub deferral_reason: Option<String>,
     /// Sent again after an attempt that may have reached a provider without idempotency.
     pub at_least_once: bool,
     /// A barge-in.
@@ -561,6 +564,7 @@ impl Attempt<'_> {
                 ..Timeline::default()
             },
             workflow_job_id: Some(job.id.clone()),
+            deferral_reason: None,
             at_least_once: job.at_least_once || (self.lease_lost && !job.idempotent),
             cancelled: None,
             transcript_context: Vec::new(),

@@ -79,6 +79,11 @@ fn class(status: &str) -> &'static str {
     }
 }
 
+/// Wall-clock time, to the second, in UTC (`2026-11-29 08:18:36 UTC`).
+pub fn wall_clock(at: Millis) -> String {
+    wall(at)
+}
+
 /// Wall-clock time, to the second, in UTC.
 fn wall(at: Millis) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(at.max(0) as u64);

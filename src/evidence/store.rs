@@ -84,7 +84,8 @@ CREATE TABLE IF NOT EXISTS invocations (
   id TEXT PRIMARY KEY,
   org TEXT NOT NULL,
   call_id TEXT NOT NULL,
-  function TEXT NOT NULL,
+    function TEXT NOT NULL,
+  agent TEXT NOT NULL DEFAULT '',
   status TEXT NOT NULL,
   source_type TEXT NOT NULL,
     parent_id TEXT,
@@ -99,6 +100,8 @@ CREATE INDEX IF NOT EXISTS invocations_time ON invocations(received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_function ON invocations(org, function, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_parent ON invocations(parent_id);
 CREATE INDEX IF NOT EXISTS invocations_job ON invocations(job_id);
+CREATE INDEX IF NOT EXISTS invocations_agent ON invocations(agent, received_at);
+CREATE INDEX IF NOT EXISTS calls_agent ON calls(agent, started_at);
 CREATE TABLE IF NOT EXISTS finals (
   job_id TEXT PRIMARY KEY,
   status TEXT NOT NULL,
@@ -134,6 +137,28 @@ pub struct Page {
     pub invocations: Vec<Invocation>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// What diagnostics read about one agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentEvidence {
+    /// Its invocation records, newest first (live calls and workflow attempts).
+    pub invocations: Vec<Invocation>,
+    /// Its recent calls.
+    pub calls: Vec<CallSummary>,
+}
+
+/// One call, as diagnostics see it.
+#[derive(Debug, Clone, Default)]
+pub struct CallSummary {
+    /// Org.
+    pub org: String,
+    /// Call id.
+    pub call_id: String,
+    /// The caller's final turns (redacted), one per line.
+    pub caller_text: String,
+    /// The functions the model called.
+    pub functions: std::collections::BTreeSet<String>,
 }
 
 /// A call's history and actions.
@@ -413,6 +438,72 @@ impl EvidenceStore {
         .await
     }
 
+    /// What diagnostics read about one agent since `since`: its invocation records (live and
+    /// workflow, final outcomes merged), and for its most recent `max_calls` calls, what the
+    /// caller said and which functions were called.
+    pub async fn agent_evidence(
+        &self,
+        org: Option<String>,
+        agent: &str,
+        since: Millis,
+        max_calls: usize,
+    ) -> Result<AgentEvidence, StoreError> {
+        let agent = agent.to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
+                 WHERE i.agent = ?1 AND i.received_at >= ?2 AND (?3 IS NULL OR i.org = ?3) \
+                 ORDER BY i.received_at DESC LIMIT 100000",
+            )?;
+            let invocations: Vec<Invocation> = stmt
+                .query_map(params![agent, since, org], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })?
+                .filter_map(Result::ok)
+                .filter_map(|(record, fin)| merge(&record, fin.as_deref()))
+                .collect();
+            let mut stmt = c.prepare_cached(
+                "SELECT org, call_id FROM calls WHERE agent = ?1 AND started_at >= ?2 \
+                 AND (?3 IS NULL OR org = ?3) ORDER BY started_at DESC LIMIT ?4",
+            )?;
+            let heads: Vec<(String, String)> = stmt
+                .query_map(params![agent, since, org, max_calls as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .filter_map(Result::ok)
+                .collect();
+            let mut calls = Vec::with_capacity(heads.len());
+            for (org, call_id) in heads {
+                let mut turns = c.prepare_cached(
+                    "SELECT data FROM call_events WHERE org = ?1 AND call_id = ?2 ORDER BY at, rowid",
+                )?;
+                let caller_text = turns
+                    .query_map(params![org, call_id], |r| r.get::<_, String>(0))?
+                    .filter_map(Result::ok)
+                    .filter_map(|d| serde_json::from_str::<Value>(&d).ok())
+                    .filter(|v| v["role"] == "caller" && v["final"] != false)
+                    .filter_map(|v| v["text"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                let mut called = c.prepare_cached(
+                    "SELECT DISTINCT function FROM invocations WHERE org = ?1 AND call_id = ?2",
+                )?;
+                let functions = called
+                    .query_map(params![org, call_id], |r| r.get::<_, String>(0))?
+                    .filter_map(Result::ok)
+                    .collect();
+                calls.push(CallSummary {
+                    org,
+                    call_id,
+                    caller_text,
+                    functions,
+                });
+            }
+            Ok(AgentEvidence { invocations, calls })
+        })
+        .await
+    }
+
     /// Delete calls, history, invocations and job outcomes older than `before`. The writer
     /// does it in short transactions between its batches.
     pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
@@ -657,8 +748,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
                 super::SourceType::Workflow => None,
             };
             tx.prepare_cached(
-                "INSERT INTO invocations (id, org, call_id, function, status, source_type, parent_id, job_id, received_at, record) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                                "INSERT INTO invocations (id, org, call_id, function, status, source_type, parent_id, job_id, received_at, record, agent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                  ON CONFLICT (id) DO UPDATE SET status = ?5, job_id = ?8, record = ?10",
             )?
             .execute(params![
@@ -670,8 +761,9 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
                 source,
                 inv.parent_invocation_id,
                 job,
-                inv.received_at,
-                record
+                                inv.received_at,
+                record,
+                inv.agent_id
             ])?;
         }
         Event::Final(f) => {
@@ -720,6 +812,7 @@ mod tests {
             latency_ms: None,
             timeline: Timeline::default(),
             workflow_job_id: Some(format!("job_{id}")),
+            deferral_reason: None,
             at_least_once: false,
             cancelled: None,
             transcript_context: Vec::new(),

@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use serde_json::Value;
+
 use crate::answer::{Answer, ProviderOutcome};
 use crate::bindings::Resolution;
 use crate::dispatch::{Outcome, ProviderTiming};
@@ -139,6 +141,7 @@ impl Session {
                     ..Timeline::default()
                 },
                 workflow_job_id: None,
+                deferral_reason: None,
                 at_least_once: false,
                 cancelled: None,
                 transcript_context: evidence::context(self.history.entries()),
@@ -269,6 +272,11 @@ impl Session {
                 provider_done_ms: ms(timing.done),
             },
             workflow_job_id: slot.job_id.clone(),
+            deferral_reason: answer
+                .and_then(|a| a.data.as_ref())
+                .and_then(|d| d.get("reason"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             at_least_once: false,
             cancelled,
             transcript_context: evidence::context(&entries[..notes.history_len.min(entries.len())]),
