@@ -111,6 +111,8 @@ fn record(n: u64) -> Invocation {
         deferral_reason: None,
         at_least_once: false,
         cancelled: None,
+        arguments_redacted: None,
+        session_redacted: None,
         transcript_context: (0..6)
             .map(|i| TurnRecord {
                 role: if i % 2 == 0 { "agent" } else { "caller" }.into(),

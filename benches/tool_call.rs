@@ -255,6 +255,8 @@ fn evidence_encoding(c: &mut Criterion) {
         at_least_once: false,
         cancelled: None,
         transcript_context: evidence::context(fx.history.entries()),
+        arguments_redacted: None,
+        session_redacted: None,
     };
     let mut g = c.benchmark_group("evidence");
     g.bench_function("build_record", |b| b.iter(|| black_box(build())));

@@ -100,6 +100,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run one recorded tool call again against the current config, with a simulated provider:
+    /// which guards pass now.
+    Replay {
+        /// The invocation id (`inv_...`), from the call page or the API.
+        invocation: String,
+        /// Config file (its storage holds the evidence).
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// Send it to the real provider instead (it will really happen).
+        #[arg(long)]
+        live: bool,
+    },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
         /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
@@ -147,6 +159,14 @@ fn main() -> ExitCode {
         } => {
             toolgate::telemetry::init_tracing("error");
             runtime.block_on(doctor(config, agent, since, min_sample, json))
+        }
+        Command::Replay {
+            invocation,
+            config,
+            live,
+        } => {
+            toolgate::telemetry::init_tracing("error");
+            runtime.block_on(replay(config, invocation, live))
         }
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
@@ -434,6 +454,60 @@ async fn doctor(
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn replay(path: PathBuf, id: String, live: bool) -> ExitCode {
+    // Simulated, the secrets are not needed; live, they are.
+    let loaded = if live {
+        Config::load(&path)
+    } else {
+        Config::load_with(&path, |o| o.without_secrets())
+    };
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let file = config.storage.evidence_path();
+    if !file.exists() {
+        eprintln!("toolgate replay: no evidence at {}", file.display());
+        return ExitCode::FAILURE;
+    }
+    let store = match toolgate::evidence::store::EvidenceStore::open(&file, Duration::ZERO) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("toolgate replay: cannot open {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let record = store.invocation(&id).await;
+    store.close().await;
+    let record = match record {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            eprintln!(
+                "toolgate replay: no invocation {id:?} in {}",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("toolgate replay: cannot read the evidence: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match toolgate::replay::replay(&config, &record, live).await {
+        Ok(r) => {
+            out!("{}", toolgate::replay::render(&r).trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("toolgate replay: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn worker(path: PathBuf) -> ExitCode {

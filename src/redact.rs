@@ -294,6 +294,29 @@ pub fn response_body(raw: &[u8], keep_bodies: bool, secrets: &[&str]) -> serde_j
     Value::String(format!("{}… [cut at {MAX_BODY} bytes]", &encoded[..end]))
 }
 
+/// A realistic value in place of a redacted one, for replaying a call whose real values were
+/// never stored (`toolgate replay`): a masked email's hidden part becomes `nnn`
+/// (`a***@example.com` gives `annn@example.com`), other masked digits become 5s
+/// (`+1********00` gives `+15555555500`), a body kept as length and hash becomes that many `x`.
+/// Shapes survive, so type and format checks see what the real value would have shown them.
+pub fn stand_in(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(s.replace("***@", "nnn@").replace('*', "5")),
+        Value::Object(m)
+            if m.len() == 2 && m.contains_key("length") && m.contains_key("sha256") =>
+        {
+            let n = m["length"].as_u64().unwrap_or(1).clamp(1, 100_000) as usize;
+            Value::String("x".repeat(n))
+        }
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), stand_in(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.iter().map(stand_in).collect()),
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,6 +328,17 @@ mod tests {
         assert_eq!(phone("+442079460958"), "+44********58");
         assert_eq!(phone("+353861234567"), "+353*******67");
         assert_eq!(phone("4155550100"), "********00");
+    }
+
+    #[test]
+    fn stand_ins_keep_the_shape_of_what_was_redacted() {
+        use serde_json::json;
+        let redacted = json!({"to": email("ana@example.com"), "phone": phone("+14155550100"),
+                              "text": body("Ships Friday", false, &[]), "n": 3});
+        assert_eq!(
+            stand_in(&redacted),
+            json!({"to": "annn@example.com", "phone": "+15555555500", "text": "xxxxxxxxxxxx", "n": 3})
+        );
     }
 
     #[test]

@@ -180,6 +180,67 @@ pub struct Invocation {
     pub cancelled: Option<CancelRecord>,
     /// The turns before the call.
     pub transcript_context: Vec<TurnRecord>,
+    /// The model's arguments, redacted (what `toolgate replay` runs again).
+    #[serde(default)]
+    pub arguments_redacted: Option<Value>,
+    /// The session values the call resolved against, redacted.
+    #[serde(default)]
+    pub session_redacted: Option<SessionRecord>,
+}
+
+/// A call's session values, redacted: what bindings read (`caller.number`, `caller.name`,
+/// `var.*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The caller's number, masked.
+    pub caller_number: Option<String>,
+    /// The caller's name, its first letter only.
+    pub caller_name: Option<String>,
+    /// Dynamic variables, numbers and addresses masked.
+    pub variables: IndexMap<String, Value>,
+}
+
+impl SessionRecord {
+    /// The redacted session values of a call.
+    pub fn of(ctx: &crate::bindings::CallContext) -> SessionRecord {
+        use crate::protocol::VarValue;
+        SessionRecord {
+            caller_number: ctx.caller.number.as_deref().map(redact::phone),
+            caller_name: ctx
+                .caller
+                .name
+                .as_deref()
+                .map(|n| format!("{}***", n.chars().next().unwrap_or('*'))),
+            variables: ctx
+                .variables
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        VarValue::Str(s) => Value::String(redact::text(s, &[]).into_owned()),
+                        VarValue::Bool(b) => Value::Bool(*b),
+                        VarValue::Num(n) if n.to_string().len() >= 7 => {
+                            Value::String(redact::phone(&n.to_string()))
+                        }
+                        VarValue::Num(n) => Value::Number(n.clone()),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A tool call's arguments, redacted like a request body.
+pub fn arguments(args: &crate::protocol::Arguments, keep_bodies: bool) -> Value {
+    use crate::protocol::Arguments;
+    let text = match args {
+        Arguments::Absent => return Value::Object(Default::default()),
+        Arguments::Json(t) | Arguments::Text(t) => t,
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(v) => redact::json(&v, keep_bodies, &[]),
+        Err(_) => Value::String(redact::text(text, &[]).into_owned()),
+    }
 }
 
 /// How a workflow job finally ended: the final outcome of every tool call answered `deferred`
@@ -568,6 +629,8 @@ impl Attempt<'_> {
             at_least_once: job.at_least_once || (self.lease_lost && !job.idempotent),
             cancelled: None,
             transcript_context: Vec::new(),
+            arguments_redacted: None,
+            session_redacted: None,
         }
     }
 }

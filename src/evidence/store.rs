@@ -816,6 +816,8 @@ mod tests {
             at_least_once: false,
             cancelled: None,
             transcript_context: Vec::new(),
+            arguments_redacted: None,
+            session_redacted: None,
         }
     }
 

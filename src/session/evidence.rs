@@ -51,6 +51,8 @@ pub(super) struct Notes {
     pub request: Option<Arc<Prepared>>,
     /// A barge-in's outcome at the provider.
     pub cancel: Option<ProviderOutcome>,
+    /// The model's arguments as they came.
+    pub arguments: Option<crate::protocol::Arguments>,
     /// How long the call waited on the provider before it was answered (for the overhead
     /// metric: the rest is toolgate's own time).
     pub provider_wait: std::time::Duration,
@@ -145,6 +147,11 @@ impl Session {
                 at_least_once: false,
                 cancelled: None,
                 transcript_context: evidence::context(self.history.entries()),
+                arguments_redacted: Some(evidence::arguments(
+                    &call.arguments,
+                    self.rt.config().evidence.keep_bodies,
+                )),
+                session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
             })));
     }
 
@@ -280,6 +287,11 @@ impl Session {
             at_least_once: false,
             cancelled,
             transcript_context: evidence::context(&entries[..notes.history_len.min(entries.len())]),
+            arguments_redacted: notes
+                .arguments
+                .as_ref()
+                .map(|a| evidence::arguments(a, keep_bodies)),
+            session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
         })
     }
 }

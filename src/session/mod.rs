@@ -718,6 +718,7 @@ impl Session {
         let cancelled = Arc::new(AtomicBool::new(false));
         let mut notes = Box::new(evidence::Notes {
             name: call.name.clone(),
+            arguments: Some(call.arguments.clone()),
             received_at,
             verdicts: checked.verdicts,
             history_len,
