@@ -126,10 +126,16 @@ pub struct ProviderTiming {
     pub done: Option<Duration>,
 }
 
+/// Where a running call tells its session what happened.
+///
+/// The events are boxed: a tokio channel allocates its first block of 32 slots when it is
+/// created, so the slot size is paid by every live call, idle or not (32 inline `Event`s
+/// would be 9 KiB per call; 32 boxes are 256 bytes). One small allocation per event (about
+/// two per tool call) is the price.
+pub type Events = mpsc::UnboundedSender<Box<Event>>;
+
 /// Messages from a running call to its session.
-// `Done` is the big one and is sent exactly once per call; boxing it would cost an allocation
-// per call to save copying a few hundred bytes once.
-#[allow(clippy::large_enum_variant)]
+#[allow(clippy::large_enum_variant)] // always boxed, see [`Events`]
 #[derive(Debug)]
 pub enum Event {
     /// Time for a filler line.
@@ -154,18 +160,22 @@ pub enum Event {
         provider_wait: Duration,
     },
     /// The call is finished.
-    Done {
-        /// The `tool.call` id.
-        id: String,
-        /// What happened.
-        outcome: Outcome,
-        /// Provider request timing.
-        timing: ProviderTiming,
-        /// The resolved inputs, handed back for the evidence.
-        inputs: Resolution,
-        /// The provider request, when one was built (for the evidence; redacted there).
-        request: Option<Arc<Prepared>>,
-    },
+    Done(Done),
+}
+
+/// A finished call, as its session hears of it.
+#[derive(Debug)]
+pub struct Done {
+    /// The `tool.call` id.
+    pub id: String,
+    /// What happened.
+    pub outcome: Outcome,
+    /// Provider request timing.
+    pub timing: ProviderTiming,
+    /// The resolved inputs, handed back for the evidence.
+    pub inputs: Resolution,
+    /// The provider request, when one was built (for the evidence; redacted there).
+    pub request: Option<Arc<Prepared>>,
 }
 
 /// A tool call that passed its guards.
@@ -316,7 +326,7 @@ pub fn plan(snap: &Snapshot, function: &Function, now: Instant) -> (Plan, Vec<Ve
 
 /// Run one call to completion, reporting fillers and the outcome to the session. Whatever
 /// happens inside, including a panic, the session gets exactly one `Done` for the call.
-pub async fn run(mut call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSender<Event>) {
+pub async fn run(mut call: LiveCall, rt: Arc<Runtime>, events: Events) {
     use futures_util::FutureExt;
     let work = std::panic::AssertUnwindSafe(run_inner(&call, &rt, &events)).catch_unwind();
     let (outcome, timing, request) = match work.await {
@@ -331,13 +341,13 @@ pub async fn run(mut call: LiveCall, rt: Arc<Runtime>, events: mpsc::UnboundedSe
             (Outcome::Internal(what), ProviderTiming::default(), None)
         }
     };
-    let _ = events.send(Event::Done {
+    let _ = events.send(Box::new(Event::Done(Done {
         id: std::mem::take(&mut call.id),
         outcome,
         timing,
         inputs: std::mem::take(&mut call.inputs),
         request,
-    });
+    })));
 }
 
 /// How a call ended: the outcome, the provider timing and the request, when one was built.
@@ -347,7 +357,7 @@ struct Run<'a> {
     call: &'a LiveCall,
     rt: &'a Runtime,
     function: &'a Function,
-    events: &'a mpsc::UnboundedSender<Event>,
+    events: &'a Events,
 }
 
 impl Run<'_> {
@@ -423,12 +433,12 @@ impl Run<'_> {
         }
         telemetry::deferred(reason);
         info!(id = %self.call.id, job = %job.id, reason = reason.as_str(), "tool call deferred");
-        let _ = self.events.send(Event::Deferred {
+        let _ = self.events.send(Box::new(Event::Deferred {
             id: self.call.id.clone(),
             job_id: job.id.clone(),
             reason,
             provider_wait,
-        });
+        }));
         Ok(job)
     }
 
@@ -462,11 +472,7 @@ impl Run<'_> {
     }
 }
 
-async fn run_inner(
-    call: &LiveCall,
-    rt: &Arc<Runtime>,
-    events: &mpsc::UnboundedSender<Event>,
-) -> Ended {
+async fn run_inner(call: &LiveCall, rt: &Arc<Runtime>, events: &Events) -> Ended {
     let function = &call.agent.functions[call.function];
     let run = Run {
         call,
@@ -562,11 +568,11 @@ async fn run_inner(
     };
     let filler = |seq, elapsed| {
         if !run.cancelled() {
-            let _ = events.send(Event::Filler {
+            let _ = events.send(Box::new(Event::Filler {
                 id: call.id.clone(),
                 seq,
                 elapsed,
-            });
+            }));
         }
     };
     let mut result = match drive(call.received, &budget, first_stop, work.as_mut(), filler).await {

@@ -191,9 +191,10 @@ impl Server {
 
 fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     // Small frames, many idle calls: a small eager read buffer (tungstenite's default is
-    // 128 KiB per connection) and writes that go out at once.
+    // 128 KiB per connection; a tool call frame is a few hundred bytes, and a bigger frame
+    // grows the buffer for as long as it is read) and writes that go out at once.
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))

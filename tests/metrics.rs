@@ -200,6 +200,45 @@ async fn every_spec_metric_is_exported_with_buckets_and_bounded_labels() {
     ] {
         assert!(!text.contains(unbounded), "{unbounded} is a label:\n{text}");
     }
+    promtool_check(&text);
+}
+
+/// The exposition passes `promtool check metrics` (Prometheus's own linter: names, help,
+/// units, counter suffixes). Skipped when promtool is not installed, unless
+/// `TOOLGATE_REQUIRE_PROMTOOL=1` (set by `.ci/run`, which installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(
+                std::env::var_os("TOOLGATE_REQUIRE_PROMTOOL").is_none(),
+                "promtool is required but cannot run: {e}"
+            );
+            eprintln!("promtool not installed ({e}); skipping `promtool check metrics`");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

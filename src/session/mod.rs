@@ -48,7 +48,8 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 #[derive(Debug)]
 pub struct SessionHandle {
     attached: Arc<AtomicBool>,
-    reattach: mpsc::Sender<Socket>,
+    // Boxed: the channel's first block holds 32 slots, allocated with the session.
+    reattach: mpsc::Sender<Box<Socket>>,
     agent_id: String,
 }
 
@@ -112,14 +113,14 @@ pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
                             session.run(sock).instrument(span).await;
                             return;
                         }
-                        Open::Resume(tx) => match tx.try_send(sock) {
+                        Open::Resume(tx) => match tx.try_send(Box::new(sock)) {
                             Ok(()) => return,
                             Err(mpsc::error::TrySendError::Closed(back)) if attempt == 1 => {
-                                sock = back;
+                                sock = *back;
                                 continue;
                             }
                             Err(e) => {
-                                sock = e.into_inner();
+                                sock = *e.into_inner();
                                 break error_frame(
                                     ErrorCode::SessionExists,
                                     "the session is being resumed by another connection",
@@ -163,7 +164,7 @@ async fn next_opt(sock: &mut Option<Socket>) -> Incoming {
 
 enum Open {
     New(Box<Session>, String),
-    Resume(mpsc::Sender<Socket>),
+    Resume(mpsc::Sender<Box<Socket>>),
     Refuse {
         code: ErrorCode,
         message: String,
@@ -307,9 +308,9 @@ struct Session {
     invocations: u32,
     deferred: u32,
     filler_rotation: Vec<usize>,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events_rx: mpsc::UnboundedReceiver<Event>,
-    reattach_rx: mpsc::Receiver<Socket>,
+    events_tx: dispatch::Events,
+    events_rx: mpsc::UnboundedReceiver<Box<Event>>,
+    reattach_rx: mpsc::Receiver<Box<Socket>>,
     attached: Arc<AtomicBool>,
     /// Results produced while detached, sent on resume.
     outbox: Vec<String>,
@@ -397,10 +398,10 @@ impl Session {
                     Incoming::Refused(frame) => self.push(frame, Keep::LiveOnly),
                     Incoming::Gone => sock = None,
                 },
-                Some(event) = self.events_rx.recv() => self.on_event(event, ended).await,
+                Some(event) = self.events_rx.recv() => self.on_event(*event, ended).await,
                 Some(resumed) = self.reattach_rx.recv(), if sock.is_none() && !ended => {
                     info!(kept = self.outbox.len(), "session resumed");
-                    sock = Some(resumed);
+                    sock = Some(*resumed);
                     grace_until = None;
                     self.attached.store(true, Ordering::Release);
                     self.push(self.ready_frame(true), Keep::LiveOnly);
@@ -925,13 +926,13 @@ impl Session {
                 // On record as deferred now; completed when the live request ends.
                 self.record_due(&id, false);
             }
-            Event::Done {
+            Event::Done(dispatch::Done {
                 id,
                 outcome,
                 timing,
                 inputs,
                 request,
-            } => {
+            }) => {
                 let Some(slot) = self.calls.get_mut(&id) else {
                     return;
                 };
