@@ -53,6 +53,21 @@ pub enum ReloadError {
     NeedsRestart(String),
 }
 
+/// The job queue's acknowledgement wait on NATS: longer than the longest attempt any function
+/// may make (its hard timeout plus the lease margin), so a notice is redelivered only when its
+/// holder is gone. In-progress acks cover attempts whose timeout a reload lengthened.
+pub fn queue_ack_wait(config: &Config) -> std::time::Duration {
+    let longest = config
+        .agents
+        .iter()
+        .flat_map(|a| a.functions.iter().map(|f| f.timing.hard_timeout))
+        .chain(std::iter::once(config.defaults.timing.hard_timeout))
+        .max()
+        .unwrap_or_default();
+    (longest + crate::workflow::store::LEASE_MARGIN + std::time::Duration::from_secs(5))
+        .max(std::time::Duration::from_secs(30))
+}
+
 /// Who an admin bearer token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
@@ -181,17 +196,20 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Build the runtime for a checked config.
-    pub fn new(config: Config) -> Result<Arc<Runtime>, RuntimeError> {
-        Runtime::with_source(config, None)
+    /// Build the runtime for a config loaded from `path` (so it can be reloaded), opening the
+    /// job store `[storage]` names: the SQLite file, or NATS JetStream (an error naming the
+    /// servers when NATS does not answer, unless `fallback = "sqlite"`).
+    pub async fn open(config: Config, path: Option<PathBuf>) -> Result<Arc<Runtime>, RuntimeError> {
+        let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config)).await?;
+        Runtime::assemble(config, path, jobs)
     }
 
-    /// Build the runtime for a config loaded from `path` (so it can be reloaded).
-    pub fn with_source(
+    fn assemble(
         config: Config,
         path: Option<PathBuf>,
+        jobs: JobStore,
     ) -> Result<Arc<Runtime>, RuntimeError> {
-        let jobs = Arc::new(JobStore::open(&config.storage.path)?);
+        let jobs = Arc::new(jobs);
         let evidence = Arc::new(EvidenceStore::open(
             &config.storage.evidence_path(),
             config.evidence.writer_delay,
@@ -241,6 +259,7 @@ impl Runtime {
         }
         if config.storage.path != old.config.storage.path
             || config.storage.backend != old.config.storage.backend
+            || config.storage.nats != old.config.storage.nats
         {
             fixed.push("storage");
         }

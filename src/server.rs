@@ -75,7 +75,7 @@ impl Server {
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
-        let runtime = Runtime::with_source(config, path)?;
+        let runtime = Runtime::open(config, path).await?;
         // Sessions of an earlier process are gone: jobs they held for their end run now.
         let released = runtime.jobs.release_all_held(now_ms()).await?;
         if released > 0 {

@@ -78,10 +78,47 @@ pub struct ServerSettings {
 /// `[storage]`
 #[derive(Debug, Clone)]
 pub struct StorageSettings {
-    /// `backend` (only `sqlite` today).
+    /// `backend`: `"sqlite"` (the embedded default) or `"nats"` (SPEC §10).
     pub backend: String,
-    /// `path` of the SQLite file.
+    /// `path` of the SQLite file: the job store with the `sqlite` backend (and the `sqlite`
+    /// fallback), the evidence store with either.
     pub path: PathBuf,
+    /// The NATS settings, when `backend = "nats"`.
+    pub nats: Option<NatsSettings>,
+}
+
+/// `[storage]` with `backend = "nats"`: where the JetStream job queue lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    /// `nats_url`: one server or several of one cluster (`nats://host:4222`, `tls://...`).
+    /// Never carries credentials (the checker refuses them: they would reach logs).
+    pub urls: Vec<String>,
+    /// `stream_prefix` (default `TOOLGATE`): names the streams, buckets and subjects.
+    pub stream_prefix: String,
+    /// `replicas` (default 1): JetStream replicas of every stream and bucket.
+    pub replicas: usize,
+    /// `token`, or `user` with `password`.
+    pub auth: NatsAuth,
+    /// `fallback = "sqlite"`: NATS unreachable at start-up opens the SQLite store at `path`
+    /// instead of refusing to start.
+    pub fallback_sqlite: bool,
+}
+
+/// How toolgate authenticates to NATS.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// `token = { env = ... }`.
+    Token(Secret),
+    /// `user = "..."` with `password = { env = ... }`.
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Secret,
+    },
 }
 
 impl StorageSettings {

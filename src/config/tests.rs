@@ -450,3 +450,127 @@ fn a_malformed_connection_is_reported_once() {
         .count();
     assert_eq!(n, 1, "{p:#?}");
 }
+
+fn with_storage(storage: &str) -> String {
+    format!("[storage]\n{storage}\n{GOOD}")
+}
+
+#[test]
+fn the_nats_backend_is_configured_with_defaults() {
+    let c = Config::from_toml(
+        &with_storage("backend = \"nats\"\nnats_url = \"nats://10.0.0.5:4222\""),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(c.storage.backend, "nats");
+    assert_eq!(
+        c.storage.nats,
+        Some(NatsSettings {
+            urls: vec!["nats://10.0.0.5:4222".into()],
+            stream_prefix: "TOOLGATE".into(),
+            replicas: 1,
+            auth: NatsAuth::None,
+            fallback_sqlite: false,
+        })
+    );
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let sqlite = Config::from_toml(GOOD, &opts()).unwrap();
+    assert_eq!(
+        (sqlite.storage.backend.as_str(), &sqlite.storage.nats),
+        ("sqlite", &None)
+    );
+}
+
+#[test]
+fn the_nats_backend_takes_a_server_list_credentials_and_a_fallback() {
+    let c = Config::from_toml(
+        &with_storage(
+            "backend = \"nats\"\nnats_url = [\"nats://a:4222\", \"tls://b.example:4222\", \"c:4222\"]\n\
+             stream_prefix = \"ACME_TG\"\nreplicas = 3\ntoken = { env = \"TOKEN\" }\nfallback = \"sqlite\"",
+        ),
+        &opts(),
+    )
+    .unwrap();
+    let n = c.storage.nats.unwrap();
+    assert_eq!(n.urls.len(), 3);
+    assert_eq!((n.stream_prefix.as_str(), n.replicas), ("ACME_TG", 3));
+    assert_eq!(n.auth, NatsAuth::Token(Secret::new("tok-acme")));
+    assert!(n.fallback_sqlite);
+    assert!(
+        !format!("{:?}", n.auth).contains("tok-acme"),
+        "the token never prints"
+    );
+
+    let c = Config::from_toml(
+        &with_storage(
+            "backend = \"nats\"\nnats_url = \"nats://a:4222\"\nuser = \"toolgate\"\npassword = { env = \"TOKEN2\" }",
+        ),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(
+        c.storage.nats.unwrap().auth,
+        NatsAuth::UserPassword {
+            user: "toolgate".into(),
+            password: Secret::new("tok-beta")
+        }
+    );
+}
+
+#[test]
+fn nats_settings_problems_are_reported_with_their_key_paths() {
+    let p = problems(&with_storage("backend = \"nats\""));
+    assert_eq!(
+        p,
+        vec![
+            "storage.nats_url: is required with backend = \"nats\" (e.g. \"nats://127.0.0.1:4222\")"
+        ]
+    );
+    let p = problems(&with_storage(
+        "backend = \"nats\"\nnats_url = [\"nats://ok:4222\", \"http://web:80\", 7, \"nats://user:hunter2@x:4222\"]\n\
+         stream_prefix = \"TOOL.GATE\"\nreplicas = 9\nfallback = \"postgres\"\ntoken = { env = \"NOPE\" }\nusr = \"x\"",
+    ));
+    assert_eq!(
+        p,
+        vec![
+            "storage.usr: unknown key (did you mean \"user\"?)",
+            "storage.nats_url[2]: expected a string, got an integer",
+            "storage.nats_url[1]: \"http\": the scheme must be nats:// or tls://",
+            "storage.nats_url[3]: credentials in the URL would show in logs and errors; give them as `token = { env = \"...\" }` or `user` with `password = { env = \"...\" }`",
+            "storage.stream_prefix: \"TOOL.GATE\": use 1..32 letters, digits, `_` or `-` (it names streams, buckets and subjects)",
+            "storage.replicas: 9 is out of range 1..=5",
+            "storage.fallback: \"postgres\" is not a fallback; the only one is \"sqlite\"",
+            "storage.token.env: environment variable NOPE is not set",
+        ]
+    );
+    assert!(
+        !p.iter().any(|l| l.contains("hunter2")),
+        "a password in a URL is never echoed"
+    );
+    let p = problems(&with_storage(
+        "backend = \"nats\"\nnats_url = \"nats://a:4222\"\nuser = \"toolgate\"",
+    ));
+    assert_eq!(p, vec!["storage.password: is required with storage.user"]);
+    let p = problems(&with_storage(
+        "backend = \"nats\"\nnats_url = \"nats://a:4222\"\ntoken = { env = \"TOKEN\" }\nuser = \"u\"\npassword = { env = \"TOKEN2\" }",
+    ));
+    assert_eq!(
+        p,
+        vec!["storage.token: give either `token` or `user` with `password`, not both"]
+    );
+    let p = problems(&with_storage("backend = \"natz\""));
+    assert_eq!(
+        p,
+        vec!["storage.backend: \"natz\" is not a storage backend (did you mean \"nats\"?)"]
+    );
+}
+
+#[test]
+fn nats_keys_with_the_sqlite_backend_are_a_warning() {
+    let c = Config::from_toml(&with_storage("nats_url = \"nats://a:4222\""), &opts()).unwrap();
+    let w: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        vec!["storage.nats_url: ignored: storage.backend is \"sqlite\""]
+    );
+}

@@ -1,22 +1,23 @@
 //! The post-call workflow (SPEC §4): actions handed off when the caller should not wait.
 //!
-//! A job is written durably (SQLite WAL, fsync at commit) *before* the model is told
-//! `deferred`, so a promise the model makes is never lost: [`store::JobStore`] answers an
-//! enqueue only after its commit. A live request that is still running when the budget ends
-//! holds the job's lease, so the [`worker`] cannot send it a second time; if the sidecar dies,
-//! the lease expires and the worker takes over.
+//! A job is written durably (SQLite WAL, fsync at commit; or acknowledged by NATS JetStream,
+//! see [`nats`]) *before* the model is told `deferred`, so a promise the model makes is never
+//! lost: [`store::JobStore`] answers an enqueue only after its commit. A live request that is
+//! still running when the budget ends holds the job's lease, so the [`worker`] cannot send it a
+//! second time; if the sidecar dies, the lease expires and the worker takes over.
 //!
 //! Job states: `queued` (waiting to run, or held for the end of its call), `in_flight` (leased
 //! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
 //! attempts).
 
+pub mod nats;
 pub mod store;
 pub mod worker;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bindings::ResolvedInput;
 use crate::catalog::Action;
@@ -35,7 +36,7 @@ pub fn now_ms() -> Millis {
 }
 
 /// A job's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting to run (or held until its call ends).

@@ -1,13 +1,16 @@
-//! The job queue on the embedded SQLite file.
+//! The job queue: one interface ([`JobStore`]) over two backends.
 //!
-//! One writer thread owns the writing connection. Callers hand it operations over a channel;
-//! it runs every operation that is waiting in one transaction (each in its own savepoint, so
-//! one failure does not undo the others), commits once (WAL with `synchronous = FULL`: the
-//! commit is fsynced) and only then answers each caller. Under load this is group commit: one
-//! fsync carries many enqueues. Reads use a second connection off the async runtime.
+//! - **SQLite** (the embedded default, one host): below. One writer thread owns the writing
+//!   connection. Callers hand it operations over a channel; it runs every operation that is
+//!   waiting in one transaction (each in its own savepoint, so one failure does not undo the
+//!   others), commits once (WAL with `synchronous = FULL`: the commit is fsynced) and only then
+//!   answers each caller. Under load this is group commit: one fsync carries many enqueues.
+//!   Reads use a second connection off the async runtime. The operations in [`ops`] take the
+//!   clock as an argument, so they are tested against an in-memory model with any sequence of
+//!   time (see the property test below).
+//! - **NATS JetStream** (`storage.backend = "nats"`, many hosts): [`super::nats`].
 //!
-//! The operations in [`ops`] take the clock as an argument, so they are tested against an
-//! in-memory model with any sequence of time (see the property test below).
+//! Both keep the same semantics; `tests/jobs_conformance.rs` runs one suite against both.
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -18,7 +21,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info};
 
+use super::nats::{NatsJobs, NatsOptions};
 use super::{Finish, Job, JobState, Millis, NewJob, Start, job_id};
+use crate::config::StorageSettings;
 
 /// Why a store operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,6 +31,9 @@ pub enum StoreError {
     /// SQLite refused (disk full, corrupt file, locked by another process, ...).
     #[error("job store: {0}")]
     Sqlite(String),
+    /// NATS JetStream refused, timed out or is unreachable. Never carries credentials.
+    #[error("job store (NATS): {0}")]
+    Nats(String),
     /// The writer thread is gone (the store was closed).
     #[error("job store is closed")]
     Closed,
@@ -48,13 +56,25 @@ type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// back how to answer its caller once the commit is known.
 type Op = Box<dyn FnOnce(Result<&Transaction<'_>, &StoreError>) -> Reply + Send>;
 
-/// The durable job queue.
+/// The durable job queue, on SQLite or on NATS JetStream. Every method means the same on
+/// both: a write is durable when it returns `Ok` (committed and fsynced, or acknowledged by
+/// JetStream).
 pub struct JobStore {
+    backend: Backend,
+    /// Woken when a job becomes runnable (enqueue, release, retry) in this process.
+    pub runnable: Notify,
+}
+
+enum Backend {
+    Sqlite(SqliteJobs),
+    Nats(Box<NatsJobs>),
+}
+
+/// The SQLite backend.
+struct SqliteJobs {
     writer: Mutex<Option<std_mpsc::Sender<Op>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
-    /// Woken when a job becomes runnable (enqueue, release, retry).
-    pub runnable: Notify,
 }
 
 const SCHEMA: &str = "
@@ -83,6 +103,7 @@ CREATE TABLE IF NOT EXISTS jobs (
   provider_message_id TEXT,
   at_least_once INTEGER NOT NULL DEFAULT 0,
   possibly_sent INTEGER NOT NULL DEFAULT 0,
+  attempt_sent INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   finished_at INTEGER
@@ -107,15 +128,24 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Create the schema on a connection.
+/// Create the schema on a connection (and bring an older file's up to date).
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
+    // `attempt_sent` came later: on an older file, whatever is in flight may have been sent.
+    let has = |c: &Connection| c.prepare("SELECT attempt_sent FROM jobs LIMIT 0").is_ok();
+    if !has(conn)
+        && let Err(e) = conn
+            .execute_batch("ALTER TABLE jobs ADD COLUMN attempt_sent INTEGER NOT NULL DEFAULT 1")
+        && !has(conn)
+    {
+        // (Another process opening the same file may have added it first.)
+        return Err(e.into());
+    }
     Ok(())
 }
 
-impl JobStore {
-    /// Open (creating) the store at `path`.
-    pub fn open(path: &Path) -> Result<JobStore, StoreError> {
+impl SqliteJobs {
+    fn open(path: &Path) -> Result<SqliteJobs, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
@@ -129,11 +159,10 @@ impl JobStore {
             .spawn(move || writer_loop(&mut write_conn, rx))
             .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
         info!(path = %path.display(), "job store open");
-        Ok(JobStore {
+        Ok(SqliteJobs {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
-            runnable: Notify::new(),
         })
     }
 
@@ -175,20 +204,129 @@ impl JobStore {
             .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
     }
 
+    async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
+                )?
+                .execute([before])?)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())?)
+        })
+        .await
+    }
+
+    /// Stop taking writes, let the writer finish what it has (every queued write is still
+    /// committed and answered), and wait for it, off the async runtime.
+    async fn close(&self) {
+        self.writer.lock().expect("writer lock").take();
+        let thread = self.writer_thread.lock().expect("thread lock").take();
+        if let Some(t) = thread {
+            let joined = tokio::task::spawn_blocking(move || t.join());
+            if tokio::time::timeout(Duration::from_secs(30), joined)
+                .await
+                .is_err()
+            {
+                error!("the job store writer did not finish within 30 s");
+            }
+        }
+    }
+}
+
+impl Drop for SqliteJobs {
+    /// Dropping never blocks: the writer thread drains what is queued and exits by itself.
+    fn drop(&mut self) {
+        self.writer.lock().expect("writer lock").take();
+    }
+}
+
+impl JobStore {
+    /// Open (creating) the SQLite store at `path`.
+    pub fn open(path: &Path) -> Result<JobStore, StoreError> {
+        Ok(JobStore::with_backend(Backend::Sqlite(SqliteJobs::open(
+            path,
+        )?)))
+    }
+
+    /// Connect to NATS and open (creating what is missing) the JetStream queue. Fails with a
+    /// message naming the servers when none answers within the connect timeout.
+    pub async fn open_nats(options: NatsOptions) -> Result<JobStore, StoreError> {
+        Ok(JobStore::with_backend(Backend::Nats(Box::new(
+            NatsJobs::open(options).await?,
+        ))))
+    }
+
+    /// Open the store `[storage]` configures. With `backend = "nats"`, `ack_wait` is the
+    /// queue's acknowledgement wait (longer than the longest attempt); NATS unreachable is an
+    /// error, or, with `fallback = "sqlite"`, a logged fallback to the SQLite file at `path`.
+    pub async fn open_configured(
+        storage: &StorageSettings,
+        ack_wait: Duration,
+    ) -> Result<JobStore, StoreError> {
+        let Some(nats) = storage.nats.as_ref().filter(|_| storage.backend == "nats") else {
+            return JobStore::open(&storage.path);
+        };
+        let mut options = NatsOptions::from_settings(nats);
+        options.ack_wait = ack_wait;
+        match JobStore::open_nats(options).await {
+            Ok(store) => Ok(store),
+            Err(e) if nats.fallback_sqlite => {
+                error!(
+                    error = %e,
+                    path = %storage.path.display(),
+                    "NATS is unreachable; storage.fallback = \"sqlite\": the job queue runs on the local SQLite file, for this host only, until a restart with NATS up"
+                );
+                JobStore::open(&storage.path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn with_backend(backend: Backend) -> JobStore {
+        JobStore {
+            backend,
+            runnable: Notify::new(),
+        }
+    }
+
+    /// Which backend serves: `"sqlite"` or `"nats"`.
+    pub fn backend(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Nats(_) => "nats",
+        }
+    }
+
     /// Store a job durably and return it (the existing one when its key is already queued).
     pub async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
         let notify = matches!(job.start, Start::RunnableAt(_));
-        let stored = self.write(move |tx| ops::enqueue(tx, &job, now)).await?;
+        let stored = match &self.backend {
+            Backend::Sqlite(s) => s.write(move |tx| ops::enqueue(tx, &job, now)).await?,
+            Backend::Nats(n) => n.enqueue(job, now).await?,
+        };
         if notify {
             self.runnable.notify_waiters();
         }
         Ok(stored)
     }
 
-    /// Lease the next runnable job to `owner`, if any.
+    /// Lease the next runnable job to `owner`, if any. On NATS this waits up to the claim wait
+    /// ([`NatsOptions::claim_wait`]) for a job to become runnable.
     pub async fn claim(&self, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
-        let owner = owner.to_owned();
-        self.write(move |tx| ops::claim(tx, &owner, now)).await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let owner = owner.to_owned();
+                s.write(move |tx| ops::claim(tx, &owner, now)).await
+            }
+            Backend::Nats(n) => n.claim(owner, now).await,
+        }
     }
 
     /// Record how attempt number `attempt` ended; `false` when `owner` no longer holds the
@@ -201,11 +339,15 @@ impl JobStore {
         finish: Finish,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (id, owner) = (id.to_owned(), owner.to_owned());
         let retried = matches!(finish, Finish::Retry { .. });
-        let done = self
-            .write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now))
-            .await?;
+        let done = match &self.backend {
+            Backend::Sqlite(s) => {
+                let (id, owner) = (id.to_owned(), owner.to_owned());
+                s.write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now))
+                    .await?
+            }
+            Backend::Nats(n) => n.finish(id, owner, attempt, &finish, now).await?,
+        };
         if retried {
             self.runnable.notify_waiters();
         }
@@ -223,14 +365,39 @@ impl JobStore {
         why: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (id, owner, why) = (id.to_owned(), owner.to_owned(), why.to_owned());
-        let done = self
-            .write(move |tx| ops::put_back(tx, &id, &owner, attempt, not_before, &why, now))
-            .await?;
+        let done = match &self.backend {
+            Backend::Sqlite(s) => {
+                let (id, owner, why) = (id.to_owned(), owner.to_owned(), why.to_owned());
+                s.write(move |tx| ops::put_back(tx, &id, &owner, attempt, not_before, &why, now))
+                    .await?
+            }
+            Backend::Nats(n) => n.put_back(id, owner, attempt, not_before, why, now).await?,
+        };
         if done {
             self.runnable.notify_waiters();
         }
         Ok(done)
+    }
+
+    /// The holder of attempt `attempt` is about to send a job to a provider that has no
+    /// idempotency key (Wati): recorded first, so that if the holder dies, whoever takes the
+    /// job over knows the outcome is unknown (`at_least_once`) rather than assuming it.
+    /// `false`: the lease is no longer this holder's, and it must not send.
+    pub async fn mark_sending(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let (id, owner) = (id.to_owned(), owner.to_owned());
+                s.write(move |tx| ops::mark_sending(tx, &id, &owner, attempt, now))
+                    .await
+            }
+            Backend::Nats(n) => n.mark_sending(id, owner, attempt, now).await,
+        }
     }
 
     /// Make the held jobs of a call runnable (its session ended).
@@ -240,20 +407,44 @@ impl JobStore {
         call_id: &str,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        let (org, call_id) = (org.to_owned(), call_id.to_owned());
-        let n = self
-            .write(move |tx| ops::release(tx, Some((&org, &call_id)), now))
-            .await?;
+        let n = match &self.backend {
+            Backend::Sqlite(s) => {
+                let (org, call_id) = (org.to_owned(), call_id.to_owned());
+                s.write(move |tx| ops::release(tx, Some((&org, &call_id)), now))
+                    .await?
+            }
+            Backend::Nats(n) => n.release_call(org, call_id, now).await?,
+        };
         if n > 0 {
             self.runnable.notify_waiters();
         }
         Ok(n)
     }
 
-    /// Make every held job runnable: at start-up, when no session of a previous process can
-    /// still end them.
+    /// Make every held job runnable that no live session can end any more: at start-up. On
+    /// SQLite that is every held job (no session of a previous process survives); on NATS,
+    /// the held jobs of sidecars that stopped beating (their sessions died with them).
     pub async fn release_all_held(&self, now: Millis) -> Result<usize, StoreError> {
-        let n = self.write(move |tx| ops::release(tx, None, now)).await?;
+        let n = match &self.backend {
+            Backend::Sqlite(s) => s.write(move |tx| ops::release(tx, None, now)).await?,
+            Backend::Nats(n) => n.release_orphaned(now, true).await?,
+        };
+        if n > 0 {
+            self.runnable.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    /// Periodic repair, for the worker to call now and then (every minute or so). Nothing to
+    /// do on SQLite. On NATS: releases the held jobs of sidecars that died, republishes the
+    /// notice of a runnable job whose notice was lost between two writes, and cancels jobs
+    /// whose enqueue was answered with an error while NATS was away. Returns how many jobs it
+    /// touched.
+    pub async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        let n = match &self.backend {
+            Backend::Sqlite(_) => 0,
+            Backend::Nats(n) => n.sweep(now).await?,
+        };
         if n > 0 {
             self.runnable.notify_waiters();
         }
@@ -267,9 +458,14 @@ impl JobStore {
         why: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let (id, why) = (id.to_owned(), why.to_owned());
-        self.write(move |tx| ops::cancel_unsent(tx, &id, &why, now))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let (id, why) = (id.to_owned(), why.to_owned());
+                s.write(move |tx| ops::cancel_unsent(tx, &id, &why, now))
+                    .await
+            }
+            Backend::Nats(n) => n.cancel_unsent(id, why, now).await,
+        }
     }
 
     /// Put a `failed` or `dead` job back in the queue; `None` when there is no such job,
@@ -279,8 +475,13 @@ impl JobStore {
         id: &str,
         now: Millis,
     ) -> Result<Option<Result<Job, JobState>>, StoreError> {
-        let id = id.to_owned();
-        let r = self.write(move |tx| ops::retry(tx, &id, now)).await?;
+        let r = match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = id.to_owned();
+                s.write(move |tx| ops::retry(tx, &id, now)).await?
+            }
+            Backend::Nats(n) => n.retry(id, now).await?,
+        };
         if matches!(r, Some(Ok(_))) {
             self.runnable.notify_waiters();
         }
@@ -289,29 +490,29 @@ impl JobStore {
 
     /// One job.
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        let id = id.to_owned();
-        self.read(move |c| ops::get(c, &id)).await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = id.to_owned();
+                s.read(move |c| ops::get(c, &id)).await
+            }
+            Backend::Nats(n) => n.get(id).await,
+        }
     }
 
     /// Delete jobs that reached a final state before `before`.
     pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
-        self.write(move |tx| {
-            Ok(tx
-                .prepare_cached(
-                    "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?1",
-                )?
-                .execute([before])?)
-        })
-        .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.prune(before).await,
+            Backend::Nats(n) => n.prune(before).await,
+        }
     }
 
     /// Whether the store answers a trivial read.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())?)
-        })
-        .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.ping().await,
+            Backend::Nats(n) => n.ping().await,
+        }
     }
 
     /// Jobs, newest first, optionally of one state and one org.
@@ -321,41 +522,41 @@ impl JobStore {
         org: Option<String>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        self.read(move |c| ops::list(c, state, org.as_deref(), limit))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.read(move |c| ops::list(c, state, org.as_deref(), limit))
+                    .await
+            }
+            Backend::Nats(n) => n.list(state, org.as_deref(), limit).await,
+        }
     }
 
     /// How many jobs are in each state.
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        self.read(ops::counts).await
-    }
-
-    /// When the next job becomes claimable (a runnable time or a lease lapsing).
-    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.read(ops::next_due).await
-    }
-
-    /// Stop taking writes, let the writer finish what it has (every queued write is still
-    /// committed and answered), and wait for it, off the async runtime.
-    pub async fn close(&self) {
-        self.writer.lock().expect("writer lock").take();
-        let thread = self.writer_thread.lock().expect("thread lock").take();
-        if let Some(t) = thread {
-            let joined = tokio::task::spawn_blocking(move || t.join());
-            if tokio::time::timeout(Duration::from_secs(30), joined)
-                .await
-                .is_err()
-            {
-                error!("the job store writer did not finish within 30 s");
-            }
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(ops::counts).await,
+            Backend::Nats(n) => n.counts().await,
         }
     }
-}
 
-impl Drop for JobStore {
-    /// Dropping never blocks: the writer thread drains what is queued and exits by itself.
-    fn drop(&mut self) {
-        self.writer.lock().expect("writer lock").take();
+    /// When the next job becomes claimable (a runnable time or a lease lapsing). On NATS the
+    /// queue wakes claimers itself (a claim waits for the next runnable notice), so this is
+    /// always "now": claim again.
+    pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.read(ops::next_due).await,
+            Backend::Nats(_) => Ok(Some(super::now_ms())),
+        }
+    }
+
+    /// Stop taking writes and finish what was accepted: on SQLite the writer commits and
+    /// answers every queued write; on NATS pending acknowledgements are flushed and this
+    /// sidecar's heartbeat is withdrawn.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite(s) => s.close().await,
+            Backend::Nats(n) => n.close().await,
+        }
     }
 }
 
@@ -540,13 +741,18 @@ pub mod ops {
             tx.prepare_cached("UPDATE jobs SET possibly_sent = 1 WHERE id = ?1")?
                 .execute([&id])?;
         }
+        if matches!(job.start, Start::Live { .. }) {
+            tx.prepare_cached("UPDATE jobs SET attempt_sent = 1 WHERE id = ?1")?
+                .execute([&id])?;
+        }
         get(tx, &id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
     }
 
     /// Lease the most overdue runnable job: a queued job whose time has come, or an in-flight
     /// one whose lease lapsed (its holder died). The lease lasts the attempt's budget plus
     /// [`LEASE_MARGIN`]. Taking over a lapsed lease of a provider without idempotency marks
-    /// the job `at_least_once`: the dead holder may have sent it.
+    /// the job `at_least_once` if the dead holder had begun sending it ([`mark_sending`]):
+    /// only then is the outcome genuinely unknown.
     pub fn claim(tx: &Connection, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
         let margin = LEASE_MARGIN.as_millis() as i64;
         // A lapsed attempt counts: a job whose holders keep dying ends `dead`, not retried
@@ -586,7 +792,9 @@ pub mod ops {
         };
         tx.execute(
             "UPDATE jobs SET \
-               at_least_once = CASE WHEN state = 'in_flight' AND idempotent = 0 THEN 1 ELSE at_least_once END, \
+               at_least_once = CASE WHEN state = 'in_flight' AND idempotent = 0 AND attempt_sent = 1 \
+                 THEN 1 ELSE at_least_once END, \
+               attempt_sent = 0, \
                state = 'in_flight', lease_owner = ?2, lease_until = ?3 + hard_timeout_ms + ?4, \
                attempts = attempts + 1, updated_at = ?3 \
              WHERE id = ?1",
@@ -661,6 +869,24 @@ pub mod ops {
              last_error = ?5, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
              WHERE id = ?1 AND state = 'in_flight' AND lease_owner = ?2 AND attempts = ?3",
             params![id, owner, attempt, not_before, why, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The lease holder of attempt `attempt` is about to send it: from now on its outcome is
+    /// unknown until it reports back. `false` when it no longer holds the lease (it must not
+    /// send).
+    pub fn mark_sending(
+        tx: &Connection,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let n = tx.execute(
+            "UPDATE jobs SET attempt_sent = 1, possibly_sent = 1, updated_at = ?4 \
+             WHERE id = ?1 AND state = 'in_flight' AND lease_owner = ?2 AND attempts = ?3",
+            params![id, owner, attempt, now],
         )?;
         Ok(n == 1)
     }
@@ -811,6 +1037,23 @@ mod tests {
         let c = Connection::open_in_memory().unwrap();
         migrate(&c).unwrap();
         c
+    }
+
+    #[test]
+    fn an_older_file_gains_attempt_sent_and_treats_its_leases_as_possibly_sent() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(&SCHEMA.replace("  attempt_sent INTEGER NOT NULL DEFAULT 0,\n", ""))
+            .unwrap();
+        assert!(c.prepare("SELECT attempt_sent FROM jobs").is_err());
+        migrate(&c).unwrap();
+        migrate(&c).unwrap();
+        let j = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 3), 0).unwrap();
+        ops::claim(&c, "w", 0).unwrap().unwrap();
+        // A job claimed by an older version: whether it was sent is unknown.
+        c.execute("UPDATE jobs SET attempt_sent = 1", []).unwrap();
+        let taken = ops::claim(&c, "w2", 1_000_000).unwrap().unwrap();
+        assert_eq!(taken.id, j.id);
+        assert!(taken.at_least_once);
     }
 
     #[test]

@@ -30,6 +30,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// How often finished jobs and evidence past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
+/// How often the queue repairs what hosts that died left behind (NATS only; see
+/// [`super::store::JobStore::sweep`]).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let owner = format!("worker:{}", ulid::Ulid::generate());
@@ -38,6 +42,7 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let mut running = JoinSet::new();
 
     let mut next_prune = Instant::now();
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
     info!(%owner, concurrency, "workflow worker started");
     loop {
         while running.try_join_next().is_some() {}
@@ -55,6 +60,14 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
                 Ok(0) => {}
                 Ok(n) => info!(deleted = n, "evidence past its retention deleted"),
                 Err(e) => warn!(error = %e, "cannot prune evidence"),
+            }
+        }
+        if Instant::now() >= next_sweep {
+            next_sweep = Instant::now() + SWEEP_EVERY;
+            match rt.jobs.sweep(now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => info!(jobs = n, "job queue repaired"),
+                Err(e) => warn!(error = %e, "cannot sweep the job queue"),
             }
         }
         let permit = tokio::select! {
@@ -184,7 +197,7 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         }
     };
     let started_at = now_ms();
-    let run = execute(rt, &snap, &job, probe).await;
+    let run = execute(rt, &snap, &job, owner, probe).await;
     if run.result.is_none()
         && let Some(h) = snap.connections.health(&job.connection)
     {
@@ -286,7 +299,7 @@ impl Ran {
     }
 }
 
-async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, probe: bool) -> Ran {
+async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, owner: &str, probe: bool) -> Ran {
     let (Some(conn), Some(action)) = (
         snap.connections.connection(&job.connection),
         Action::parse(&job.action),
@@ -329,6 +342,32 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, probe: bool) -> Ran {
             return Ran::unsent(finish);
         }
     };
+    if !job.idempotent {
+        // No idempotency key at this provider: the key is checked (the lease still ours) and
+        // the send recorded before it goes, so a worker that takes over after a crash knows
+        // whether the outcome is unknown or the request never left.
+        match rt
+            .jobs
+            .mark_sending(&job.id, owner, job.attempts, now_ms())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Ran::unsent(Finish::Failed {
+                    error:
+                        "the lease lapsed before the request was sent; another claim owns the job"
+                            .into(),
+                });
+            }
+            Err(e) => {
+                return Ran::unsent(Finish::Retry {
+                    not_before: backoff.not_before(now_ms(), job.attempts, None),
+                    error: format!("not sent: the job store did not record the attempt: {e}"),
+                    possibly_sent: false,
+                });
+            }
+        }
+    }
     let started = Instant::now();
     let work = async {
         let raw = providers::send(&rt.providers, &req).await?;

@@ -1,0 +1,1810 @@
+//! The job queue on NATS JetStream (`storage.backend = "nats"`, SPEC §10): many sidecars and
+//! `toolgate worker` processes share one durable queue.
+//!
+//! What lives where (`P` is `storage.stream_prefix`, `TOOLGATE` by default):
+//!
+//! - **KV bucket `P_JOBS`** (file storage, history 1): each job's full state as JSON under its
+//!   id. Every transition (claim, finish, put back, release, cancel, retry) is a
+//!   compare-and-set on the entry's revision, so of two hosts racing for one job exactly one
+//!   wins, and a lease holder whose lease lapsed and was taken over cannot record a late result
+//!   (it is fenced off by owner and attempt number, as on SQLite).
+//! - **Work-queue stream `P_JOBS`** (file storage, subjects `P.jobs.run.<job id>`, at most one
+//!   message per job): a *notice* that a job may be runnable. Enqueue publishes it with
+//!   `Nats-Msg-Id` = the job id and waits for JetStream's acknowledgement before it returns,
+//!   so `deferred` is never answered for a job the queue does not hold.
+//! - **Durable pull consumer `P_WORKERS`** on that stream, explicit acks: a claim pulls one
+//!   notice, reads the job and decides: claim it (compare-and-set to `in_flight` with a lease),
+//!   or *NAK with a delay* until its `not_before` (backoff, `Retry-After`, held back by a circuit
+//!   or a rate) or until a lease lapses, or ack the notice of a job that is finished or held
+//!   for the end of its call. A claimed job's notice stays unacknowledged while the attempt
+//!   runs, kept alive by in-progress acks until the lease ends; the ack wait is longer than the
+//!   longest provider timeout, so a worker that dies mid-attempt has its job's notice
+//!   redelivered and the job taken over once its lease lapses. The attempt count, backoff and
+//!   `max_attempts` live in the job's state, not in the consumer's delivery count.
+//! - **Stream `P_JOBS_DEAD`** (subjects `P.jobs.dead.<job id>`, limits retention): a job out
+//!   of attempts is also published here (dead-letter subject); `GET /v1/jobs?state=dead`
+//!   reads the states, `POST /v1/jobs/{id}/retry` queues it afresh and removes its letter.
+//! - **KV bucket `P_KEYS`**: the action key of each job (Resend `Idempotency-Key`, webhook id),
+//!   written create-only, so the same action deferred by two sidecars is one job.
+//! - **KV bucket `P_HOSTS`**: a heartbeat per running store. Jobs held until their call ends
+//!   belong to the sidecar whose session holds them; when that sidecar stops beating, any
+//!   other releases them (as SQLite releases every held job at start-up).
+//!
+//! Reads that cover every job (`list`, `counts`, `prune`, the sweeps) walk the bucket with an
+//! ordered consumer, the latest value per key: they cost a pass over the jobs kept
+//! (`workflow.retain_days`), not a query on an index.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Message,
+    consumer::{DeliverPolicy, PullConsumer, pull},
+    kv,
+    message::Acker,
+    stream,
+};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::store::{LEASE_MARGIN, StoreError};
+use super::{Finish, Job, JobState, Millis, NewJob, Start, job_id, now_ms};
+use crate::bindings::ResolvedInput;
+use crate::config::{NatsAuth, NatsSettings};
+
+/// How often a store writes its heartbeat.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
+/// A store whose heartbeat is older than this is gone: its held jobs are released.
+const HOST_GONE_AFTER: Duration = Duration::from_secs(60);
+/// A runnable job without a notice for this long lost it between two writes: the sweep
+/// publishes it again. Younger ones may be mid-enqueue.
+const ORPHAN_AFTER: Duration = Duration::from_secs(30);
+/// Most notices one claim looks at before it answers "nothing" (the rest are not due).
+const NOTICES_PER_CLAIM: usize = 64;
+/// Most compare-and-set rounds one transition tries against concurrent writers.
+const CAS_TRIES: usize = 32;
+/// The shortest pull a claim makes.
+const MIN_PULL: Duration = Duration::from_millis(50);
+/// A scan that receives nothing for this long has everything there is.
+const SCAN_IDLE: Duration = Duration::from_secs(2);
+/// How long past its expiry a pull waits for the server's answer.
+const PULL_GRACE: Duration = Duration::from_millis(250);
+
+/// How to reach NATS and how the queue behaves; built from `[storage]` by
+/// [`NatsOptions::from_settings`], or directly by tests.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Servers (`nats://host:4222`, `tls://...`, `host:port`).
+    pub urls: Vec<String>,
+    /// Names the streams, buckets, subjects and the consumer.
+    pub stream_prefix: String,
+    /// Replicas of every stream and bucket it creates.
+    pub replicas: usize,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// The consumer's ack wait: longer than the longest attempt (hard timeout plus margin).
+    pub ack_wait: Duration,
+    /// How long one claim waits for a runnable job before it answers "none".
+    pub claim_wait: Duration,
+    /// How long to wait for a server at start-up.
+    pub connect_timeout: Duration,
+    /// How long one JetStream request (a write, its acknowledgement, a read) may take.
+    pub request_timeout: Duration,
+}
+
+impl NatsOptions {
+    /// Options for these servers and prefix, with the defaults for the rest.
+    pub fn new(urls: Vec<String>, stream_prefix: impl Into<String>) -> NatsOptions {
+        NatsOptions {
+            urls,
+            stream_prefix: stream_prefix.into(),
+            replicas: 1,
+            auth: NatsAuth::None,
+            ack_wait: Duration::from_secs(30),
+            claim_wait: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The options `[storage]` gives.
+    pub fn from_settings(s: &NatsSettings) -> NatsOptions {
+        NatsOptions {
+            replicas: s.replicas,
+            auth: s.auth.clone(),
+            ..NatsOptions::new(s.urls.clone(), s.stream_prefix.clone())
+        }
+    }
+}
+
+/// A job as stored in the bucket: the [`Job`] and what only the queue needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    id: String,
+    org: String,
+    agent: String,
+    function: String,
+    call_id: String,
+    tool_call_id: String,
+    invocation_id: String,
+    action: String,
+    connection: String,
+    #[serde(default)]
+    inputs: Vec<ResolvedInput>,
+    idempotency_key: String,
+    idempotent: bool,
+    reason: String,
+    state: JobState,
+    attempts: u32,
+    max_attempts: u32,
+    runnable_at: Option<Millis>,
+    lease_owner: Option<String>,
+    lease_until: Option<Millis>,
+    hard_timeout_ms: u64,
+    last_error: Option<String>,
+    provider_message_id: Option<String>,
+    at_least_once: bool,
+    /// Some attempt may have reached the provider: it can no longer be cancelled unsent.
+    possibly_sent: bool,
+    /// The current attempt began sending (or is a live request): if its holder dies, the
+    /// outcome is unknown.
+    #[serde(default = "yes")]
+    attempt_sent: bool,
+    created_at: Millis,
+    updated_at: Millis,
+    finished_at: Option<Millis>,
+    /// The store (host) whose session holds this job until its call ends.
+    #[serde(default)]
+    held_by: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Record {
+    fn job(&self) -> Job {
+        Job {
+            id: self.id.clone(),
+            org: self.org.clone(),
+            agent: self.agent.clone(),
+            function: self.function.clone(),
+            call_id: self.call_id.clone(),
+            tool_call_id: self.tool_call_id.clone(),
+            invocation_id: self.invocation_id.clone(),
+            action: self.action.clone(),
+            connection: self.connection.clone(),
+            inputs: self.inputs.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            idempotent: self.idempotent,
+            reason: self.reason.clone(),
+            state: self.state,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            runnable_at: self.runnable_at,
+            lease_owner: self.lease_owner.clone(),
+            lease_until: self.lease_until,
+            hard_timeout_ms: self.hard_timeout_ms,
+            last_error: self.last_error.clone(),
+            provider_message_id: self.provider_message_id.clone(),
+            at_least_once: self.at_least_once,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+        }
+    }
+
+    /// Held until its call ends.
+    fn held(&self) -> bool {
+        self.state == JobState::Queued && self.runnable_at.is_none()
+    }
+
+    /// Waiting for a claim: runnable (now or later), or leased (its lease may lapse).
+    fn pending(&self) -> bool {
+        (self.state == JobState::Queued && self.runnable_at.is_some())
+            || self.state == JobState::InFlight
+    }
+}
+
+/// The queue's rules, one function per operation on a record and an explicit clock: the same
+/// transitions as the SQL of [`super::store::ops`].
+mod rules {
+    use super::*;
+
+    /// A new job as its first record.
+    pub(super) fn new_record(job: &NewJob, id: &str, now: Millis, host: &str) -> Record {
+        let mut last_error = None;
+        let mut at_least_once = false;
+        let mut possibly_sent = matches!(job.start, Start::Live { .. });
+        let (mut state, attempts, mut runnable_at, lease_owner, lease_until) = match &job.start {
+            Start::RunnableAt(at) => (JobState::Queued, 0, Some(*at), None, None),
+            Start::AfterCall => (JobState::Queued, 0, None, None, None),
+            Start::Retry {
+                not_before,
+                possibly_sent: sent,
+                error,
+            } => {
+                last_error = Some(error.clone());
+                at_least_once = *sent && !job.idempotent;
+                possibly_sent = *sent;
+                (JobState::Queued, 1, Some(*not_before), None, None)
+            }
+            Start::Live { owner, until } => (
+                JobState::InFlight,
+                1,
+                None,
+                Some(owner.clone()),
+                Some(*until),
+            ),
+        };
+        if state == JobState::Queued && attempts >= job.max_attempts {
+            state = JobState::Dead;
+            runnable_at = None;
+            at_least_once = false;
+        }
+        let held = state == JobState::Queued && runnable_at.is_none();
+        Record {
+            id: id.to_owned(),
+            org: job.org.clone(),
+            agent: job.agent.clone(),
+            function: job.function.clone(),
+            call_id: job.call_id.clone(),
+            tool_call_id: job.tool_call_id.clone(),
+            invocation_id: job.invocation_id.clone(),
+            action: job.action.as_str().to_owned(),
+            connection: job.connection.clone(),
+            inputs: job.inputs.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+            idempotent: job.idempotent,
+            reason: job.reason.as_str().to_owned(),
+            state,
+            attempts,
+            max_attempts: job.max_attempts,
+            runnable_at,
+            lease_owner,
+            lease_until,
+            hard_timeout_ms: job.hard_timeout.as_millis() as u64,
+            last_error,
+            provider_message_id: None,
+            at_least_once,
+            possibly_sent,
+            attempt_sent: matches!(job.start, Start::Live { .. }),
+            created_at: now,
+            updated_at: now,
+            finished_at: (state == JobState::Dead).then_some(now),
+            held_by: held.then(|| host.to_owned()),
+        }
+    }
+
+    /// What a claim does with a job whose notice it pulled.
+    #[derive(Debug)]
+    pub(super) enum Verdict {
+        /// Lease it (the new record).
+        Claim(Record),
+        /// Its holders kept dying and it is out of attempts (the new record).
+        Dead(Record),
+        /// Not yet: look again at this time.
+        Later(Millis),
+        /// Held until its call ends, or finished: its notice is spent.
+        Spent,
+    }
+
+    /// The claim rule: a queued job whose time has come, or a leased one whose lease lapsed
+    /// (its holder died; taking it over marks a provider without idempotency `at_least_once`
+    /// when the holder had begun sending). A lapsed job out of attempts ends `dead`.
+    pub(super) fn claim(r: &Record, owner: &str, now: Millis) -> Verdict {
+        match r.state {
+            JobState::Queued => match r.runnable_at {
+                None => Verdict::Spent,
+                Some(t) if t > now => Verdict::Later(t),
+                Some(_) => Verdict::Claim(take(r, owner, now)),
+            },
+            JobState::InFlight => match r.lease_until {
+                Some(t) if t >= now => Verdict::Later(t + 1),
+                _ if r.attempts >= r.max_attempts => {
+                    let mut d = r.clone();
+                    d.state = JobState::Dead;
+                    d.finished_at = Some(now);
+                    d.updated_at = now;
+                    d.lease_owner = None;
+                    d.lease_until = None;
+                    d.last_error =
+                        Some("the last attempt never reported back (its lease lapsed)".into());
+                    Verdict::Dead(d)
+                }
+                _ => {
+                    let mut c = take(r, owner, now);
+                    if !r.idempotent && r.attempt_sent {
+                        c.at_least_once = true;
+                    }
+                    Verdict::Claim(c)
+                }
+            },
+            JobState::Succeeded | JobState::Failed | JobState::Dead => Verdict::Spent,
+        }
+    }
+
+    fn take(r: &Record, owner: &str, now: Millis) -> Record {
+        let mut c = r.clone();
+        c.state = JobState::InFlight;
+        c.lease_owner = Some(owner.to_owned());
+        c.lease_until = Some(now + r.hard_timeout_ms as i64 + LEASE_MARGIN.as_millis() as i64);
+        c.attempts += 1;
+        c.attempt_sent = false;
+        c.updated_at = now;
+        c
+    }
+
+    fn holds(r: &Record, owner: &str, attempt: u32) -> bool {
+        r.state == JobState::InFlight
+            && r.lease_owner.as_deref() == Some(owner)
+            && r.attempts == attempt
+    }
+
+    /// How attempt `attempt` ended, if `owner` still holds the lease for it.
+    pub(super) fn finish(
+        r: &Record,
+        owner: &str,
+        attempt: u32,
+        finish: &Finish,
+        now: Millis,
+    ) -> Option<Record> {
+        if !holds(r, owner, attempt) {
+            return None;
+        }
+        let mut n = r.clone();
+        n.lease_owner = None;
+        n.lease_until = None;
+        n.updated_at = now;
+        match finish {
+            Finish::Succeeded { message_id } => {
+                n.state = JobState::Succeeded;
+                n.provider_message_id = message_id.clone();
+                n.last_error = None;
+                n.inputs = Vec::new();
+                n.runnable_at = None;
+                n.finished_at = Some(now);
+            }
+            Finish::Failed { error } => {
+                n.state = JobState::Failed;
+                n.last_error = Some(error.clone());
+                n.runnable_at = None;
+                n.finished_at = Some(now);
+            }
+            Finish::Retry {
+                not_before,
+                error,
+                possibly_sent,
+            } => {
+                let out = r.attempts >= r.max_attempts;
+                if *possibly_sent && !r.idempotent && !out {
+                    n.at_least_once = true;
+                }
+                n.possibly_sent = *possibly_sent;
+                n.last_error = Some(error.clone());
+                if out {
+                    n.state = JobState::Dead;
+                    n.runnable_at = None;
+                    n.finished_at = Some(now);
+                } else {
+                    n.state = JobState::Queued;
+                    n.runnable_at = Some(*not_before);
+                    n.finished_at = None;
+                }
+            }
+        }
+        Some(n)
+    }
+
+    /// The holder of `attempt` is about to send it.
+    pub(super) fn mark_sending(
+        r: &Record,
+        owner: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Option<Record> {
+        if !holds(r, owner, attempt) {
+            return None;
+        }
+        let mut n = r.clone();
+        n.attempt_sent = true;
+        n.possibly_sent = true;
+        n.updated_at = now;
+        Some(n)
+    }
+
+    /// A claimed, unsent job back to `queued` from `not_before`, its claim not counted.
+    pub(super) fn put_back(
+        r: &Record,
+        owner: &str,
+        attempt: u32,
+        not_before: Millis,
+        why: &str,
+        now: Millis,
+    ) -> Option<Record> {
+        if !holds(r, owner, attempt) {
+            return None;
+        }
+        let mut n = r.clone();
+        n.state = JobState::Queued;
+        n.attempts -= 1;
+        n.runnable_at = Some(not_before);
+        n.last_error = Some(why.to_owned());
+        n.lease_owner = None;
+        n.lease_until = None;
+        n.updated_at = now;
+        Some(n)
+    }
+
+    /// A held job becomes runnable now.
+    pub(super) fn release(r: &Record, now: Millis) -> Option<Record> {
+        if !r.held() {
+            return None;
+        }
+        let mut n = r.clone();
+        n.runnable_at = Some(now);
+        n.updated_at = now;
+        n.held_by = None;
+        Some(n)
+    }
+
+    /// A queued job that never reached the provider ends `failed` without being sent.
+    pub(super) fn cancel_unsent(r: &Record, why: &str, now: Millis) -> Option<Record> {
+        if r.state != JobState::Queued || r.possibly_sent {
+            return None;
+        }
+        let mut n = r.clone();
+        n.state = JobState::Failed;
+        n.last_error = Some(why.to_owned());
+        n.runnable_at = None;
+        n.updated_at = now;
+        n.finished_at = Some(now);
+        n.held_by = None;
+        Some(n)
+    }
+
+    /// A `failed` or `dead` job back to `queued`, runnable now, with fresh attempts.
+    pub(super) fn retry(r: &Record, now: Millis) -> Option<Record> {
+        if !matches!(r.state, JobState::Failed | JobState::Dead) {
+            return None;
+        }
+        let mut n = r.clone();
+        n.state = JobState::Queued;
+        n.runnable_at = Some(now);
+        n.attempts = 0;
+        n.lease_owner = None;
+        n.lease_until = None;
+        n.finished_at = None;
+        n.updated_at = now;
+        n.held_by = None;
+        Some(n)
+    }
+}
+
+use rules::Verdict;
+
+/// Stream, bucket, subject and consumer names for one prefix.
+#[derive(Debug, Clone)]
+struct Names {
+    queue: String,
+    dead: String,
+    consumer: String,
+    jobs: String,
+    keys: String,
+    hosts: String,
+    run: String,
+    dead_subject: String,
+}
+
+impl Names {
+    fn new(p: &str) -> Names {
+        Names {
+            queue: format!("{p}_JOBS"),
+            dead: format!("{p}_JOBS_DEAD"),
+            consumer: format!("{p}_WORKERS"),
+            jobs: format!("{p}_JOBS"),
+            keys: format!("{p}_KEYS"),
+            hosts: format!("{p}_HOSTS"),
+            run: format!("{p}.jobs.run"),
+            dead_subject: format!("{p}.jobs.dead"),
+        }
+    }
+
+    fn run_subject(&self, id: &str) -> String {
+        format!("{}.{id}", self.run)
+    }
+
+    fn dead_subject(&self, id: &str) -> String {
+        format!("{}.{id}", self.dead_subject)
+    }
+
+    fn job_subject(&self, id: &str) -> String {
+        format!("$KV.{}.{id}", self.jobs)
+    }
+}
+
+/// A claimed job's notice, held unacknowledged while its attempt runs.
+struct Held {
+    attempt: u32,
+    acker: Arc<Acker>,
+    /// Sends in-progress acks until the lease ends.
+    keepalive: JoinHandle<()>,
+}
+
+/// A store's heartbeat in `P_HOSTS`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Beat {
+    at: Millis,
+}
+
+/// The outcome of one compare-and-set transition.
+enum Transition {
+    /// No such job.
+    Missing,
+    /// The rule declined for the job as it is.
+    Declined(Record),
+    /// Stored: the record after, and its revision.
+    Done(Record, u64),
+}
+
+/// The JetStream backend of [`super::store::JobStore`].
+pub(crate) struct NatsJobs {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    options: NatsOptions,
+    /// The servers, for messages.
+    servers: String,
+    jobs: kv::Store,
+    keys: kv::Store,
+    hosts: kv::Store,
+    /// The stream under the jobs bucket: scans and removals.
+    jobs_stream: stream::Stream,
+    queue: stream::Stream,
+    dead: stream::Stream,
+    consumer: PullConsumer,
+    /// This store's host id (its heartbeat key and the `held_by` of the jobs it holds).
+    host: String,
+    held: Mutex<HashMap<String, Held>>,
+    /// Held jobs of this host per (org, call id): what `release_call` releases.
+    held_calls: Mutex<HashMap<(String, String), HashSet<String>>>,
+    /// Calls that ended while their jobs could not be released: the sweep releases them.
+    ended_calls: Mutex<HashSet<(String, String)>>,
+    /// Jobs whose enqueue answered an error after the job was written: cancelled when NATS
+    /// answers again, unless a worker already took them.
+    compensate: Mutex<HashSet<String>>,
+    heartbeat: Mutex<Option<JoinHandle<()>>>,
+    /// Since when every heartbeat has been written (`None`: the last one failed).
+    beating_since: Arc<Mutex<Option<Instant>>>,
+    closed: AtomicBool,
+}
+
+fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Nats(format!("{what}: {e}"))
+}
+
+fn encode(r: &Record) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(r)
+        .map(Bytes::from)
+        .map_err(|e| nats_err("a job does not serialize", e))
+}
+
+fn decode(b: &[u8]) -> Result<Record, StoreError> {
+    serde_json::from_slice(b).map_err(|e| nats_err("a stored job does not parse", e))
+}
+
+/// Job ids are `job_<ulid>`; anything else (an id from a URL) is no job, and never reaches a
+/// subject.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The `P_KEYS` key of an action key: its SHA-256 (action keys may hold any character).
+fn key_of(idempotency_key: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    let mut out = String::with_capacity(2 + 64);
+    out.push_str("k_");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
+    !headers
+        .and_then(|h| h.get("KV-Operation"))
+        .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
+}
+
+fn until(at: Millis, now: Millis) -> Duration {
+    Duration::from_millis((at - now).max(0) as u64)
+}
+
+impl NatsJobs {
+    /// Connect and open (creating what is missing) the streams, buckets and consumer.
+    pub(crate) async fn open(options: NatsOptions) -> Result<NatsJobs, StoreError> {
+        let servers = options.urls.join(", ");
+        let unreachable = |e: &dyn std::fmt::Display| {
+            StoreError::Nats(format!(
+                "cannot reach NATS at {servers}: {e} (is nats-server running with JetStream \
+                 enabled, `-js`?)"
+            ))
+        };
+        let mut addrs = Vec::with_capacity(options.urls.len());
+        for url in &options.urls {
+            let addr: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|e| nats_err(&format!("{url:?} is not a NATS server address"), e))?;
+            addrs.push(addr);
+        }
+        let mut connect = async_nats::ConnectOptions::new()
+            .name("toolgate")
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Disconnected => {
+                        warn!("NATS connection lost; reconnecting (new deferrals fail meanwhile)")
+                    }
+                    async_nats::Event::Connected => info!("NATS connection (re)established"),
+                    other => debug!(event = %other, "NATS event"),
+                }
+            });
+        connect = match &options.auth {
+            NatsAuth::None => connect,
+            NatsAuth::Token(t) => connect.token(t.expose().to_owned()),
+            NatsAuth::UserPassword { user, password } => {
+                connect.user_and_password(user.clone(), password.expose().to_owned())
+            }
+        };
+        let budget = options.connect_timeout * (addrs.len() as u32).max(1) + Duration::from_secs(1);
+        let client = match tokio::time::timeout(budget, connect.connect(addrs)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(unreachable(&e)),
+            Err(_) => return Err(unreachable(&format!("no answer within {budget:?}"))),
+        };
+        let js = jetstream::ContextBuilder::new()
+            .timeout(options.request_timeout)
+            .build(client.clone());
+        let names = Names::new(&options.stream_prefix);
+        let setup = |e: &dyn std::fmt::Display| {
+            StoreError::Nats(format!(
+                "connected to {servers}, but cannot set up JetStream (is it enabled, `-js`?): {e}"
+            ))
+        };
+        let replicas = options.replicas.max(1);
+        let queue = js
+            .get_or_create_stream(stream::Config {
+                name: names.queue.clone(),
+                description: Some("toolgate: notices of runnable workflow jobs".into()),
+                subjects: vec![format!("{}.>", names.run)],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_messages_per_subject: 1,
+                discard: stream::DiscardPolicy::Old,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&e))?;
+        let dead = js
+            .get_or_create_stream(stream::Config {
+                name: names.dead.clone(),
+                description: Some("toolgate: workflow jobs out of attempts".into()),
+                subjects: vec![format!("{}.>", names.dead_subject)],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_messages_per_subject: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup(&e))?;
+        let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
+            bucket: name.to_owned(),
+            description: description.to_owned(),
+            history: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let jobs = open_bucket(
+            &js,
+            bucket(&names.jobs, "toolgate: workflow job states", Duration::ZERO),
+        )
+        .await
+        .map_err(|e| setup(&e))?;
+        let keys = open_bucket(
+            &js,
+            bucket(
+                &names.keys,
+                "toolgate: action keys (create-only), one job per action",
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .map_err(|e| setup(&e))?;
+        let hosts = open_bucket(
+            &js,
+            bucket(
+                &names.hosts,
+                "toolgate: heartbeats of running sidecars and workers",
+                Duration::from_secs(86_400),
+            ),
+        )
+        .await
+        .map_err(|e| setup(&e))?;
+        let jobs_stream = js
+            .get_stream(&jobs.stream_name)
+            .await
+            .map_err(|e| setup(&e))?;
+        let consumer_config = pull::Config {
+            durable_name: Some(names.consumer.clone()),
+            description: Some("toolgate workers: claims of workflow jobs".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: options.ack_wait,
+            // Attempts are counted in the job's state; a notice NAKed until its time is
+            // delivered many times and must never be dropped for it.
+            max_deliver: -1,
+            // Every notice waiting for its time counts as pending: room for a large backlog.
+            max_ack_pending: 1_000_000,
+            filter_subject: format!("{}.>", names.run),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        };
+        let consumer: PullConsumer = match queue.create_consumer(consumer_config).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Another host created it with other settings (an older ack wait): use it.
+                warn!(error = %e, consumer = %names.consumer, "cannot create or update the workers' consumer; using it as it is");
+                queue
+                    .get_consumer(&names.consumer)
+                    .await
+                    .map_err(|e| setup(&e))?
+            }
+        };
+        let host = format!("host_{}", ulid::Ulid::generate());
+        let store = NatsJobs {
+            client,
+            js,
+            names,
+            servers: servers.clone(),
+            jobs,
+            keys,
+            hosts,
+            jobs_stream,
+            queue,
+            dead,
+            consumer,
+            host,
+            held: Mutex::new(HashMap::new()),
+            held_calls: Mutex::new(HashMap::new()),
+            ended_calls: Mutex::new(HashSet::new()),
+            compensate: Mutex::new(HashSet::new()),
+            heartbeat: Mutex::new(None),
+            beating_since: Arc::new(Mutex::new(None)),
+            closed: AtomicBool::new(false),
+            options,
+        };
+        store.beat().await.map_err(|e| setup(&e))?;
+        store.start_heartbeat();
+        info!(
+            servers = %store.servers,
+            prefix = %store.options.stream_prefix,
+            host = %store.host,
+            "job store open on NATS JetStream"
+        );
+        Ok(store)
+    }
+
+    async fn beat(&self) -> Result<(), StoreError> {
+        let beat = serde_json::to_vec(&Beat { at: now_ms() }).unwrap_or_default();
+        self.hosts
+            .put(&self.host, beat.into())
+            .await
+            .map_err(|e| nats_err("cannot write the heartbeat", e))?;
+        let mut since = self.beating_since.lock().expect("beat lock");
+        since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    fn start_heartbeat(&self) {
+        let (hosts, host, since) = (
+            self.hosts.clone(),
+            self.host.clone(),
+            self.beating_since.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let beat = serde_json::to_vec(&Beat { at: now_ms() }).unwrap_or_default();
+                let ok = hosts.put(&host, beat.into()).await.is_ok();
+                let mut s = since.lock().expect("beat lock");
+                if ok {
+                    s.get_or_insert_with(Instant::now);
+                } else {
+                    *s = None;
+                }
+            }
+        });
+        *self.heartbeat.lock().expect("heartbeat lock") = Some(task);
+    }
+
+    /// Refuse at once when closed or disconnected: a write that waits for a reconnect could
+    /// land after its caller was told it failed.
+    fn usable(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(StoreError::Nats(format!(
+                "not connected to NATS at {} (reconnecting)",
+                self.servers
+            ))),
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<(Record, u64)>, StoreError> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        match self.jobs.entry(id).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                Ok(Some((decode(&e.value)?, e.revision)))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => Err(nats_err("cannot read a job", e)),
+        }
+    }
+
+    /// Load `id`, apply `rule`, and store the result if nobody changed the job in between;
+    /// on a concurrent change, read again and decide again.
+    async fn transition(
+        &self,
+        id: &str,
+        rule: impl Fn(&Record) -> Option<Record>,
+    ) -> Result<Transition, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let Some((rec, rev)) = self.load(id).await? else {
+                return Ok(Transition::Missing);
+            };
+            let Some(next) = rule(&rec) else {
+                return Ok(Transition::Declined(rec));
+            };
+            match self.jobs.update(id, encode(&next)?, rev).await {
+                Ok(rev) => return Ok(Transition::Done(next, rev)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(nats_err("cannot update a job", e)),
+            }
+        }
+        Err(StoreError::Nats(format!(
+            "job {id} kept changing under {CAS_TRIES} attempts to update it"
+        )))
+    }
+
+    /// Publish a job's notice and wait for JetStream to acknowledge it.
+    async fn publish_notice(&self, id: &str, msg_id: &str) -> Result<(), StoreError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .message_id(msg_id)
+            .payload(Bytes::copy_from_slice(id.as_bytes()));
+        self.js
+            .send_publish(self.names.run_subject(id), publish)
+            .await
+            .map_err(|e| nats_err("cannot queue a job notice", e))?
+            .await
+            .map_err(|e| nats_err("JetStream did not acknowledge a job notice", e))?;
+        Ok(())
+    }
+
+    /// A job out of attempts on the dead-letter subject (best effort: its state says `dead`
+    /// whatever happens here).
+    async fn dead_letter(&self, rec: &Record) {
+        let body = serde_json::to_vec(&rec.job()).unwrap_or_default();
+        let publish = jetstream::message::PublishMessage::build()
+            .message_id(format!("{}.dead.{}", rec.id, rec.updated_at))
+            .payload(body.into());
+        let sent = match self
+            .js
+            .send_publish(self.names.dead_subject(&rec.id), publish)
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            warn!(job = %rec.id, error = %e, "cannot publish a dead job to the dead-letter subject");
+        }
+    }
+
+    /// The job is runnable again (a retry, a put back, a release): the notice this host holds
+    /// for it comes back when it is due (NAK with delay); without one, a new notice.
+    async fn runnable_again(&self, rec: &Record, rev: u64, now: Millis) {
+        let held = self.held.lock().expect("held lock").remove(&rec.id);
+        if let Some(h) = held {
+            h.keepalive.abort();
+            let delay = until(rec.runnable_at.unwrap_or(now), now);
+            if h.acker.ack_with(AckKind::Nak(Some(delay))).await.is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = self
+            .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+            .await
+        {
+            warn!(job = %rec.id, error = %e, "a runnable job has no notice; the sweep will publish it");
+        }
+    }
+
+    /// Acknowledge (spend) the notice this host holds for a job, if it holds one for `attempt`.
+    async fn spend_notice(&self, id: &str, attempt: u32) {
+        let held = {
+            let mut held = self.held.lock().expect("held lock");
+            match held.get(id) {
+                Some(h) if h.attempt == attempt => held.remove(id),
+                _ => None,
+            }
+        };
+        if let Some(h) = held {
+            h.keepalive.abort();
+            let _ = h.acker.ack().await;
+        }
+    }
+
+    /// Forget a held notice without acknowledging it: the lease was lost, and the notice now
+    /// belongs to whoever took the job over.
+    fn forget_notice(&self, id: &str, attempt: u32) {
+        let mut held = self.held.lock().expect("held lock");
+        if held.get(id).is_some_and(|h| h.attempt == attempt)
+            && let Some(h) = held.remove(id)
+        {
+            h.keepalive.abort();
+        }
+    }
+
+    /// Remove a job's record entirely (no tombstone).
+    async fn remove_record(&self, id: &str) -> Result<(), StoreError> {
+        self.jobs_stream
+            .purge()
+            .filter(self.names.job_subject(id))
+            .await
+            .map(|_| ())
+            .map_err(|e| nats_err("cannot remove a job", e))
+    }
+
+    pub(crate) async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
+        self.usable()?;
+        let id = job_id();
+        let rec = rules::new_record(&job, &id, now, &self.host);
+        // The record first, then the action key pointing at it: a key never names a job that
+        // does not exist yet, so a key whose job is missing was pruned and may be taken over.
+        self.jobs
+            .create(&id, encode(&rec)?)
+            .await
+            .map_err(|e| nats_err("cannot store a job", e))?;
+        let key = key_of(&job.idempotency_key);
+        let mut bound = false;
+        for _ in 0..CAS_TRIES {
+            match self
+                .keys
+                .create(&key, Bytes::copy_from_slice(id.as_bytes()))
+                .await
+            {
+                Ok(_) => {
+                    bound = true;
+                    break;
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    self.discard(&id).await;
+                    return Err(nats_err("cannot store a job's action key", e));
+                }
+            }
+            let entry = match self.keys.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+                Ok(_) => continue, // deleted meanwhile: create again
+                Err(e) => {
+                    self.discard(&id).await;
+                    return Err(nats_err("cannot read a job's action key", e));
+                }
+            };
+            let other = String::from_utf8_lossy(&entry.value).into_owned();
+            let existing = match self.load(&other).await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.discard(&id).await;
+                    return Err(e);
+                }
+            };
+            if let Some((o, _)) = &existing
+                && !matches!(o.state, JobState::Failed | JobState::Dead)
+            {
+                // The action is already queued, running or done: that job is the answer.
+                self.discard(&id).await;
+                return Ok(o.job());
+            }
+            match self
+                .keys
+                .update(&key, Bytes::copy_from_slice(id.as_bytes()), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    if existing.is_some() {
+                        // The failed or dead job keeps its history under a changed key.
+                        let renamed = format!("{}#{other}", job.idempotency_key);
+                        let _ = self
+                            .transition(&other, |r| {
+                                (r.idempotency_key == job.idempotency_key).then(|| {
+                                    let mut n = r.clone();
+                                    n.idempotency_key = renamed.clone();
+                                    n
+                                })
+                            })
+                            .await;
+                    }
+                    bound = true;
+                    break;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    self.discard(&id).await;
+                    return Err(nats_err("cannot store a job's action key", e));
+                }
+            }
+        }
+        if !bound {
+            self.discard(&id).await;
+            return Err(StoreError::Nats(
+                "the action key kept changing; the job was not stored".into(),
+            ));
+        }
+        if rec.pending() {
+            // The commit point: JetStream holds the notice.
+            if let Err(e) = self.publish_notice(&id, &id).await {
+                return self.unacknowledged(&rec, e).await;
+            }
+        }
+        if rec.state == JobState::Dead {
+            self.dead_letter(&rec).await;
+        }
+        if rec.held() {
+            self.held_calls
+                .lock()
+                .expect("held calls lock")
+                .entry((rec.org.clone(), rec.call_id.clone()))
+                .or_default()
+                .insert(id);
+        }
+        Ok(rec.job())
+    }
+
+    /// A job this host stored but whose notice JetStream did not acknowledge: its caller is
+    /// told it failed, so it must not run. Cancel it; if NATS does not answer, the sweep
+    /// cancels it later. If a worker already claimed it, the notice did arrive: it is queued
+    /// after all.
+    async fn unacknowledged(&self, rec: &Record, err: StoreError) -> Result<Job, StoreError> {
+        let why = "not queued: JetStream did not acknowledge the job";
+        match self
+            .transition(&rec.id, |r| {
+                (r.state == rec.state
+                    && r.attempts == rec.attempts
+                    && r.lease_owner == rec.lease_owner)
+                    .then(|| {
+                        let mut n = r.clone();
+                        n.state = JobState::Failed;
+                        n.last_error = Some(why.into());
+                        n.runnable_at = None;
+                        n.lease_owner = None;
+                        n.lease_until = None;
+                        n.finished_at = Some(now_ms());
+                        n.updated_at = now_ms();
+                        n
+                    })
+            })
+            .await
+        {
+            Ok(Transition::Declined(now)) if now.state != JobState::Failed => Ok(now.job()),
+            Ok(_) => Err(err),
+            Err(_) => {
+                self.compensate
+                    .lock()
+                    .expect("compensate lock")
+                    .insert(rec.id.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Remove a record that lost the race for its action key (best effort: the sweep removes
+    /// what is left, as no key points at it).
+    async fn discard(&self, id: &str) {
+        if let Err(e) = self.remove_record(id).await {
+            debug!(job = %id, error = %e, "cannot remove a record that was not kept");
+        }
+    }
+
+    pub(crate) async fn claim(&self, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
+        self.usable()?;
+        let started = Instant::now();
+        let deadline = started + self.options.claim_wait;
+        for _ in 0..NOTICES_PER_CLAIM {
+            let expires = deadline
+                .saturating_duration_since(Instant::now())
+                .max(MIN_PULL);
+            let mut batch = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(expires)
+                .messages()
+                .await
+                .map_err(|e| nats_err("cannot pull from the job queue", e))?;
+            // The server answers an expired pull itself; do not wait much longer when that
+            // answer is lost (nats-server 2.9 can drop a pull that arrives as the previous
+            // one expires).
+            let Ok(Some(msg)) = tokio::time::timeout(expires + PULL_GRACE, batch.next()).await
+            else {
+                return Ok(None);
+            };
+            let msg: Message = msg.map_err(|e| nats_err("cannot pull from the job queue", e))?;
+            let id = msg
+                .subject
+                .as_str()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let (_, acker) = msg.split();
+            // The caller's clock, moved on by the time this claim has waited.
+            let now = now + started.elapsed().as_millis() as Millis;
+            match self.claim_one(&id, owner, now, acker).await? {
+                Some(job) => return Ok(Some(job)),
+                None if Instant::now() >= deadline => return Ok(None),
+                None => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decide on one pulled notice: the claimed job, or `None` (the notice was put off or
+    /// spent).
+    async fn claim_one(
+        &self,
+        id: &str,
+        owner: &str,
+        now: Millis,
+        acker: Acker,
+    ) -> Result<Option<Job>, StoreError> {
+        for _ in 0..CAS_TRIES {
+            let loaded = match self.load(id).await {
+                Ok(l) => l,
+                Err(e) => {
+                    let _ = acker.ack_with(AckKind::Nak(None)).await;
+                    return Err(e);
+                }
+            };
+            let Some((rec, rev)) = loaded else {
+                let _ = acker.ack().await;
+                return Ok(None);
+            };
+            let next = match rules::claim(&rec, owner, now) {
+                Verdict::Spent => {
+                    let _ = acker.ack().await;
+                    return Ok(None);
+                }
+                Verdict::Later(at) => {
+                    let _ = acker.ack_with(AckKind::Nak(Some(until(at, now)))).await;
+                    return Ok(None);
+                }
+                Verdict::Claim(n) | Verdict::Dead(n) => n,
+            };
+            match self.jobs.update(id, encode(&next)?, rev).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => {
+                    let _ = acker.ack_with(AckKind::Nak(None)).await;
+                    return Err(nats_err("cannot update a job", e));
+                }
+            }
+            if next.state == JobState::Dead {
+                let _ = acker.ack().await;
+                self.dead_letter(&next).await;
+                return Ok(None);
+            }
+            self.hold(&next, acker);
+            return Ok(Some(next.job()));
+        }
+        let _ = acker.ack_with(AckKind::Nak(None)).await;
+        Ok(None)
+    }
+
+    /// Keep a claimed job's notice unacknowledged while its attempt runs: in-progress acks
+    /// until the lease ends, after which the notice is redelivered one ack wait later, and the
+    /// lapsed lease taken over.
+    fn hold(&self, rec: &Record, acker: Acker) {
+        let acker = Arc::new(acker);
+        let lease_end = Instant::now() + until(rec.lease_until.unwrap_or(0), now_ms());
+        let every = (self.options.ack_wait / 3).max(Duration::from_millis(100));
+        let keep = acker.clone();
+        let keepalive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if Instant::now() >= lease_end {
+                    break;
+                }
+                let _ = keep.ack_with(AckKind::Progress).await;
+            }
+        });
+        let old = self.held.lock().expect("held lock").insert(
+            rec.id.clone(),
+            Held {
+                attempt: rec.attempts,
+                acker,
+                keepalive,
+            },
+        );
+        if let Some(old) = old {
+            old.keepalive.abort();
+        }
+    }
+
+    pub(crate) async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        finish: &Finish,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        match self
+            .transition(id, |r| rules::finish(r, owner, attempt, finish, now))
+            .await?
+        {
+            Transition::Missing | Transition::Declined(_) => {
+                self.forget_notice(id, attempt);
+                Ok(false)
+            }
+            Transition::Done(rec, rev) => {
+                match rec.state {
+                    JobState::Queued => self.runnable_again(&rec, rev, now).await,
+                    JobState::Dead => {
+                        self.spend_notice(id, attempt).await;
+                        self.dead_letter(&rec).await;
+                    }
+                    _ => self.spend_notice(id, attempt).await,
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    pub(crate) async fn put_back(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        not_before: Millis,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        match self
+            .transition(id, |r| {
+                rules::put_back(r, owner, attempt, not_before, why, now)
+            })
+            .await?
+        {
+            Transition::Missing | Transition::Declined(_) => {
+                self.forget_notice(id, attempt);
+                Ok(false)
+            }
+            Transition::Done(rec, rev) => {
+                self.runnable_again(&rec, rev, now).await;
+                Ok(true)
+            }
+        }
+    }
+
+    pub(crate) async fn mark_sending(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.usable()?;
+        Ok(matches!(
+            self.transition(id, |r| rules::mark_sending(r, owner, attempt, now))
+                .await?,
+            Transition::Done(..)
+        ))
+    }
+
+    /// Release held jobs by id: runnable now, each with a new notice.
+    async fn release_ids(&self, ids: &[String], now: Millis) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for id in ids {
+            if let Transition::Done(rec, rev) =
+                self.transition(id, |r| rules::release(r, now)).await?
+            {
+                if let Err(e) = self
+                    .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                    .await
+                {
+                    warn!(job = %rec.id, error = %e, "a released job has no notice; the sweep will publish it");
+                }
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn release_call(
+        &self,
+        org: &str,
+        call_id: &str,
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        let call = (org.to_owned(), call_id.to_owned());
+        let released = self.release_held_call(&call, now).await;
+        if released.is_err() {
+            // The call is over either way: the sweep tries again.
+            self.ended_calls
+                .lock()
+                .expect("ended calls lock")
+                .insert(call);
+        }
+        released
+    }
+
+    async fn release_held_call(
+        &self,
+        call: &(String, String),
+        now: Millis,
+    ) -> Result<usize, StoreError> {
+        self.usable()?;
+        let ids: Vec<String> = self
+            .held_calls
+            .lock()
+            .expect("held calls lock")
+            .get(call)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let n = self.release_ids(&ids, now).await?;
+        // Forget them only once they are released: a failure leaves them for another try.
+        let mut held = self.held_calls.lock().expect("held calls lock");
+        if let Some(set) = held.get_mut(call) {
+            set.retain(|id| !ids.contains(id));
+            if set.is_empty() {
+                held.remove(call);
+            }
+        }
+        Ok(n)
+    }
+
+    /// Release held jobs no live session can end: those of hosts that stopped beating. At
+    /// start-up (`at_start`) the verdict on other hosts is taken as it stands; a periodic
+    /// sweep acts only while this host has itself been beating for longer than
+    /// [`HOST_GONE_AFTER`], so a NATS outage that silenced everybody releases nothing.
+    pub(crate) async fn release_orphaned(
+        &self,
+        now: Millis,
+        at_start: bool,
+    ) -> Result<usize, StoreError> {
+        self.usable()?;
+        if !at_start {
+            let steady = self
+                .beating_since
+                .lock()
+                .expect("beat lock")
+                .is_some_and(|t| t.elapsed() > HOST_GONE_AFTER);
+            if !steady {
+                return Ok(0);
+            }
+        }
+        let held: Vec<Record> = self
+            .scan()
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| r.held() && r.held_by.as_deref() != Some(self.host.as_str()))
+            .collect();
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        let mut orphans = Vec::new();
+        for r in held {
+            let holder = r.held_by.clone().unwrap_or_default();
+            let live = match alive.get(&holder) {
+                Some(l) => *l,
+                None => {
+                    let l = self.host_alive(&holder, now).await?;
+                    alive.insert(holder, l);
+                    l
+                }
+            };
+            if !live {
+                orphans.push(r.id);
+            }
+        }
+        let n = self.release_ids(&orphans, now).await?;
+        if n > 0 {
+            info!(
+                released = n,
+                "held jobs of sidecars that stopped are runnable now"
+            );
+        }
+        Ok(n)
+    }
+
+    async fn host_alive(&self, host: &str, now: Millis) -> Result<bool, StoreError> {
+        if host.is_empty() || !valid_id(host) {
+            return Ok(false);
+        }
+        match self.hosts.entry(host).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                let at = serde_json::from_slice::<Beat>(&e.value).map_or(0, |b| b.at);
+                Ok(now - at < HOST_GONE_AFTER.as_millis() as i64)
+            }
+            Ok(_) => Ok(false),
+            Err(e) => Err(nats_err("cannot read a heartbeat", e)),
+        }
+    }
+
+    pub(crate) async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        self.usable()?;
+        let mut touched = 0;
+        // Calls that ended while NATS was away: their held jobs run now.
+        let ended: Vec<(String, String)> = self
+            .ended_calls
+            .lock()
+            .expect("ended calls lock")
+            .iter()
+            .cloned()
+            .collect();
+        for call in ended {
+            touched += self.release_held_call(&call, now).await?;
+            self.ended_calls
+                .lock()
+                .expect("ended calls lock")
+                .remove(&call);
+        }
+        // Enqueues answered with an error: cancel what no worker took.
+        let pending: Vec<String> = self
+            .compensate
+            .lock()
+            .expect("compensate lock")
+            .iter()
+            .cloned()
+            .collect();
+        for id in pending {
+            let t = self
+                .transition(&id, |r| {
+                    (r.state == JobState::Queued && !r.possibly_sent).then(|| {
+                        let mut n = r.clone();
+                        n.state = JobState::Failed;
+                        n.last_error =
+                            Some("not queued: JetStream did not acknowledge the job".into());
+                        n.runnable_at = None;
+                        n.finished_at = Some(now);
+                        n.updated_at = now;
+                        n
+                    })
+                })
+                .await?;
+            if matches!(t, Transition::Done(..)) {
+                touched += 1;
+            }
+            self.compensate.lock().expect("compensate lock").remove(&id);
+        }
+        touched += self.release_orphaned(now, false).await?;
+        // Runnable jobs whose notice was lost between two writes (a host died in between).
+        let stale = now - ORPHAN_AFTER.as_millis() as i64;
+        for (rec, rev) in self.scan().await? {
+            if !rec.pending() || rec.updated_at > stale {
+                continue;
+            }
+            if self.has_notice(&rec.id).await? {
+                continue;
+            }
+            // A record no action key points at lost the race for its key: never queued.
+            let key = key_of(&rec.idempotency_key);
+            let owned = match self.keys.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => e.value == rec.id.as_bytes(),
+                Ok(_) => false,
+                Err(e) => return Err(nats_err("cannot read a job's action key", e)),
+            };
+            let renamed = rec.idempotency_key.ends_with(&format!("#{}", rec.id));
+            if !owned && !renamed {
+                self.remove_record(&rec.id).await?;
+                touched += 1;
+                continue;
+            }
+            self.publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                .await?;
+            warn!(job = %rec.id, "a runnable job had no notice; published it again");
+            touched += 1;
+        }
+        Ok(touched)
+    }
+
+    async fn has_notice(&self, id: &str) -> Result<bool, StoreError> {
+        match self
+            .queue
+            .get_last_raw_message_by_subject(&self.names.run_subject(id))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
+            Err(e) => Err(nats_err("cannot look up a job notice", e)),
+        }
+    }
+
+    pub(crate) async fn cancel_unsent(
+        &self,
+        id: &str,
+        why: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        self.usable()?;
+        match self
+            .transition(id, |r| rules::cancel_unsent(r, why, now))
+            .await?
+        {
+            Transition::Done(rec, _) => {
+                if let Some(ids) = self
+                    .held_calls
+                    .lock()
+                    .expect("held calls lock")
+                    .get_mut(&(rec.org.clone(), rec.call_id.clone()))
+                {
+                    ids.remove(id);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    pub(crate) async fn retry(
+        &self,
+        id: &str,
+        now: Millis,
+    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+        self.usable()?;
+        match self.transition(id, |r| rules::retry(r, now)).await? {
+            Transition::Missing => Ok(None),
+            Transition::Declined(rec) => Ok(Some(Err(rec.state))),
+            Transition::Done(rec, rev) => {
+                if let Err(e) = self.dead.purge().filter(self.names.dead_subject(id)).await {
+                    debug!(job = %id, error = %e, "cannot remove a dead letter");
+                }
+                if let Err(e) = self
+                    .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                    .await
+                {
+                    warn!(job = %rec.id, error = %e, "a retried job has no notice yet; the sweep will publish it");
+                }
+                Ok(Some(Ok(rec.job())))
+            }
+        }
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        Ok(self.load(id).await?.map(|(r, _)| r.job()))
+    }
+
+    /// Every job, the latest state of each, with its revision.
+    async fn scan(&self) -> Result<Vec<(Record, u64)>, StoreError> {
+        let failed = |e: &dyn std::fmt::Display| nats_err("cannot read the jobs", e);
+        let consumer = self
+            .jobs_stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("$KV.{}.>", self.names.jobs),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let pending = consumer.cached_info().num_pending;
+        let mut out = Vec::with_capacity(pending.min(100_000) as usize);
+        if pending == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        loop {
+            let Ok(next) = tokio::time::timeout(SCAN_IDLE, messages.next()).await else {
+                // Nothing more comes: the last record counted was removed meanwhile.
+                self.usable()?;
+                break;
+            };
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| failed(&e))?;
+            let info = msg.info().map_err(|e| failed(&e))?;
+            let (left, revision) = (info.pending, info.stream_sequence);
+            if is_put(msg.headers.as_ref()) {
+                match decode(&msg.payload) {
+                    Ok(r) => out.push((r, revision)),
+                    Err(e) => warn!(error = %e, "skipping a job record that does not parse"),
+                }
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.usable()?;
+        let mut n = 0;
+        for (rec, _) in self.scan().await? {
+            if rec.finished_at.is_none_or(|f| f >= before) {
+                continue;
+            }
+            self.remove_record(&rec.id).await?;
+            // Its action key is free again, unless it already names a newer job.
+            let key = key_of(&rec.idempotency_key);
+            if let Ok(Some(e)) = self.keys.entry(&key).await
+                && e.operation == kv::Operation::Put
+                && e.value == rec.id.as_bytes()
+            {
+                let _ = self
+                    .keys
+                    .delete_expect_revision(&key, Some(e.revision))
+                    .await;
+            }
+            if rec.state == JobState::Dead {
+                let _ = self
+                    .dead
+                    .purge()
+                    .filter(self.names.dead_subject(&rec.id))
+                    .await;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
+        self.usable()?;
+        // A real round trip to JetStream: the queue stream's state.
+        self.queue
+            .get_info()
+            .await
+            .map(|_| ())
+            .map_err(|e| nats_err("JetStream does not answer", e))
+    }
+
+    pub(crate) async fn list(
+        &self,
+        state: Option<JobState>,
+        org: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.usable()?;
+        let mut jobs: Vec<Record> = self
+            .scan()
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .filter(|r| state.is_none_or(|s| r.state == s) && org.is_none_or(|o| r.org == o))
+            .collect();
+        jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        jobs.truncate(limit);
+        Ok(jobs.iter().map(Record::job).collect())
+    }
+
+    pub(crate) async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.usable()?;
+        let mut counts: HashMap<JobState, u64> = HashMap::new();
+        for (r, _) in self.scan().await? {
+            *counts.entry(r.state).or_default() += 1;
+        }
+        let mut out: Vec<(JobState, u64)> = counts.into_iter().collect();
+        out.sort();
+        Ok(out)
+    }
+
+    pub(crate) async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(task) = self.heartbeat.lock().expect("heartbeat lock").take() {
+            task.abort();
+        }
+        // Notices still held (attempts that outlived the drain) go back at once: whoever
+        // pulls them waits for the lease, then takes the job over.
+        let held: Vec<Held> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in held {
+            h.keepalive.abort();
+            let _ = h.acker.ack_with(AckKind::Nak(None)).await;
+        }
+        let _ =
+            tokio::time::timeout(self.options.request_timeout, self.hosts.purge(&self.host)).await;
+        if tokio::time::timeout(self.options.request_timeout, self.client.flush())
+            .await
+            .is_err()
+        {
+            warn!("NATS did not take the last acknowledgements in time");
+        }
+        info!(host = %self.host, "job store on NATS closed");
+    }
+}
+
+impl Drop for NatsJobs {
+    fn drop(&mut self) {
+        if let Some(task) = self.heartbeat.lock().expect("heartbeat lock").take() {
+            task.abort();
+        }
+        for (_, h) in self.held.lock().expect("held lock").drain() {
+            h.keepalive.abort();
+        }
+    }
+}
+
+/// Open a bucket, creating it when it does not exist (another host may create it at the same
+/// moment: then open that one).
+async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, String> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    let created = match js.create_key_value(config.clone()).await {
+        Ok(store) => return Ok(store),
+        // The client reads the account's limits first, which fails on servers older than it
+        // knows (nats-server 2.9 leaves out fields it expects): create the bucket's stream
+        // as the key-value layout defines it.
+        Err(e) => js
+            .create_stream(stream::Config {
+                name: format!("KV_{name}"),
+                description: Some(config.description.clone()),
+                subjects: vec![format!("$KV.{name}.>")],
+                max_messages_per_subject: config.history.max(1),
+                max_age: config.max_age,
+                storage: config.storage,
+                num_replicas: config.num_replicas.max(1),
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e2| format!("cannot create the key-value bucket {name}: {e}; {e2}")),
+    };
+    match js.get_key_value(&name).await {
+        Ok(store) => Ok(store),
+        Err(e) => Err(created
+            .err()
+            .unwrap_or_else(|| format!("cannot open the key-value bucket {name}: {e}"))),
+    }
+}
