@@ -52,6 +52,9 @@ pub struct Budget {
     pub defer_after: Duration,
     /// Abandon the live request after this long.
     pub hard_timeout: Duration,
+    /// Keep filler and handoff times to a fraction of a millisecond ([`crate::timer`]); off
+    /// only for tests on tokio's paused clock.
+    pub precise: bool,
 }
 
 impl From<&Timing> for Budget {
@@ -61,7 +64,17 @@ impl From<&Timing> for Budget {
             filler_repeat: t.filler_repeat,
             defer_after: t.defer_after,
             hard_timeout: t.hard_timeout,
+            precise: true,
         }
+    }
+}
+
+/// Sleep until `at`: precisely ([`crate::timer`]) or on tokio's timer alone.
+async fn wait_until(at: Instant, precise: bool) {
+    if precise {
+        crate::timer::sleep_until(at).await
+    } else {
+        sleep_until(at).await
     }
 }
 
@@ -90,8 +103,8 @@ pub async fn drive<F: Future + ?Sized>(
         tokio::select! {
             biased;
             out = work.as_mut() => return Driven::Done(out),
-            _ = sleep_until(until) => return Driven::Stopped,
-            _ = sleep_until(filler_at), if next_filler.is_some() => {
+                        _ = wait_until(until, budget.precise) => return Driven::Stopped,
+            _ = wait_until(filler_at, budget.precise), if next_filler.is_some() => {
                 seq += 1;
                 on_filler(seq, Instant::now() - start);
                 next_filler = (seq < MAX_FILLERS && !budget.filler_repeat.is_zero())
@@ -709,6 +722,8 @@ mod tests {
             filler_repeat: Duration::from_millis(repeat),
             defer_after: Duration::from_millis(hard),
             hard_timeout: Duration::from_millis(hard),
+            // These tests run on tokio's paused clock.
+            precise: false,
         }
     }
 

@@ -65,4 +65,5 @@ pub mod scenario;
 pub mod server;
 pub mod session;
 pub mod telemetry;
+pub mod timer;
 pub mod workflow;
