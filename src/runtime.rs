@@ -68,6 +68,31 @@ pub fn queue_ack_wait(config: &Config) -> std::time::Duration {
         .max(std::time::Duration::from_secs(30))
 }
 
+/// Open the evidence store `[storage]` names: on NATS JetStream when the job queue is there
+/// (`on_nats`: a job store that fell back to SQLite takes the evidence with it), else the
+/// local SQLite file alone. NATS failing here is an error, unless `fallback = "sqlite"`.
+async fn open_evidence(config: &Config, on_nats: bool) -> Result<EvidenceStore, RuntimeError> {
+    let path = config.storage.evidence_path();
+    let delay = config.evidence.writer_delay;
+    let Some(nats) = config.storage.nats.as_ref().filter(|_| on_nats) else {
+        return Ok(EvidenceStore::open(&path, delay)?);
+    };
+    let options = crate::workflow::nats::NatsOptions::from_settings(nats);
+    let retain = std::time::Duration::from_secs(u64::from(config.evidence.retain_days) * 86_400);
+    match EvidenceStore::open_nats(&path, delay, &options, retain).await {
+        Ok(store) => Ok(store),
+        Err(e) if nats.fallback_sqlite => {
+            tracing::error!(
+                error = %e,
+                path = %path.display(),
+                "storage.fallback = \"sqlite\": evidence stays in the local file, for this host only, until a restart with NATS up"
+            );
+            Ok(EvidenceStore::open(&path, delay)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Who an admin bearer token speaks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
@@ -201,19 +226,18 @@ impl Runtime {
     /// servers when NATS does not answer, unless `fallback = "sqlite"`).
     pub async fn open(config: Config, path: Option<PathBuf>) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config)).await?;
-        Runtime::assemble(config, path, jobs)
+        let evidence = open_evidence(&config, jobs.backend() == "nats").await?;
+        Runtime::assemble(config, path, jobs, evidence)
     }
 
     fn assemble(
         config: Config,
         path: Option<PathBuf>,
         jobs: JobStore,
+        evidence: EvidenceStore,
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = Arc::new(jobs);
-        let evidence = Arc::new(EvidenceStore::open(
-            &config.storage.evidence_path(),
-            config.evidence.writer_delay,
-        )?);
+        let evidence = Arc::new(evidence);
         Ok(Arc::new(Runtime {
             server: config.server.clone(),
             providers: providers::Client::new()?,

@@ -7,6 +7,7 @@
 //! redacted when it is built ([`crate::redact`]): no credential, no raw phone number or email,
 //! no free-text body unless `evidence.keep_bodies`.
 
+pub mod nats;
 pub mod page;
 pub mod store;
 

@@ -17,6 +17,12 @@
 //!
 //! Nothing is lost quietly: an event dropped because the queue is full or the store is closed,
 //! or a batch SQLite refused twice, is counted (`toolgate_evidence_dropped_total`) and logged.
+//!
+//! With `storage.backend = "nats"` ([`EvidenceStore::open_nats`]) the file is this host's copy
+//! of the evidence stream: submitted events are published instead of written, and the writer
+//! applies every host's events from the stream, each exactly once (the stream position is
+//! kept in the file, in the transaction of the rows it brought). The readers are the same for
+//! both backends. See [`super::nats`].
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,12 +32,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
-use super::{Event, Final, Invocation};
+use super::{Event, Final, Invocation, TurnRecord};
 use crate::workflow::Millis;
 use crate::workflow::store::StoreError;
 
@@ -47,8 +53,11 @@ const MAX_BATCH: usize = 512;
 /// system call on the tool-call path. Evidence shows up in the API this much later.
 const LINGER: Duration = Duration::from_millis(20);
 
-enum Msg {
+pub(crate) enum Msg {
     Event(Event),
+    /// A row from the evidence stream (NATS) at this stream sequence (`None`: a message that
+    /// does not parse, skipped but counted as applied).
+    Apply(u64, Option<Row>),
     Flush(oneshot::Sender<()>),
     /// Delete what is older than this, in short transactions; answer how many rows went.
     Prune(Millis, oneshot::Sender<Result<usize, String>>),
@@ -63,6 +72,87 @@ pub struct EvidenceStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     reader: Arc<Mutex<Connection>>,
     dropped: Arc<AtomicU64>,
+    /// The last evidence-stream sequence committed to the file (0 without NATS).
+    applied: watch::Receiver<u64>,
+    /// With `storage.backend = "nats"`: the publisher and the materializer.
+    nats: Option<super::nats::Link>,
+}
+
+/// What the writer stores: an [`Event`] with its transcript turn already redacted. It is also
+/// what the evidence stream carries (JSON), so every host applies exactly what was written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Row {
+    /// A session started.
+    CallStarted {
+        org: String,
+        call_id: String,
+        agent: String,
+        caller: Option<String>,
+        at: Millis,
+    },
+    /// A transcript turn or consent event, redacted.
+    Turn {
+        org: String,
+        call_id: String,
+        started_at: Millis,
+        turn: TurnRecord,
+    },
+    /// A session ended.
+    CallEnded {
+        org: String,
+        call_id: String,
+        reason: String,
+        at: Millis,
+    },
+    /// An invocation record.
+    Invocation(Box<Invocation>),
+    /// A job's end.
+    Final(Box<Final>),
+}
+
+impl From<Event> for Row {
+    fn from(e: Event) -> Row {
+        match e {
+            Event::CallStarted {
+                org,
+                call_id,
+                agent,
+                caller,
+                at,
+            } => Row::CallStarted {
+                org,
+                call_id,
+                agent,
+                caller,
+                at,
+            },
+            Event::History {
+                org,
+                call_id,
+                entry,
+                started_at,
+            } => Row::Turn {
+                org,
+                call_id,
+                started_at,
+                turn: super::turn_record(&entry),
+            },
+            Event::CallEnded {
+                org,
+                call_id,
+                reason,
+                at,
+            } => Row::CallEnded {
+                org,
+                call_id,
+                reason,
+                at,
+            },
+            Event::Invocation(i) => Row::Invocation(i),
+            Event::Final(f) => Row::Final(f),
+        }
+    }
 }
 
 const SCHEMA: &str = "
@@ -115,6 +205,11 @@ CREATE TABLE IF NOT EXISTS finals (
   data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS finals_at ON finals(at);
+CREATE TABLE IF NOT EXISTS stream_position (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  stream TEXT NOT NULL,
+  seq INTEGER NOT NULL
+);
 ";
 
 /// Filters of `GET /v1/invocations`.
@@ -212,6 +307,44 @@ impl EvidenceStore {
     /// Open (creating) the store in the SQLite file at `path`. `writer_delay` slows every
     /// commit down (for benchmarks that prove the tool-call path does not wait on it).
     pub fn open(path: &Path, writer_delay: Duration) -> Result<EvidenceStore, StoreError> {
+        EvidenceStore::open_file(path, writer_delay, None)
+    }
+
+    /// Open the store in the SQLite file at `path` as this host's copy of the evidence stream
+    /// on NATS JetStream (`storage.backend = "nats"`): events submitted here are published to
+    /// the stream, and every event on the stream (from any host) is applied to the file
+    /// exactly once, so the readers answer for every call. `retain` is the stream's max age
+    /// (`evidence.retain_days`). See [`super::nats`].
+    pub async fn open_nats(
+        path: &Path,
+        writer_delay: Duration,
+        options: &crate::workflow::nats::NatsOptions,
+        retain: Duration,
+    ) -> Result<EvidenceStore, StoreError> {
+        let stream = super::nats::Stream::open(options, retain).await?;
+        let mut store = EvidenceStore::open_file(path, writer_delay, Some(&stream.identity))?;
+        let sender = store
+            .sender
+            .lock()
+            .expect("evidence lock")
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        store.nats = Some(super::nats::Link::start(
+            stream,
+            sender,
+            store.applied.clone(),
+            store.dropped.clone(),
+        ));
+        Ok(store)
+    }
+
+    /// Open the file; `stream` names the evidence stream this file is a copy of (its position
+    /// starts over when the stream is not the one the file last followed).
+    fn open_file(
+        path: &Path,
+        writer_delay: Duration,
+        stream: Option<&str>,
+    ) -> Result<EvidenceStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
@@ -219,25 +352,52 @@ impl EvidenceStore {
         let mut writer = crate::workflow::store::connect(path)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(SCHEMA)?;
+        let position = match stream {
+            None => 0,
+            Some(identity) => stream_position(&mut writer, identity)?,
+        };
         let reader = crate::workflow::store::connect(path)?;
         let (tx, rx) = std_mpsc::sync_channel::<Msg>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = dropped.clone();
+        let (applied_tx, applied) = watch::channel(position);
         let thread = std::thread::Builder::new()
             .name("toolgate-evidence".into())
-            .spawn(move || writer_loop(&mut writer, rx, writer_delay, &writer_dropped))
+            .spawn(move || writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx))
             .map_err(|e| StoreError::Sqlite(format!("cannot start the evidence writer: {e}")))?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             reader: Arc::new(Mutex::new(reader)),
             dropped,
+            applied,
+            nats: None,
         })
+    }
+
+    /// `"sqlite"` (this host's evidence only) or `"nats"` (every host's, from the stream).
+    pub fn backend(&self) -> &'static str {
+        if self.nats.is_some() {
+            "nats"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The last evidence-stream sequence applied to this host's file (0 without NATS).
+    pub fn applied_sequence(&self) -> u64 {
+        *self.applied.borrow()
     }
 
     /// Hand an event to the writer. Never waits; drops (and counts) it if the queue is full
     /// or the store is closed.
     pub fn submit(&self, event: Event) {
+        if let Some(link) = &self.nats {
+            if let Err(why) = link.submit(event) {
+                count_drops(&self.dropped, 1, why);
+            }
+            return;
+        }
         let sender = self.sender.lock().expect("evidence lock");
         let why = match sender.as_ref().map(|s| s.try_send(Msg::Event(event))) {
             Some(Ok(())) => return,
@@ -258,8 +418,18 @@ impl EvidenceStore {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Wait until everything submitted so far is committed.
+    /// Wait until everything submitted so far is committed. With NATS: until what this host
+    /// submitted so far is acknowledged by JetStream (or counted lost), and everything the
+    /// stream held at that moment, from every host, is applied to this host's file (bounded:
+    /// it gives up, with a warning, when NATS does not answer).
     pub async fn flush(&self) {
+        if let Some(link) = &self.nats {
+            link.flush().await;
+        }
+        self.flush_writer().await;
+    }
+
+    async fn flush_writer(&self) {
         let (tx, rx) = oneshot::channel();
         let sent = {
             let sender = self.sender.lock().expect("evidence lock");
@@ -526,8 +696,13 @@ impl EvidenceStore {
             .map_err(StoreError::Sqlite)
     }
 
-    /// Stop the writer after it has committed everything queued.
+    /// Stop the writer after it has committed everything queued. With NATS, what is queued
+    /// for publishing is published first (bounded by the request timeout), and the
+    /// materializer stops.
     pub async fn close(&self) {
+        if let Some(link) = &self.nats {
+            link.close().await;
+        }
         self.sender.lock().expect("evidence lock").take();
         let thread = self.thread.lock().expect("evidence lock").take();
         if let Some(t) = thread {
@@ -610,18 +785,28 @@ fn writer_loop(
     rx: std_mpsc::Receiver<Msg>,
     delay: Duration,
     dropped: &AtomicU64,
+    applied: &watch::Sender<u64>,
 ) {
+    // The last stream sequence handled: redelivered messages at or below it are skipped.
+    let mut position = *applied.borrow();
     while let Ok(first) = rx.recv() {
-        if matches!(first, Msg::Event(_)) {
+        if matches!(first, Msg::Event(_) | Msg::Apply(..)) {
             std::thread::sleep(LINGER);
         }
-        let mut events = Vec::new();
+        // Rows, each with its stream sequence when it came from the stream.
+        let mut events: Vec<(Option<u64>, Row)> = Vec::new();
+        let mut upto = position;
         let mut flushes = Vec::new();
         let mut prune = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Event(e) => events.push(e),
+                Msg::Event(e) => events.push((None, Row::from(e))),
+                Msg::Apply(seq, row) if seq > upto => {
+                    upto = seq;
+                    events.extend(row.map(|r| (Some(seq), r)));
+                }
+                Msg::Apply(..) => {}
                 Msg::Flush(done) => flushes.push(done),
                 // Pruning waits for the events before it, then runs on its own.
                 Msg::Prune(before, done) => {
@@ -633,19 +818,28 @@ fn writer_loop(
                 next = rx.try_recv().ok();
             }
         }
-        if !events.is_empty() {
+        let moved = (upto > position).then_some(upto);
+        if !events.is_empty() || moved.is_some() {
             // One retry for a batch SQLite refused (a transient lock, a full disk that freed
             // up); then it is counted lost.
-            let mut result = commit(conn, &events, delay);
+            let mut result = commit(conn, &events, moved, delay);
             if let Err(e) = &result {
                 warn!(error = %e, events = events.len(), "evidence batch refused; retrying once");
                 std::thread::sleep(Duration::from_millis(50));
-                result = commit(conn, &events, delay);
+                result = commit(conn, &events, moved, delay);
             }
-            if let Err(e) = result {
-                let why = format!("evidence batch could not be written ({e}); it is lost");
-                count_drops(dropped, events.len() as u64, &why);
+            match result {
+                // Another process sharing the file may have taken it further.
+                Ok(at) => upto = upto.max(at),
+                Err(e) => {
+                    let why = format!("evidence batch could not be written ({e}); it is lost");
+                    count_drops(dropped, events.len() as u64, &why);
+                }
             }
+            // Handled either way: a failed batch is counted, not retried forever (the file
+            // keeps its old position, so a restart applies it again).
+            position = upto;
+            applied.send_replace(position);
         }
         for f in flushes {
             let _ = f.send(());
@@ -657,7 +851,7 @@ fn writer_loop(
 }
 
 /// Count lost events and say so (at powers of two, so a stalled disk does not flood the log).
-fn count_drops(dropped: &AtomicU64, n: u64, why: &str) {
+pub(super) fn count_drops(dropped: &AtomicU64, n: u64, why: &str) {
     let before = dropped.fetch_add(n, Ordering::Relaxed);
     crate::telemetry::evidence_dropped(n);
     let after = before + n;
@@ -666,16 +860,72 @@ fn count_drops(dropped: &AtomicU64, n: u64, why: &str) {
     }
 }
 
-fn commit(conn: &mut Connection, events: &[Event], delay: Duration) -> rusqlite::Result<()> {
+/// Apply `rows` in one transaction, and with them the stream position they bring the file to:
+/// a row from the stream is applied exactly once across restarts and redeliveries, and across
+/// processes that share the file (a sidecar and a `toolgate worker` with one config): the
+/// position is read inside the write transaction, and rows at or below it are skipped.
+/// Answers the file's position after the commit.
+fn commit(
+    conn: &mut Connection,
+    rows: &[(Option<u64>, Row)],
+    position: Option<u64>,
+    delay: Duration,
+) -> rusqlite::Result<u64> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if !delay.is_zero() {
         // A disk that stalls mid-commit, holding this file's write lock.
         std::thread::sleep(delay);
     }
-    for e in events {
-        apply(&tx, e.clone())?;
+    let at: u64 = match position {
+        None => 0,
+        Some(_) => tx
+            .prepare_cached("SELECT seq FROM stream_position WHERE id = 1")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map_or(0, |s| s.max(0) as u64),
+    };
+    for (seq, r) in rows {
+        if seq.is_none_or(|s| s > at) {
+            apply(&tx, r)?;
+        }
     }
-    tx.commit()
+    let after = match position {
+        Some(seq) if seq > at => {
+            tx.prepare_cached("UPDATE stream_position SET seq = ?1 WHERE id = 1")?
+                .execute([seq as i64])?;
+            seq
+        }
+        _ => at,
+    };
+    tx.commit()?;
+    Ok(after)
+}
+
+/// The stream position the file is at for the stream `identity` (its name and creation
+/// time). A file that followed another stream (a new prefix, a stream deleted and created
+/// again) starts over at the stream's beginning: what it holds stays, rows are upserts.
+fn stream_position(conn: &mut Connection, identity: &str) -> Result<u64, StoreError> {
+    let at: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT stream, seq FROM stream_position WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    match at {
+        Some((s, seq)) if s == identity => Ok(seq.max(0) as u64),
+        other => {
+            if let Some((s, _)) = other {
+                warn!(was = %s, now = %identity, "the evidence stream is not the one this file followed; applying it from its start");
+            }
+            conn.execute(
+                "INSERT INTO stream_position (id, stream, seq) VALUES (1, ?1, 0) \
+                 ON CONFLICT (id) DO UPDATE SET stream = ?1, seq = 0",
+                [identity],
+            )?;
+            Ok(0)
+        }
+    }
 }
 
 /// Delete what is older than `before`, [`PRUNE_CHUNK`] rows per transaction.
@@ -702,9 +952,9 @@ fn prune_in_chunks(conn: &mut Connection, before: Millis) -> rusqlite::Result<us
     Ok(total)
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
-    match e {
-        Event::CallStarted {
+fn apply(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
+    match r {
+        Row::CallStarted {
             org,
             call_id,
             agent,
@@ -717,13 +967,12 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
             )?
             .execute(params![org, call_id, agent, caller, at])?;
         }
-        Event::History {
+        Row::Turn {
             org,
             call_id,
-            entry,
             started_at,
+            turn,
         } => {
-            let turn = super::turn_record(&entry);
             let at = started_at + turn.at_ms as Millis;
             let data = json!({"type": if turn.role == "consent" { "consent" } else { "turn" },
                               "role": turn.role, "text": turn.text, "final": turn.is_final,
@@ -733,7 +982,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
             )?
             .execute(params![org, call_id, at, data.to_string()])?;
         }
-        Event::CallEnded {
+        Row::CallEnded {
             org,
             call_id,
             reason,
@@ -744,8 +993,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
             )?
             .execute(params![org, call_id, at, reason])?;
         }
-        Event::Invocation(inv) => {
-            let record = serde_json::to_string(&inv).expect("records serialize");
+        Row::Invocation(inv) => {
+            let record = serde_json::to_string(inv).expect("records serialize");
             let source = match inv.source_type {
                 super::SourceType::Agent => "agent",
                 super::SourceType::Workflow => "workflow",
@@ -775,8 +1024,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, e: Event) -> rusqlite::Result<()> {
                 inv.agent_id
             ])?;
         }
-        Event::Final(f) => {
-            let data = serde_json::to_string(&f).expect("finals serialize");
+        Row::Final(f) => {
+            let data = serde_json::to_string(f).expect("finals serialize");
             // A job ends once; an operator's retry of a failed or dead job reopens it, and its
             // new end replaces the old.
             tx.prepare_cached(

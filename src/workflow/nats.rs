@@ -635,45 +635,11 @@ impl NatsJobs {
     /// Connect and open (creating what is missing) the streams, buckets and consumer.
     pub(crate) async fn open(options: NatsOptions) -> Result<NatsJobs, StoreError> {
         let servers = options.urls.join(", ");
-        let unreachable = |e: &dyn std::fmt::Display| {
-            StoreError::Nats(format!(
-                "cannot reach NATS at {servers}: {e} (is nats-server running with JetStream \
-                 enabled, `-js`?)"
-            ))
-        };
-        let mut addrs = Vec::with_capacity(options.urls.len());
-        for url in &options.urls {
-            let addr: async_nats::ServerAddr = url
-                .parse()
-                .map_err(|e| nats_err(&format!("{url:?} is not a NATS server address"), e))?;
-            addrs.push(addr);
-        }
-        let mut connect = async_nats::ConnectOptions::new()
-            .name("toolgate")
-            .connection_timeout(options.connect_timeout)
-            .request_timeout(Some(options.request_timeout))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Disconnected => {
-                        warn!("NATS connection lost; reconnecting (new deferrals fail meanwhile)")
-                    }
-                    async_nats::Event::Connected => info!("NATS connection (re)established"),
-                    other => debug!(event = %other, "NATS event"),
-                }
-            });
-        connect = match &options.auth {
-            NatsAuth::None => connect,
-            NatsAuth::Token(t) => connect.token(t.expose().to_owned()),
-            NatsAuth::UserPassword { user, password } => {
-                connect.user_and_password(user.clone(), password.expose().to_owned())
-            }
-        };
-        let budget = options.connect_timeout * (addrs.len() as u32).max(1) + Duration::from_secs(1);
-        let client = match tokio::time::timeout(budget, connect.connect(addrs)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(unreachable(&e)),
-            Err(_) => return Err(unreachable(&format!("no answer within {budget:?}"))),
-        };
+        let client = connect(
+            &options,
+            "NATS connection lost; reconnecting (new deferrals fail meanwhile)",
+        )
+        .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .build(client.clone());
@@ -1767,6 +1733,54 @@ impl Drop for NatsJobs {
         for (_, h) in self.held.lock().expect("held lock").drain() {
             h.keepalive.abort();
         }
+    }
+}
+
+/// Connect to the servers of `options` with its credentials and timeouts (an error naming the
+/// servers, never a secret, when none answers). `lost` is what a disconnection logs.
+pub(crate) async fn connect(
+    options: &NatsOptions,
+    lost: &'static str,
+) -> Result<async_nats::Client, StoreError> {
+    let servers = options.urls.join(", ");
+    let unreachable = |e: &dyn std::fmt::Display| {
+        StoreError::Nats(format!(
+            "cannot reach NATS at {servers}: {e} (is nats-server running with JetStream \
+             enabled, `-js`?)"
+        ))
+    };
+    let mut addrs = Vec::with_capacity(options.urls.len());
+    for url in &options.urls {
+        let addr: async_nats::ServerAddr = url
+            .parse()
+            .map_err(|e| nats_err(&format!("{url:?} is not a NATS server address"), e))?;
+        addrs.push(addr);
+    }
+    let mut connect = async_nats::ConnectOptions::new()
+        .name("toolgate")
+        .connection_timeout(options.connect_timeout)
+        .request_timeout(Some(options.request_timeout))
+        .event_callback(move |event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    warn!("{lost}")
+                }
+                async_nats::Event::Connected => info!("NATS connection (re)established"),
+                other => debug!(event = %other, "NATS event"),
+            }
+        });
+    connect = match &options.auth {
+        NatsAuth::None => connect,
+        NatsAuth::Token(t) => connect.token(t.expose().to_owned()),
+        NatsAuth::UserPassword { user, password } => {
+            connect.user_and_password(user.clone(), password.expose().to_owned())
+        }
+    };
+    let budget = options.connect_timeout * (addrs.len() as u32).max(1) + Duration::from_secs(1);
+    match tokio::time::timeout(budget, connect.connect(addrs)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(unreachable(&e)),
+        Err(_) => Err(unreachable(&format!("no answer within {budget:?}"))),
     }
 }
 
