@@ -363,7 +363,10 @@ impl EvidenceStore {
         let (applied_tx, applied) = watch::channel(position);
         let thread = std::thread::Builder::new()
             .name("toolgate-evidence".into())
-            .spawn(move || writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx))
+            .spawn(move || {
+                yield_to_tool_calls();
+                writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx)
+            })
             .map_err(|e| StoreError::Sqlite(format!("cannot start the evidence writer: {e}")))?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
@@ -778,6 +781,21 @@ fn timeline_of(inv: &Invocation) -> Vec<(Millis, Value)> {
         ));
     }
     out
+}
+
+/// Nice value of the writer thread: on a busy machine the tool-call threads preempt its
+/// commits instead of queueing behind them (evidence may wait; a caller may not).
+const WRITER_NICE: i32 = 10;
+
+/// Lower this thread's CPU priority (Linux: a thread's own nice value). Best effort.
+fn yield_to_tool_calls() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
+            tracing::debug!(error = %e, "cannot lower the evidence writer's priority");
+        }
+    }
 }
 
 fn writer_loop(
