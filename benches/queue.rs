@@ -1,16 +1,23 @@
-//! Enqueue throughput and latency of the SQLite job store, fsync on every commit (WAL,
-//! `synchronous = FULL`), one writer thread batching whatever is waiting into one commit.
+//! Enqueue throughput and latency of the job store: the SQLite backend (fsync on every commit,
+//! WAL, `synchronous = FULL`, one writer thread batching whatever is waiting into one commit),
+//! then the NATS JetStream backend against a local `nats-server` (skipped with a note when it
+//! is not installed).
 //!
 //! Each round runs `writers` concurrent tasks that enqueue jobs back to back for a few
-//! seconds; an enqueue's latency is from the call until its commit is answered.
+//! seconds; an enqueue's latency is from the call until it is durable (the SQLite commit
+//! answered; JetStream's acknowledgement of the job's notice received).
 //!
 //! Run: `cargo bench --bench queue` (set `QUEUE_BENCH_DIR` to put the file on another disk).
+
+#[path = "../tests/nats_support/mod.rs"]
+mod nats_support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
+use toolgate::workflow::nats::NatsOptions;
 use toolgate::workflow::store::JobStore;
 use toolgate::workflow::{DeferReason, NewJob, Start, now_ms};
 
@@ -63,24 +70,50 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "enqueue with fsync per commit, {secs} s per round, file in {}",
+        "SQLite: enqueue with fsync per commit, {secs} s per round, file in {}",
         dir.path().display()
     );
+    let mut seq = 0u64;
+    rounds(&rt, secs, &mut seq, |writers| {
+        let path = dir.path().join(format!("queue-{writers}.db"));
+        Arc::new(JobStore::open(&path).unwrap())
+    });
+    let Some(server) = nats_support::NatsServer::start(&[]) else {
+        return;
+    };
+    println!(
+        "NATS JetStream: enqueue = job record, action key, notice published and acknowledged; \
+         nats-server on loopback, file storage, {secs} s per round"
+    );
+    let url = server.url();
+    rounds(&rt, secs, &mut seq, |writers| {
+        let options = NatsOptions::new(vec![url.clone()], format!("BENCH{writers}"));
+        Arc::new(rt.block_on(JobStore::open_nats(options)).unwrap())
+    });
+    drop(server);
+}
+
+/// One round per writer count against the store `open` gives, with a table line each.
+fn rounds(
+    rt: &tokio::runtime::Runtime,
+    secs: f64,
+    seq: &mut u64,
+    mut open: impl FnMut(usize) -> Arc<JobStore>,
+) {
     println!(
         "{:>8} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "writers", "jobs/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms"
     );
-    let mut seq = 0u64;
     for writers in [1usize, 8, 64, 256] {
-        let path = dir.path().join(format!("queue-{writers}.db"));
-        let store = Arc::new(JobStore::open(&path).unwrap());
+        let store = open(writers);
+        let first = *seq;
         let (latencies, elapsed) = rt.block_on(async {
             let start = Instant::now();
             let until = start + Duration::from_secs_f64(secs);
             let mut tasks = Vec::new();
             for w in 0..writers {
                 let store = store.clone();
-                let base = seq + (w as u64) * 10_000_000;
+                let base = first + (w as u64) * 10_000_000;
                 tasks.push(tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut n = base;
@@ -99,7 +132,7 @@ fn main() {
             }
             (all, start.elapsed())
         });
-        seq += 1_000_000_000;
+        *seq += 1_000_000_000;
         let mut sorted = latencies;
         sorted.sort_unstable();
         println!(
