@@ -59,6 +59,10 @@ type Op = Box<dyn FnOnce(Result<&Transaction<'_>, &StoreError>) -> Reply + Send>
 /// The durable job queue, on SQLite or on NATS JetStream. Every method means the same on
 /// both: a write is durable when it returns `Ok` (committed and fsynced, or acknowledged by
 /// JetStream).
+///
+/// The NATS futures are boxed: they are kilobytes (several JetStream round trips each), and a
+/// caller's future holds the largest of its awaits inline. A session's task awaits
+/// `cancel_unsent`, so unboxed they would add their size to every live call, idle or not.
 pub struct JobStore {
     backend: Backend,
     /// Woken when a job becomes runnable (enqueue, release, retry) in this process.
@@ -309,7 +313,7 @@ impl JobStore {
         let notify = matches!(job.start, Start::RunnableAt(_));
         let stored = match &self.backend {
             Backend::Sqlite(s) => s.write(move |tx| ops::enqueue(tx, &job, now)).await?,
-            Backend::Nats(n) => n.enqueue(job, now).await?,
+            Backend::Nats(n) => Box::pin(n.enqueue(job, now)).await?,
         };
         if notify {
             self.runnable.notify_waiters();
@@ -325,7 +329,7 @@ impl JobStore {
                 let owner = owner.to_owned();
                 s.write(move |tx| ops::claim(tx, &owner, now)).await
             }
-            Backend::Nats(n) => n.claim(owner, now).await,
+            Backend::Nats(n) => Box::pin(n.claim(owner, now)).await,
         }
     }
 
@@ -346,7 +350,7 @@ impl JobStore {
                 s.write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now))
                     .await?
             }
-            Backend::Nats(n) => n.finish(id, owner, attempt, &finish, now).await?,
+            Backend::Nats(n) => Box::pin(n.finish(id, owner, attempt, &finish, now)).await?,
         };
         if retried {
             self.runnable.notify_waiters();
@@ -371,7 +375,9 @@ impl JobStore {
                 s.write(move |tx| ops::put_back(tx, &id, &owner, attempt, not_before, &why, now))
                     .await?
             }
-            Backend::Nats(n) => n.put_back(id, owner, attempt, not_before, why, now).await?,
+            Backend::Nats(n) => {
+                Box::pin(n.put_back(id, owner, attempt, not_before, why, now)).await?
+            }
         };
         if done {
             self.runnable.notify_waiters();
@@ -396,7 +402,7 @@ impl JobStore {
                 s.write(move |tx| ops::mark_sending(tx, &id, &owner, attempt, now))
                     .await
             }
-            Backend::Nats(n) => n.mark_sending(id, owner, attempt, now).await,
+            Backend::Nats(n) => Box::pin(n.mark_sending(id, owner, attempt, now)).await,
         }
     }
 
@@ -413,7 +419,7 @@ impl JobStore {
                 s.write(move |tx| ops::release(tx, Some((&org, &call_id)), now))
                     .await?
             }
-            Backend::Nats(n) => n.release_call(org, call_id, now).await?,
+            Backend::Nats(n) => Box::pin(n.release_call(org, call_id, now)).await?,
         };
         if n > 0 {
             self.runnable.notify_waiters();
@@ -427,7 +433,7 @@ impl JobStore {
     pub async fn release_all_held(&self, now: Millis) -> Result<usize, StoreError> {
         let n = match &self.backend {
             Backend::Sqlite(s) => s.write(move |tx| ops::release(tx, None, now)).await?,
-            Backend::Nats(n) => n.release_orphaned(now, true).await?,
+            Backend::Nats(n) => Box::pin(n.release_orphaned(now, true)).await?,
         };
         if n > 0 {
             self.runnable.notify_waiters();
@@ -443,7 +449,7 @@ impl JobStore {
     pub async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
         let n = match &self.backend {
             Backend::Sqlite(_) => 0,
-            Backend::Nats(n) => n.sweep(now).await?,
+            Backend::Nats(n) => Box::pin(n.sweep(now)).await?,
         };
         if n > 0 {
             self.runnable.notify_waiters();
@@ -464,7 +470,7 @@ impl JobStore {
                 s.write(move |tx| ops::cancel_unsent(tx, &id, &why, now))
                     .await
             }
-            Backend::Nats(n) => n.cancel_unsent(id, why, now).await,
+            Backend::Nats(n) => Box::pin(n.cancel_unsent(id, why, now)).await,
         }
     }
 
@@ -480,7 +486,7 @@ impl JobStore {
                 let id = id.to_owned();
                 s.write(move |tx| ops::retry(tx, &id, now)).await?
             }
-            Backend::Nats(n) => n.retry(id, now).await?,
+            Backend::Nats(n) => Box::pin(n.retry(id, now)).await?,
         };
         if matches!(r, Some(Ok(_))) {
             self.runnable.notify_waiters();
@@ -495,7 +501,7 @@ impl JobStore {
                 let id = id.to_owned();
                 s.read(move |c| ops::get(c, &id)).await
             }
-            Backend::Nats(n) => n.get(id).await,
+            Backend::Nats(n) => Box::pin(n.get(id)).await,
         }
     }
 
@@ -503,7 +509,7 @@ impl JobStore {
     pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.prune(before).await,
-            Backend::Nats(n) => n.prune(before).await,
+            Backend::Nats(n) => Box::pin(n.prune(before)).await,
         }
     }
 
@@ -511,7 +517,7 @@ impl JobStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.ping().await,
-            Backend::Nats(n) => n.ping().await,
+            Backend::Nats(n) => Box::pin(n.ping()).await,
         }
     }
 
@@ -527,7 +533,7 @@ impl JobStore {
                 s.read(move |c| ops::list(c, state, org.as_deref(), limit))
                     .await
             }
-            Backend::Nats(n) => n.list(state, org.as_deref(), limit).await,
+            Backend::Nats(n) => Box::pin(n.list(state, org.as_deref(), limit)).await,
         }
     }
 
@@ -535,7 +541,7 @@ impl JobStore {
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(ops::counts).await,
-            Backend::Nats(n) => n.counts().await,
+            Backend::Nats(n) => Box::pin(n.counts()).await,
         }
     }
 
@@ -555,7 +561,7 @@ impl JobStore {
     pub async fn close(&self) {
         match &self.backend {
             Backend::Sqlite(s) => s.close().await,
-            Backend::Nats(n) => n.close().await,
+            Backend::Nats(n) => Box::pin(n.close()).await,
         }
     }
 }
