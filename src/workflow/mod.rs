@@ -187,6 +187,71 @@ pub struct NewJob {
     pub start: Start,
 }
 
+/// A new job's first state: the same on every backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirstState {
+    /// `queued`, `in_flight` (a live request holds it) or `dead` (out of attempts already).
+    pub state: JobState,
+    /// Attempts made so far (a live one counts).
+    pub attempts: u32,
+    /// When it may run; `None` while held for its call (or leased, or dead).
+    pub runnable_at: Option<Millis>,
+    /// The live request's lease owner.
+    pub lease_owner: Option<String>,
+    /// When that lease lapses.
+    pub lease_until: Option<Millis>,
+    /// The live attempt's error.
+    pub last_error: Option<String>,
+    /// A non-idempotent action whose live attempt may have reached the provider.
+    pub at_least_once: bool,
+    /// Whether an attempt may already have reached the provider.
+    pub possibly_sent: bool,
+}
+
+impl NewJob {
+    /// Where this job starts, from [`NewJob::start`] and its attempts.
+    pub fn first_state(&self) -> FirstState {
+        let mut first = FirstState {
+            state: JobState::Queued,
+            attempts: 0,
+            runnable_at: None,
+            lease_owner: None,
+            lease_until: None,
+            last_error: None,
+            at_least_once: false,
+            possibly_sent: false,
+        };
+        match &self.start {
+            Start::RunnableAt(at) => first.runnable_at = Some(*at),
+            Start::AfterCall => {}
+            Start::Retry {
+                not_before,
+                possibly_sent,
+                error,
+            } => {
+                first.attempts = 1;
+                first.runnable_at = Some(*not_before);
+                first.last_error = Some(error.clone());
+                first.at_least_once = *possibly_sent && !self.idempotent;
+                first.possibly_sent = *possibly_sent;
+            }
+            Start::Live { owner, until } => {
+                first.state = JobState::InFlight;
+                first.attempts = 1;
+                first.lease_owner = Some(owner.clone());
+                first.lease_until = Some(*until);
+                first.possibly_sent = true;
+            }
+        }
+        if first.state == JobState::Queued && first.attempts >= self.max_attempts {
+            first.state = JobState::Dead;
+            first.runnable_at = None;
+            first.at_least_once = false;
+        }
+        first
+    }
+}
+
 /// A stored job.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {

@@ -55,7 +55,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::store::{LEASE_MARGIN, StoreError};
-use super::{Finish, Job, JobState, Millis, NewJob, Start, job_id, now_ms};
+use super::{Finish, FirstState, Job, JobState, Millis, NewJob, Start, job_id, now_ms};
 use crate::bindings::ResolvedInput;
 use crate::config::{NatsAuth, NatsSettings};
 
@@ -220,35 +220,16 @@ mod rules {
 
     /// A new job as its first record.
     pub(super) fn new_record(job: &NewJob, id: &str, now: Millis, host: &str) -> Record {
-        let mut last_error = None;
-        let mut at_least_once = false;
-        let mut possibly_sent = matches!(job.start, Start::Live { .. });
-        let (mut state, attempts, mut runnable_at, lease_owner, lease_until) = match &job.start {
-            Start::RunnableAt(at) => (JobState::Queued, 0, Some(*at), None, None),
-            Start::AfterCall => (JobState::Queued, 0, None, None, None),
-            Start::Retry {
-                not_before,
-                possibly_sent: sent,
-                error,
-            } => {
-                last_error = Some(error.clone());
-                at_least_once = *sent && !job.idempotent;
-                possibly_sent = *sent;
-                (JobState::Queued, 1, Some(*not_before), None, None)
-            }
-            Start::Live { owner, until } => (
-                JobState::InFlight,
-                1,
-                None,
-                Some(owner.clone()),
-                Some(*until),
-            ),
-        };
-        if state == JobState::Queued && attempts >= job.max_attempts {
-            state = JobState::Dead;
-            runnable_at = None;
-            at_least_once = false;
-        }
+        let FirstState {
+            state,
+            attempts,
+            runnable_at,
+            lease_owner,
+            lease_until,
+            last_error,
+            at_least_once,
+            possibly_sent,
+        } = job.first_state();
         let held = state == JobState::Queued && runnable_at.is_none();
         Record {
             id: id.to_owned(),

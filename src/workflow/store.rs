@@ -22,7 +22,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{error, info};
 
 use super::nats::{NatsJobs, NatsOptions};
-use super::{Finish, Job, JobState, Millis, NewJob, Start, job_id};
+use super::{Finish, FirstState, Job, JobState, Millis, NewJob, Start, job_id};
 use crate::config::StorageSettings;
 
 /// Why a store operation failed.
@@ -680,35 +680,16 @@ pub mod ops {
             )?
             .execute([&existing.id])?;
         }
-        let mut last_error = None;
-        let mut at_least_once = false;
-        let mut sent_before = matches!(job.start, Start::Live { .. });
-        let (mut state, attempts, mut runnable_at, lease_owner, lease_until) = match &job.start {
-            Start::RunnableAt(at) => (JobState::Queued, 0, Some(*at), None, None),
-            Start::AfterCall => (JobState::Queued, 0, None, None, None),
-            Start::Retry {
-                not_before,
-                possibly_sent,
-                error,
-            } => {
-                last_error = Some(error.clone());
-                at_least_once = *possibly_sent && !job.idempotent;
-                sent_before = *possibly_sent;
-                (JobState::Queued, 1, Some(*not_before), None, None)
-            }
-            Start::Live { owner, until } => (
-                JobState::InFlight,
-                1,
-                None,
-                Some(owner.clone()),
-                Some(*until),
-            ),
-        };
-        if state == JobState::Queued && attempts >= job.max_attempts {
-            state = JobState::Dead;
-            runnable_at = None;
-            at_least_once = false;
-        }
+        let FirstState {
+            state,
+            attempts,
+            runnable_at,
+            lease_owner,
+            lease_until,
+            last_error,
+            at_least_once,
+            possibly_sent: sent_before,
+        } = job.first_state();
         let finished_at = (state == JobState::Dead).then_some(now);
         let inputs = serde_json::to_string(&job.inputs)
             .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?;
