@@ -533,11 +533,16 @@ async fn worker(path: PathBuf) -> ExitCode {
         toolgate::connections::validate::run_periodically(rt.clone(), stop.clone())
             .instrument(tracing::info_span!("validator")),
     );
+    let housekeeping = tokio::spawn(
+        toolgate::workflow::housekeeping::run(rt.clone(), stop.clone())
+            .instrument(tracing::info_span!("housekeeping")),
+    );
     serve_signals(&rt).await;
     tracing::info!("shutting down: no new claims; waiting for running attempts");
     stop.cancel();
     let _ = tokio::time::timeout(drain, task).await;
     let _ = validator.await;
+    let _ = housekeeping.await;
     rt.jobs.close().await;
     rt.evidence.close().await;
     ExitCode::SUCCESS

@@ -26,7 +26,7 @@ use crate::net::{self, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
 use crate::workflow::store::StoreError;
-use crate::workflow::{now_ms, worker};
+use crate::workflow::{housekeeping, now_ms, worker};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +55,7 @@ pub struct Server {
     admin_task: JoinHandle<()>,
     worker: Option<(CancellationToken, JoinHandle<()>)>,
     validator: (CancellationToken, JoinHandle<()>),
+    housekeeping: JoinHandle<()>,
 }
 
 impl Server {
@@ -91,6 +92,12 @@ impl Server {
         let validator = tokio::spawn(
             crate::connections::validate::run_periodically(runtime.clone(), validator_stop.clone())
                 .instrument(tracing::info_span!("validator")),
+        );
+        // Stopped with the validator: it prunes, sweeps, and catches up on writes that failed
+        // while NATS was away, with or without a worker here.
+        let housekeeping = tokio::spawn(
+            housekeeping::run(runtime.clone(), validator_stop.clone())
+                .instrument(tracing::info_span!("housekeeping")),
         );
         let worker = runtime.config().workflow.worker.then(|| {
             let stop = CancellationToken::new();
@@ -130,6 +137,7 @@ impl Server {
             admin_task,
             worker,
             validator: (validator_stop, validator),
+            housekeeping,
         })
     }
 
@@ -181,6 +189,7 @@ impl Server {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
         let _ = self.validator.1.await;
+        let _ = self.housekeeping.await;
         self.runtime.jobs.close().await;
         self.runtime.evidence.close().await;
         self.admin_shutdown.cancel();

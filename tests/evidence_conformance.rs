@@ -22,7 +22,7 @@ use toolgate::session::state::Entry;
 use toolgate::workflow::Millis;
 use toolgate::workflow::nats::NatsOptions;
 
-use nats_support::NatsServer;
+use nats_support::{NatsServer, unique_prefix};
 
 const PREFIX: &str = "TGEVID";
 const RETAIN: Duration = Duration::from_secs(30 * 86_400);
@@ -37,18 +37,31 @@ struct Hosts {
     kind: Kind,
     dir: tempfile::TempDir,
     nats: Option<NatsServer>,
+    /// This case's stream prefix (cases may share a server).
+    prefix: String,
 }
 
 impl Hosts {
+    /// Hosts on the shared nats-server, when there is one.
     fn new(kind: Kind) -> Option<Hosts> {
+        Hosts::on(kind, NatsServer::shared)
+    }
+
+    /// Hosts on a nats-server of their own, which the case may stop and start.
+    fn new_own(kind: Kind) -> Option<Hosts> {
+        Hosts::on(kind, || NatsServer::start(&[]))
+    }
+
+    fn on(kind: Kind, server: impl FnOnce() -> Option<NatsServer>) -> Option<Hosts> {
         let nats = match kind {
             Kind::Sqlite => None,
-            Kind::Nats => Some(NatsServer::start(&[])?),
+            Kind::Nats => Some(server()?),
         };
         Some(Hosts {
             kind,
             dir: tempfile::tempdir().unwrap(),
             nats,
+            prefix: unique_prefix(PREFIX),
         })
     }
 
@@ -57,7 +70,7 @@ impl Hosts {
         NatsOptions {
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
-            ..NatsOptions::new(vec![server.url()], PREFIX)
+            ..NatsOptions::new(vec![server.url()], self.prefix.as_str())
         }
     }
 
@@ -94,6 +107,12 @@ impl Hosts {
 
 macro_rules! both {
     ($name:ident, $scenario:ident) => {
+        both!($name, $scenario, new);
+    };
+    ($name:ident, $scenario:ident, own) => {
+        both!($name, $scenario, new_own);
+    };
+    ($name:ident, $scenario:ident, $hosts:ident) => {
         mod $name {
             use super::*;
 
@@ -106,7 +125,7 @@ macro_rules! both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nats() {
-                if let Some(h) = Hosts::new(Kind::Nats) {
+                if let Some(h) = Hosts::$hosts(Kind::Nats) {
                     $scenario(h).await;
                 }
             }
@@ -579,7 +598,7 @@ mod nats_only {
             .await
             .unwrap();
         async_nats::jetstream::new(client)
-            .delete_stream(format!("{PREFIX}_EVIDENCE"))
+            .delete_stream(format!("{}_EVIDENCE", h.prefix))
             .await
             .unwrap();
         let a = h.open("a").await;
@@ -601,7 +620,9 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_server_loses_nothing_acknowledged() {
-        let Some(mut h) = hosts() else { return };
+        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
+            return;
+        };
         let a = h.open("a").await;
         for i in 0..200u32 {
             a.submit(Event::Invocation(Box::new(inv(
@@ -672,7 +693,9 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nats_gone_never_blocks_submit_and_loss_is_counted() {
-        let Some(mut h) = hosts() else { return };
+        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
+            return;
+        };
         let a = h.open("a").await;
         a_call(&a, "acme", "before", 1_000);
         a.flush().await;
@@ -813,12 +836,12 @@ mod nats_only {
     }
 
     /// The test config on NATS for a sidecar whose local files live in `dir`.
-    fn nats_config(text: &str, url: &str, dir: &std::path::Path) -> String {
+    fn nats_config(text: &str, url: &str, prefix: &str, dir: &std::path::Path) -> String {
         let db = dir.join("toolgate.db").display().to_string();
         text.replacen(
             "[storage]\n",
             &format!(
-                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"E2EV\"\n"
+                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
             ),
             1,
         )
@@ -898,9 +921,10 @@ mod nats_only {
         use serde_json::{Value, json};
         use toolgate::mock::{MockProvider, Reply};
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let Some(nats) = NatsServer::start(&[]) else {
+        let Some(nats) = NatsServer::shared() else {
             return;
         };
+        let prefix = unique_prefix("E2EV");
         let resend = MockProvider::resend(RESEND_KEY).await.unwrap();
         let wati = MockProvider::wati(WATI_TOKEN).await.unwrap();
         let webhook = MockProvider::webhook(WEBHOOK_SECRET).await.unwrap();
@@ -916,7 +940,7 @@ mod nats_only {
             .iter()
             .map(|d| {
                 let file = d.path().join("toolgate.toml");
-                std::fs::write(&file, nats_config(&text, &nats.url(), d.path())).unwrap();
+                std::fs::write(&file, nats_config(&text, &nats.url(), &prefix, d.path())).unwrap();
                 file
             })
             .collect();

@@ -26,7 +26,7 @@ use toolgate::workflow::{
     Backoff, DeferReason, Finish, Job, JobState, Millis, NewJob, Start, now_ms,
 };
 
-use nats_support::{NatsServer, free_port};
+use nats_support::{NatsServer, free_port, unique_prefix};
 
 const PREFIX: &str = "TGTEST";
 /// The ack wait the NATS stores of this suite use: short, so a crashed holder's notice comes
@@ -47,18 +47,31 @@ struct Hosts {
     kind: Kind,
     dir: tempfile::TempDir,
     nats: Option<NatsServer>,
+    /// This case's stream prefix (cases may share a server).
+    prefix: String,
 }
 
 impl Hosts {
+    /// Hosts on the shared nats-server, when there is one.
     fn new(kind: Kind) -> Option<Hosts> {
+        Hosts::on(kind, NatsServer::shared)
+    }
+
+    /// Hosts on a nats-server of their own, which the case may stop and start.
+    fn new_own(kind: Kind) -> Option<Hosts> {
+        Hosts::on(kind, || NatsServer::start(&[]))
+    }
+
+    fn on(kind: Kind, server: impl FnOnce() -> Option<NatsServer>) -> Option<Hosts> {
         let nats = match kind {
             Kind::Sqlite => None,
-            Kind::Nats => Some(NatsServer::start(&[])?),
+            Kind::Nats => Some(server()?),
         };
         Some(Hosts {
             kind,
             dir: tempfile::tempdir().unwrap(),
             nats,
+            prefix: unique_prefix(PREFIX),
         })
     }
 
@@ -67,7 +80,7 @@ impl Hosts {
         NatsOptions {
             ack_wait: ACK_WAIT,
             claim_wait: CLAIM_WAIT,
-            ..NatsOptions::new(vec![server.url()], PREFIX)
+            ..NatsOptions::new(vec![server.url()], self.prefix.as_str())
         }
     }
 
@@ -98,9 +111,16 @@ impl Hosts {
     }
 }
 
-/// Run `scenario` against both backends, as `<name>::sqlite` and `<name>::nats`.
+/// Run `scenario` against both backends, as `<name>::sqlite` and `<name>::nats`; with `own`,
+/// the NATS case gets a server of its own (it stops and starts it).
 macro_rules! both {
     ($name:ident, $scenario:ident) => {
+        both!($name, $scenario, new);
+    };
+    ($name:ident, $scenario:ident, own) => {
+        both!($name, $scenario, new_own);
+    };
+    ($name:ident, $scenario:ident, $hosts:ident) => {
         mod $name {
             use super::*;
 
@@ -113,7 +133,7 @@ macro_rules! both {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn nats() {
-                if let Some(h) = Hosts::new(Kind::Nats) {
+                if let Some(h) = Hosts::$hosts(Kind::Nats) {
                     $scenario(h).await;
                 }
             }
@@ -607,9 +627,10 @@ async fn dead_letters(h: &Hosts, id: &str) -> u64 {
         .await
         .unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(format!("{PREFIX}_JOBS_DEAD")).await.unwrap();
+    let prefix = &h.prefix;
+    let stream = js.get_stream(format!("{prefix}_JOBS_DEAD")).await.unwrap();
     match stream
-        .get_last_raw_message_by_subject(&format!("{PREFIX}.jobs.dead.{id}"))
+        .get_last_raw_message_by_subject(&format!("{prefix}.jobs.dead.{id}"))
         .await
     {
         Ok(m) => {
@@ -793,7 +814,7 @@ async fn idempotency_scenario(h: Hosts) {
     assert_eq!(a.list(None, None, 10).await.unwrap().len(), 3);
 }
 
-both!(a_restart_loses_nothing_acknowledged, restart_scenario);
+both!(a_restart_loses_nothing_acknowledged, restart_scenario, own);
 async fn restart_scenario(mut h: Hosts) {
     let s = h.open().await;
     let mut runnable = Vec::new();
@@ -955,7 +976,7 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nats_away_fails_new_deferrals_and_reconnects() {
-        let Some(mut h) = Hosts::new(Kind::Nats) else {
+        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
             return;
         };
         let s = h.open().await;
@@ -1016,7 +1037,7 @@ mod nats_only {
             .await
             .unwrap();
         let js = async_nats::jetstream::new(client);
-        js.get_stream(format!("{PREFIX}_JOBS"))
+        js.get_stream(format!("{}_JOBS", h.prefix))
             .await
             .unwrap()
             .purge()

@@ -23,14 +23,14 @@ const FUNCTION: &str = "timing = { mode = \"workflow\" }";
 const FUNCTION_SHORT: &str = "timing = { mode = \"workflow\", hard_timeout_ms = 4000 }";
 
 /// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
-fn nats_config(text: &str, url: &str, dir: &Path, worker_in_sidecar: bool) -> String {
+fn nats_config(text: &str, url: &str, prefix: &str, dir: &Path, worker_in_sidecar: bool) -> String {
     let db = dir.join("toolgate.db").display().to_string();
     assert!(text.contains(FUNCTION), "test.toml changed: no {FUNCTION}");
     text.replacen(FUNCTION, FUNCTION_SHORT, 1)
         .replacen(
             "[storage]\n",
             &format!(
-                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"FAILOVER\"\n"
+                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
             ),
             1,
         )
@@ -124,12 +124,13 @@ fn log_of(dir: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_is_replaced_and_the_job_resent_with_the_same_key() {
-    let Some(nats) = NatsServer::start(&[]) else {
+    let Some(nats) = NatsServer::shared() else {
         return;
     };
+    let prefix = nats_support::unique_prefix("FAILOVER");
     let url = nats.url();
     let sidecar_dir = tempfile::tempdir().unwrap();
-    let env = Env::start_with(|t| nats_config(&t, &url, sidecar_dir.path(), false)).await;
+    let env = Env::start_with(|t| nats_config(&t, &url, &prefix, sidecar_dir.path(), false)).await;
     assert_eq!(env.server.runtime().jobs.backend(), "nats");
 
     // The first send hangs at the receiver (it has the request, the worker never gets an
@@ -164,7 +165,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_resent_with_the_same_ke
         .iter()
         .map(|d| {
             let file = d.path().join("toolgate.toml");
-            std::fs::write(&file, nats_config(&text, &url, d.path(), true)).unwrap();
+            std::fs::write(&file, nats_config(&text, &url, &prefix, d.path(), true)).unwrap();
             file
         })
         .collect();

@@ -14,11 +14,19 @@ use nats_support::NatsServer;
 use serde_json::json;
 
 /// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
-fn nats_config(text: &str, url: &str, dir: &std::path::Path, worker_in_sidecar: bool) -> String {
+fn nats_config(
+    text: &str,
+    url: &str,
+    prefix: &str,
+    dir: &std::path::Path,
+    worker_in_sidecar: bool,
+) -> String {
     let db = dir.join("toolgate.db").display().to_string();
     text.replacen(
         "[storage]\n",
-        &format!("[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"E2E\"\n"),
+        &format!(
+            "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
+        ),
         1,
     )
     .replacen(
@@ -77,12 +85,13 @@ fn stop(mut child: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_share_the_nats_queue_and_send_each_job_once() {
-    let Some(nats) = NatsServer::start(&[]) else {
+    let Some(nats) = NatsServer::shared() else {
         return;
     };
+    let prefix = nats_support::unique_prefix("E2E");
     let url = nats.url();
     let sidecar_dir = tempfile::tempdir().unwrap();
-    let env = Env::start_with(|t| nats_config(&t, &url, sidecar_dir.path(), false)).await;
+    let env = Env::start_with(|t| nats_config(&t, &url, &prefix, sidecar_dir.path(), false)).await;
     assert_eq!(env.server.runtime().jobs.backend(), "nats");
 
     // Six workflow calls over three calls: queued at once, held until each call ends.
@@ -130,7 +139,7 @@ async fn two_workers_share_the_nats_queue_and_send_each_job_once() {
     let mut workers = Vec::new();
     for d in &dirs {
         let file = d.path().join("toolgate.toml");
-        std::fs::write(&file, nats_config(&text, &url, d.path(), true)).unwrap();
+        std::fs::write(&file, nats_config(&text, &url, &prefix, d.path(), true)).unwrap();
         workers.push(spawn_worker(&file, &d.path().join("worker.log")));
     }
 

@@ -10,6 +10,7 @@
 //! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
 //! attempts).
 
+pub mod housekeeping;
 pub mod nats;
 pub mod store;
 pub mod worker;

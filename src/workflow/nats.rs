@@ -1417,6 +1417,52 @@ impl NatsJobs {
     }
 
     pub(crate) async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        let mut touched = self.repair_local(now).await?;
+        touched += self.release_orphaned(now, false).await?;
+        // Runnable jobs whose notice was lost between two writes (a host died in between).
+        let stale = now - ORPHAN_AFTER.as_millis() as i64;
+        for (rec, rev) in self.scan().await? {
+            if !rec.pending() || rec.updated_at > stale {
+                continue;
+            }
+            if self.has_notice(&rec.id).await? {
+                continue;
+            }
+            // A record no action key points at lost the race for its key: never queued.
+            let key = key_of(&rec.idempotency_key);
+            let owned = match self.keys.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => e.value == rec.id.as_bytes(),
+                Ok(_) => false,
+                Err(e) => return Err(nats_err("cannot read a job's action key", e)),
+            };
+            let renamed = rec.idempotency_key.ends_with(&format!("#{}", rec.id));
+            if !owned && !renamed {
+                self.remove_record(&rec.id).await?;
+                touched += 1;
+                continue;
+            }
+            self.publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                .await?;
+            warn!(job = %rec.id, "a runnable job had no notice; published it again");
+            touched += 1;
+        }
+        Ok(touched)
+    }
+
+    /// Whether this host left work for [`NatsJobs::repair_local`] while NATS was away.
+    pub(crate) fn has_local_repairs(&self) -> bool {
+        !self
+            .ended_calls
+            .lock()
+            .expect("ended calls lock")
+            .is_empty()
+            || !self.compensate.lock().expect("compensate lock").is_empty()
+    }
+
+    /// What this host could not write while NATS was away, written now: held jobs of calls
+    /// that ended meanwhile are released, and jobs whose enqueue was answered with an error
+    /// are failed unless a worker took them.
+    pub(crate) async fn repair_local(&self, now: Millis) -> Result<usize, StoreError> {
         self.usable()?;
         let mut touched = 0;
         // Calls that ended while NATS was away: their held jobs run now.
@@ -1461,34 +1507,6 @@ impl NatsJobs {
                 touched += 1;
             }
             self.compensate.lock().expect("compensate lock").remove(&id);
-        }
-        touched += self.release_orphaned(now, false).await?;
-        // Runnable jobs whose notice was lost between two writes (a host died in between).
-        let stale = now - ORPHAN_AFTER.as_millis() as i64;
-        for (rec, rev) in self.scan().await? {
-            if !rec.pending() || rec.updated_at > stale {
-                continue;
-            }
-            if self.has_notice(&rec.id).await? {
-                continue;
-            }
-            // A record no action key points at lost the race for its key: never queued.
-            let key = key_of(&rec.idempotency_key);
-            let owned = match self.keys.entry(&key).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => e.value == rec.id.as_bytes(),
-                Ok(_) => false,
-                Err(e) => return Err(nats_err("cannot read a job's action key", e)),
-            };
-            let renamed = rec.idempotency_key.ends_with(&format!("#{}", rec.id));
-            if !owned && !renamed {
-                self.remove_record(&rec.id).await?;
-                touched += 1;
-                continue;
-            }
-            self.publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
-                .await?;
-            warn!(job = %rec.id, "a runnable job had no notice; published it again");
-            touched += 1;
         }
         Ok(touched)
     }

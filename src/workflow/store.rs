@@ -457,6 +457,28 @@ impl JobStore {
         Ok(n)
     }
 
+    /// Whether this host has writes to catch up on once the store is back: held jobs of calls
+    /// that ended, or enqueues answered with an error, while NATS was away (never on SQLite).
+    pub fn has_local_repairs(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+            Backend::Nats(n) => n.has_local_repairs(),
+        }
+    }
+
+    /// Catch up on this host's writes that failed while NATS was away (the first part of
+    /// [`JobStore::sweep`], cheap enough to run as soon as the store answers again).
+    pub async fn repair_local(&self, now: Millis) -> Result<usize, StoreError> {
+        let n = match &self.backend {
+            Backend::Sqlite(_) => 0,
+            Backend::Nats(n) => Box::pin(n.repair_local(now)).await?,
+        };
+        if n > 0 {
+            self.runnable.notify_waiters();
+        }
+        Ok(n)
+    }
+
     /// Cancel a job that has not been sent yet (`tool.cancel` of a queued call).
     pub async fn cancel_unsent(
         &self,

@@ -27,13 +27,6 @@ use crate::telemetry;
 /// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// How often finished jobs and evidence past their retention are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
-
-/// How often the queue repairs what hosts that died left behind (NATS only; see
-/// [`super::store::JobStore::sweep`]).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
 /// Run the worker until `shutdown`; then stop claiming and let running attempts finish.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let owner = format!("worker:{}", ulid::Ulid::generate());
@@ -41,35 +34,9 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut running = JoinSet::new();
 
-    let mut next_prune = Instant::now();
-    let mut next_sweep = Instant::now() + SWEEP_EVERY;
     info!(%owner, concurrency, "workflow worker started");
     loop {
         while running.try_join_next().is_some() {}
-        if Instant::now() >= next_prune {
-            next_prune = Instant::now() + PRUNE_EVERY;
-            // Read at each pass, so a reload's retention applies.
-            let retain = Duration::from_secs(u64::from(rt.config().workflow.retain_days) * 86_400);
-            match rt.jobs.prune(now_ms() - retain.as_millis() as i64).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
-                Err(e) => warn!(error = %e, "cannot prune finished jobs"),
-            }
-            let days = i64::from(rt.config().evidence.retain_days);
-            match rt.evidence.prune(now_ms() - days * 86_400_000).await {
-                Ok(0) => {}
-                Ok(n) => info!(deleted = n, "evidence past its retention deleted"),
-                Err(e) => warn!(error = %e, "cannot prune evidence"),
-            }
-        }
-        if Instant::now() >= next_sweep {
-            next_sweep = Instant::now() + SWEEP_EVERY;
-            match rt.jobs.sweep(now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => info!(jobs = n, "job queue repaired"),
-                Err(e) => warn!(error = %e, "cannot sweep the job queue"),
-            }
-        }
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -223,10 +190,7 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         (None, Finish::Failed { error } | Finish::Retry { error, .. }) => Some(error.clone()),
         _ => None,
     };
-    let recorded = rt
-        .jobs
-        .finish(&job.id, owner, job.attempts, finish, now_ms())
-        .await;
+    let recorded = record_finish(rt, &job, owner, finish).await;
     // Every attempt is on record, one whose lease lapsed too: it may have reached the provider
     // while another claim sends it again.
     let lease_lost = matches!(recorded, Ok(false));
@@ -274,6 +238,48 @@ async fn attempt(rt: &Runtime, job: Job, owner: &str) {
         Err(e) => {
             warn!(error = %e, "cannot record a job attempt; its lease will lapse and it will run again")
         }
+    }
+}
+
+/// First and longest pause between tries to record an attempt's end.
+const RECORD_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// Record how an attempt ended. When the store is away (NATS restarting), keep trying while
+/// the lease holds: the attempt was made, and recording it late beats letting the lease lapse
+/// and sending the action a second time.
+async fn record_finish(
+    rt: &Runtime,
+    job: &Job,
+    owner: &str,
+    finish: Finish,
+) -> Result<bool, super::store::StoreError> {
+    let lease_end = job.lease_until.unwrap_or_else(now_ms);
+    let mut pause = RECORD_RETRY.0;
+    let mut tries = 1u32;
+    loop {
+        let e = match rt
+            .jobs
+            .finish(&job.id, owner, job.attempts, finish.clone(), now_ms())
+            .await
+        {
+            Ok(kept) => {
+                if tries > 1 {
+                    info!(tries, "job attempt recorded once the job store was back");
+                }
+                return Ok(kept);
+            }
+            Err(e) => e,
+        };
+        let closed = matches!(e, super::store::StoreError::Closed);
+        if closed || now_ms() + pause.as_millis() as i64 >= lease_end {
+            return Err(e);
+        }
+        if tries == 1 {
+            warn!(error = %e, "cannot record a job attempt; trying again while its lease holds");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RECORD_RETRY.1);
+        tries += 1;
     }
 }
 

@@ -1,6 +1,8 @@
-//! A nats-server with JetStream for one test, on a free loopback port with its own store
-//! directory, killed at the end. Missing nats-server: `start` returns `None` after a note, or
-//! panics when `TOOLGATE_REQUIRE_NATS=1` (CI).
+//! A nats-server with JetStream for tests: the one `.ci/run` starts for the whole run
+//! (`TOOLGATE_NATS_URL`, shared by tests that never stop it, each on stream prefixes of its
+//! own), or one per test on a free loopback port with its own store directory, killed at the
+//! end (tests that crash or restart it). Missing nats-server: `start` returns `None` after a
+//! note, or panics when `TOOLGATE_REQUIRE_NATS=1` (CI).
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -30,9 +32,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A nats-server with JetStream on a loopback port and its own store directory; killed when
-/// dropped.
+/// A nats-server with JetStream: this test's own (a loopback port and a store directory of
+/// its own, killed when dropped), or the one `.ci/run` started for all tests
+/// (`TOOLGATE_NATS_URL`), which a test may use but never stops.
 pub struct NatsServer {
+    url: String,
+    own: Option<Own>,
+}
+
+/// A server this test started.
+struct Own {
     bin: PathBuf,
     port: u16,
     dir: tempfile::TempDir,
@@ -40,9 +49,31 @@ pub struct NatsServer {
     child: Option<Child>,
 }
 
+/// A stream prefix no other test uses: tests that share a server keep their streams apart.
+pub fn unique_prefix(base: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{base}_{:x}{:x}", std::process::id(), nanos)
+}
+
 impl NatsServer {
-    /// A running server, or `None` (with a note) when nats-server is not installed and not
-    /// required.
+    /// The shared server when there is one (`TOOLGATE_NATS_URL`), else one of this test's
+    /// own. For tests that never stop or restart it; use stream prefixes from
+    /// [`unique_prefix`].
+    pub fn shared() -> Option<NatsServer> {
+        match std::env::var("TOOLGATE_NATS_URL") {
+            Ok(url) if !url.trim().is_empty() => Some(NatsServer {
+                url: url.trim().to_owned(),
+                own: None,
+            }),
+            _ => NatsServer::start(&[]),
+        }
+    }
+
+    /// A running server of this test's own, or `None` (with a note) when nats-server is not
+    /// installed and not required.
     pub fn start(extra: &[&str]) -> Option<NatsServer> {
         let Some(bin) = nats_server_bin() else {
             if std::env::var("TOOLGATE_REQUIRE_NATS").as_deref() == Ok("1") {
@@ -55,46 +86,51 @@ impl NatsServer {
             );
             return None;
         };
+        let port = free_port();
         let mut s = NatsServer {
-            bin,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
+            url: format!("nats://127.0.0.1:{port}"),
+            own: Some(Own {
+                bin,
+                port,
+                dir: tempfile::tempdir().unwrap(),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: None,
+            }),
         };
         s.spawn();
         Some(s)
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.url.clone()
     }
 
+    fn own(&mut self) -> &mut Own {
+        self.own
+            .as_mut()
+            .expect("this test stops nats-server: it must start its own (NatsServer::start)")
+    }
+
+    /// Start it (again, on the same port and store).
     pub fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
-        let child = Command::new(&self.bin)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
-            .arg(self.dir.path().join("store"))
-            .args(&self.extra)
+        let own = self.own();
+        let log = std::fs::File::create(own.dir.path().join("server.log")).unwrap();
+        let child = Command::new(&own.bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &own.port.to_string(), "-sd"])
+            .arg(own.dir.path().join("store"))
+            .args(&own.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        self.child = Some(child);
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", own.bin.display()));
+        own.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", own.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "nats-server did not listen on {} (log: {})",
-                self.port,
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+                own.port,
+                std::fs::read_to_string(own.dir.path().join("server.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -102,7 +138,7 @@ impl NatsServer {
 
     /// Kill the server without warning (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.own().child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -110,7 +146,7 @@ impl NatsServer {
 
     /// Stop it gracefully (SIGTERM): what a restart by an operator does.
     pub fn terminate(&mut self) {
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.own().child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
@@ -129,6 +165,11 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        self.kill();
+        if let Some(own) = &mut self.own
+            && let Some(mut c) = own.child.take()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
