@@ -515,7 +515,7 @@ async fn worker(path: PathBuf) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let drain = drain_time(&config);
-    let rt = match toolgate::runtime::Runtime::open(config, Some(path)).await {
+    let rt = match toolgate::runtime::Runtime::open_worker(config, Some(path)).await {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -53,9 +53,10 @@ pub enum ReloadError {
     NeedsRestart(String),
 }
 
-/// The job queue's acknowledgement wait on NATS: longer than the longest attempt any function
-/// may make (its hard timeout plus the lease margin), so a notice is redelivered only when its
-/// holder is gone. In-progress acks cover attempts whose timeout a reload lengthened.
+/// The job queue's acknowledgement wait on NATS: just past the longest lease any function's
+/// attempt holds (its hard timeout plus the lease margin), so a notice is redelivered only when
+/// its holder is gone, and a dead worker's job is taken over about when its lease ends.
+/// In-progress acks cover leases that outlive it (a reload lengthened a timeout).
 pub fn queue_ack_wait(config: &Config) -> std::time::Duration {
     let longest = config
         .agents
@@ -64,14 +65,19 @@ pub fn queue_ack_wait(config: &Config) -> std::time::Duration {
         .chain(std::iter::once(config.defaults.timing.hard_timeout))
         .max()
         .unwrap_or_default();
-    (longest + crate::workflow::store::LEASE_MARGIN + std::time::Duration::from_secs(5))
-        .max(std::time::Duration::from_secs(30))
+    (longest + crate::workflow::store::LEASE_MARGIN + std::time::Duration::from_secs(1))
+        .max(std::time::Duration::from_secs(5))
 }
 
 /// Open the evidence store `[storage]` names: on NATS JetStream when the job queue is there
 /// (`on_nats`: a job store that fell back to SQLite takes the evidence with it), else the
 /// local SQLite file alone. NATS failing here is an error, unless `fallback = "sqlite"`.
-async fn open_evidence(config: &Config, on_nats: bool) -> Result<EvidenceStore, RuntimeError> {
+/// `follow`: apply the stream to the local file, for a process that serves reads.
+async fn open_evidence(
+    config: &Config,
+    on_nats: bool,
+    follow: bool,
+) -> Result<EvidenceStore, RuntimeError> {
     let path = config.storage.evidence_path();
     let delay = config.evidence.writer_delay;
     let Some(nats) = config.storage.nats.as_ref().filter(|_| on_nats) else {
@@ -79,7 +85,12 @@ async fn open_evidence(config: &Config, on_nats: bool) -> Result<EvidenceStore, 
     };
     let options = crate::workflow::nats::NatsOptions::from_settings(nats);
     let retain = std::time::Duration::from_secs(u64::from(config.evidence.retain_days) * 86_400);
-    match EvidenceStore::open_nats(&path, delay, &options, retain).await {
+    let opened = if follow {
+        EvidenceStore::open_nats(&path, delay, &options, retain).await
+    } else {
+        EvidenceStore::open_nats_publisher(&path, delay, &options, retain).await
+    };
+    match opened {
         Ok(store) => Ok(store),
         Err(e) if nats.fallback_sqlite => {
             tracing::error!(
@@ -225,8 +236,25 @@ impl Runtime {
     /// job store `[storage]` names: the SQLite file, or NATS JetStream (an error naming the
     /// servers when NATS does not answer, unless `fallback = "sqlite"`).
     pub async fn open(config: Config, path: Option<PathBuf>) -> Result<Arc<Runtime>, RuntimeError> {
+        Runtime::open_as(config, path, true).await
+    }
+
+    /// [`Runtime::open`] for `toolgate worker`, which serves no reads: on NATS it publishes
+    /// evidence without keeping a copy of every host's.
+    pub async fn open_worker(
+        config: Config,
+        path: Option<PathBuf>,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
+        Runtime::open_as(config, path, false).await
+    }
+
+    async fn open_as(
+        config: Config,
+        path: Option<PathBuf>,
+        reads: bool,
+    ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config)).await?;
-        let evidence = open_evidence(&config, jobs.backend() == "nats").await?;
+        let evidence = open_evidence(&config, jobs.backend() == "nats", reads).await?;
         Runtime::assemble(config, path, jobs, evidence)
     }
 
@@ -324,5 +352,61 @@ impl Runtime {
             changed_connections,
             at_restart,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadOptions;
+    use std::time::Duration;
+
+    fn config(timing: &str) -> Config {
+        let text = format!(
+            r#"
+[[orgs]]
+id = "acme"
+session_tokens = [{{ env = "TOKEN" }}]
+
+[[connections]]
+id = "hooks"
+org = "acme"
+provider = "webhook"
+url = "https://hooks.acme.test/toolgate"
+secret = {{ env = "HOOK" }}
+
+[[agents]]
+id = "bot"
+org = "acme"
+
+[[agents.functions]]
+name = "log_note"
+action = "webhook.post"
+connection = "hooks"
+description = "Record a note."
+{timing}
+
+[agents.functions.inputs]
+note = {{ arg = "note", required = true }}
+"#
+        );
+        let env = |name: &str| match name {
+            "TOKEN" => Some("tok-acme".to_owned()),
+            "HOOK" => Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".to_owned()),
+            _ => None,
+        };
+        Config::from_toml(&text, &LoadOptions::new(".").with_env(env))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_queue_ack_wait_is_just_past_the_longest_lease() {
+        // The default hard timeout (10 s) + the lease margin (5 s) + 1 s.
+        assert_eq!(queue_ack_wait(&config("")), Duration::from_secs(16));
+        let long = config("timing = { mode = \"workflow\", hard_timeout_ms = 30000 }");
+        assert_eq!(queue_ack_wait(&long), Duration::from_secs(36));
+        // A short timeout on one function does not shorten it below the default's lease.
+        let short = config("timing = { mode = \"workflow\", hard_timeout_ms = 2000 }");
+        assert_eq!(queue_ack_wait(&short), Duration::from_secs(16));
     }
 }

@@ -2,7 +2,8 @@
 //! by another that finishes the job with the same idempotency key. The first worker's request
 //! reaches the webhook receiver and hangs; the worker is killed; a second worker takes the job
 //! over once its lease has lapsed and JetStream redelivers the notice (one ack wait after the
-//! last in-progress ack: at least 30 s), and sends it again with the same `webhook-id`.
+//! claim: the longest hard timeout in the config + 6 s, 16 s here), and sends it again with the
+//! same `webhook-id`.
 //! Skipped without nats-server unless `TOOLGATE_REQUIRE_NATS=1`.
 
 mod common;

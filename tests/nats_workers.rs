@@ -188,5 +188,41 @@ async fn two_workers_share_the_nats_queue_and_send_each_job_once() {
         assert!(!logs.contains(secret), "a secret in the worker logs");
     }
     assert!(logs.contains("job store open on NATS JetStream"), "{logs}");
+
+    // The workers published their attempts' evidence, which the sidecar reads; they serve
+    // no reads, so they keep no copy of the stream.
+    assert!(
+        logs.contains("evidence store on NATS JetStream: publishing only"),
+        "{logs}"
+    );
+    env.server.runtime().evidence.flush().await;
+    let (status, body) = env
+        .admin("GET", "/v1/calls/c-nats-0", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let workflow = body["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["source_type"] == "workflow")
+        .count();
+    assert_eq!(workflow, 2, "both attempts of c-nats-0 recorded: {body}");
+    for d in &dirs {
+        let file = d.path().join("toolgate-evidence.db");
+        let db = rusqlite::Connection::open(&file).unwrap();
+        let rows: i64 = db
+            .query_row(
+                "SELECT (SELECT count(*) FROM invocations) + (SELECT count(*) FROM calls)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            rows,
+            0,
+            "a worker applied the evidence stream to {}",
+            file.display()
+        );
+    }
     drop(nats);
 }

@@ -207,12 +207,14 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// Start publishing to `stream` and applying it to the file `writer` writes.
+    /// Start publishing to `stream` and, when `follow`, applying it to the file `writer`
+    /// writes (a host that serves reads); a `toolgate worker` only publishes.
     pub(crate) fn start(
         stream: Stream,
         writer: std_mpsc::SyncSender<Msg>,
         applied: watch::Receiver<u64>,
         dropped: Arc<AtomicU64>,
+        follow: bool,
     ) -> Link {
         let (tx, rx) = mpsc::channel(QUEUE);
         let pending = Arc::new(AtomicU64::new(0));
@@ -225,19 +227,24 @@ impl Link {
             dropped.clone(),
             stream.request_timeout,
         ));
-        let materializer = tokio::spawn(materialize(
-            stream.handle.clone(),
-            format!("{}.evidence.>", stream.prefix),
-            writer,
-            *applied.borrow(),
-            stop.clone(),
-        ));
-        info!(servers = %stream.servers, stream = %stream_name(&stream.prefix), from = *applied.borrow(), "evidence store on NATS JetStream: publishing, and applying the stream to the local file");
+        let materializer = if follow {
+            info!(servers = %stream.servers, stream = %stream_name(&stream.prefix), from = *applied.borrow(), "evidence store on NATS JetStream: publishing, and applying the stream to the local file");
+            Some(tokio::spawn(materialize(
+                stream.handle.clone(),
+                format!("{}.evidence.>", stream.prefix),
+                writer,
+                *applied.borrow(),
+                stop.clone(),
+            )))
+        } else {
+            info!(servers = %stream.servers, stream = %stream_name(&stream.prefix), "evidence store on NATS JetStream: publishing only (this process serves no reads)");
+            None
+        };
         Link {
             queue: Mutex::new(Some(tx)),
             pending,
             publisher: Mutex::new(Some(publisher)),
-            materializer: Mutex::new(Some(materializer)),
+            materializer: Mutex::new(materializer),
             stop,
             stream: stream.handle,
             client: stream.client,
@@ -283,6 +290,10 @@ impl Link {
             {
                 warn!("evidence flush: the publisher did not catch up in time");
             }
+        }
+        if self.materializer.lock().expect("evidence lock").is_none() {
+            // Publishing only: nothing is applied here.
+            return;
         }
         let state = match tokio::time::timeout(self.request_timeout, self.stream.get_info()).await {
             Ok(Ok(info)) => info.state,

@@ -321,6 +321,28 @@ impl EvidenceStore {
         options: &crate::workflow::nats::NatsOptions,
         retain: Duration,
     ) -> Result<EvidenceStore, StoreError> {
+        EvidenceStore::open_nats_as(path, writer_delay, options, retain, true).await
+    }
+
+    /// [`EvidenceStore::open_nats`] for a process that serves no reads (`toolgate worker`):
+    /// events are published, and the stream is not applied to the file, so its readers see
+    /// nothing of it.
+    pub async fn open_nats_publisher(
+        path: &Path,
+        writer_delay: Duration,
+        options: &crate::workflow::nats::NatsOptions,
+        retain: Duration,
+    ) -> Result<EvidenceStore, StoreError> {
+        EvidenceStore::open_nats_as(path, writer_delay, options, retain, false).await
+    }
+
+    async fn open_nats_as(
+        path: &Path,
+        writer_delay: Duration,
+        options: &crate::workflow::nats::NatsOptions,
+        retain: Duration,
+        follow: bool,
+    ) -> Result<EvidenceStore, StoreError> {
         let stream = super::nats::Stream::open(options, retain).await?;
         let mut store = EvidenceStore::open_file(path, writer_delay, Some(&stream.identity))?;
         let sender = store
@@ -334,6 +356,7 @@ impl EvidenceStore {
             sender,
             store.applied.clone(),
             store.dropped.clone(),
+            follow,
         ));
         Ok(store)
     }

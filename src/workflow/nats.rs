@@ -17,9 +17,10 @@
 //!   or *NAK with a delay* until its `not_before` (backoff, `Retry-After`, held back by a circuit
 //!   or a rate) or until a lease lapses, or ack the notice of a job that is finished or held
 //!   for the end of its call. A claimed job's notice stays unacknowledged while the attempt
-//!   runs, kept alive by in-progress acks until the lease ends; the ack wait is longer than the
-//!   longest provider timeout, so a worker that dies mid-attempt has its job's notice
-//!   redelivered and the job taken over once its lease lapses. The attempt count, backoff and
+//!   runs; the ack wait is just past the longest lease (hard timeout + 5 s margin + 1 s), so
+//!   a worker that dies mid-attempt has its job's notice redelivered about when its lease
+//!   ends, and the job taken over then (in-progress acks hold the notice for a lease that
+//!   outlives the ack wait). The attempt count, backoff and
 //!   `max_attempts` live in the job's state, not in the consumer's delivery count.
 //! - **Stream `P_JOBS_DEAD`** (subjects `P.jobs.dead.<job id>`, limits retention): a job out
 //!   of attempts is also published here (dead-letter subject); `GET /v1/jobs?state=dead`
@@ -1180,18 +1181,21 @@ impl NatsJobs {
         Ok(None)
     }
 
-    /// Keep a claimed job's notice unacknowledged while its attempt runs: in-progress acks
-    /// until the lease ends, after which the notice is redelivered one ack wait later, and the
-    /// lapsed lease taken over.
+    /// Keep a claimed job's notice unacknowledged while its attempt runs, so that it comes
+    /// back about when the lease ends: the ack wait outlasts any lease, and when a lease
+    /// outlasts the ack wait (a reload lengthened a timeout) in-progress acks hold the notice
+    /// until one ack wait before the lease ends. A notice back early finds the lease alive
+    /// and is put off to its end; at the end, a lapsed lease is taken over.
     fn hold(&self, rec: &Record, acker: Acker) {
         let acker = Arc::new(acker);
         let lease_end = Instant::now() + until(rec.lease_until.unwrap_or(0), now_ms());
-        let every = (self.options.ack_wait / 3).max(Duration::from_millis(100));
+        let ack_wait = self.options.ack_wait;
+        let every = (ack_wait / 3).max(Duration::from_millis(100));
         let keep = acker.clone();
         let keepalive = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if Instant::now() >= lease_end {
+                if Instant::now() + ack_wait >= lease_end {
                     break;
                 }
                 let _ = keep.ack_with(AckKind::Progress).await;
