@@ -835,7 +835,8 @@ mod nats_only {
         b.close().await;
     }
 
-    /// The test config on NATS for a sidecar whose local files live in `dir`.
+    /// The test config on NATS for a sidecar (its own workflow worker off) or a worker, whose
+    /// local files live in `dir`.
     fn nats_config(text: &str, url: &str, prefix: &str, dir: &std::path::Path) -> String {
         let db = dir.join("toolgate.db").display().to_string();
         text.replacen(
@@ -845,6 +846,7 @@ mod nats_only {
             ),
             1,
         )
+        .replacen("[workflow]\n", "[workflow]\nworker = false\n", 1)
         .lines()
         .map(|l| {
             if l.starts_with("path = ") {
@@ -871,24 +873,38 @@ mod nats_only {
         }
     }
 
-    fn serve(config: &std::path::Path) -> Sidecar {
+    /// `toolgate <verb> --config FILE` with the test secrets in its environment.
+    fn toolgate(verb: &str, config: &std::path::Path) -> std::process::Command {
         use common::*;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
+        cmd.args([verb, "--config"]).arg(config).envs([
+            ("ACME_SESSION_TOKEN", ACME_TOKEN),
+            ("BETA_SESSION_TOKEN", BETA_TOKEN),
+            ("ACME_RESEND_KEY", RESEND_KEY),
+            ("ACME_WATI_TOKEN", WATI_TOKEN),
+            ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
+            ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
+            ("ADMIN_TOKEN", ADMIN_TOKEN),
+            ("ACME_ADMIN_TOKEN", ACME_ADMIN),
+            ("BETA_ADMIN_TOKEN", BETA_ADMIN),
+        ]);
+        cmd
+    }
+
+    /// A running `toolgate worker` process (the workflow worker alone), killed when dropped.
+    struct Worker(std::process::Child);
+
+    impl Drop for Worker {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn serve(config: &std::path::Path) -> Sidecar {
         use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .envs([
-                ("ACME_SESSION_TOKEN", ACME_TOKEN),
-                ("BETA_SESSION_TOKEN", BETA_TOKEN),
-                ("ACME_RESEND_KEY", RESEND_KEY),
-                ("ACME_WATI_TOKEN", WATI_TOKEN),
-                ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-                ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-                ("ADMIN_TOKEN", ADMIN_TOKEN),
-                ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-                ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-            ])
+        use std::process::Stdio;
+        let mut child = toolgate("serve", config)
             .env("TOOLGATE_LOG", "info")
             .env("TOOLGATE_LOG_FORMAT", "json")
             .stdout(Stdio::null())
@@ -913,8 +929,10 @@ mod nats_only {
         panic!("toolgate serve did not start");
     }
 
-    /// Two `toolgate serve` processes share one NATS: a call served by A, with a deferred
-    /// action whose job A's worker runs, is read in full through B's admin API.
+    /// Two `toolgate serve` processes (their own workflow workers off) and one `toolgate
+    /// worker` share one NATS: a call served by A defers two actions, a live request past its
+    /// budget (finished by A) and a workflow action (run once at the receiver by the worker);
+    /// the whole call, both outcomes included, is read through B's admin API.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_call_served_by_one_sidecar_is_read_through_another() {
         use common::*;
@@ -935,7 +953,11 @@ mod nats_only {
             .replace("{webhook_health}", &webhook.health_url())
             .replace("{webhook}", &webhook.url())
             .replace("{beta_wati}", &beta_wati.url());
-        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let dirs = [
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        ];
         let configs: Vec<_> = dirs
             .iter()
             .map(|d| {
@@ -946,6 +968,13 @@ mod nats_only {
             .collect();
         let a = serve(&configs[0]);
         let b = serve(&configs[1]);
+        let worker = Worker(
+            toolgate("worker", &configs[2])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
 
         // Slower than the budget: answered `deferred`, finished by A's worker.
         resend.push(Reply::slow(900));
@@ -965,6 +994,14 @@ mod nats_only {
             .call("call_01", "email_later", json!({"summary": "Ships Friday"}))
             .await;
         assert_eq!(answer.status(), "deferred");
+        let note = s
+            .call(
+                "call_02",
+                "log_after_call",
+                json!({"note": "two sidecars, one worker"}),
+            )
+            .await;
+        assert_eq!(note.status(), "deferred", "{:?}", note.result.frame);
         s.client
             .send(&json!({"type": "session.end", "reason": "hangup"}))
             .await
@@ -993,7 +1030,7 @@ mod nats_only {
             let done = code == 200
                 && call["timeline"]
                     .as_array()
-                    .is_some_and(|t| t.iter().any(|e| e["type"] == "job.outcome"));
+                    .is_some_and(|t| t.iter().filter(|e| e["type"] == "job.outcome").count() == 2);
             if done {
                 break call;
             }
@@ -1028,7 +1065,19 @@ mod nats_only {
             "{record}"
         );
         assert_eq!(record["invocation"]["status"], "succeeded", "{record}");
-        drop((a, b));
+        let inv = note.result.frame["invocation_id"].as_str().unwrap();
+        let (code, record) = get(format!("/v1/invocations/{inv}")).await;
+        assert_eq!(code, 200, "{record}");
+        assert_eq!(record["invocation"]["status"], "succeeded", "{record}");
+        // The workflow action reached the receiver once, sent by the worker.
+        let reqs = webhook.requests();
+        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(
+            reqs[0].json()["data"]["inputs"]["note"],
+            "two sidecars, one worker"
+        );
+        assert_eq!(reqs[0].signature_valid, Some(true));
+        drop((a, b, worker));
         drop(nats);
     }
 }
