@@ -436,3 +436,98 @@ async fn sighup_reloads_the_config_file() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A config on NATS at a loopback port nothing listens on, with a token from the environment.
+fn unreachable_nats(text: String, fallback: bool) -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fallback = if fallback {
+        "fallback = \"sqlite\"\n"
+    } else {
+        ""
+    };
+    text.replacen(
+        "[storage]\n",
+        &format!(
+            "[storage]\nbackend = \"nats\"\nnats_url = \"nats://127.0.0.1:{port}\"\ntoken = {{ env = \"NATS_TOKEN\" }}\n{fallback}"
+        ),
+        1,
+    )
+}
+
+const NATS_TOKEN: &str = "nats-token-3f9a1c";
+
+#[tokio::test]
+async fn serve_with_nats_unreachable_exits_1_with_a_clear_error_and_no_secret() {
+    let m = mocks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), &m, |t| unreachable_nats(t, false));
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(SECRETS_ENV)
+        .env("NATS_TOKEN", NATS_TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{stderr}");
+    assert!(stderr.contains("cannot reach NATS"), "{stderr}");
+    assert!(
+        stderr.contains("nats://127.0.0.1:"),
+        "names the server: {stderr}"
+    );
+    assert!(
+        !stderr.contains(NATS_TOKEN),
+        "a secret in the error: {stderr}"
+    );
+    for secret in SECRETS {
+        assert!(!stderr.contains(secret), "a secret in the error: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn serve_with_nats_unreachable_and_the_sqlite_fallback_serves_and_says_so() {
+    let m = mocks().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_with(dir.path(), &m, |t| unreachable_nats(t, true));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(SECRETS_ENV)
+        .env("NATS_TOKEN", NATS_TOKEN)
+        .env("TOOLGATE_LOG", "info")
+        .env("TOOLGATE_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let mut serving = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        log.push_str(&line);
+        log.push('\n');
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "toolgate serving" {
+            serving = Some(v["admin"].as_str().unwrap().to_owned());
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let admin = serving.unwrap_or_else(|| panic!("did not serve on the fallback: {log}"));
+    assert!(!admin.is_empty());
+    assert!(log.contains("fallback"), "the fallback is logged: {log}");
+    assert!(
+        log.contains("cannot reach NATS"),
+        "with NATS's error: {log}"
+    );
+    assert!(!log.contains(NATS_TOKEN), "a secret in the log: {log}");
+}
