@@ -7,6 +7,8 @@
 //! seconds; an enqueue's latency is from the call until it is durable (the SQLite commit
 //! answered; JetStream's acknowledgement of the job's notice received).
 //!
+//! After each round it times the count of jobs per state (what each `/metrics` scrape asks).
+//!
 //! Run: `cargo bench --bench queue` (set `QUEUE_BENCH_DIR` to put the file on another disk).
 
 #[path = "../tests/nats_support/mod.rs"]
@@ -143,6 +145,16 @@ fn rounds(
             pct(&sorted, 0.99),
             pct(&sorted, 0.999),
             pct(&sorted, 1.0),
+        );
+        // What each `/metrics` scrape asks of the store: the count of jobs per state.
+        let t = Instant::now();
+        let counts = rt.block_on(store.counts()).unwrap();
+        let took = t.elapsed();
+        let held: u64 = counts.iter().map(|(_, n)| n).sum();
+        println!(
+            "{:>8} state counts (each /metrics scrape) over {held} jobs: {:.1} ms",
+            "",
+            took.as_secs_f64() * 1000.0
         );
         rt.block_on(store.close());
     }

@@ -534,7 +534,7 @@ async fn worker(path: PathBuf) -> ExitCode {
             .instrument(tracing::info_span!("validator")),
     );
     let housekeeping = tokio::spawn(
-        toolgate::workflow::housekeeping::run(rt.clone(), stop.clone())
+        toolgate::workflow::housekeeping::run(rt.clone(), stop.clone(), true)
             .instrument(tracing::info_span!("housekeeping")),
     );
     serve_signals(&rt).await;

@@ -55,7 +55,7 @@ pub struct Server {
     admin_task: JoinHandle<()>,
     worker: Option<(CancellationToken, JoinHandle<()>)>,
     validator: (CancellationToken, JoinHandle<()>),
-    housekeeping: JoinHandle<()>,
+    housekeeping: (CancellationToken, JoinHandle<()>),
 }
 
 impl Server {
@@ -93,11 +93,17 @@ impl Server {
             crate::connections::validate::run_periodically(runtime.clone(), validator_stop.clone())
                 .instrument(tracing::info_span!("validator")),
         );
-        // Stopped with the validator: it prunes, sweeps, and catches up on writes that failed
-        // while NATS was away, with or without a worker here.
-        let housekeeping = tokio::spawn(
-            housekeeping::run(runtime.clone(), validator_stop.clone())
-                .instrument(tracing::info_span!("housekeeping")),
+        // With or without a worker here: it catches up on writes that failed while NATS was
+        // away and prunes evidence; the queue-wide passes where a worker runs (and on SQLite,
+        // where they are cheap).
+        let housekeeping_stop = CancellationToken::new();
+        let upkeep = runtime.config().workflow.worker || runtime.jobs.backend() == "sqlite";
+        let housekeeping = (
+            housekeeping_stop.clone(),
+            tokio::spawn(
+                housekeeping::run(runtime.clone(), housekeeping_stop, upkeep)
+                    .instrument(tracing::info_span!("housekeeping")),
+            ),
         );
         let worker = runtime.config().workflow.worker.then(|| {
             let stop = CancellationToken::new();
@@ -189,7 +195,15 @@ impl Server {
             let _ = tokio::time::timeout_at(deadline, task).await;
         }
         let _ = self.validator.1.await;
-        let _ = self.housekeeping.await;
+        // Sessions are over: one last try at releasing what calls that ended while NATS was
+        // away held (else another host releases it once this one's heartbeat stops).
+        self.housekeeping.0.cancel();
+        let _ = self.housekeeping.1.await;
+        if self.runtime.jobs.has_local_repairs() {
+            let mut failures = 0;
+            let last = housekeeping::repair(&self.runtime, &mut failures);
+            let _ = tokio::time::timeout(Duration::from_secs(5), last).await;
+        }
         self.runtime.jobs.close().await;
         self.runtime.evidence.close().await;
         self.admin_shutdown.cancel();

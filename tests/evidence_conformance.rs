@@ -968,15 +968,16 @@ mod nats_only {
             .collect();
         let a = serve(&configs[0]);
         let b = serve(&configs[1]);
+        let worker_log = dirs[2].path().join("worker.log");
         let worker = Worker(
             toolgate("worker", &configs[2])
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&worker_log).unwrap())
                 .spawn()
                 .unwrap(),
         );
 
-        // Slower than the budget: answered `deferred`, finished by A's worker.
+        // Slower than the budget: answered `deferred`, the live request finished by A.
         resend.push(Reply::slow(900));
         let mut client = toolgate::client::CallClient::connect(
             &format!("ws://{}/v1/session", a.ws),
@@ -1071,7 +1072,12 @@ mod nats_only {
         assert_eq!(record["invocation"]["status"], "succeeded", "{record}");
         // The workflow action reached the receiver once, sent by the worker.
         let reqs = webhook.requests();
-        assert_eq!(reqs.len(), 1, "{reqs:?}");
+        assert_eq!(
+            reqs.len(),
+            1,
+            "{reqs:?}; worker log: {}",
+            std::fs::read_to_string(&worker_log).unwrap_or_default()
+        );
         assert_eq!(
             reqs[0].json()["data"]["inputs"]["note"],
             "two sidecars, one worker"

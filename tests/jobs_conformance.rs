@@ -247,9 +247,18 @@ async fn enqueue_claim_finish_scenario(h: Hosts) {
     assert!(done.inputs.is_empty(), "a sent job keeps no inputs");
     assert!(done.finished_at.is_some() && done.lease_owner.is_none());
     assert!(
-        !s.finish(&c.id, "w1", 1, ok, now()).await.unwrap(),
-        "a finished job takes no second report"
+        s.finish(&c.id, "w1", 1, ok, now()).await.unwrap(),
+        "the same report again counts as the one recorded"
     );
+    let other = Finish::Failed {
+        error: "HTTP 400".into(),
+    };
+    assert!(
+        !s.finish(&c.id, "w1", 1, other, now()).await.unwrap(),
+        "a finished job takes no other report"
+    );
+    let done = get(&s, &j.id).await;
+    assert_eq!(done.state, JobState::Succeeded);
     nothing_claimable(&s, "a finished job is not claimed").await;
 
     let same = s
@@ -812,6 +821,48 @@ async fn idempotency_scenario(h: Hosts) {
     assert_eq!(seen.id, held.id);
     assert_eq!(seen.lease_owner.as_deref(), Some("live:a"));
     assert_eq!(a.list(None, None, 10).await.unwrap().len(), 3);
+}
+
+// A worker whose finish was stored but never answered (NATS went away) sends it again: the
+// same end counts as recorded, once; another end, or another attempt's, does not.
+both!(a_finish_sent_again_counts_once, finish_again_scenario);
+async fn finish_again_scenario(h: Hosts) {
+    let s = h.open().await;
+    s.enqueue(job("f1", Start::RunnableAt(now())), now())
+        .await
+        .unwrap();
+    let j = claim_within(&s, "w", Duration::from_secs(5)).await.unwrap();
+    let retry = Finish::Retry {
+        not_before: now(),
+        error: "HTTP 503".into(),
+        possibly_sent: false,
+    };
+    assert!(s.finish(&j.id, "w", 1, retry.clone(), now()).await.unwrap());
+    assert!(
+        s.finish(&j.id, "w", 1, retry.clone(), now()).await.unwrap(),
+        "the same end again is the one recorded"
+    );
+    let failed = Finish::Failed {
+        error: "HTTP 400".into(),
+    };
+    assert!(
+        !s.finish(&j.id, "w", 1, failed, now()).await.unwrap(),
+        "another end of that attempt is not"
+    );
+    // The retry runs once more, attempt 2; attempt 1's end no longer matches.
+    let again = claim_within(&s, "w2", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((again.id.as_str(), again.attempts), (j.id.as_str(), 2));
+    nothing_claimable(&s, "one notice for the retry, not two").await;
+    let done = Finish::Succeeded {
+        message_id: Some("m-1".into()),
+    };
+    assert!(!s.finish(&j.id, "w", 1, retry, now()).await.unwrap());
+    assert!(s.finish(&j.id, "w2", 2, done.clone(), now()).await.unwrap());
+    assert!(s.finish(&j.id, "w2", 2, done, now()).await.unwrap());
+    let j = get(&s, &j.id).await;
+    assert_eq!((j.state, j.attempts), (JobState::Succeeded, 2));
 }
 
 both!(a_restart_loses_nothing_acknowledged, restart_scenario, own);

@@ -27,31 +27,39 @@ use common::*;
 use nats_support::NatsServer;
 use serde_json::json;
 
+/// The workflow action's timing in the shared test config, and here: a 30 s hard timeout
+/// gives the attempt in flight at the crash a 35 s lease, ample for the outage below (9 s)
+/// plus the client's reconnect backoff (up to 4 s) on a slow machine.
+const FUNCTION: &str = "timing = { mode = \"workflow\" }";
+const FUNCTION_HERE: &str = "timing = { mode = \"workflow\", hard_timeout_ms = 30000 }";
+
 /// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
 fn nats_config(text: &str, url: &str, dir: &Path, worker_in_sidecar: bool) -> String {
     let db = dir.join("toolgate.db").display().to_string();
-    text.replacen(
-        "[storage]\n",
-        &format!(
-            "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"RESTART\"\n"
-        ),
-        1,
-    )
-    .replacen(
-        "[workflow]\n",
-        &format!("[workflow]\nworker = {worker_in_sidecar}\n"),
-        1,
-    )
-    .lines()
-    .map(|l| {
-        if l.starts_with("path = ") {
-            format!("path = \"{db}\"")
-        } else {
-            l.to_owned()
-        }
-    })
-    .collect::<Vec<_>>()
-    .join("\n")
+    assert!(text.contains(FUNCTION), "test.toml changed: no {FUNCTION}");
+    text.replacen(FUNCTION, FUNCTION_HERE, 1)
+        .replacen(
+            "[storage]\n",
+            &format!(
+                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"RESTART\"\n"
+            ),
+            1,
+        )
+        .replacen(
+            "[workflow]\n",
+            &format!("[workflow]\nworker = {worker_in_sidecar}\n"),
+            1,
+        )
+        .lines()
+        .map(|l| {
+            if l.starts_with("path = ") {
+                format!("path = \"{db}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A `toolgate worker` process, killed and reaped when dropped.
@@ -225,7 +233,7 @@ async fn a_nats_restart_mid_run_loses_nothing_acknowledged() {
     );
     assert!(!ready(&env).await, "readiness reports NATS away");
     // Away long enough for the in-flight attempt to end (3 s) and for its record to fail (a
-    // NATS request waits up to 5 s for a reconnect), well within its lease (15 s).
+    // NATS request waits up to 5 s for a reconnect), well within its lease (35 s).
     tokio::time::sleep(Duration::from_secs(9).saturating_sub(crashed.elapsed())).await;
 
     // Back on the same store; the sidecar reconnects by itself.

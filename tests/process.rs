@@ -506,12 +506,23 @@ async fn serve_with_nats_unreachable_and_the_sqlite_fallback_serves_and_says_so(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Read on a thread, so a child that goes quiet fails the test at the deadline.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut log = String::new();
     let mut serving = None;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
         log.push_str(&line);
         log.push('\n');
         let v: Value = serde_json::from_str(&line).unwrap_or_default();

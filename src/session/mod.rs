@@ -443,7 +443,7 @@ impl Session {
         self.rt.tasks.spawn_on(
             async move {
                                 if let Err(e) = jobs.release_call(&org, &call_id, now_ms()).await {
-                    tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs; they run when the store next releases held jobs (a restart, or another host's sweep)");
+                    tracing::error!(call_id = %call_id, error = %e, "cannot release the call's workflow jobs now; they are released once NATS answers again (or, on SQLite, at the next start)");
                 }
             }
             .in_current_span(),

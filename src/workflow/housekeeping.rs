@@ -1,9 +1,11 @@
-//! Housekeeping every host runs, whether or not it runs a worker: deleting finished jobs and
-//! evidence past their retention, repairing the queue after hosts that died (NATS), and
-//! catching up on this host's writes that failed while NATS was away.
+//! Housekeeping every process runs, whether or not it runs a worker: catching up on this
+//! host's writes that failed while NATS was away, and deleting evidence past its retention.
+//! A process that runs a worker also keeps the queue: deleting finished jobs past their
+//! retention and repairing what hosts that died left behind (NATS).
 //!
 //! A sidecar with `workflow.worker = false` still ends calls and defers actions, so it too
-//! must release what it held once NATS is back, and keep its evidence copy within retention.
+//! must release what it held once NATS is back, and keep its evidence copy within retention;
+//! the queue-wide passes (each reads every kept job on NATS) are left to the workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,33 +28,33 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// the store is written only when there is something to repair).
 const REPAIR_EVERY: Duration = Duration::from_secs(1);
 
-/// Run until `shutdown`. Pruning runs at once, then hourly; a failed pass is logged and tried
-/// again at its next turn.
-pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
+/// Run until `shutdown`; `queue` when this process runs a worker (it also prunes and sweeps
+/// the job queue). Pruning runs at once, then hourly; a failed pass is logged and tried again
+/// at its next turn; `shutdown` cuts a pass short.
+pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken, queue: bool) {
     let mut next_prune = Instant::now();
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    let mut repair_failures: u32 = 0;
     loop {
-        if Instant::now() >= next_prune {
-            next_prune = Instant::now() + PRUNE_EVERY;
-            prune(&rt).await;
-        }
-        if Instant::now() >= next_sweep {
-            next_sweep = Instant::now() + SWEEP_EVERY;
-            match rt.jobs.sweep(now_ms()).await {
-                Ok(0) => {}
-                Ok(n) => info!(jobs = n, "job queue repaired"),
-                Err(e) => warn!(error = %e, "cannot sweep the job queue"),
+        let pass = async {
+            if Instant::now() >= next_prune {
+                next_prune = Instant::now() + PRUNE_EVERY;
+                prune(&rt, queue).await;
             }
-        } else if rt.jobs.has_local_repairs() {
-            // Quietly: while NATS is away this fails every second.
-            if let Ok(n) = rt.jobs.repair_local(now_ms()).await
-                && n > 0
-            {
-                info!(
-                    jobs = n,
-                    "job writes that failed while the store was away are done"
-                );
+            if queue && Instant::now() >= next_sweep {
+                next_sweep = Instant::now() + SWEEP_EVERY;
+                match rt.jobs.sweep(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(jobs = n, "job queue repaired"),
+                    Err(e) => warn!(error = %e, "cannot sweep the job queue"),
+                }
+            } else if rt.jobs.has_local_repairs() {
+                repair(&rt, &mut repair_failures).await;
             }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = pass => {}
         }
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -61,14 +63,38 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken) {
     }
 }
 
-async fn prune(rt: &Runtime) {
+/// Catch up on this host's writes that failed while NATS was away. Failures are logged at
+/// the 1st, 2nd, 4th, 8th... in a row: while NATS is away this fails every second.
+pub async fn repair(rt: &Runtime, failures: &mut u32) {
+    match rt.jobs.repair_local(now_ms()).await {
+        Ok(n) => {
+            *failures = 0;
+            if n > 0 {
+                info!(
+                    jobs = n,
+                    "job writes that failed while the store was away are done"
+                );
+            }
+        }
+        Err(e) => {
+            *failures += 1;
+            if failures.is_power_of_two() {
+                warn!(error = %e, failures = *failures, "cannot yet release held jobs or cancel unacknowledged ones; trying again every second");
+            }
+        }
+    }
+}
+
+async fn prune(rt: &Runtime, queue: bool) {
     // Read at each pass, so a reload's retention applies.
     let config = rt.config();
-    let retain = i64::from(config.workflow.retain_days) * 86_400_000;
-    match rt.jobs.prune(now_ms() - retain).await {
-        Ok(0) => {}
-        Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
-        Err(e) => warn!(error = %e, "cannot prune finished jobs"),
+    if queue {
+        let retain = i64::from(config.workflow.retain_days) * 86_400_000;
+        match rt.jobs.prune(now_ms() - retain).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "finished jobs past their retention deleted"),
+            Err(e) => warn!(error = %e, "cannot prune finished jobs"),
+        }
     }
     let days = i64::from(config.evidence.retain_days);
     match rt.evidence.prune(now_ms() - days * 86_400_000).await {

@@ -339,6 +339,34 @@ pub enum Finish {
 }
 
 impl Finish {
+    /// Whether a job as stored (`state`, `attempts`, `lease_owner`, `last_error`) already
+    /// holds this end of attempt `attempt`: no claim came after it (a takeover counts another
+    /// attempt), the lease is released, and the state and error are this end's. A worker
+    /// whose report was stored but never answered (NATS went away) reports again, and that
+    /// counts as recorded, once.
+    pub fn recorded_in(
+        &self,
+        attempt: u32,
+        state: JobState,
+        attempts: u32,
+        lease_owner: Option<&str>,
+        last_error: Option<&str>,
+    ) -> bool {
+        if attempts != attempt || lease_owner.is_some() {
+            return false;
+        }
+        match self {
+            Finish::Succeeded { .. } => state == JobState::Succeeded,
+            Finish::Failed { error } => {
+                state == JobState::Failed && last_error == Some(error.as_str())
+            }
+            Finish::Retry { error, .. } => {
+                matches!(state, JobState::Queued | JobState::Dead)
+                    && last_error == Some(error.as_str())
+            }
+        }
+    }
+
     /// How an attempt that ended with `result` is recorded: a success, a definitive refusal,
     /// or a retry no sooner than the backoff for attempt `attempts` and the provider's
     /// `Retry-After`. Provider messages are expected redacted already.

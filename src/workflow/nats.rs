@@ -330,6 +330,17 @@ mod rules {
             && r.attempts == attempt
     }
 
+    /// Whether `r` already holds this end of attempt `attempt` ([`Finish::recorded_in`]).
+    pub(super) fn finished_as(r: &Record, attempt: u32, finish: &Finish) -> bool {
+        finish.recorded_in(
+            attempt,
+            r.state,
+            r.attempts,
+            r.lease_owner.as_deref(),
+            r.last_error.as_deref(),
+        )
+    }
+
     /// How attempt `attempt` ended, if `owner` still holds the lease for it.
     pub(super) fn finish(
         r: &Record,
@@ -530,8 +541,8 @@ struct Beat {
 enum Transition {
     /// No such job.
     Missing,
-    /// The rule declined for the job as it is.
-    Declined(Record),
+    /// The rule declined for the job as it is (its record and revision).
+    Declined(Record, u64),
     /// Stored: the record after, and its revision.
     Done(Record, u64),
 }
@@ -557,7 +568,8 @@ pub(crate) struct NatsJobs {
     held: Mutex<HashMap<String, Held>>,
     /// Held jobs of this host per (org, call id): what `release_call` releases.
     held_calls: Mutex<HashMap<(String, String), HashSet<String>>>,
-    /// Calls that ended while their jobs could not be released: the sweep releases them.
+    /// Calls that ended while their jobs could not be released: released by
+    /// [`NatsJobs::repair_local`] once NATS answers again.
     ended_calls: Mutex<HashSet<(String, String)>>,
     /// Jobs whose enqueue answered an error after the job was written: cancelled when NATS
     /// answers again, unless a worker already took them.
@@ -713,7 +725,7 @@ impl NatsJobs {
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         };
-        let consumer: PullConsumer = match queue.create_consumer(consumer_config).await {
+        let mut consumer: PullConsumer = match queue.create_consumer(consumer_config).await {
             Ok(c) => c,
             Err(e) => {
                 // Another host created it with other settings (an older ack wait): use it.
@@ -724,6 +736,14 @@ impl NatsJobs {
                     .map_err(|e| setup(&e))?
             }
         };
+        // In-progress acks are timed by the ack wait the consumer has (a host with another
+        // config may have set it last), not the one asked for.
+        let mut options = options;
+        if let Ok(info) = consumer.info().await
+            && !info.config.ack_wait.is_zero()
+        {
+            options.ack_wait = info.config.ack_wait;
+        }
         let host = format!("host_{}", ulid::Ulid::generate());
         let store = NatsJobs {
             client,
@@ -833,7 +853,7 @@ impl NatsJobs {
                 return Ok(Transition::Missing);
             };
             let Some(next) = rule(&rec) else {
-                return Ok(Transition::Declined(rec));
+                return Ok(Transition::Declined(rec, rev));
             };
             match self.jobs.update(id, encode(&next)?, rev).await {
                 Ok(rev) => return Ok(Transition::Done(next, rev)),
@@ -1066,7 +1086,7 @@ impl NatsJobs {
             })
             .await
         {
-            Ok(Transition::Declined(now)) if now.state != JobState::Failed => Ok(now.job()),
+            Ok(Transition::Declined(now, _)) if now.state != JobState::Failed => Ok(now.job()),
             Ok(_) => Err(err),
             Err(_) => {
                 self.compensate
@@ -1225,26 +1245,30 @@ impl NatsJobs {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
-        match self
+        let (rec, rev) = match self
             .transition(id, |r| rules::finish(r, owner, attempt, finish, now))
             .await?
         {
-            Transition::Missing | Transition::Declined(_) => {
+            Transition::Done(rec, rev) => (rec, rev),
+            // An earlier try whose answer was lost (NATS went away) did store this end: the
+            // rest of the work is done now, as if it had been answered.
+            Transition::Declined(rec, rev) if rules::finished_as(&rec, attempt, finish) => {
+                (rec, rev)
+            }
+            Transition::Missing | Transition::Declined(..) => {
                 self.forget_notice(id, attempt);
-                Ok(false)
+                return Ok(false);
             }
-            Transition::Done(rec, rev) => {
-                match rec.state {
-                    JobState::Queued => self.runnable_again(&rec, rev, now).await,
-                    JobState::Dead => {
-                        self.spend_notice(id, attempt).await;
-                        self.dead_letter(&rec).await;
-                    }
-                    _ => self.spend_notice(id, attempt).await,
-                }
-                Ok(true)
+        };
+        match rec.state {
+            JobState::Queued => self.runnable_again(&rec, rev, now).await,
+            JobState::Dead => {
+                self.spend_notice(id, attempt).await;
+                self.dead_letter(&rec).await;
             }
+            _ => self.spend_notice(id, attempt).await,
         }
+        Ok(true)
     }
 
     pub(crate) async fn put_back(
@@ -1265,7 +1289,7 @@ impl NatsJobs {
             })
             .await?
         {
-            Transition::Missing | Transition::Declined(_) => {
+            Transition::Missing | Transition::Declined(..) => {
                 self.forget_notice(id, attempt);
                 Ok(false)
             }
@@ -1319,7 +1343,7 @@ impl NatsJobs {
         let call = (org.to_owned(), call_id.to_owned());
         let released = self.release_held_call(&call, now).await;
         if released.is_err() {
-            // The call is over either way: the sweep tries again.
+            // The call is over either way: housekeeping tries again once NATS answers.
             self.ended_calls
                 .lock()
                 .expect("ended calls lock")
@@ -1469,6 +1493,8 @@ impl NatsJobs {
     pub(crate) async fn repair_local(&self, now: Millis) -> Result<usize, StoreError> {
         self.usable()?;
         let mut touched = 0;
+        // One failing job does not hold up the others; the first error is reported.
+        let mut first_error = None;
         // Calls that ended while NATS was away: their held jobs run now.
         let ended: Vec<(String, String)> = self
             .ended_calls
@@ -1478,11 +1504,18 @@ impl NatsJobs {
             .cloned()
             .collect();
         for call in ended {
-            touched += self.release_held_call(&call, now).await?;
-            self.ended_calls
-                .lock()
-                .expect("ended calls lock")
-                .remove(&call);
+            match self.release_held_call(&call, now).await {
+                Ok(n) => {
+                    touched += n;
+                    self.ended_calls
+                        .lock()
+                        .expect("ended calls lock")
+                        .remove(&call);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
         }
         // Enqueues answered with an error: cancel what no worker took.
         let pending: Vec<String> = self
@@ -1506,13 +1539,23 @@ impl NatsJobs {
                         n
                     })
                 })
-                .await?;
-            if matches!(t, Transition::Done(..)) {
-                touched += 1;
+                .await;
+            match t {
+                Ok(t) => {
+                    if matches!(t, Transition::Done(..)) {
+                        touched += 1;
+                    }
+                    self.compensate.lock().expect("compensate lock").remove(&id);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
-            self.compensate.lock().expect("compensate lock").remove(&id);
         }
-        Ok(touched)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(touched),
+        }
     }
 
     async fn has_notice(&self, id: &str) -> Result<bool, StoreError> {
@@ -1561,7 +1604,7 @@ impl NatsJobs {
         self.usable()?;
         match self.transition(id, |r| rules::retry(r, now)).await? {
             Transition::Missing => Ok(None),
-            Transition::Declined(rec) => Ok(Some(Err(rec.state))),
+            Transition::Declined(rec, _) => Ok(Some(Err(rec.state))),
             Transition::Done(rec, rev) => {
                 if let Err(e) = self.dead.purge().filter(self.names.dead_subject(id)).await {
                     debug!(job = %id, error = %e, "cannot remove a dead letter");
@@ -1586,6 +1629,18 @@ impl NatsJobs {
 
     /// Every job, the latest state of each, with its revision.
     async fn scan(&self) -> Result<Vec<(Record, u64)>, StoreError> {
+        let mut out = Vec::new();
+        self.visit(|payload, revision| match decode(payload) {
+            Ok(r) => out.push((r, revision)),
+            Err(e) => warn!(error = %e, "skipping a job record that does not parse"),
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Hand every kept job record (its JSON and revision) to `f`, in one ordered read of the
+    /// bucket's stream.
+    async fn visit(&self, mut f: impl FnMut(&[u8], u64)) -> Result<(), StoreError> {
         let failed = |e: &dyn std::fmt::Display| nats_err("cannot read the jobs", e);
         let consumer = self
             .jobs_stream
@@ -1596,10 +1651,8 @@ impl NatsJobs {
             })
             .await
             .map_err(|e| failed(&e))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut out = Vec::with_capacity(pending.min(100_000) as usize);
-        if pending == 0 {
-            return Ok(out);
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(());
         }
         let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
         loop {
@@ -1613,16 +1666,13 @@ impl NatsJobs {
             let info = msg.info().map_err(|e| failed(&e))?;
             let (left, revision) = (info.pending, info.stream_sequence);
             if is_put(msg.headers.as_ref()) {
-                match decode(&msg.payload) {
-                    Ok(r) => out.push((r, revision)),
-                    Err(e) => warn!(error = %e, "skipping a job record that does not parse"),
-                }
+                f(&msg.payload, revision);
             }
             if left == 0 {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     pub(crate) async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
@@ -1687,10 +1737,19 @@ impl NatsJobs {
 
     pub(crate) async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         self.usable()?;
-        let mut counts: HashMap<JobState, u64> = HashMap::new();
-        for (r, _) in self.scan().await? {
-            *counts.entry(r.state).or_default() += 1;
+        /// All a count needs of a record.
+        #[derive(serde::Deserialize)]
+        struct StateOnly {
+            state: JobState,
         }
+        let mut counts: HashMap<JobState, u64> = HashMap::new();
+        self.visit(
+            |payload, _| match serde_json::from_slice::<StateOnly>(payload) {
+                Ok(r) => *counts.entry(r.state).or_default() += 1,
+                Err(e) => warn!(error = %e, "skipping a job record that does not parse"),
+            },
+        )
+        .await?;
         let mut out: Vec<(JobState, u64)> = counts.into_iter().collect();
         out.sort();
         Ok(out)

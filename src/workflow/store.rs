@@ -441,10 +441,10 @@ impl JobStore {
         Ok(n)
     }
 
-    /// Periodic repair, for the worker to call now and then (every minute or so). Nothing to
-    /// do on SQLite. On NATS: releases the held jobs of sidecars that died, republishes the
-    /// notice of a runnable job whose notice was lost between two writes, and cancels jobs
-    /// whose enqueue was answered with an error while NATS was away. Returns how many jobs it
+    /// Periodic repair of the shared queue, run every minute by each process that runs a
+    /// worker ([`super::housekeeping`]). Nothing to do on SQLite. On NATS: what
+    /// [`JobStore::repair_local`] does, then releases the held jobs of sidecars that died and
+    /// republishes the notice of a runnable job whose notice was lost between two writes. Returns how many jobs it
     /// touched.
     pub async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
         let n = match &self.backend {
@@ -857,10 +857,33 @@ pub mod ops {
                        last_error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
                      WHERE {held}"
                 ),
-                params![id, owner, not_before, error, *possibly_sent, now],
+                                params![id, owner, not_before, error, *possibly_sent, now],
             )?,
         };
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(true);
+        }
+        // The same end reported again counts as recorded (as on NATS, where an answer can be
+        // lost on the way).
+        let row = tx
+            .query_row(
+                "SELECT state, attempts, lease_owner, last_error FROM jobs WHERE id = ?1",
+                params![id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        Ok(row.is_some_and(|(state, attempts, owner, error)| {
+            JobState::parse(&state).is_some_and(|state| {
+                finish.recorded_in(attempt, state, attempts, owner.as_deref(), error.as_deref())
+            })
+        }))
     }
 
     /// A claimed, unsent job back to `queued` from `not_before`, its claim not counted.

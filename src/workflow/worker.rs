@@ -263,7 +263,7 @@ async fn record_finish(
             .await
         {
             Ok(kept) => {
-                if tries > 1 {
+                if tries > 1 && kept {
                     info!(tries, "job attempt recorded once the job store was back");
                 }
                 return Ok(kept);
