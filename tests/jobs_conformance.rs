@@ -1073,6 +1073,53 @@ mod nats_only {
         assert_eq!(claimed, want);
     }
 
+    /// Counts per state (each `/metrics` scrape) come from an index that follows the bucket,
+    /// read their own writes and another host's, and stay right when records are removed
+    /// without a tombstone (pruning).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn counts_come_from_the_state_index_and_follow_every_change() {
+        let Some(h) = Hosts::new(Kind::Nats) else {
+            return;
+        };
+        let a = h.open().await;
+        let b = h.open().await;
+        for k in 0..30 {
+            a.enqueue(job(&format!("c{k}"), Start::RunnableAt(now())), now())
+                .await
+                .unwrap();
+        }
+        assert_eq!(a.counts().await.unwrap(), vec![(JobState::Queued, 30)]);
+        for _ in 0..10 {
+            let j = claim_within(&b, "w", Duration::from_secs(5)).await.unwrap();
+            let ok = Finish::Succeeded { message_id: None };
+            assert!(b.finish(&j.id, "w", 1, ok, now()).await.unwrap());
+        }
+        assert_eq!(
+            a.counts().await.unwrap(),
+            vec![(JobState::Queued, 20), (JobState::Succeeded, 10)],
+            "host a counts host b's writes"
+        );
+        assert!(
+            a.counts_from_index() >= 2,
+            "answered by the index: {}",
+            a.counts_from_index()
+        );
+        // Pruning purges records without a tombstone: the counts still drop them.
+        assert_eq!(b.prune(now() + 1_000).await.unwrap(), 10);
+        assert_eq!(a.counts().await.unwrap(), vec![(JobState::Queued, 20)]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let from_index = a.counts_from_index();
+        loop {
+            assert_eq!(a.counts().await.unwrap(), vec![(JobState::Queued, 20)]);
+            if a.counts_from_index() > from_index {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the index was not rebuilt");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(b.counts_from_index(), 0, "b never counted");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sweep_republishes_a_lost_notice() {
         let Some(h) = Hosts::new(Kind::Nats) else {

@@ -12,6 +12,7 @@
 
 pub mod housekeeping;
 pub mod nats;
+mod state_index;
 pub mod store;
 pub mod worker;
 

@@ -560,6 +560,10 @@ pub(crate) struct NatsJobs {
     hosts: kv::Store,
     /// The stream under the jobs bucket: scans and removals.
     jobs_stream: stream::Stream,
+    /// Job counts per state, kept from the bucket's stream; started by the first count.
+    state_index: std::sync::OnceLock<super::state_index::StateIndex>,
+    /// Counts the index answered (the rest read every job).
+    counted_from_index: std::sync::atomic::AtomicU64,
     queue: stream::Stream,
     dead: stream::Stream,
     consumer: PullConsumer,
@@ -615,7 +619,7 @@ fn key_of(idempotency_key: &str) -> String {
     out
 }
 
-fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
+pub(super) fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
     !headers
         .and_then(|h| h.get("KV-Operation"))
         .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
@@ -754,6 +758,8 @@ impl NatsJobs {
             keys,
             hosts,
             jobs_stream,
+            state_index: std::sync::OnceLock::new(),
+            counted_from_index: std::sync::atomic::AtomicU64::new(0),
             queue,
             dead,
             consumer,
@@ -1735,13 +1741,29 @@ impl NatsJobs {
         Ok(jobs.iter().map(Record::job).collect())
     }
 
+    pub(crate) fn counted_from_index(&self) -> u64 {
+        self.counted_from_index.load(Ordering::Relaxed)
+    }
+
     pub(crate) async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         self.usable()?;
-        /// All a count needs of a record.
-        #[derive(serde::Deserialize)]
-        struct StateOnly {
-            state: JobState,
+        let index = self.state_index.get_or_init(|| {
+            super::state_index::StateIndex::start(
+                self.jobs_stream.clone(),
+                format!("$KV.{}.", self.names.jobs),
+            )
+        });
+        let state = self
+            .jobs_stream
+            .get_info()
+            .await
+            .map_err(|e| nats_err("cannot read the jobs", e))?
+            .state;
+        if let Some(counts) = index.counts(state.last_sequence, state.messages).await {
+            self.counted_from_index.fetch_add(1, Ordering::Relaxed);
+            return Ok(counts);
         }
+        use super::state_index::StateOnly;
         let mut counts: HashMap<JobState, u64> = HashMap::new();
         self.visit(
             |payload, _| match serde_json::from_slice::<StateOnly>(payload) {
