@@ -148,10 +148,14 @@ fn rounds(
             pct(&sorted, 1.0),
         );
         // What each `/metrics` scrape asks of the store: the count of jobs per state. On NATS
-        // the first count builds the state index (reading every job); later ones use it.
+        // the first count reads every job and starts the state index; later ones use it.
         let mut took = Vec::new();
         let mut held = 0;
-        for _ in 0..3 {
+        for i in 0..3 {
+            if i == 1 {
+                // Let the index finish reading the bucket.
+                std::thread::sleep(Duration::from_secs(3));
+            }
             let t = Instant::now();
             let counts = rt.block_on(store.counts()).unwrap();
             took.push(t.elapsed().as_secs_f64() * 1000.0);

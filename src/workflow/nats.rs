@@ -1753,13 +1753,12 @@ impl NatsJobs {
                 format!("$KV.{}.", self.names.jobs),
             )
         });
-        let state = self
+        let info = self
             .jobs_stream
             .get_info()
             .await
-            .map_err(|e| nats_err("cannot read the jobs", e))?
-            .state;
-        if let Some(counts) = index.counts(state.last_sequence, state.messages).await {
+            .map_err(|e| nats_err("cannot read the jobs", e))?;
+        if let Some(counts) = index.counts(&info).await {
             self.counted_from_index.fetch_add(1, Ordering::Relaxed);
             return Ok(counts);
         }
@@ -1783,6 +1782,9 @@ impl NatsJobs {
         }
         if let Some(task) = self.heartbeat.lock().expect("heartbeat lock").take() {
             task.abort();
+        }
+        if let Some(index) = self.state_index.get() {
+            index.stop();
         }
         // Notices still held (attempts that outlived the drain) go back at once: whoever
         // pulls them waits for the lease, then takes the job over.
