@@ -243,6 +243,7 @@ fn plural(n: usize) -> &'static str {
 }
 
 async fn serve(path: PathBuf) -> ExitCode {
+    let signals = Signals::install();
     let Some(config) = load(&path) else {
         return ExitCode::FAILURE;
     };
@@ -254,7 +255,7 @@ async fn serve(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    serve_signals(server.runtime()).await;
+    signals.serve(server.runtime()).await;
     tracing::info!(
         drain_ms = drain.as_millis() as u64,
         "shutting down: no new sessions; waiting for live ones"
@@ -511,6 +512,7 @@ async fn replay(path: PathBuf, id: String, live: bool) -> ExitCode {
 }
 
 async fn worker(path: PathBuf) -> ExitCode {
+    let signals = Signals::install();
     let Some(config) = load(&path) else {
         return ExitCode::FAILURE;
     };
@@ -537,7 +539,7 @@ async fn worker(path: PathBuf) -> ExitCode {
         toolgate::workflow::housekeeping::run(rt.clone(), stop.clone(), true)
             .instrument(tracing::info_span!("housekeeping")),
     );
-    serve_signals(&rt).await;
+    signals.serve(&rt).await;
     tracing::info!("shutting down: no new claims; waiting for running attempts");
     stop.cancel();
     let _ = tokio::time::timeout(drain, task).await;
@@ -548,35 +550,57 @@ async fn worker(path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Until SIGTERM or Ctrl-C: reload the config on every SIGHUP. The listeners are made once,
-/// so a signal that arrives while a reload runs is not lost.
-async fn serve_signals(rt: &toolgate::runtime::Runtime) {
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, listened for from the start of `serve` and `worker`:
+/// a signal that arrives while the process starts is then a clean stop (or a reload), not
+/// the default action, which kills it.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        let ctrl_c = tokio::signal::ctrl_c();
-        tokio::pin!(ctrl_c);
-        loop {
-            tokio::select! {
-                _ = &mut ctrl_c => return,
-                _ = term.recv() => return,
-                _ = hup.recv() => match rt.reload().await {
-                    Ok(r) => tracing::info!(changed = ?r.changed_connections, warnings = r.warnings.len(), "SIGHUP: config reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old config keeps serving"),
-                },
+    streams: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) {
+                (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+                _ => None,
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Until SIGTERM or Ctrl-C: reload the config on every SIGHUP. The listeners are made
+    /// once, so a signal that arrives while a reload runs is not lost.
+    async fn serve(self, rt: &toolgate::runtime::Runtime) {
+        #[cfg(unix)]
+        {
+            let Some([mut term, mut int, mut hup]) = self.streams else {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = int.recv() => return,
+                    _ = term.recv() => return,
+                    _ = hup.recv() => match rt.reload().await {
+                        Ok(r) => tracing::info!(changed = ?r.changed_connections, warnings = r.warnings.len(), "SIGHUP: config reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: reload refused; the old config keeps serving"),
+                    },
+                }
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = rt;
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(not(unix))]
+        {
+            let _ = (self, rt);
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

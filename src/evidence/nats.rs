@@ -61,6 +61,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// The longest pause between two attempts to read the stream again.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Most stream messages handed to the writer and not yet committed while the stream is applied
+/// (events a host catching up holds in memory at once).
+const MAX_AHEAD: usize = 4_096;
+
 /// A subject token for an id: the id itself when it is made of letters, digits, `_` and `-`
 /// only (and does not start with `~`), else `~` and its URL-safe base64, or for an id longer
 /// than 128 bytes `~~` and its SHA-256 in hex. Always non-empty, never `.`, `*`, `>` or
@@ -233,7 +237,7 @@ impl Link {
                 stream.handle.clone(),
                 format!("{}.evidence.>", stream.prefix),
                 writer,
-                *applied.borrow(),
+                applied.clone(),
                 stop.clone(),
             )))
         } else {
@@ -462,17 +466,19 @@ async fn materialize(
     stream: stream::Stream,
     filter: String,
     writer: std_mpsc::SyncSender<Msg>,
-    mut from: u64,
+    mut applied: watch::Receiver<u64>,
     stop: CancellationToken,
 ) {
+    let mut from = *applied.borrow();
     let mut failures: u32 = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
         let before = from;
-        let failure = match read_from(&stream, &filter, &writer, &mut from, &stop).await {
-            Ok(()) => return,
-            Err(e) => e,
-        };
+        let failure =
+            match read_from(&stream, &filter, &writer, &mut applied, &mut from, &stop).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
         if from > before {
             // It made progress before failing: a fresh start, quick retries again.
             backoff = Duration::from_millis(100);
@@ -494,9 +500,13 @@ async fn read_from(
     stream: &stream::Stream,
     filter: &str,
     writer: &std_mpsc::SyncSender<Msg>,
+    applied: &mut watch::Receiver<u64>,
     from: &mut u64,
     stop: &CancellationToken,
 ) -> Result<(), String> {
+    // Sequences handed to the writer and not yet committed: at most `MAX_AHEAD`, so a host
+    // catching up on a long stream holds a bounded backlog, not the writer's whole queue.
+    let mut ahead: std::collections::VecDeque<u64> = std::collections::VecDeque::new();
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             filter_subject: filter.to_owned(),
@@ -533,6 +543,23 @@ async fn read_from(
                 None
             }
         };
+        while ahead.len() >= MAX_AHEAD {
+            let done = *applied.borrow_and_update();
+            while ahead.front().is_some_and(|s| *s <= done) {
+                ahead.pop_front();
+            }
+            if ahead.len() < MAX_AHEAD {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                changed = applied.changed() => if changed.is_err() {
+                    // The writer is gone: the store is closing.
+                    return Ok(());
+                },
+            }
+        }
+        ahead.push_back(seq);
         let mut item = Msg::Apply(seq, row);
         loop {
             match writer.try_send(item) {
