@@ -835,30 +835,6 @@ mod nats_only {
         b.close().await;
     }
 
-    /// The test config on NATS for a sidecar (its own workflow worker off) or a worker, whose
-    /// local files live in `dir`.
-    fn nats_config(text: &str, url: &str, prefix: &str, dir: &std::path::Path) -> String {
-        let db = dir.join("toolgate.db").display().to_string();
-        text.replacen(
-            "[storage]\n",
-            &format!(
-                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
-            ),
-            1,
-        )
-        .replacen("[workflow]\n", "[workflow]\nworker = false\n", 1)
-        .lines()
-        .map(|l| {
-            if l.starts_with("path = ") {
-                format!("path = \"{db}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-    }
-
     /// A running `toolgate serve` process and the addresses it logged.
     struct Sidecar {
         child: std::process::Child,
@@ -871,24 +847,6 @@ mod nats_only {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-
-    /// `toolgate <verb> --config FILE` with the test secrets in its environment.
-    fn toolgate(verb: &str, config: &std::path::Path) -> std::process::Command {
-        use common::*;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
-        cmd.args([verb, "--config"]).arg(config).envs([
-            ("ACME_SESSION_TOKEN", ACME_TOKEN),
-            ("BETA_SESSION_TOKEN", BETA_TOKEN),
-            ("ACME_RESEND_KEY", RESEND_KEY),
-            ("ACME_WATI_TOKEN", WATI_TOKEN),
-            ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-            ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("ADMIN_TOKEN", ADMIN_TOKEN),
-            ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-            ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-        ]);
-        cmd
     }
 
     /// A running `toolgate worker` process (the workflow worker alone), killed when dropped.
@@ -904,7 +862,7 @@ mod nats_only {
     fn serve(config: &std::path::Path) -> Sidecar {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
-        let mut child = toolgate("serve", config)
+        let mut child = common::toolgate_cmd("serve", config)
             .env("TOOLGATE_LOG", "info")
             .env("TOOLGATE_LOG_FORMAT", "json")
             .stdout(Stdio::null())
@@ -947,12 +905,7 @@ mod nats_only {
         let wati = MockProvider::wati(WATI_TOKEN).await.unwrap();
         let webhook = MockProvider::webhook(WEBHOOK_SECRET).await.unwrap();
         let beta_wati = MockProvider::wati(BETA_WATI_TOKEN).await.unwrap();
-        let text = include_str!("common/test.toml")
-            .replace("{resend}", &resend.url())
-            .replace("{wati}", &wati.url())
-            .replace("{webhook_health}", &webhook.health_url())
-            .replace("{webhook}", &webhook.url())
-            .replace("{beta_wati}", &beta_wati.url());
+        let text = config_text(&resend, &wati, &webhook, &beta_wati);
         let dirs = [
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
@@ -962,7 +915,11 @@ mod nats_only {
             .iter()
             .map(|d| {
                 let file = d.path().join("toolgate.toml");
-                std::fs::write(&file, nats_config(&text, &nats.url(), &prefix, d.path())).unwrap();
+                std::fs::write(
+                    &file,
+                    on_nats(&text, &nats.url(), &prefix, d.path(), Some(false)),
+                )
+                .unwrap();
                 file
             })
             .collect();
@@ -970,7 +927,7 @@ mod nats_only {
         let b = serve(&configs[1]);
         let worker_log = dirs[2].path().join("worker.log");
         let worker = Worker(
-            toolgate("worker", &configs[2])
+            toolgate_cmd("worker", &configs[2])
                 .stdout(std::process::Stdio::null())
                 .stderr(std::fs::File::create(&worker_log).unwrap())
                 .spawn()

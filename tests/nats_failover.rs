@@ -23,33 +23,17 @@ use toolgate::mock::Reply;
 const FUNCTION: &str = "timing = { mode = \"workflow\" }";
 const FUNCTION_SHORT: &str = "timing = { mode = \"workflow\", hard_timeout_ms = 4000 }";
 
-/// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
+/// The test config on NATS with the short timeout, for a sidecar or a worker whose local
+/// files live in `dir`.
 fn nats_config(text: &str, url: &str, prefix: &str, dir: &Path, worker_in_sidecar: bool) -> String {
-    let db = dir.join("toolgate.db").display().to_string();
     assert!(text.contains(FUNCTION), "test.toml changed: no {FUNCTION}");
-    text.replacen(FUNCTION, FUNCTION_SHORT, 1)
-        .replacen(
-            "[storage]\n",
-            &format!(
-                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
-            ),
-            1,
-        )
-        .replacen(
-            "[workflow]\n",
-            &format!("[workflow]\nworker = {worker_in_sidecar}\n"),
-            1,
-        )
-        .lines()
-        .map(|l| {
-            if l.starts_with("path = ") {
-                format!("path = \"{db}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    on_nats(
+        &text.replacen(FUNCTION, FUNCTION_SHORT, 1),
+        url,
+        prefix,
+        dir,
+        Some(worker_in_sidecar),
+    )
 }
 
 /// A child process killed (SIGKILL) and reaped when dropped, so a failing test leaves none
@@ -98,20 +82,7 @@ impl Drop for Proc {
 }
 
 fn spawn_worker(config: &Path, log: &Path) -> Proc {
-    let child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["worker", "--config"])
-        .arg(config)
-        .envs([
-            ("ACME_SESSION_TOKEN", ACME_TOKEN),
-            ("BETA_SESSION_TOKEN", BETA_TOKEN),
-            ("ACME_RESEND_KEY", RESEND_KEY),
-            ("ACME_WATI_TOKEN", WATI_TOKEN),
-            ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-            ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("ADMIN_TOKEN", ADMIN_TOKEN),
-            ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-            ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-        ])
+    let child = toolgate_cmd("worker", config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -155,12 +126,7 @@ async fn a_worker_killed_mid_job_is_replaced_and_the_job_resent_with_the_same_ke
     let ended = s.client.recv(WAIT).await.unwrap();
     assert_eq!(ended.frame["type"], "session.ended");
 
-    let text = include_str!("common/test.toml")
-        .replace("{resend}", &env.resend.url())
-        .replace("{wati}", &env.wati.url())
-        .replace("{webhook_health}", &env.webhook.health_url())
-        .replace("{webhook}", &env.webhook.url())
-        .replace("{beta_wati}", &env.beta_wati.url());
+    let text = env.config_text();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let files: Vec<_> = dirs
         .iter()

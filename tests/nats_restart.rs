@@ -20,7 +20,7 @@ mod nats_support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,33 +33,17 @@ use serde_json::json;
 const FUNCTION: &str = "timing = { mode = \"workflow\" }";
 const FUNCTION_HERE: &str = "timing = { mode = \"workflow\", hard_timeout_ms = 30000 }";
 
-/// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
+/// The test config on NATS with the long timeout, for a sidecar or a worker whose local files
+/// live in `dir`.
 fn nats_config(text: &str, url: &str, dir: &Path, worker_in_sidecar: bool) -> String {
-    let db = dir.join("toolgate.db").display().to_string();
     assert!(text.contains(FUNCTION), "test.toml changed: no {FUNCTION}");
-    text.replacen(FUNCTION, FUNCTION_HERE, 1)
-        .replacen(
-            "[storage]\n",
-            &format!(
-                "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"RESTART\"\n"
-            ),
-            1,
-        )
-        .replacen(
-            "[workflow]\n",
-            &format!("[workflow]\nworker = {worker_in_sidecar}\n"),
-            1,
-        )
-        .lines()
-        .map(|l| {
-            if l.starts_with("path = ") {
-                format!("path = \"{db}\"")
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    on_nats(
+        &text.replacen(FUNCTION, FUNCTION_HERE, 1),
+        url,
+        "RESTART",
+        dir,
+        Some(worker_in_sidecar),
+    )
 }
 
 /// A `toolgate worker` process, killed and reaped when dropped.
@@ -67,20 +51,7 @@ struct Worker(Child);
 
 impl Worker {
     fn spawn(config: &Path, log: &Path) -> Worker {
-        let child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-            .args(["worker", "--config"])
-            .arg(config)
-            .envs([
-                ("ACME_SESSION_TOKEN", ACME_TOKEN),
-                ("BETA_SESSION_TOKEN", BETA_TOKEN),
-                ("ACME_RESEND_KEY", RESEND_KEY),
-                ("ACME_WATI_TOKEN", WATI_TOKEN),
-                ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-                ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-                ("ADMIN_TOKEN", ADMIN_TOKEN),
-                ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-                ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-            ])
+        let child = toolgate_cmd("worker", config)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
@@ -144,12 +115,7 @@ async fn a_nats_restart_mid_run_loses_nothing_acknowledged() {
     let sidecar_dir = tempfile::tempdir().unwrap();
     let env = Env::start_with(|t| nats_config(&t, &url, sidecar_dir.path(), false)).await;
     assert_eq!(env.server.runtime().jobs.backend(), "nats");
-    let text = include_str!("common/test.toml")
-        .replace("{resend}", &env.resend.url())
-        .replace("{wati}", &env.wati.url())
-        .replace("{webhook_health}", &env.webhook.health_url())
-        .replace("{webhook}", &env.webhook.url())
-        .replace("{beta_wati}", &env.beta_wati.url());
+    let text = env.config_text();
     let worker_dir = tempfile::tempdir().unwrap();
     let worker_config = worker_dir.path().join("toolgate.toml");
     std::fs::write(

@@ -13,54 +13,8 @@ use common::*;
 use nats_support::NatsServer;
 use serde_json::json;
 
-/// The test config on NATS, for a sidecar or a worker whose local files live in `dir`.
-fn nats_config(
-    text: &str,
-    url: &str,
-    prefix: &str,
-    dir: &std::path::Path,
-    worker_in_sidecar: bool,
-) -> String {
-    let db = dir.join("toolgate.db").display().to_string();
-    text.replacen(
-        "[storage]\n",
-        &format!(
-            "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
-        ),
-        1,
-    )
-    .replacen(
-        "[workflow]\n",
-        &format!("[workflow]\nworker = {worker_in_sidecar}\n"),
-        1,
-    )
-    .lines()
-    .map(|l| {
-        if l.starts_with("path = ") {
-            format!("path = \"{db}\"")
-        } else {
-            l.to_owned()
-        }
-    })
-    .collect::<Vec<_>>()
-    .join("\n")
-}
-
 fn spawn_worker(config: &std::path::Path, log: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["worker", "--config"])
-        .arg(config)
-        .envs([
-            ("ACME_SESSION_TOKEN", ACME_TOKEN),
-            ("BETA_SESSION_TOKEN", BETA_TOKEN),
-            ("ACME_RESEND_KEY", RESEND_KEY),
-            ("ACME_WATI_TOKEN", WATI_TOKEN),
-            ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-            ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-            ("ADMIN_TOKEN", ADMIN_TOKEN),
-            ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-            ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-        ])
+    toolgate_cmd("worker", config)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -91,7 +45,8 @@ async fn two_workers_share_the_nats_queue_and_send_each_job_once() {
     let prefix = nats_support::unique_prefix("E2E");
     let url = nats.url();
     let sidecar_dir = tempfile::tempdir().unwrap();
-    let env = Env::start_with(|t| nats_config(&t, &url, &prefix, sidecar_dir.path(), false)).await;
+    let env =
+        Env::start_with(|t| on_nats(&t, &url, &prefix, sidecar_dir.path(), Some(false))).await;
     assert_eq!(env.server.runtime().jobs.backend(), "nats");
 
     // Six workflow calls over three calls: queued at once, held until each call ends.
@@ -129,17 +84,12 @@ async fn two_workers_share_the_nats_queue_and_send_each_job_once() {
     );
 
     // Two worker processes, each with its own config file and local files.
-    let text = include_str!("common/test.toml")
-        .replace("{resend}", &env.resend.url())
-        .replace("{wati}", &env.wati.url())
-        .replace("{webhook_health}", &env.webhook.health_url())
-        .replace("{webhook}", &env.webhook.url())
-        .replace("{beta_wati}", &env.beta_wati.url());
+    let text = env.config_text();
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let mut workers = Vec::new();
     for d in &dirs {
         let file = d.path().join("toolgate.toml");
-        std::fs::write(&file, nats_config(&text, &url, &prefix, d.path(), true)).unwrap();
+        std::fs::write(&file, on_nats(&text, &url, &prefix, d.path(), Some(true))).unwrap();
         workers.push(spawn_worker(&file, &d.path().join("worker.log")));
     }
 

@@ -59,18 +59,6 @@ struct Sidecar {
     admin: String,
 }
 
-const SECRETS_ENV: [(&str, &str); 9] = [
-    ("ACME_SESSION_TOKEN", ACME_TOKEN),
-    ("BETA_SESSION_TOKEN", BETA_TOKEN),
-    ("ACME_RESEND_KEY", RESEND_KEY),
-    ("ACME_WATI_TOKEN", WATI_TOKEN),
-    ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
-    ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
-    ("ADMIN_TOKEN", ADMIN_TOKEN),
-    ("ACME_ADMIN_TOKEN", ACME_ADMIN),
-    ("BETA_ADMIN_TOKEN", BETA_ADMIN),
-];
-
 fn start(config: &Path) -> Sidecar {
     let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
         .args(["serve", "--config"])

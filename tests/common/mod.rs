@@ -33,6 +33,84 @@ pub const SECRETS: [&str; 9] = [
     BETA_ADMIN,
 ];
 
+/// The secrets `test.toml` reads, as the environment of a `toolgate` process.
+pub const SECRETS_ENV: [(&str, &str); 9] = [
+    ("ACME_SESSION_TOKEN", ACME_TOKEN),
+    ("BETA_SESSION_TOKEN", BETA_TOKEN),
+    ("ACME_RESEND_KEY", RESEND_KEY),
+    ("ACME_WATI_TOKEN", WATI_TOKEN),
+    ("BETA_WATI_TOKEN", BETA_WATI_TOKEN),
+    ("ACME_WEBHOOK_SECRET", WEBHOOK_SECRET),
+    ("ADMIN_TOKEN", ADMIN_TOKEN),
+    ("ACME_ADMIN_TOKEN", ACME_ADMIN),
+    ("BETA_ADMIN_TOKEN", BETA_ADMIN),
+];
+
+/// `test.toml` with these mock providers' addresses (its `{db}` left to fill).
+pub fn config_text(
+    resend: &MockProvider,
+    wati: &MockProvider,
+    webhook: &MockProvider,
+    beta_wati: &MockProvider,
+) -> String {
+    include_str!("test.toml")
+        .replace("{resend}", &resend.url())
+        .replace("{wati}", &wati.url())
+        .replace("{webhook_health}", &webhook.health_url())
+        .replace("{webhook}", &webhook.url())
+        .replace("{beta_wati}", &beta_wati.url())
+}
+
+/// A config `text` moved onto NATS (`url`, streams under `prefix`) with its local files in
+/// `dir`, and, when given, `workflow.worker` set.
+pub fn on_nats(
+    text: &str,
+    url: &str,
+    prefix: &str,
+    dir: &std::path::Path,
+    worker: Option<bool>,
+) -> String {
+    let db = dir.join("toolgate.db").display().to_string();
+    let mut text = text.replacen(
+        "[storage]\n",
+        &format!(
+            "[storage]\nbackend = \"nats\"\nnats_url = \"{url}\"\nstream_prefix = \"{prefix}\"\n"
+        ),
+        1,
+    );
+    if let Some(worker) = worker {
+        text = text.replacen(
+            "[workflow]\n",
+            &format!("[workflow]\nworker = {worker}\n"),
+            1,
+        );
+    }
+    text.lines()
+        .map(|l| {
+            if l.starts_with("path = ") {
+                format!("path = \"{db}\"")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `toolgate <verb> --config FILE` with the test secrets in its environment.
+pub fn toolgate_cmd(verb: &str, config: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_toolgate"));
+    cmd.args([verb, "--config"]).arg(config).envs(SECRETS_ENV);
+    cmd
+}
+
+impl Env {
+    /// `test.toml` with this environment's mock providers (its `{db}` left to fill).
+    pub fn config_text(&self) -> String {
+        config_text(&self.resend, &self.wati, &self.webhook, &self.beta_wati)
+    }
+}
+
 pub const CALLER: &str = "+14155550100";
 pub const WAIT: Duration = Duration::from_secs(5);
 
@@ -75,16 +153,10 @@ impl Env {
         let webhook = MockProvider::webhook(WEBHOOK_SECRET).await.unwrap();
         let beta_wati = MockProvider::wati(BETA_WATI_TOKEN).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let text = include_str!("test.toml")
-            .replace(
-                "{db}",
-                &dir.path().join("toolgate.db").display().to_string(),
-            )
-            .replace("{resend}", &resend.url())
-            .replace("{wati}", &wati.url())
-            .replace("{webhook_health}", &webhook.health_url())
-            .replace("{webhook}", &webhook.url())
-            .replace("{beta_wati}", &beta_wati.url());
+        let text = config_text(&resend, &wati, &webhook, &beta_wati).replace(
+            "{db}",
+            &dir.path().join("toolgate.db").display().to_string(),
+        );
         let config = Config::from_toml(&edit(text), &LoadOptions::new(".").with_env(env))
             .unwrap_or_else(|e| panic!("test config: {e}"));
         let server = Server::start(config).await.unwrap();
