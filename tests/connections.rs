@@ -437,3 +437,74 @@ async fn a_rate_limited_validation_keeps_the_status_and_pauses_the_connection() 
     assert!(c["paused_ms"].as_u64().unwrap() > 2_000, "{c}");
     assert_eq!(c["circuit"], "closed");
 }
+
+/// A provider's `Retry-After` as an HTTP date that never comes.
+const YEAR_9999: &str = "Fri, 31 Dec 9999 23:59:59 GMT";
+
+fn bounded(t: String) -> String {
+    t.replacen("[workflow]", "[defaults]\nmax_retry_after_ms = 60000\n\n[workflow]", 1)
+}
+
+#[tokio::test]
+async fn a_retry_after_in_year_9999_pauses_only_for_the_bound_and_validation_lifts_it() {
+    let env = Env::start_with(bounded).await;
+    env.validated("acme-resend").await;
+    env.resend.push(Reply::Raw {
+        status: 429,
+        headers: vec![("retry-after".into(), YEAR_9999.into())],
+        body: r#"{"statusCode":429,"name":"rate_limit_exceeded","message":"Too many requests."}"#
+            .into(),
+    });
+    let mut s = env.session("c-9999", order_vars()).await;
+    s.say("Send it to bo at example dot org.").await;
+    let args = |n: u32| json!({"email": "bo@example.org", "note": format!("n{n}")});
+    let a = s.call("c0", "email_someone", args(0)).await;
+    assert_eq!(a.error().as_deref(), Some("provider_unavailable"));
+    let c = env.connection("acme-resend").await;
+    let paused = c["paused_ms"].as_u64().unwrap();
+    assert!(
+        (50_000..=60_000).contains(&paused),
+        "paused for the bound, not for 8,000 years: {c}"
+    );
+    let a = s.call("c1", "email_someone", args(1)).await;
+    assert_eq!(a.error().as_deref(), Some("rate_limited"));
+    // The provider answers a validation and takes the key: the pause is over.
+    let (status, body) = validate(&env, "acme-resend", ADMIN_TOKEN).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["connection"]["status"], "connected", "{body}");
+    assert!(body["connection"]["paused_ms"].is_null(), "{body}");
+    let a = s.call("c2", "email_someone", args(2)).await;
+    assert_eq!(a.status(), "succeeded");
+    assert_eq!(env.resend.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_503_with_a_retry_after_in_year_9999_is_deferred_to_within_the_bound() {
+    let env = Env::start_with(bounded).await;
+    env.resend.push(Reply::Raw {
+        status: 503,
+        headers: vec![("retry-after".into(), YEAR_9999.into())],
+        body: r#"{"statusCode":503,"name":"internal_server_error","message":"Unavailable."}"#
+            .into(),
+    });
+    let mut s = env.session("c-9999-auto", order_vars()).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(a.status(), "deferred");
+    assert_eq!(a.result.frame["data"]["reason"], "retryable_failure");
+    let id = a.result.frame["data"]["job_id"].as_str().unwrap().to_owned();
+    let job = env.job(&id).await;
+    let runnable_at = job["runnable_at"].as_i64().unwrap();
+    assert!(
+        runnable_at >= before + 59_000 && runnable_at <= before + 61_000 + 5_000,
+        "runnable within the bound, not in year 9999: {job}"
+    );
+    // No other call on the connection is held for 8,000 years either.
+    let c = env.connection("acme-resend").await;
+    assert!(c["paused_ms"].as_u64().unwrap_or(0) <= 60_000, "{c}");
+}

@@ -535,6 +535,7 @@ async fn retry_after_scenario(h: Hosts) {
     let backoff = Backoff {
         base: Duration::from_millis(1),
         cap: Duration::from_millis(1),
+        ..Backoff::default()
     };
     let refused = ProviderError {
         kind: FailureKind::Unavailable,

@@ -336,3 +336,32 @@ async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_s
     assert_eq!(record["invocation"]["status"], "failed", "{record}");
     assert!(!record.to_string().contains(rotated), "{record}");
 }
+
+#[tokio::test]
+async fn a_reload_lifts_a_providers_pause() {
+    let s = setup().await;
+    s.validated_after("acme-wati", 0).await;
+    s.wati.push(toolgate::mock::Reply::Raw {
+        status: 429,
+        headers: vec![(
+            "retry-after".into(),
+            "Fri, 31 Dec 9999 23:59:59 GMT".into(),
+        )],
+        body: "Too many requests".into(),
+    });
+    let (mut c, _) = s.session("c-paused").await;
+    let r = call(&mut c, "1", "whatsapp_note", json!({"text": "hi"})).await;
+    assert_eq!(error_of(&r).as_deref(), Some("provider_unavailable"), "{r}");
+    let paused = s.connection("acme-wati").await["paused_ms"].as_u64();
+    assert!(
+        paused.is_some_and(|p| p <= 300_000),
+        "bounded by the default of 5 minutes: {paused:?}"
+    );
+    let r = call(&mut c, "2", "whatsapp_note", json!({"text": "hi"})).await;
+    assert_eq!(error_of(&r).as_deref(), Some("rate_limited"), "{r}");
+    let (status, body) = s.reload().await;
+    assert_eq!(status, 200, "{body}");
+    assert!(s.connection("acme-wati").await["paused_ms"].is_null());
+    let r = call(&mut c, "3", "whatsapp_note", json!({"text": "hi"})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+}

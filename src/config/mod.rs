@@ -158,6 +158,10 @@ pub struct Defaults {
     pub revalidate_error: Duration,
     /// How long one validation request may take (`validate_timeout_ms`, default 10000).
     pub validate_timeout: Duration,
+    /// The longest delay a provider may impose (`max_retry_after_ms`, default 300000): a
+    /// `Retry-After` or `ratelimit-reset` above it pauses a connection, or postpones a job,
+    /// only this long.
+    pub max_retry_after: Duration,
 }
 
 /// `[evidence]`

@@ -552,7 +552,8 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
         writer_delay: Duration::ZERO,
     };
     let workflow_t = ck_table(&mut ck, &root, "workflow").unwrap_or(&empty);
-    let workflow = parse_workflow(&mut ck, workflow_t);
+    let mut workflow = parse_workflow(&mut ck, workflow_t);
+    workflow.backoff.max_retry_after = defaults.max_retry_after;
 
     let orgs = parse_orgs(&mut ck, &root);
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
@@ -869,6 +870,8 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
         backoff: crate::workflow::Backoff {
             base: Duration::from_millis(base),
             cap: Duration::from_millis(cap),
+            // Set from `defaults.max_retry_after_ms` once `[defaults]` is read.
+            max_retry_after: crate::workflow::Backoff::default().max_retry_after,
         },
         worker: ck.boolean(t, P, "worker").unwrap_or(true),
         retain_days: ck.uint(t, P, "retain_days", 1, 3650).unwrap_or(30) as u32,
@@ -886,6 +889,7 @@ fn parse_defaults(ck: &mut Ck<'_>, t: &Table) -> Defaults {
             "validate_every_ms",
             "revalidate_error_ms",
             "validate_timeout_ms",
+            "max_retry_after_ms",
         ],
     );
     let timing = match ck.table(t, P, "timing") {
@@ -905,6 +909,12 @@ fn parse_defaults(ck: &mut Ck<'_>, t: &Table) -> Defaults {
         validate_every: every(ck, "validate_every_ms", 300_000),
         revalidate_error: every(ck, "revalidate_error_ms", 30_000),
         validate_timeout: every(ck, "validate_timeout_ms", 10_000),
+        // Minutes, not days: a provider's date in year 9999 must not stop a connection or
+        // promise the caller an action that never comes.
+        max_retry_after: Duration::from_millis(
+            ck.uint(t, P, "max_retry_after_ms", 1000, 3_600_000)
+                .unwrap_or(300_000),
+        ),
     }
 }
 

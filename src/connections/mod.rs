@@ -233,9 +233,12 @@ impl Health {
 }
 
 /// The connections of a running sidecar, by id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     by_id: HashMap<String, (Arc<Connection>, Arc<Health>)>,
+    /// The longest a provider's "slow down" may pause a connection
+    /// (`defaults.max_retry_after_ms`).
+    max_pause: Duration,
 }
 
 impl Registry {
@@ -246,6 +249,7 @@ impl Registry {
 
     /// The registry for a reloaded config: an unchanged connection (same provider, settings,
     /// credentials, rate and circuit) keeps its live state; a new or changed one starts over.
+    /// A provider's pause is lifted either way: a reload is an operator saying "try again".
     pub fn carried_over(config: &Config, old: Option<&Registry>) -> Registry {
         let by_id = config
             .connections
@@ -255,11 +259,17 @@ impl Registry {
                     .and_then(|o| o.by_id.get(&c.id))
                     .filter(|(prev, _)| prev.fingerprint() == c.fingerprint())
                     .map(|(_, h)| h.clone());
+                if let Some(h) = &kept {
+                    h.limiter.clear_pause();
+                }
                 let health = kept.unwrap_or_else(|| Arc::new(Health::new(c)));
                 (c.id.clone(), (c.clone(), health))
             })
             .collect();
-        Registry { by_id }
+        Registry {
+            by_id,
+            max_pause: config.defaults.max_retry_after,
+        }
     }
 
     /// Whether a connection kept its state from `old` (it did not change).
@@ -314,7 +324,7 @@ impl Registry {
         }
         if let Some(e) = failure {
             if e.http_status == Some(429) {
-                let wait = e.retry_after.unwrap_or(DEFAULT_429_PAUSE);
+                let wait = self.pause_for(e.retry_after);
                 info!(connection = %id, wait_ms = wait.as_millis() as u64, "provider asked to slow down; connection paused");
                 h.limiter.pause_until(now + wait);
             }
@@ -333,6 +343,12 @@ impl Registry {
                 );
             }
         }
+    }
+
+    /// How long a provider's "slow down" pauses a connection: what it asked for
+    /// (`Retry-After`), 1 s when it named nothing, never past `defaults.max_retry_after_ms`.
+    pub fn pause_for(&self, asked: Option<Duration>) -> Duration {
+        asked.unwrap_or(DEFAULT_429_PAUSE).min(self.max_pause)
     }
 
     /// Whether an `auto` call should be queued at once because the connection's recent p90

@@ -82,6 +82,12 @@ impl Limiter {
         }
     }
 
+    /// Lift a provider's pause (a validation that succeeded, a reload): the provider answered
+    /// again, or a person decided it should be tried.
+    pub fn clear_pause(&self) {
+        self.bucket.lock().expect("limiter lock").paused_until = None;
+    }
+
     /// Until when the provider paused the connection, if it did.
     pub fn paused_until(&self, now: Instant) -> Option<Instant> {
         self.bucket

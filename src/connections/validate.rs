@@ -144,13 +144,20 @@ pub async fn run_one(
     )
     .await;
     if let Some(wait) = v.rate_limited {
-        // The provider asked for quiet: honour it for actions too, and keep the status.
+        // The provider asked for quiet: honour it for actions too (bounded), and keep the
+        // status.
+        let wait = snap.connections.pause_for(Some(wait));
         health
             .limiter
             .pause_until(tokio::time::Instant::now() + wait);
         health.validation_postponed(crate::workflow::now_ms());
         tracing::info!(connection = %conn.id, wait_ms = wait.as_millis() as u64, "validation rate-limited by the provider; status kept");
         return v;
+    }
+    if v.status == Status::Connected {
+        // The provider answered and took the credentials: whatever pause it asked for
+        // earlier is over.
+        health.limiter.clear_pause();
     }
     if !health.validated(&v, started, crate::workflow::now_ms()) {
         tracing::info!(connection = %conn.id, "validation outrun by a credential refusal during an action; status kept");

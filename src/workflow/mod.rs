@@ -398,6 +398,9 @@ pub struct Backoff {
     pub base: Duration,
     /// The largest ceiling.
     pub cap: Duration,
+    /// The longest a provider's `Retry-After` may postpone a job
+    /// (`defaults.max_retry_after_ms`).
+    pub max_retry_after: Duration,
 }
 
 impl Default for Backoff {
@@ -405,6 +408,7 @@ impl Default for Backoff {
         Backoff {
             base: Duration::from_secs(1),
             cap: Duration::from_secs(300),
+            max_retry_after: Duration::from_secs(300),
         }
     }
 }
@@ -425,11 +429,14 @@ impl Backoff {
         Duration::from_millis(rand::random_range(0..=ceiling))
     }
 
-    /// When to try again: the jittered delay, but never before the provider's `Retry-After`.
+    /// When to try again: the jittered delay, but never before the provider's `Retry-After`,
+    /// itself never honoured past `max_retry_after` (a provider's date in year 9999 must not
+    /// park the job for ever).
     pub fn not_before(&self, now: Millis, attempts: u32, retry_after: Option<Duration>) -> Millis {
-        let delay = self
-            .delay(attempts)
-            .max(retry_after.unwrap_or(Duration::ZERO));
+        let asked = retry_after
+            .unwrap_or(Duration::ZERO)
+            .min(self.max_retry_after);
+        let delay = self.delay(attempts).max(asked);
         now + delay.as_millis() as Millis
     }
 }
@@ -453,6 +460,23 @@ mod tests {
         assert_eq!(b.ceiling(60), Duration::from_secs(300));
         for attempts in 1..12 {
             assert!(b.delay(attempts) <= b.ceiling(attempts));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_bounded() {
+        let b = Backoff {
+            max_retry_after: Duration::from_secs(60),
+            ..Backoff::default()
+        };
+        let year_9999 = Duration::from_secs(250_000_000_000);
+        for attempts in [1, 3, 12] {
+            let at = b.not_before(1_000, attempts, Some(year_9999));
+            assert!(at >= 61_000, "the bound is still a floor: {at}");
+            assert!(
+                at <= 1_000 + b.cap.as_millis() as Millis,
+                "never past the larger of the cap and the bound: {at}"
+            );
         }
     }
 
