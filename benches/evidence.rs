@@ -75,6 +75,7 @@ fn record(n: u64) -> Invocation {
         function: "send_email_summary".into(),
         action: Some("resend.send_email".into()),
         connection_id: Some("acme-resend".into()),
+        channel: None,
         received_at: now_ms(),
         status: "succeeded".into(),
         answered_status: "succeeded".into(),

@@ -225,6 +225,7 @@ fn evidence_encoding(c: &mut Criterion) {
         function: function.name.clone(),
         action: Some(function.action.as_str().into()),
         connection_id: Some(conn.id.clone()),
+        channel: None,
         received_at: 1_795_000_000_000,
         status: "succeeded".into(),
         answered_status: "succeeded".into(),

@@ -517,6 +517,7 @@ async fn worker(path: PathBuf) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let drain = drain_time(&config);
+    toolgate::net::raise_open_files_limit();
     let rt = match toolgate::runtime::Runtime::open_worker(config, Some(path)).await {
         Ok(rt) => rt,
         Err(e) => {

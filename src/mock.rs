@@ -221,6 +221,7 @@ impl MockProvider {
             listener,
             move |req, _| handle(handler_inner.clone(), req),
             shutdown.clone(),
+            None,
         );
         Ok(MockProvider {
             inner,

@@ -173,6 +173,39 @@ pub struct SessionStart {
     pub variables: IndexMap<String, VarValue>,
 }
 
+/// How a call reaches toolgate (SPEC §13): a v1 WebSocket or one of the adapters. Recorded with
+/// the call's evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Protocol v1 (`GET /v1/session`).
+    V1,
+    /// The OpenAI Realtime relay.
+    OpenaiRealtime,
+    /// The Deepgram Voice Agent relay.
+    Deepgram,
+    /// Vapi tool webhooks.
+    Vapi,
+    /// Retell custom-function webhooks.
+    Retell,
+    /// ElevenLabs server-tool webhooks.
+    Elevenlabs,
+}
+
+impl Channel {
+    /// The name evidence and metrics use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::V1 => "v1",
+            Channel::OpenaiRealtime => "openai_realtime",
+            Channel::Deepgram => "deepgram",
+            Channel::Vapi => "vapi",
+            Channel::Retell => "retell",
+            Channel::Elevenlabs => "elevenlabs",
+        }
+    }
+}
+
 /// Who spoke a transcript turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

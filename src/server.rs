@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::admin;
-use crate::config::Config;
-use crate::net::{self, HttpResponse, json_error};
+use crate::config::{Config, ServerSettings};
+use crate::net::{self, ConnLimit, ConnSlot, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
 use crate::workflow::store::StoreError;
@@ -66,12 +66,16 @@ impl Server {
 
     /// [`Server::start`] for a config loaded from `path`, which `SIGHUP` and `POST /v1/reload`
     /// read again.
-    pub async fn start_from(config: Config, path: Option<PathBuf>) -> Result<Server, StartError> {
+    pub async fn start_from(
+        mut config: Config,
+        path: Option<PathBuf>,
+    ) -> Result<Server, StartError> {
         // Before anything can count: metrics recorded earlier would go nowhere.
         crate::telemetry::prometheus();
         for w in &config.warnings {
             warn!(problem = %w, "config warning");
         }
+        fit_to_open_files(&mut config.server, net::raise_open_files_limit());
         let ws_listener = net::bind(&config.server.listen).await?;
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;
@@ -114,6 +118,13 @@ impl Server {
             (stop, task)
         });
 
+        let server = &runtime.server;
+        let pending = ConnLimit::new("session", server.max_pending, server.handshake_timeout);
+        let admin_limit = ConnLimit::new(
+            "admin",
+            server.admin_max_connections,
+            server.handshake_timeout,
+        );
         let rt = runtime.clone();
         let ws_task = net::spawn_http(
             ws_listener,
@@ -122,6 +133,7 @@ impl Server {
                 async move { Ok::<_, Infallible>(upgrade(req, peer, rt).await) }
             },
             shutdown.clone(),
+            Some(pending),
         );
         let rt = runtime.clone();
         let admin_task = net::spawn_http(
@@ -131,6 +143,7 @@ impl Server {
                 async move { Ok::<_, Infallible>(admin::handle(req, rt).await) }
             },
             admin_shutdown.clone(),
+            Some(admin_limit),
         );
         info!(listen = %ws_addr, admin = %admin_addr, "toolgate serving");
         Ok(Server {
@@ -210,6 +223,38 @@ impl Server {
         let _ = self.admin_task.await;
         info!("toolgate stopped");
     }
+}
+
+/// Descriptors kept aside for the job store, the evidence file, provider connections and logs.
+const FD_RESERVE: usize = 512;
+
+/// Keep the listeners within the open-files limit, so a flood of calls or silent sockets on the
+/// session port runs into toolgate's own bounds (refused, counted, logged) and never into
+/// `EMFILE`, which would stop the admin API and every provider request too.
+fn fit_to_open_files(server: &mut ServerSettings, limit: u64) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let need = server
+        .max_sessions
+        .saturating_add(server.max_pending)
+        .saturating_add(server.admin_max_connections)
+        .saturating_add(FD_RESERVE);
+    if limit >= need {
+        return;
+    }
+    let admin = server.admin_max_connections.min(64);
+    let room = limit.saturating_sub(FD_RESERVE + admin).max(2);
+    let pending = server.max_pending.min(room / 4).max(1);
+    let sessions = server.max_sessions.min(room - pending).max(1);
+    warn!(
+        open_files = limit,
+        max_sessions = sessions,
+        max_pending_connections = pending,
+        admin_max_connections = admin,
+        "the open-files limit is below what the configured limits need; serving with these lower limits (raise the hard limit, e.g. LimitNOFILE=)"
+    );
+    server.max_sessions = sessions;
+    server.max_pending = pending;
+    server.admin_max_connections = admin;
 }
 
 fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
@@ -302,6 +347,8 @@ async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>)
         return resp;
     }
     let accept = derive_accept_key(key.as_bytes());
+    // The connection stays counted among those waiting for a session until `session.start`.
+    let slot = req.extensions().get::<ConnSlot>().and_then(ConnSlot::take);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let max_frame = rt.server.max_frame_bytes;
     tokio::spawn(async move {
@@ -313,7 +360,7 @@ async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>)
                     Some(ws_config(max_frame)),
                 )
                 .await;
-                session::serve_connection(ws, org, rt).await;
+                session::serve_connection(ws, org, rt, slot).await;
             }
             Err(e) => debug!(%peer, error = %e, "upgrade failed"),
         }

@@ -442,7 +442,11 @@ async fn a_rate_limited_validation_keeps_the_status_and_pauses_the_connection() 
 const YEAR_9999: &str = "Fri, 31 Dec 9999 23:59:59 GMT";
 
 fn bounded(t: String) -> String {
-    t.replacen("[workflow]", "[defaults]\nmax_retry_after_ms = 60000\n\n[workflow]", 1)
+    t.replacen(
+        "[workflow]",
+        "[defaults]\nmax_retry_after_ms = 60000\n\n[workflow]",
+        1,
+    )
 }
 
 #[tokio::test]
@@ -497,7 +501,10 @@ async fn a_503_with_a_retry_after_in_year_9999_is_deferred_to_within_the_bound()
         .await;
     assert_eq!(a.status(), "deferred");
     assert_eq!(a.result.frame["data"]["reason"], "retryable_failure");
-    let id = a.result.frame["data"]["job_id"].as_str().unwrap().to_owned();
+    let id = a.result.frame["data"]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let job = env.job(&id).await;
     let runnable_at = job["runnable_at"].as_i64().unwrap();
     assert!(

@@ -147,6 +147,7 @@ fn inv(org: &str, id: &str, call: &str, at: Millis, function: &str, status: &str
         function: function.into(),
         action: Some("resend.send_email".into()),
         connection_id: Some("resend".into()),
+        channel: None,
         received_at: at,
         status: status.into(),
         answered_status: status.into(),
@@ -195,6 +196,7 @@ fn started(org: &str, call: &str, at: Millis) -> Event {
         call_id: call.into(),
         agent: "bot".into(),
         caller: Some("+4915*******89".into()),
+        channel: "v1",
         at,
     }
 }

@@ -63,6 +63,7 @@ fn call(store: &EvidenceStore, call_id: &str, age: Millis) {
         call_id: call_id.into(),
         agent: "support-bot".into(),
         caller: None,
+        channel: "v1",
         at,
     });
     store.submit(Event::CallEnded {

@@ -60,9 +60,26 @@ struct Sidecar {
 }
 
 fn start(config: &Path) -> Sidecar {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_toolgate"))
-        .args(["serve", "--config"])
-        .arg(config)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_toolgate"));
+    cmd.args(["serve", "--config"]).arg(config);
+    start_cmd(cmd)
+}
+
+/// `toolgate serve` under an open-files limit set by the shell's `ulimit` (`-Sn 256`: the soft
+/// limit only; `-n 700`: soft and hard).
+fn start_limited(config: &Path, ulimit: &str) -> Sidecar {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit {ulimit} && exec \"$0\" serve --config \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_toolgate"))
+        .arg(config);
+    start_cmd(cmd)
+}
+
+fn start_cmd(mut cmd: Command) -> Sidecar {
+    let mut child = cmd
         .envs(SECRETS_ENV)
         .env("TOOLGATE_LOG", "info")
         .env("TOOLGATE_LOG_FORMAT", "json")
@@ -529,4 +546,96 @@ async fn serve_with_nats_unreachable_and_the_sqlite_fallback_serves_and_says_so(
         "with NATS's error: {log}"
     );
     assert!(!log.contains(NATS_TOKEN), "a secret in the log: {log}");
+}
+
+/// Open `n` TCP connections to `addr` that never send a byte.
+async fn silent_sockets(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+            v.push(s);
+        }
+    }
+    v
+}
+
+async fn healthz(admin: &str) -> Result<u16, String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let resp = reqwest::Client::new()
+        .get(format!("http://{admin}/healthz"))
+        .timeout(Duration::from_secs(3))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(resp.status().as_u16())
+}
+
+/// The soft open-files limit of a process, from `/proc`.
+fn soft_open_files(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let mut cols = line["Max open files".len()..].split_whitespace();
+    (
+        cols.next().unwrap().to_owned(),
+        cols.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_open_files_soft_limit_is_raised_so_silent_sockets_cannot_exhaust_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let config = write_config(dir.path(), &m);
+    let sidecar = start_limited(&config, "-Sn 256");
+    let (soft, hard) = soft_open_files(sidecar.child.id());
+    assert_eq!(soft, hard, "the soft limit is raised to the hard one");
+    // More silent sockets than the soft limit it started with, on both ports.
+    let _flood = silent_sockets(&sidecar.ws, 300).await;
+    let _admin_flood = silent_sockets(&sidecar.admin, 100).await;
+    assert_eq!(healthz(&sidecar.admin).await, Ok(200));
+    let mut c = open_call(&sidecar.url(), "c-after-flood").await;
+    let r = tool_call(&mut c, "1", "notify_team", json!({"reason": "billing"})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+}
+
+#[tokio::test]
+async fn under_a_low_hard_limit_a_flood_of_silent_sockets_leaves_calls_and_the_admin_api_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let config = write_config(dir.path(), &m);
+    let sidecar = start_limited(&config, "-n 700");
+    let (soft, _) = soft_open_files(sidecar.child.id());
+    assert_eq!(soft, "700");
+    // Twice the descriptors the process has, half of them upgraded WebSockets that never send
+    // session.start: the listeners' own bounds close the oldest, and no accept hits EMFILE.
+    let _flood = silent_sockets(&sidecar.ws, 700).await;
+    let mut upgraded = Vec::new();
+    let url = sidecar.url();
+    for _ in 0..300 {
+        let connect = CallClient::connect(&url, Some(ACME_TOKEN));
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(1), connect).await {
+            upgraded.push(c);
+        }
+    }
+    let _admin_flood = silent_sockets(&sidecar.admin, 400).await;
+    // Well before any silent socket's handshake timeout (5 s): the bounds, not the timeout,
+    // keep the sidecar answering.
+    let quick = Duration::from_secs(2);
+    assert_eq!(
+        tokio::time::timeout(quick, healthz(&sidecar.admin)).await,
+        Ok(Ok(200))
+    );
+    let call = async {
+        let mut c = open_call(&sidecar.url(), "c-after-flood").await;
+        tool_call(&mut c, "1", "notify_team", json!({"reason": "billing"})).await
+    };
+    let r = tokio::time::timeout(quick, call)
+        .await
+        .expect("a call during the flood is answered at once");
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(m.webhook.delivered(), 1);
 }

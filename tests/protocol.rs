@@ -504,3 +504,20 @@ async fn a_silent_socket_is_noticed_and_its_session_ends() {
     assert_eq!(active, 1);
     drop(hung);
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_no_session_start_is_closed_after_the_handshake_timeout() {
+    let env =
+        Env::start_with(|t| t.replacen("[server]\n", "[server]\nhandshake_timeout_ms = 300\n", 1))
+            .await;
+    let mut client = env.connect().await;
+    let started = std::time::Instant::now();
+    let r = client.recv(WAIT).await.unwrap();
+    assert_eq!(r.frame["code"], "no_session", "{:?}", r.frame);
+    assert_eq!(client.closed(WAIT).await.unwrap(), Some(1008));
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(3),
+        "closed at the handshake timeout, not the idle timeout: {waited:?}"
+    );
+}

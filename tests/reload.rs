@@ -343,10 +343,7 @@ async fn a_reload_lifts_a_providers_pause() {
     s.validated_after("acme-wati", 0).await;
     s.wati.push(toolgate::mock::Reply::Raw {
         status: 429,
-        headers: vec![(
-            "retry-after".into(),
-            "Fri, 31 Dec 9999 23:59:59 GMT".into(),
-        )],
+        headers: vec![("retry-after".into(), "Fri, 31 Dec 9999 23:59:59 GMT".into())],
         body: "Too many requests".into(),
     });
     let (mut c, _) = s.session("c-paused").await;

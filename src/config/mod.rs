@@ -62,6 +62,14 @@ pub struct ServerSettings {
     pub disconnect_grace: Duration,
     /// Most concurrent sessions before `overloaded` (`max_sessions`).
     pub max_sessions: usize,
+    /// Most connections on `listen` that are not (yet) in a session: reading their request, or
+    /// upgraded and waiting for `session.start` (`max_pending_connections`, default 1024).
+    pub max_pending: usize,
+    /// How long a new connection has to send its request headers, and an upgraded one its
+    /// `session.start` (`handshake_timeout_ms`, default 5000).
+    pub handshake_timeout: Duration,
+    /// Most connections on `admin_listen` at once (`admin_max_connections`, default 256).
+    pub admin_max_connections: usize,
     /// Most unanswered tool calls per session before `overloaded` (`max_inflight_per_session`).
     pub max_inflight_per_session: usize,
     /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).

@@ -598,6 +598,9 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
             "ping_interval_ms",
             "idle_timeout_ms",
             "write_timeout_ms",
+            "max_pending_connections",
+            "handshake_timeout_ms",
+            "admin_max_connections",
         ],
     );
     let addr = |ck: &mut Ck<'_>, key: &str, default: &str| {
@@ -630,6 +633,13 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
         max_sessions: ck
             .uint(t, P, "max_sessions", 1, 1_000_000)
             .unwrap_or(20_000) as usize,
+        max_pending: ck
+            .uint(t, P, "max_pending_connections", 1, 1_000_000)
+            .unwrap_or(1024) as usize,
+        handshake_timeout: ms(ck, "handshake_timeout_ms", 5_000),
+        admin_max_connections: ck
+            .uint(t, P, "admin_max_connections", 1, 100_000)
+            .unwrap_or(256) as usize,
         max_inflight_per_session: ck
             .uint(t, P, "max_inflight_per_session", 1, 1024)
             .unwrap_or(16) as usize,

@@ -139,6 +139,10 @@ pub struct Invocation {
     pub action: Option<String>,
     /// Connection id.
     pub connection_id: Option<String>,
+    /// How the call reached toolgate (SPEC §13): `v1`, `openai_realtime`, `deepgram`, `vapi`,
+    /// `retell`, `elevenlabs`; none on a workflow attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
     /// When the `tool.call` arrived (or the attempt began), ms since the epoch.
     pub received_at: Millis,
     /// The final status: what in the end happened.
@@ -281,6 +285,8 @@ pub enum Event {
         agent: String,
         /// The caller's number, masked.
         caller: Option<String>,
+        /// How the call reached toolgate (`v1`, `openai_realtime`, `vapi`, ...).
+        channel: &'static str,
         /// When.
         at: Millis,
     },
@@ -602,6 +608,7 @@ impl Attempt<'_> {
             function: job.function.clone(),
             action: Some(job.action.clone()),
             connection_id: Some(job.connection.clone()),
+            channel: None,
             received_at: self.started_at,
             status: status.to_owned(),
             answered_status: "none".to_owned(),

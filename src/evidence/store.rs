@@ -89,6 +89,9 @@ pub(crate) enum Row {
         call_id: String,
         agent: String,
         caller: Option<String>,
+        /// Absent in events of an older version: a v1 call.
+        #[serde(default = "v1_channel")]
+        channel: String,
         at: Millis,
     },
     /// A transcript turn or consent event, redacted.
@@ -111,6 +114,10 @@ pub(crate) enum Row {
     Final(Box<Final>),
 }
 
+fn v1_channel() -> String {
+    "v1".to_owned()
+}
+
 impl From<Event> for Row {
     fn from(e: Event) -> Row {
         match e {
@@ -119,12 +126,14 @@ impl From<Event> for Row {
                 call_id,
                 agent,
                 caller,
+                channel,
                 at,
             } => Row::CallStarted {
                 org,
                 call_id,
                 agent,
                 caller,
+                channel: channel.to_owned(),
                 at,
             },
             Event::History {
@@ -155,12 +164,24 @@ impl From<Event> for Row {
     }
 }
 
+/// Files written before calls had a channel get the column (every older call was a v1 call).
+fn add_channel_column(c: &Connection) -> Result<(), rusqlite::Error> {
+    let has: bool = c
+        .prepare("SELECT 1 FROM pragma_table_info('calls') WHERE name = 'channel'")?
+        .exists([])?;
+    if !has {
+        c.execute_batch("ALTER TABLE calls ADD COLUMN channel TEXT NOT NULL DEFAULT 'v1'")?;
+    }
+    Ok(())
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS calls (
   org TEXT NOT NULL,
   call_id TEXT NOT NULL,
   agent TEXT NOT NULL,
   caller TEXT,
+  channel TEXT NOT NULL DEFAULT 'v1',
   started_at INTEGER NOT NULL,
   ended_at INTEGER,
   end_reason TEXT,
@@ -273,6 +294,8 @@ pub struct CallHistory {
     pub agent: String,
     /// The caller's number, masked.
     pub caller: Option<String>,
+    /// How the call reached toolgate (`v1`, `openai_realtime`, `deepgram`, `vapi`, ...).
+    pub channel: String,
     /// When the session started.
     pub started_at: Millis,
     /// When it ended.
@@ -375,6 +398,7 @@ impl EvidenceStore {
         let mut writer = crate::workflow::store::connect(path)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(SCHEMA)?;
+        add_channel_column(&writer)?;
         let position = match stream {
             None => 0,
             Some(identity) => stream_position(&mut writer, identity)?,
@@ -577,7 +601,7 @@ impl EvidenceStore {
         self.read(move |c| {
                         let head = c
                 .prepare_cached(
-                    "SELECT org, agent, caller, started_at, ended_at, end_reason FROM calls \
+                    "SELECT org, agent, caller, started_at, ended_at, end_reason, channel FROM calls \
                      WHERE call_id = ?1 AND (?2 IS NULL OR org = ?2) ORDER BY started_at DESC LIMIT 1",
                 )?
                 .query_row(params![call_id, org], |r| {
@@ -589,6 +613,7 @@ impl EvidenceStore {
                         started_at: r.get(3)?,
                         ended_at: r.get(4)?,
                         end_reason: r.get(5)?,
+                        channel: r.get(6)?,
                         timeline: Vec::new(),
                         invocations: Vec::new(),
                     })
@@ -1000,13 +1025,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
             call_id,
             agent,
             caller,
+            channel,
             at,
         } => {
             tx.prepare_cached(
-                "INSERT INTO calls (org, call_id, agent, caller, started_at) VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (org, call_id) DO UPDATE SET agent = ?3, ended_at = NULL, end_reason = NULL",
+                "INSERT INTO calls (org, call_id, agent, caller, started_at, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (org, call_id) DO UPDATE SET agent = ?3, ended_at = NULL, end_reason = NULL, channel = ?6",
             )?
-            .execute(params![org, call_id, agent, caller, at])?;
+            .execute(params![org, call_id, agent, caller, at, channel])?;
         }
         Row::Turn {
             org,
@@ -1095,6 +1121,7 @@ mod tests {
             function: "f".into(),
             action: None,
             connection_id: None,
+            channel: None,
             received_at: at,
             status: status.into(),
             answered_status: status.into(),
@@ -1199,6 +1226,7 @@ mod tests {
                 call_id: call.into(),
                 agent: "bot".into(),
                 caller: None,
+                channel: "v1",
                 at,
             });
             store.submit(Event::Invocation(Box::new(inv(

@@ -33,12 +33,13 @@ use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
 use crate::guards::{self, CallView, Decision};
 use crate::protocol::{
-    ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
+    Channel, ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, SessionStart, ToolCall,
 };
 use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
 use crate::workflow::{Millis, now_ms};
-use socket::{Incoming, Socket};
+pub use socket::LocalOut;
+use socket::{Incoming, LocalPeer, Socket};
 use state::{ActionState, Entry, History, Ledger, LedgerEntry};
 
 /// The server side of a media server's WebSocket.
@@ -79,16 +80,27 @@ fn frame_error(e: &FrameError) -> String {
 }
 
 /// Serve one upgraded connection: wait for `session.start`, then run (or resume) its session.
-pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
+/// `slot` counts the connection among those waiting for a session
+/// (`server.max_pending_connections`) until it has one.
+pub async fn serve_connection(
+    ws: Ws,
+    org: String,
+    rt: Arc<Runtime>,
+    slot: Option<crate::net::Admission>,
+) {
     let mut sock = Socket::new(ws, &rt.server);
-    // A connection that never starts a session does not hold a socket forever.
-    let start_by = Instant::now() + sock.idle_after();
+    // A connection that never starts a session does not hold a socket for long.
+    let start_by = Instant::now() + rt.server.handshake_timeout;
     let shutdown = rt.shutdown.clone();
     loop {
         let incoming = tokio::select! {
             incoming = sock.next() => incoming,
             _ = shutdown.cancelled() => {
                 sock.close(CloseCode::Away, "toolgate is shutting down").await;
+                return;
+            }
+            _ = async { slot.as_ref().unwrap().evicted().await }, if slot.is_some() => {
+                sock.close(CloseCode::Again, "too many connections without a session").await;
                 return;
             }
             _ = sleep_until(start_by) => {
@@ -107,8 +119,9 @@ pub async fn serve_connection(ws: Ws, org: String, rt: Arc<Runtime>) {
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match open(start.clone(), &org, &rt) {
+                    match open(start.clone(), &org, Channel::V1, &rt) {
                         Open::New(session, call_id) => {
+                            drop(slot);
                             let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
                             session.run(sock).instrument(span).await;
                             return;
@@ -172,7 +185,50 @@ enum Open {
     },
 }
 
-fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
+/// A session an adapter drives in-process (SPEC §13): it sends what a media server would
+/// send and reads the v1 frames a media server would read; the session, its guards, budget,
+/// evidence and metrics are exactly those of a v1 call.
+pub struct Attached {
+    /// Frames to the session. Dropping it detaches (the session then ends after
+    /// `server.disconnect_grace_ms`); send `session.end` to end it at once.
+    pub to_session: mpsc::Sender<Inbound>,
+    /// What the session answers: `session.ready`, fillers, results, errors, and how it closed.
+    pub from_session: mpsc::UnboundedReceiver<LocalOut>,
+    /// The session's agent.
+    pub agent: Arc<Agent>,
+}
+
+/// Start a session for an adapter. Refused like a v1 `session.start` would be: unknown agent,
+/// another org's agent, a call id already live, the sidecar full.
+pub fn attach(
+    start: SessionStart,
+    org: &str,
+    channel: Channel,
+    rt: &Arc<Runtime>,
+) -> Result<Attached, (ErrorCode, String)> {
+    match open(start, org, channel, rt) {
+        Open::New(session, call_id) => {
+            let (to_session, rx) = mpsc::channel(64);
+            let (tx, from_session) = mpsc::unbounded_channel();
+            let agent = session.agent.clone();
+            let sock = Socket::local(LocalPeer { rx, tx }, &rt.server);
+            let span = info_span!("session", call_id = %call_id, org = %org, agent = %agent.id, channel = channel.as_str());
+            tokio::spawn(session.run(sock).instrument(span));
+            Ok(Attached {
+                to_session,
+                from_session,
+                agent,
+            })
+        }
+        Open::Resume(_) => Err((
+            ErrorCode::SessionExists,
+            "this call already has a live session".to_owned(),
+        )),
+        Open::Refuse { code, message, .. } => Err((code, message)),
+    }
+}
+
+fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> Open {
     let snap = rt.snap();
     let Some(agent) = snap.agent(&start.agent) else {
         // Suggest only this org's agents: others' names are not this token's business.
@@ -234,6 +290,7 @@ fn open(start: SessionStart, org: &str, rt: &Arc<Runtime>) -> Open {
             };
             let session = Session {
                 rt: rt.clone(),
+                channel,
                 key,
                 filler_rotation: vec![0; agent.functions.len()],
                 agent: agent.clone(),
@@ -295,6 +352,8 @@ enum Flow {
 
 struct Session {
     rt: Arc<Runtime>,
+    /// How the call reaches toolgate.
+    channel: Channel,
     key: SessionKey,
     agent: Arc<Agent>,
     ctx: Arc<CallContext>,
@@ -345,6 +404,7 @@ impl Session {
                 call_id: self.ctx.call_id.clone(),
                 agent: self.agent.id.clone(),
                 caller: self.ctx.caller.number.as_deref().map(crate::redact::phone),
+                channel: self.channel.as_str(),
                 at: self.started_at,
             });
         let mut sock = Some(sock);

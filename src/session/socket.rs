@@ -12,6 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
+use tokio::sync::mpsc;
+
 use super::{Ws, error_frame, frame_error};
 use crate::config::ServerSettings;
 use crate::protocol::{self, ErrorCode, Inbound};
@@ -76,9 +78,34 @@ fn frame_id(text: &str) -> Option<String> {
     serde_json::from_str::<Id>(text).ok().and_then(|i| i.id)
 }
 
-/// A media server's WebSocket with its liveness rules.
+/// What a session says to an adapter that drives it in-process ([`super::attach`]): the same
+/// frames a v1 media server would read, and how the session closed.
+#[derive(Debug)]
+pub enum LocalOut {
+    /// A v1 frame (JSON text).
+    Frame(String),
+    /// The session closed its side with this code (1000 after `session.end`, 1001 at shutdown).
+    Closed(CloseCode),
+}
+
+/// An adapter's end of a session: decoded frames in, v1 frames out. No WebSocket framing, no
+/// JSON decoding on the way in; liveness is the adapter's business.
+pub(crate) struct LocalPeer {
+    pub(crate) rx: mpsc::Receiver<Inbound>,
+    pub(crate) tx: mpsc::UnboundedSender<LocalOut>,
+}
+
+// The WebSocket is the common case and the adapter's peer a small one: boxing the socket would
+// cost every v1 call an allocation to save nothing.
+#[allow(clippy::large_enum_variant)]
+enum Wire {
+    Ws(Ws),
+    Local(LocalPeer),
+}
+
+/// A media server's WebSocket with its liveness rules, or an adapter's in-process peer.
 pub(crate) struct Socket {
-    ws: Ws,
+    wire: Wire,
     live: Liveness,
     limiter: FrameLimiter,
     last_seen: Instant,
@@ -87,10 +114,18 @@ pub(crate) struct Socket {
 
 impl Socket {
     pub(crate) fn new(ws: Ws, server: &ServerSettings) -> Socket {
+        Socket::with_wire(Wire::Ws(ws), server)
+    }
+
+    pub(crate) fn local(peer: LocalPeer, server: &ServerSettings) -> Socket {
+        Socket::with_wire(Wire::Local(peer), server)
+    }
+
+    fn with_wire(wire: Wire, server: &ServerSettings) -> Socket {
         let now = Instant::now();
         let live = Liveness::from(server);
         Socket {
-            ws,
+            wire,
             live,
             limiter: FrameLimiter {
                 max: server.max_frames_per_second,
@@ -102,16 +137,20 @@ impl Socket {
         }
     }
 
-    /// How long a peer may stay silent.
-    pub(crate) fn idle_after(&self) -> Duration {
-        self.live.idle_after
-    }
-
     /// The next screened frame. Cancel-safe: dropping it loses no frame.
     pub(crate) async fn next(&mut self) -> Incoming {
+        let ws = match &mut self.wire {
+            Wire::Ws(ws) => ws,
+            Wire::Local(peer) => {
+                return match peer.rx.recv().await {
+                    Some(frame) => Incoming::Frame(frame, Instant::now()),
+                    None => Incoming::Gone,
+                };
+            }
+        };
         loop {
             tokio::select! {
-                msg = self.ws.next() => {
+                msg = ws.next() => {
                     let now = Instant::now();
                     self.last_seen = now;
                     let text = match msg {
@@ -126,7 +165,7 @@ impl Socket {
                         Some(Ok(Message::Close(_))) | None => return Incoming::Gone,
                         Some(Err(WsError::Capacity(e))) => {
                             debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
-                            self.close(CloseCode::Size, "frame too large").await;
+                            close_ws(ws, self.live.write_timeout, CloseCode::Size, "frame too large").await;
                             return Incoming::Gone;
                         }
                         Some(Err(e)) => {
@@ -152,7 +191,7 @@ impl Socket {
                         debug!(idle_ms = now.duration_since(self.last_seen).as_millis() as u64, "peer silent past idle_timeout_ms");
                         return Incoming::Gone;
                     }
-                    if !self.write(Message::Ping(Default::default())).await {
+                    if !write_ws(ws, self.live.write_timeout, Message::Ping(Default::default())).await {
                         return Incoming::Gone;
                     }
                     self.next_ping = now + self.live.ping_every;
@@ -163,29 +202,41 @@ impl Socket {
 
     /// Send a text frame; `false` when the peer is gone or too slow to take it.
     pub(crate) async fn send(&mut self, text: String) -> bool {
-        self.write(Message::text(text)).await
-    }
-
-    async fn write(&mut self, msg: Message) -> bool {
-        match timeout(self.live.write_timeout, self.ws.send(msg)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                debug!(error = %e, "socket write failed");
-                false
-            }
-            Err(_) => {
-                debug!("socket write timed out");
-                false
-            }
+        match &mut self.wire {
+            Wire::Ws(ws) => write_ws(ws, self.live.write_timeout, Message::text(text)).await,
+            Wire::Local(peer) => peer.tx.send(LocalOut::Frame(text)).is_ok(),
         }
     }
 
     /// Close with a code (best effort, bounded by the write timeout).
     pub(crate) async fn close(&mut self, code: CloseCode, reason: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason.to_owned().into(),
-        };
-        let _ = timeout(self.live.write_timeout, self.ws.close(Some(frame))).await;
+        match &mut self.wire {
+            Wire::Ws(ws) => close_ws(ws, self.live.write_timeout, code, reason).await,
+            Wire::Local(peer) => {
+                let _ = peer.tx.send(LocalOut::Closed(code));
+            }
+        }
     }
+}
+
+async fn write_ws(ws: &mut Ws, within: Duration, msg: Message) -> bool {
+    match timeout(within, ws.send(msg)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!(error = %e, "socket write failed");
+            false
+        }
+        Err(_) => {
+            debug!("socket write timed out");
+            false
+        }
+    }
+}
+
+async fn close_ws(ws: &mut Ws, within: Duration, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = timeout(within, ws.close(Some(frame))).await;
 }
