@@ -59,6 +59,7 @@ pub mod net;
 pub mod protocol;
 pub mod providers;
 pub mod redact;
+pub mod relay;
 pub mod replay;
 pub mod runtime;
 pub mod scenario;

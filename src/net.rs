@@ -261,6 +261,30 @@ where
     })
 }
 
+/// Read a request body of at most `limit` bytes; `Err` is the response to send (413 when it
+/// is larger, 400 when it breaks off).
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, HttpResponse> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("the body is over {limit} bytes"),
+            ))
+        }
+        Err(_) => Err(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request body could not be read",
+        )),
+    }
+}
+
 /// A JSON response.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
     Response::builder()

@@ -227,6 +227,8 @@ pub struct Runtime {
     pub tasks: TaskTracker,
     /// Woken when connections need validating now (after a reload).
     pub validate_now: Notify,
+    /// Relay tickets issued and not yet used (SPEC §13.2).
+    pub tickets: crate::relay::Tickets,
     config_path: Option<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -277,6 +279,7 @@ impl Runtime {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             validate_now: Notify::new(),
+            tickets: Default::default(),
             config_path: path,
             reloading: tokio::sync::Mutex::new(()),
             snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)),

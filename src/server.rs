@@ -130,7 +130,7 @@ impl Server {
             ws_listener,
             move |req, peer| {
                 let rt = rt.clone();
-                async move { Ok::<_, Infallible>(upgrade(req, peer, rt).await) }
+                async move { Ok::<_, Infallible>(route(req, peer, rt).await) }
             },
             shutdown.clone(),
             Some(pending),
@@ -286,14 +286,57 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, want: &str) -> 
         .any(|part| part.trim().eq_ignore_ascii_case(want))
 }
 
-async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>) -> HttpResponse {
-    if req.uri().path() != "/v1/session" {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "the WebSocket endpoint is /v1/session",
-        );
+/// Routes on `server.listen`: the v1 WebSocket, relay tickets and the relays (SPEC §13.2).
+async fn route(req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>) -> HttpResponse {
+    let path = req.uri().path();
+    if path == "/v1/session" {
+        return upgrade(req, peer, rt).await;
     }
+    if path == "/v1/relay/tickets" {
+        if req.method() != Method::POST {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use POST",
+            );
+        }
+        let snap = rt.snap();
+        let Some(org) = bearer(&req).and_then(|t| snap.org_for_session_token(t)) else {
+            return unauthorized();
+        };
+        let org = org.to_owned();
+        return crate::relay::issue(req, &org, &rt).await;
+    }
+    if let Some((kind, ticket)) = crate::relay::route(path) {
+        if req.method() != Method::GET {
+            return json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "use GET",
+            );
+        }
+        let ticket = ticket.to_owned();
+        return crate::relay::upgrade(req, kind, &ticket, rt).await;
+    }
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "the WebSocket endpoint is /v1/session",
+    )
+}
+
+fn unauthorized() -> HttpResponse {
+    let mut resp = json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send Authorization: Bearer <org session token>",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>) -> HttpResponse {
     if req.method() != Method::GET {
         return json_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -304,14 +347,7 @@ async fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>)
     let snap = rt.snap();
     let Some(org) = bearer(&req).and_then(|t| snap.org_for_session_token(t)) else {
         debug!(%peer, "session upgrade refused: missing or unknown token");
-        let mut resp = json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "send Authorization: Bearer <org session token>",
-        );
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
+        return unauthorized();
     };
     let org = org.to_owned();
     let is_upgrade = header_has(&req, header::CONNECTION, "upgrade")

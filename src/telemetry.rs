@@ -4,10 +4,31 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// Dependencies whose verbose levels print raw traffic: WebSocket handshakes (a relay's upstream
+/// request carries the client's key) and frames (caller numbers, emails, transcript), HTTP
+/// bodies. They stay at `warn` whatever `TOOLGATE_LOG` says.
+const QUIET: [&str; 6] = [
+    "tungstenite=warn",
+    "tokio_tungstenite=warn",
+    "hyper=warn",
+    "hyper_util=warn",
+    "reqwest=warn",
+    "rustls=warn",
+];
+
+/// The log filter for `spec` (an `EnvFilter` directive list), with [`QUIET`] applied on top.
+pub fn log_filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    for q in QUIET {
+        filter = filter.add_directive(q.parse().expect("static directive"));
+    }
+    filter
+}
+
 /// Install the global subscriber; `default` is the filter when `TOOLGATE_LOG` is unset.
 pub fn init_tracing(default: &str) {
-    let filter =
-        EnvFilter::try_from_env("TOOLGATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let spec = std::env::var("TOOLGATE_LOG").unwrap_or_else(|_| default.to_owned());
+    let filter = log_filter(&spec);
     let json = std::env::var("TOOLGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -39,6 +39,8 @@ pub struct Config {
     pub evidence: EvidenceSettings,
     /// `[workflow]`
     pub workflow: WorkflowSettings,
+    /// `[relay]` (SPEC §13.2)
+    pub relay: RelaySettings,
     /// `[[orgs]]`
     pub orgs: Vec<Org>,
     /// `[[connections]]`
@@ -170,6 +172,20 @@ pub struct Defaults {
     /// `Retry-After` or `ratelimit-reset` above it pauses a connection, or postpones a job,
     /// only this long.
     pub max_retry_after: Duration,
+}
+
+/// `[relay]`: the realtime relays (SPEC §13.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// Where OpenAI Realtime sessions go (`openai_upstream`); the client's query string is
+    /// appended.
+    pub openai_upstream: String,
+    /// Where Deepgram Voice Agent sessions go (`deepgram_upstream`).
+    pub deepgram_upstream: String,
+    /// How long a ticket is valid (`ticket_ttl_ms`, default 60000).
+    pub ticket_ttl: Duration,
+    /// Largest relayed frame, either way (`max_frame_bytes`, default 16 MiB).
+    pub max_frame_bytes: usize,
 }
 
 /// `[evidence]`

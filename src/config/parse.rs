@@ -53,6 +53,7 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "evidence",
     "workflow",
+    "relay",
     "orgs",
     "connections",
     "agents",
@@ -555,6 +556,9 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
     let mut workflow = parse_workflow(&mut ck, workflow_t);
     workflow.backoff.max_retry_after = defaults.max_retry_after;
 
+    let relay_t = ck_table(&mut ck, &root, "relay").unwrap_or(&empty);
+    let relay = parse_relay(&mut ck, relay_t);
+
     let orgs = parse_orgs(&mut ck, &root);
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
     let (connections, declared) = parse_connections(&mut ck, &root, &org_ids);
@@ -568,6 +572,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
             defaults,
             evidence,
             workflow,
+            relay,
             orgs,
             connections,
             agents,
@@ -885,6 +890,50 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
         },
         worker: ck.boolean(t, P, "worker").unwrap_or(true),
         retain_days: ck.uint(t, P, "retain_days", 1, 3650).unwrap_or(30) as u32,
+    }
+}
+
+fn parse_relay(ck: &mut Ck<'_>, t: &Table) -> crate::config::RelaySettings {
+    const P: &str = "relay";
+    ck.keys(
+        t,
+        P,
+        &[
+            "openai_upstream",
+            "deepgram_upstream",
+            "ticket_ttl_ms",
+            "max_frame_bytes",
+        ],
+    );
+    let ws_url = |ck: &mut Ck<'_>, key: &str, default: &str| {
+        let s = ck
+            .string(t, P, key, false)
+            .unwrap_or_else(|| default.to_owned());
+        let ok = (s.starts_with("ws://") || s.starts_with("wss://"))
+            && s.parse::<hyper::Uri>()
+                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !ok {
+            ck.err(
+                at(P, key),
+                format!("{s:?} is not a WebSocket URL like \"{default}\""),
+            );
+        }
+        s
+    };
+    crate::config::RelaySettings {
+        openai_upstream: ws_url(ck, "openai_upstream", "wss://api.openai.com/v1/realtime"),
+        deepgram_upstream: ws_url(
+            ck,
+            "deepgram_upstream",
+            "wss://agent.deepgram.com/v1/agent/converse",
+        ),
+        ticket_ttl: Duration::from_millis(
+            ck.uint(t, P, "ticket_ttl_ms", 1000, 3_600_000)
+                .unwrap_or(60_000),
+        ),
+        max_frame_bytes: ck
+            .uint(t, P, "max_frame_bytes", 1024, 256 << 20)
+            .unwrap_or(16 << 20) as usize,
     }
 }
 
