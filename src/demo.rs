@@ -289,6 +289,113 @@ async fn play(
     Ok((tl.out, ok))
 }
 
+/// The relayed call: a stand-in for the media server's OpenAI Realtime client gets a ticket,
+/// connects through toolgate to the loopback model, and asks for an email; toolgate runs the
+/// model's call of `send_email_summary` itself and the client never sees it.
+async fn relayed_call(
+    server: &Server,
+    model: &crate::mock::realtime::FakeRealtime,
+    resend: &MockProvider,
+) -> anyhow::Result<(String, bool)> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let mut tl = Timeline::new(Instant::now());
+    let sent_before = resend.requests().len();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/v1/relay/tickets", server.ws_addr))
+        .bearer_auth(SESSION_TOKEN)
+        .header("content-type", "application/json")
+        .body(
+            json!({"agent": "support-bot", "call_id": "demo-relayed",
+                "caller": {"number": "+14155550100", "name": "Ana"},
+                "variables": {"email": "ana@example.com", "order_id": "A-1042"}})
+            .to_string(),
+        )
+        .send()
+        .await?;
+    let ticket: Value = serde_json::from_slice(&resp.bytes().await?)?;
+    let base = ticket["openai_url"].as_str().unwrap_or_default().to_owned();
+    tl.line(
+        Instant::now(),
+        "→",
+        &format!("POST /v1/relay/tickets  base URL for the client: {base}"),
+    );
+    let mut req = format!("{base}/realtime?model=gpt-realtime").into_client_request()?;
+    req.headers_mut()
+        .insert("authorization", "Bearer sk-demo-not-a-real-key".parse()?);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
+    let send = |v: Value| Message::text(v.to_string());
+    let update = json!({"type": "session.update", "session": {"type": "realtime",
+        "tools": [{"type": "function", "name": "lookup_order", "description": "Look up an order",
+                   "parameters": {"type": "object", "properties": {}}}]}});
+    ws.send(send(update)).await?;
+    tl.line(
+        Instant::now(),
+        "→",
+        "client: session.update with its own tool lookup_order",
+    );
+    let said = "Yes please, email me the summary of my order.";
+    ws.send(send(
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": said}]}}),
+    ))
+    .await?;
+    tl.line(
+        Instant::now(),
+        "→",
+        &format!("client: caller says {said:?}"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut finished = false;
+    while !finished && Instant::now() < deadline {
+        let next = tokio::time::timeout_at(deadline, ws.next()).await;
+        let Ok(Some(Ok(Message::Text(t)))) = next else {
+            break;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap_or_default();
+        let ty = v["type"].as_str().unwrap_or("").to_owned();
+        let what = match ty.as_str() {
+            "response.output_audio_transcript.done" => {
+                let line = v["transcript"].as_str().unwrap_or("");
+                finished = line.starts_with("Done");
+                format!("client sees {ty}: agent says {line:?}")
+            }
+            "conversation.item.input_audio_transcription.completed" => {
+                format!("client sees {ty}")
+            }
+            _ => format!("client sees {ty}"),
+        };
+        tl.line(Instant::now(), "←", &what);
+    }
+    let _ = ws.close(None).await;
+    let upstream = model.received();
+    let tools: Vec<&str> = upstream
+        .iter()
+        .rev()
+        .find(|v| v["type"] == "session.update")
+        .and_then(|v| v["session"]["tools"].as_array())
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    tl.note(&format!("the model was offered: {}", tools.join(", ")));
+    let answered: Vec<String> = upstream
+        .iter()
+        .filter(|v| v["item"]["type"] == "function_call_output")
+        .map(|v| format!("toolgate answered the model: {}", v["item"]["output"]))
+        .collect();
+    for a in &answered {
+        tl.note(a);
+    }
+    let sent = resend.requests();
+    for r in &sent[sent_before..] {
+        tl.note(&describe_request("mock Resend", r));
+    }
+    tl.note("the client saw no function-call event of send_email_summary: toolgate ran it");
+    let ok = finished && sent.len() == sent_before + 1 && answered.len() == 1;
+    Ok((tl.out, ok))
+}
+
 /// Wait for a workflow job to reach a final state.
 async fn settle(rt: &crate::runtime::Runtime, id: &str) -> Option<crate::workflow::Job> {
     use crate::workflow::JobState;
@@ -318,7 +425,10 @@ fn turn(role: &str, text: &str) -> Value {
 /// Run the demo; with `keep_running` the sidecar and mocks stay up until Ctrl-C.
 pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     let mocks = Mocks::start().await?;
-    let config = mocks.config();
+    let model = crate::mock::realtime::FakeRealtime::start().await?;
+    let model_url = model.url();
+    let config =
+        mocks.config_with(|t| format!("{t}\n[relay]\nopenai_upstream = \"{model_url}\"\n"));
     let server = Server::start(config).await?;
     let url = server.session_url();
     out!("toolgate demo");
@@ -436,6 +546,18 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
         all_ok &= ok;
         out!();
     }
+    out!(
+        "Call {} of {}: relayed OpenAI Realtime session: the media server's Realtime client only changes its base URL",
+        scripts.len() + 1,
+        scripts.len() + 1
+    );
+    let (text, ok) = relayed_call(&server, &model, &mocks.resend).await?;
+    out_raw!("{text}");
+    if !ok {
+        out!("  !! expected the email sent once and the model told it succeeded");
+    }
+    all_ok &= ok;
+    out!();
 
     out!("What to look at next:");
     out!(

@@ -7,6 +7,8 @@
 //! every request it receives and counts *deliveries* (requests the real provider would have
 //! acted on) separately, so a test can tell a replayed idempotent request from a double send.
 
+pub mod realtime;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
