@@ -54,6 +54,7 @@ pub mod diagnostics;
 pub mod dispatch;
 pub mod evidence;
 pub mod guards;
+pub mod hooks;
 pub mod mock;
 pub mod net;
 pub mod protocol;

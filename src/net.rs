@@ -294,6 +294,15 @@ pub fn json(status: StatusCode, body: &serde_json::Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
+/// A JSON document that is already text (the §2 output string as a Retell or ElevenLabs answer).
+pub fn raw_json(status: StatusCode, body: String) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
 /// The SPEC's error shape: `{"error": code, "message": text}`.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     json(

@@ -229,6 +229,8 @@ pub struct Runtime {
     pub validate_now: Notify,
     /// Relay tickets issued and not yet used (SPEC §13.2).
     pub tickets: crate::relay::Tickets,
+    /// Webhook calls' implicit sessions (SPEC §13.1).
+    pub hooks: crate::hooks::Calls,
     config_path: Option<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -280,6 +282,7 @@ impl Runtime {
             tasks: TaskTracker::new(),
             validate_now: Notify::new(),
             tickets: Default::default(),
+            hooks: Default::default(),
             config_path: path,
             reloading: tokio::sync::Mutex::new(()),
             snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)),

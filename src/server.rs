@@ -307,6 +307,10 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, rt: Arc<Runtime>) -> Ht
         let org = org.to_owned();
         return crate::relay::issue(req, &org, &rt).await;
     }
+    if let Some((id, function)) = crate::hooks::route(path) {
+        let (id, function) = (id.to_owned(), function.map(str::to_owned));
+        return crate::hooks::handle(req, &id, function.as_deref(), rt).await;
+    }
     if let Some((kind, ticket)) = crate::relay::route(path) {
         if req.method() != Method::GET {
             return json_error(

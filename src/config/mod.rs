@@ -41,6 +41,8 @@ pub struct Config {
     pub workflow: WorkflowSettings,
     /// `[relay]` (SPEC §13.2)
     pub relay: RelaySettings,
+    /// `[[webhooks]]` (SPEC §13.1)
+    pub webhooks: Vec<Arc<Webhook>>,
     /// `[[orgs]]`
     pub orgs: Vec<Org>,
     /// `[[connections]]`
@@ -172,6 +174,47 @@ pub struct Defaults {
     /// `Retry-After` or `ratelimit-reset` above it pauses a connection, or postpones a job,
     /// only this long.
     pub max_retry_after: Duration,
+}
+
+/// A hosted platform that POSTs tool calls (SPEC §13.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// Vapi `tool-calls` server messages.
+    Vapi,
+    /// Retell custom functions.
+    Retell,
+    /// ElevenLabs server (webhook) tools.
+    Elevenlabs,
+}
+
+impl Platform {
+    /// The config and channel name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Vapi => "vapi",
+            Platform::Retell => "retell",
+            Platform::Elevenlabs => "elevenlabs",
+        }
+    }
+}
+
+/// `[[webhooks]]`: one tool-webhook endpoint of a hosted platform (SPEC §13.1).
+#[derive(Debug)]
+pub struct Webhook {
+    /// The route's id: `POST /v1/hooks/{id}` (ElevenLabs: `/v1/hooks/{id}/{function}`).
+    pub id: String,
+    /// Org.
+    pub org: String,
+    /// Which platform posts to it.
+    pub platform: Platform,
+    /// The agent whose functions it runs.
+    pub agent: String,
+    /// The shared secret (Vapi, ElevenLabs) or the Retell API key that signs requests.
+    pub secret: Secret,
+    /// A call with no request for this long ends (`idle_end_ms`, default 30 min).
+    pub idle_end: Duration,
+    /// The longest a request is held for its result (`max_hold_ms`, default 15000).
+    pub max_hold: Duration,
 }
 
 /// `[relay]`: the realtime relays (SPEC §13.2).

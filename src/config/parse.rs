@@ -54,6 +54,7 @@ const TOP_KEYS: &[&str] = &[
     "evidence",
     "workflow",
     "relay",
+    "webhooks",
     "orgs",
     "connections",
     "agents",
@@ -563,6 +564,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
     let org_ids: Vec<&str> = orgs.iter().map(|o| o.id.as_str()).collect();
     let (connections, declared) = parse_connections(&mut ck, &root, &org_ids);
     let agents = parse_agents(&mut ck, &root, &org_ids, &connections, &declared, &defaults);
+    let webhooks = parse_webhooks(&mut ck, &root, &org_ids, &agents);
 
     if ck.problems.is_empty() {
         Ok(Config {
@@ -573,6 +575,7 @@ pub(super) fn parse(text: &str, opts: &LoadOptions) -> Result<Config, Vec<Proble
             evidence,
             workflow,
             relay,
+            webhooks,
             orgs,
             connections,
             agents,
@@ -1019,6 +1022,114 @@ fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
         ck.warn("orgs", "no [[orgs]]: no media server can connect");
     }
     orgs
+}
+
+fn parse_webhooks(
+    ck: &mut Ck<'_>,
+    root: &Table,
+    org_ids: &[&str],
+    agents: &[Arc<Agent>],
+) -> Vec<Arc<crate::config::Webhook>> {
+    use crate::config::{Platform, Webhook};
+    let mut out: Vec<Arc<Webhook>> = Vec::new();
+    for (p, t) in ck.tables(root, "", "webhooks") {
+        ck.keys(
+            t,
+            &p,
+            &[
+                "id",
+                "org",
+                "platform",
+                "agent",
+                "secret",
+                "idle_end_ms",
+                "max_hold_ms",
+            ],
+        );
+        let id = ck.ident(t, &p, "id");
+        let org = check_org(ck, t, &p, org_ids);
+        let platform = match ck.string(t, &p, "platform", true).as_deref() {
+            Some("vapi") => Some(Platform::Vapi),
+            Some("retell") => Some(Platform::Retell),
+            Some("elevenlabs") => Some(Platform::Elevenlabs),
+            Some(other) => {
+                let hint = suggestion(other, ["vapi", "retell", "elevenlabs"]);
+                ck.err(
+                    at(&p, "platform"),
+                    format!("{other:?} is not one of vapi, retell, elevenlabs{hint}"),
+                );
+                None
+            }
+            None => None,
+        };
+        let agent =
+            ck.string(t, &p, "agent", true)
+                .and_then(|a| match agents.iter().find(|x| x.id == a) {
+                    None => {
+                        let hint = suggestion(&a, agents.iter().map(|x| x.id.as_str()));
+                        ck.err(at(&p, "agent"), format!("no agent {a:?}{hint}"));
+                        None
+                    }
+                    Some(x) if org.as_deref().is_some_and(|o| o != x.org) => {
+                        ck.err(
+                            at(&p, "agent"),
+                            format!("agent {a:?} belongs to org {:?}, not this hook's", x.org),
+                        );
+                        None
+                    }
+                    Some(x) => Some(x.clone()),
+                });
+        let secret = ck.secret(t, &p, "secret", true);
+        let idle_end = Duration::from_millis(
+            ck.uint(t, &p, "idle_end_ms", 1000, 86_400_000)
+                .unwrap_or(1_800_000),
+        );
+        let max_hold = Duration::from_millis(
+            ck.uint(t, &p, "max_hold_ms", 100, 300_000)
+                .unwrap_or(15_000),
+        );
+        if let Some(id) = &id
+            && out.iter().any(|w| &w.id == id)
+        {
+            ck.err(at(&p, "id"), format!("webhook {id:?} is defined twice"));
+            continue;
+        }
+        if let Some(a) = &agent {
+            // A platform speaks what comes back; toolgate holds a request at most max_hold_ms.
+            for f in &a.functions {
+                let waits = match f.timing.mode {
+                    Mode::Auto => f.timing.defer_after,
+                    Mode::Live => f.timing.hard_timeout,
+                    Mode::Workflow => Duration::ZERO,
+                };
+                if waits > max_hold {
+                    ck.warn(
+                        at(&p, "max_hold_ms"),
+                        format!(
+                            "function {:?} may wait {} ms for its provider, longer than this hook holds a request ({} ms): such a call is answered as still running",
+                            f.name,
+                            waits.as_millis(),
+                            max_hold.as_millis()
+                        ),
+                    );
+                }
+            }
+        }
+        if let (Some(id), Some(org), Some(platform), Some(agent), Some(secret)) =
+            (id, org, platform, agent, secret)
+        {
+            out.push(Arc::new(Webhook {
+                id,
+                org,
+                platform,
+                agent: agent.id.clone(),
+                secret,
+                idle_end,
+                max_hold,
+            }));
+        }
+    }
+    out
 }
 
 fn check_org(ck: &mut Ck<'_>, t: &Table, path: &str, org_ids: &[&str]) -> Option<String> {
