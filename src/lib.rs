@@ -53,6 +53,7 @@ pub mod demo;
 pub mod diagnostics;
 pub mod dispatch;
 pub mod evidence;
+pub mod export;
 pub mod guards;
 pub mod hooks;
 pub mod mock;

@@ -112,6 +112,22 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Print an agent's tool definitions in a platform's own JSON (names, descriptions,
+    /// parameters, server URL, filler messages), from the same source as `session.ready`.
+    Tools {
+        /// Config file.
+        #[arg(long, short, default_value = "toolgate.toml")]
+        config: PathBuf,
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// openai, vapi, retell, elevenlabs or deepgram.
+        #[arg(long, value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<toolgate::export::Format>()))]
+        format: toolgate::export::Format,
+        /// The base URL the platform reaches toolgate at (default: http://<server.listen>).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Run the sidecar with mock providers on loopback and play a few scripted calls.
     Demo {
         /// Keep the sidecar and mocks running after the scripted calls (Ctrl-C stops).
@@ -168,6 +184,12 @@ fn main() -> ExitCode {
             toolgate::telemetry::init_tracing("error");
             runtime.block_on(replay(config, invocation, live))
         }
+        Command::Tools {
+            config,
+            agent,
+            format,
+            url,
+        } => tools(&config, &agent, format, url),
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
             match runtime.block_on(toolgate::demo::run(keep_running)) {
@@ -273,6 +295,39 @@ fn drain_time(config: &Config) -> Duration {
         .max()
         .unwrap_or(Duration::from_secs(10))
         + toolgate::workflow::store::LEASE_MARGIN
+}
+
+fn tools(
+    path: &std::path::Path,
+    agent: &str,
+    format: toolgate::export::Format,
+    url: Option<String>,
+) -> ExitCode {
+    let config = match Config::load_with(path, |o| o.without_secrets()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(a) = config.agents.iter().find(|a| a.id == agent) else {
+        let hint =
+            toolgate::config::did_you_mean(agent, config.agents.iter().map(|a| a.id.as_str()))
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_default();
+        eprintln!("toolgate tools: no agent {agent:?}{hint}");
+        return ExitCode::from(2);
+    };
+    let base = url.unwrap_or_else(|| format!("http://{}", config.server.listen));
+    let (defs, notes) = toolgate::export::tools(&config, a, format, &base);
+    for n in notes {
+        eprintln!("note: {n}");
+    }
+    out!(
+        "{}",
+        serde_json::to_string_pretty(&defs).expect("JSON serializes")
+    );
+    ExitCode::SUCCESS
 }
 
 fn load(path: &std::path::Path) -> Option<Config> {

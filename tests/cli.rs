@@ -281,3 +281,67 @@ broadcast_name = { value = "confirmations" }
         "acme-wati  wati     connected    the token is valid (template \"order_confirmed\" is approved)"
     );
 }
+
+#[test]
+fn tools_prints_each_platforms_definitions_and_refuses_an_unknown_format() {
+    let dir = good_dir();
+    let text = format!(
+        "{GOOD}\n[[webhooks]]\nid = \"vapi-support\"\norg = \"acme\"\nplatform = \"vapi\"\nagent = \"support-bot\"\nsecret = {{ file = \"session.token\" }}\n"
+    );
+    let cfg = write(dir.path(), "toolgate.toml", &text);
+    let run = |format: &str| {
+        toolgate()
+            .args([
+                "tools",
+                "--agent",
+                "support-bot",
+                "--format",
+                format,
+                "--url",
+                "https://tg.example.com",
+                "--config",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run("vapi");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["function"]["name"], "request_callback");
+    assert_eq!(
+        v[0]["function"]["parameters"]["required"],
+        serde_json::json!(["reason"])
+    );
+    assert_eq!(
+        v[0]["server"]["url"],
+        "https://tg.example.com/v1/hooks/vapi-support"
+    );
+    assert_eq!(v[0]["messages"][0]["type"], "request-start");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("tok-123"),
+        "no secret printed"
+    );
+    let out = run("openai");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["type"], "function");
+    assert_eq!(v[0]["name"], "request_callback");
+    let out = run("elevenlabs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v[0]["api_schema"]["request_body_schema"]["properties"]["system__conversation_id"]["dynamic_variable"],
+        "system__conversation_id"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no [[webhooks]] entry"), "{stderr}");
+    for f in ["retell", "deepgram"] {
+        assert!(run(f).status.success());
+    }
+    let out = run("teams");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown format"));
+}
