@@ -37,6 +37,7 @@ const SESSION_TOKEN: &str = "demo-session-token";
 const RESEND_KEY: &str = "re_demo_5f2b8c";
 const WATI_TOKEN: &str = "wati-demo-token";
 const WEBHOOK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const VAPI_SECRET: &str = "vapi-demo-secret";
 
 /// The demo config; `{resend}`, `{wati}` and `{webhook}` become the mock URLs.
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
@@ -48,6 +49,7 @@ fn demo_env(name: &str) -> Option<String> {
         "ACME_RESEND_KEY" => Some(RESEND_KEY.into()),
         "ACME_WATI_TOKEN" => Some(WATI_TOKEN.into()),
         "ACME_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.into()),
+        "ACME_VAPI_SECRET" => Some(VAPI_SECRET.into()),
         _ => None,
     }
 }
@@ -396,6 +398,77 @@ async fn relayed_call(
     Ok((tl.out, ok))
 }
 
+/// A Vapi `tool-calls` request with two calls and the conversation so far, then the same request
+/// again, as a platform retry would send it.
+async fn vapi_call(server: &Server, mocks: &Mocks) -> anyhow::Result<(String, bool)> {
+    let mut tl = Timeline::new(Instant::now());
+    let before = (
+        mocks.resend.requests().len(),
+        mocks.webhook.requests().len(),
+    );
+    let calls = json!([
+        {"id": "call_vapi_1", "type": "function", "function": {"name": "send_email_summary",
+            "arguments": {"summary": "Order A-1042 ships Friday."}}},
+        {"id": "call_vapi_2", "type": "function", "function": {"name": "request_callback",
+            "arguments": "{\"reason\":\"billing question\"}"}},
+    ]);
+    let body = json!({"message": {"type": "tool-calls", "toolCallList": calls, "toolCalls": calls,
+        "artifact": {"messages": [
+            {"role": "bot", "message": "Anything else I can do?", "time": 1, "secondsFromStart": 0},
+            {"role": "user", "message": "Yes, email me the summary and have someone call me about billing.", "time": 2, "secondsFromStart": 1}]},
+        "customer": {"number": "+14155550100"},
+        "call": {"id": "demo-vapi", "customer": {"number": "+14155550100"},
+                 "assistantOverrides": {"variableValues": {"email": "ana@example.com", "order_id": "A-1042"}}}}})
+    .to_string();
+    let url = format!("http://{}/v1/hooks/vapi-support", server.ws_addr);
+    let mut results = Vec::new();
+    for attempt in ["POST", "POST again (a platform retry)"] {
+        tl.line(
+            Instant::now(),
+            "→",
+            &format!("{attempt} /v1/hooks/vapi-support  X-Vapi-Secret: [redacted]  2 tool calls"),
+        );
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .header("x-vapi-secret", VAPI_SECRET)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let answer: Value = serde_json::from_slice(&resp.bytes().await?)?;
+        tl.line(
+            Instant::now(),
+            "←",
+            &format!(
+                "HTTP {status} {}",
+                serde_json::to_string(&answer["results"])?
+            ),
+        );
+        results.push(answer);
+    }
+    let resend = mocks.resend.requests();
+    let hooks = mocks.webhook.requests();
+    for r in &resend[before.0..] {
+        tl.note(&describe_request("mock Resend", r));
+    }
+    for r in &hooks[before.1..] {
+        tl.note(&describe_request("mock webhook", r));
+    }
+    tl.note("the retry got the first answers; nothing was sent twice");
+    let ok = resend.len() == before.0 + 1
+        && hooks.len() == before.1 + 1
+        && results[0] == results[1]
+        && results[0]["results"].as_array().is_some_and(|r| {
+            r.iter().all(|x| {
+                x["result"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("\"ok\":true"))
+            })
+        });
+    Ok((tl.out, ok))
+}
+
 /// Wait for a workflow job to reach a final state.
 async fn settle(rt: &crate::runtime::Runtime, id: &str) -> Option<crate::workflow::Job> {
     use crate::workflow::JobState;
@@ -546,15 +619,25 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
         all_ok &= ok;
         out!();
     }
+    let total = scripts.len() + 2;
     out!(
-        "Call {} of {}: relayed OpenAI Realtime session: the media server's Realtime client only changes its base URL",
+        "Call {} of {total}: relayed OpenAI Realtime session: the media server's Realtime client only changes its base URL",
         scripts.len() + 1,
-        scripts.len() + 1
     );
     let (text, ok) = relayed_call(&server, &model, &mocks.resend).await?;
     out_raw!("{text}");
     if !ok {
         out!("  !! expected the email sent once and the model told it succeeded");
+    }
+    all_ok &= ok;
+    out!();
+    out!(
+        "Call {total} of {total}: Vapi tool webhook: the hosted platform POSTs two tool calls, then retries the request"
+    );
+    let (text, ok) = vapi_call(&server, &mocks).await?;
+    out_raw!("{text}");
+    if !ok {
+        out!("  !! expected both calls to succeed once and the retry to send nothing");
     }
     all_ok &= ok;
     out!();
