@@ -380,6 +380,31 @@ async fn pump<C, U, D>(
         ..
     } = attached;
     let mut fx = Effects::default();
+    // The session speaks first (`session.ready` with the agent's tools): the client's first
+    // frame is often its settings, which must already be merged with them.
+    match from_session.recv().await {
+        Some(LocalOut::Frame(text)) => match serde_json::from_str::<SessionFrame>(&text) {
+            Ok(frame) if frame.ty == "session.ready" => {
+                dialect.ready(frame.tools.unwrap_or_default())
+            }
+            _ => warn!("the relayed session did not start with session.ready"),
+        },
+        _ => {
+            let _ = c_tx
+                .send(close_frame(
+                    CloseCode::Error,
+                    "toolgate could not start the session",
+                ))
+                .await;
+            let _ = u_tx
+                .send(close_frame(
+                    CloseCode::Away,
+                    "toolgate could not start the session",
+                ))
+                .await;
+            return;
+        }
+    }
     let ended: String = loop {
         tokio::select! {
             msg = c_rx.next() => {

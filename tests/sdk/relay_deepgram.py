@@ -96,7 +96,7 @@ def describe(msg):
             line["valid"] = True
         except pydantic.ValidationError as e:
             line["valid"] = False
-            line["invalid"] = str(e).splitlines()[:4]
+            line["invalid"] = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()][:4]
     return line
 
 
@@ -116,9 +116,10 @@ async def run(url, key, until):
                         continue
                     args = json.loads(f.arguments)
                     content = json.dumps({"order_id": args.get("order_id"), "status": "shipped", "eta": "Friday"})
-                    await agent.send_function_call_response(
-                        AgentV1SendFunctionCallResponse(type="FunctionCallResponse", id=f.id, name=f.name, content=content)
+                    answer = AgentV1SendFunctionCallResponse(
+                        type="FunctionCallResponse", id=f.id, name=f.name, content=content
                     )
+                    await agent.send_function_call_response(answer)
                     emit({"sent": "FunctionCallResponse", "id": f.id, "content": content})
             if not isinstance(msg, bytes) and getattr(msg, "type", None) == until:
                 return 0

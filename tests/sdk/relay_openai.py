@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import sys
+import typing
 
 import pydantic
 from openai import AsyncOpenAI
@@ -34,7 +35,21 @@ LOOKUP_ORDER = {
     },
 }
 
-STRICT = pydantic.TypeAdapter(RealtimeServerEvent)
+
+
+def _event_types():
+    """The SDK's type for each server event, by `type`, to validate strictly."""
+    union = RealtimeServerEvent
+    if typing.get_origin(union) is typing.Annotated:
+        union = typing.get_args(union)[0]
+    types = {}
+    for cls in typing.get_args(union):
+        for name in typing.get_args(cls.model_fields["type"].annotation):
+            types[name] = cls
+    return types
+
+
+TYPES = _event_types()
 
 
 def emit(line):
@@ -63,12 +78,17 @@ def describe(ev):
         line["item"] = {k: item.get(k) for k in ("id", "type", "name", "call_id") if k in item}
     if isinstance(raw.get("session"), dict):
         line["tools"] = [t.get("name") for t in raw["session"].get("tools") or []]
-    try:
-        STRICT.validate_python(raw)
-        line["valid"] = True
-    except pydantic.ValidationError as e:
+    cls = TYPES.get(ev.type)
+    if cls is None:
         line["valid"] = False
-        line["invalid"] = str(e).splitlines()[:4]
+        line["invalid"] = ["not a server event type of this SDK"]
+    else:
+        try:
+            cls.model_validate(raw)
+            line["valid"] = True
+        except pydantic.ValidationError as e:
+            line["valid"] = False
+            line["invalid"] = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()][:4]
     return line
 
 
