@@ -256,6 +256,21 @@ pub fn failed(function: &Function, e: &ProviderError) -> Answer {
     }
 }
 
+/// The call was refused before it ran: the sidecar is overloaded or shutting down (SPEC §2).
+pub fn overloaded(function: Option<&Function>) -> Answer {
+    let next = next_text(
+        function,
+        "overloaded",
+        &[],
+        "The system is busy and nothing was done. Apologise to the caller and offer to try again in a moment.".to_owned(),
+    );
+    Answer {
+        status: ResultStatus::Failed,
+        output: failure("overloaded", next, []),
+        data: None,
+    }
+}
+
 /// toolgate itself failed while running the call.
 pub fn internal(function: &Function) -> Answer {
     let next = next_text(

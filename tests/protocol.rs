@@ -381,6 +381,16 @@ async fn too_many_calls_in_flight_is_overloaded() {
         .await;
     let e = s.expect_error("overloaded").await;
     assert_eq!(e.frame["ref"], "call_2");
+    // The model still gets its one result for the refused call (SPEC §2).
+    let refused = s.result_of("call_2").await;
+    assert_eq!(refused.status(), "failed");
+    assert_eq!(refused.error().as_deref(), Some("overloaded"));
+    assert!(
+        refused.output()["next"]
+            .as_str()
+            .unwrap()
+            .contains("try again")
+    );
     let a = s.result_of("call_1").await;
     assert_eq!(a.status(), "succeeded");
 }

@@ -108,14 +108,15 @@ impl Session {
         received: tokio::time::Instant,
         code: crate::protocol::ErrorCode,
         message: &str,
-    ) {
+    ) -> String {
         let function = self.agent.functions.iter().find(|f| f.name == call.name);
         let received_at = self.clock(received);
         let answered = received.elapsed().as_millis() as u64;
+        let invocation_id = super::invocation_id();
         self.rt
             .evidence
             .submit(Event::Invocation(Box::new(Invocation {
-                invocation_id: super::invocation_id(),
+                invocation_id: invocation_id.clone(),
                 source_type: SourceType::Agent,
                 parent_invocation_id: None,
                 org_id: self.key.0.clone(),
@@ -126,8 +127,9 @@ impl Session {
                 connection_id: function.map(|f| f.connection.id.clone()),
                 channel: Some(self.channel.as_str().to_owned()),
                 received_at,
-                status: "rejected".into(),
-                answered_status: "rejected".into(),
+                // An overloaded call was answered `failed` (SPEC §2); a reused id `rejected`.
+                status: refused_status(code).into(),
+                answered_status: refused_status(code).into(),
                 is_final: true,
                 final_at: Some(received_at + answered as Millis),
                 error_code: Some(code.as_str().to_owned()),
@@ -154,6 +156,7 @@ impl Session {
                 )),
                 session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
             })));
+        invocation_id
     }
 
     /// Build and hand over the records that are due.
@@ -295,5 +298,13 @@ impl Session {
                 .map(|a| evidence::arguments(a, keep_bodies)),
             session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
         })
+    }
+}
+
+fn refused_status(code: crate::protocol::ErrorCode) -> &'static str {
+    if code == crate::protocol::ErrorCode::Overloaded {
+        "failed"
+    } else {
+        "rejected"
     }
 }

@@ -725,7 +725,29 @@ impl Session {
         };
         if let Some((code, message)) = refused {
             self.push(error_frame(code, &message, Some(&call.id)), Keep::LiveOnly);
-            self.record_refused(&call, received, code, &message);
+            let invocation_id = self.record_refused(&call, received, code, &message);
+            if code == ErrorCode::Overloaded {
+                // The model still gets its one result, so it never waits for nothing (SPEC §2);
+                // a duplicate id gets none: the id belongs to another call.
+                let function = self.agent.functions.iter().find(|f| f.name == call.name);
+                let a = answer::overloaded(function);
+                crate::telemetry::tool_call_answered(
+                    function.map_or("unknown", |f| f.name.as_str()),
+                    a.status.as_str(),
+                    received.elapsed(),
+                    true,
+                );
+                let frame = Outbound::ToolResult {
+                    id: &call.id,
+                    status: a.status,
+                    invocation_id: &invocation_id,
+                    output: &a.output,
+                    elapsed_ms: received.elapsed().as_millis() as u64,
+                    data: None,
+                }
+                .encode();
+                self.push(frame, Keep::Always);
+            }
             return;
         }
         let invocation_id = invocation_id();
