@@ -398,6 +398,21 @@ pub fn decode_simd(buf: &mut [u8]) -> Result<Inbound, FrameError> {
     })
 }
 
+/// Ids are printed in logs, evidence and the call page: a control character (a newline, an
+/// escape sequence) could forge log lines or terminal output, so an id holding one is refused.
+fn plain_id(field: &str, id: &str) -> Result<(), FrameError> {
+    match id.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(FrameError::new(
+            ErrorCode::BadFrame,
+            format!(
+                "`{field}` must not contain control characters (found U+{:04X})",
+                c as u32
+            ),
+        )),
+    }
+}
+
 fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameError> {
     let ty = raw
         .ty
@@ -421,6 +436,8 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             if agent.is_empty() {
                 return Err(FrameError::new(ErrorCode::BadFrame, "`agent` is empty"));
             }
+            plain_id("call_id", &call_id)?;
+            plain_id("agent", &agent)?;
             Ok(Inbound::SessionStart(SessionStart {
                 call_id: call_id.into_owned(),
                 agent: agent.into_owned(),
@@ -464,6 +481,8 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             if id.is_empty() {
                 return Err(FrameError::new(ErrorCode::BadFrame, "`id` is empty"));
             }
+            plain_id("id", &id)?;
+            plain_id("name", &name)?;
             let arguments = match raw.arguments {
                 None => Arguments::Absent,
                 Some(v) => v.into_arguments()?,
@@ -476,6 +495,7 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
         }
         "tool.cancel" => {
             let id = owned(raw.id).ok_or_else(|| FrameError::missing("id", "tool.cancel"))?;
+            plain_id("id", &id)?;
             Ok(Inbound::ToolCancel(ToolCancel {
                 id,
                 reason: owned(raw.reason),
@@ -736,6 +756,23 @@ mod tests {
                 .code,
             ErrorCode::BadFrame
         );
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused() {
+        for frame in [
+            r#"{"type":"session.start","call_id":"c-1\n2026-12-03 INFO forged","agent":"a"}"#,
+            r#"{"type":"session.start","call_id":"c-1\u001b[2J","agent":"a"}"#,
+            r#"{"type":"session.start","call_id":"c","agent":"a\r"}"#,
+            r#"{"type":"tool.call","id":"x\ny","name":"f"}"#,
+            r#"{"type":"tool.call","id":"x","name":"f\u0007"}"#,
+            r#"{"type":"tool.cancel","id":"x\u0000"}"#,
+        ] {
+            let e = decode(frame).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadFrame, "{frame}");
+            assert!(e.message.contains("control characters"), "{}", e.message);
+        }
+        assert!(decode(r#"{"type":"session.start","call_id":"c-é ✓","agent":"a"}"#).is_ok());
     }
 
     #[test]

@@ -531,3 +531,81 @@ async fn a_connection_that_sends_no_session_start_is_closed_after_the_handshake_
         "closed at the handshake timeout, not the idle timeout: {waited:?}"
     );
 }
+
+/// A raw client that can break the WebSocket protocol.
+async fn raw_session(
+    env: &Env,
+    call_id: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = env.url().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ACME_TOKEN}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let start = json!({"type": "session.start", "call_id": call_id, "agent": "support-bot"});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        start.to_string(),
+    ))
+    .await
+    .unwrap();
+    let ready = ws.next().await.unwrap().unwrap();
+    assert!(ready.to_text().unwrap().contains("session.ready"));
+    ws
+}
+
+async fn close_code(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1007_or_1002_and_end_the_session() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let env = Env::start().await;
+    // Invalid UTF-8 in a text frame.
+    let mut ws = raw_session(&env, "c-utf8").await;
+    let bad = Frame::message(vec![0x7b, 0xff, 0xfe, 0x7d], OpCode::Data(Data::Text), true);
+    ws.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1007));
+    // A continuation frame with no message started.
+    let mut ws = raw_session(&env, "c-cont").await;
+    let cont = Frame::message(b"x".to_vec(), OpCode::Data(Data::Continue), true);
+    ws.send(Message::Frame(cont)).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1002));
+    // Ended, not waiting for a resume: the same call id starts afresh at once.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = env.connect().await;
+        let r = start(&mut c, "c-utf8", "support-bot", json!({})).await;
+        if r.ty() == "session.ready" {
+            assert_ne!(r.frame["resumed"], true, "{:?}", r.frame);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", r.frame);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, call) = env
+        .admin("GET", "/v1/calls/c-cont", Some(ADMIN_TOKEN))
+        .await;
+    assert!(call.is_object());
+}

@@ -110,7 +110,7 @@ pub async fn serve_connection(
             }
         };
         let reply = match incoming {
-            Incoming::Gone => return,
+            Incoming::Gone | Incoming::Violated => return,
             Incoming::Refused(frame) => frame,
             Incoming::Frame(Inbound::Ping, _) => Outbound::Pong.encode(),
             Incoming::Frame(Inbound::SessionStart(start), _) => {
@@ -457,6 +457,17 @@ impl Session {
                     }
                     Incoming::Refused(frame) => self.push(frame, Keep::LiveOnly),
                     Incoming::Gone => sock = None,
+                    Incoming::Violated => {
+                        // Closed with 1007/1002 already; a peer that breaks the protocol is
+                        // not waited for: the session ends (calls in flight finish, recorded).
+                        info!(inflight = self.inflight, "WebSocket protocol violation; session ended");
+                        sock = None;
+                        self.end_reason = Some("protocol_error".into());
+                        self.end_kind = "closed";
+                        ended = true;
+                        self.outbox.clear();
+                        self.deregister();
+                    }
                 },
                 Some(event) = self.events_rx.recv() => self.on_event(*event, ended).await,
                 Some(resumed) = self.reattach_rx.recv(), if sock.is_none() && !ended => {

@@ -49,6 +49,10 @@ pub(crate) enum Incoming {
     Refused(String),
     /// The peer closed, vanished, went idle or sent an oversized frame (answered with 1009).
     Gone,
+    /// The peer broke the WebSocket protocol (invalid UTF-8 in a text frame: 1007; a bad
+    /// opcode, a continuation with no start, ...: 1002). The socket was closed with that code,
+    /// and the session ends: such a peer is not waited for.
+    Violated,
 }
 
 /// A fixed one-second window on inbound data frames.
@@ -167,6 +171,16 @@ impl Socket {
                             debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
                             close_ws(ws, self.live.write_timeout, CloseCode::Size, "frame too large").await;
                             return Incoming::Gone;
+                        }
+                        Some(Err(WsError::Utf8(e))) => {
+                            debug!(error = %e, "text frame with invalid UTF-8; closing with 1007");
+                            close_ws(ws, self.live.write_timeout, CloseCode::Invalid, "invalid UTF-8 in a text frame").await;
+                            return Incoming::Violated;
+                        }
+                        Some(Err(WsError::Protocol(e))) => {
+                            debug!(error = %e, "WebSocket protocol error; closing with 1002");
+                            close_ws(ws, self.live.write_timeout, CloseCode::Protocol, "protocol error").await;
+                            return Incoming::Violated;
                         }
                         Some(Err(e)) => {
                             debug!(error = %e, "socket read failed");
