@@ -39,6 +39,19 @@ pub enum Guard {
 }
 
 impl Guard {
+    /// Every guard, in the order they run.
+    pub const ALL: [Guard; 9] = [
+        Guard::FunctionExposed,
+        Guard::Arguments,
+        Guard::RequiredValues,
+        Guard::Connection,
+        Guard::Consent,
+        Guard::Recipient,
+        Guard::Duplicate,
+        Guard::PerCallLimit,
+        Guard::Rate,
+    ];
+
     /// The guard's name in the evidence.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -564,6 +564,16 @@ pub enum ResultStatus {
 }
 
 impl ResultStatus {
+    /// Every status.
+    pub const ALL: [ResultStatus; 6] = [
+        ResultStatus::Succeeded,
+        ResultStatus::Rejected,
+        ResultStatus::Failed,
+        ResultStatus::Deferred,
+        ResultStatus::Duplicate,
+        ResultStatus::Cancelled,
+    ];
+
     /// The status as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

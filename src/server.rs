@@ -76,6 +76,12 @@ impl Server {
             warn!(problem = %w, "config warning");
         }
         fit_to_open_files(&mut config.server, net::raise_open_files_limit());
+        crate::telemetry::zero_series(
+            config
+                .agents
+                .iter()
+                .flat_map(|a| a.functions.iter().map(|f| f.name.as_str())),
+        );
         let ws_listener = net::bind(&config.server.listen).await?;
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;

@@ -201,6 +201,43 @@ pub fn evidence_dropped(n: u64) {
 }
 
 /// Count a worker attempt.
+/// The outcomes of a worker's job attempt.
+pub const JOB_ATTEMPT_OUTCOMES: [&str; 5] = ["succeeded", "failed", "retry", "dead", "lease_lost"];
+
+/// The ways a session ends.
+pub const SESSION_ENDS: [&str; 4] = ["ended", "disconnected", "shutdown", "closed"];
+
+/// Every counter series whose labels are known before anything happens, at zero, so dashboards
+/// and alerts see them from the first scrape (a `rate()` over an absent series is empty, not 0).
+/// `functions` are the configured function names.
+pub fn zero_series<'a>(functions: impl IntoIterator<Item = &'a str>) {
+    for outcome in JOB_ATTEMPT_OUTCOMES {
+        metrics::counter!(JOB_ATTEMPTS_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for end in SESSION_ENDS {
+        metrics::counter!(SESSIONS_TOTAL, "end" => end).increment(0);
+    }
+    for reason in crate::workflow::DeferReason::ALL {
+        metrics::counter!(DEFERRALS_TOTAL, "reason" => reason.as_str()).increment(0);
+    }
+    for guard in crate::guards::Guard::ALL {
+        metrics::counter!(GUARD_REJECTIONS_TOTAL, "guard" => guard.as_str()).increment(0);
+    }
+    for code in crate::protocol::ErrorCode::ALL {
+        metrics::counter!(PROTOCOL_ERRORS_TOTAL, "code" => code.as_str()).increment(0);
+    }
+    metrics::counter!(FILLERS_TOTAL).increment(0);
+    metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(0);
+    metrics::gauge!(SESSIONS_ACTIVE).increment(0.0);
+    for f in functions {
+        for status in crate::protocol::ResultStatus::ALL {
+            metrics::counter!(TOOL_CALLS_TOTAL, "function" => f.to_owned(), "status" => status.as_str())
+                .increment(0);
+        }
+    }
+}
+
+/// A worker's job attempt ended (one of [`JOB_ATTEMPT_OUTCOMES`]).
 pub fn job_attempt(outcome: &'static str) {
     metrics::counter!(JOB_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
 }

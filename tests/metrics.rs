@@ -286,3 +286,22 @@ fn the_grafana_dashboard_reads_only_metrics_toolgate_exports() {
         assert!(titles.iter().any(|t| t == wanted), "no {wanted:?} panel");
     }
 }
+
+#[tokio::test]
+async fn counters_are_exported_at_zero_before_anything_happens() {
+    let env = Env::start().await;
+    let text = scrape(&env).await;
+    for series in [
+        r#"toolgate_job_attempts_total{outcome="succeeded"} 0"#,
+        r#"toolgate_job_attempts_total{outcome="dead"} 0"#,
+        r#"toolgate_sessions_total{end="disconnected"} 0"#,
+        r#"toolgate_deferrals_total{reason="budget"} 0"#,
+        r#"toolgate_guard_rejections_total{guard="consent"} 0"#,
+        r#"toolgate_protocol_errors_total{code="bad_json"} 0"#,
+        r#"toolgate_tool_calls_total{function="notify_team",status="succeeded"} 0"#,
+        "toolgate_fillers_total 0",
+        "toolgate_sessions_active 0",
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+}
