@@ -40,6 +40,37 @@ pub enum StartError {
     /// The job store refused its start-up work.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// Another `toolgate serve` owns the SQLite store.
+    #[error(
+        "another toolgate serve is already using the store {0}; stop it first, or give this one its own [storage] path"
+    )]
+    StoreInUse(String),
+}
+
+/// Take the lock that says "a sidecar serves this SQLite store" (`<path>.lock`, held until the
+/// process ends). A second sidecar on the same file would release the first one's held jobs and
+/// run workflow actions of calls still live.
+fn lock_store(path: &std::path::Path) -> Result<std::fs::File, StartError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let lock_path = path.with_file_name(format!(
+        "{}.lock",
+        path.file_name()
+            .map_or_else(|| "toolgate".into(), |n| n.to_string_lossy())
+    ));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StartError::StoreInUse(path.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(StartError::Bind(e)),
+    }
 }
 
 /// A running sidecar.
@@ -56,6 +87,8 @@ pub struct Server {
     worker: Option<(CancellationToken, JoinHandle<()>)>,
     validator: (CancellationToken, JoinHandle<()>),
     housekeeping: (CancellationToken, JoinHandle<()>),
+    /// Held while this sidecar serves a SQLite store.
+    _store_lock: Option<std::fs::File>,
 }
 
 impl Server {
@@ -86,7 +119,17 @@ impl Server {
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let store_path = config.storage.path.clone();
+        let mut store_lock = if config.storage.backend == "sqlite" {
+            Some(lock_store(&store_path)?)
+        } else {
+            None
+        };
         let runtime = Runtime::open(config, path).await?;
+        if store_lock.is_none() && runtime.jobs.backend() == "sqlite" {
+            // NATS was not there and the config falls back to the local file.
+            store_lock = Some(lock_store(&store_path)?);
+        }
         // Sessions of an earlier process are gone: jobs they held for their end run now.
         let released = runtime.jobs.release_all_held(now_ms()).await?;
         if released > 0 {
@@ -163,6 +206,7 @@ impl Server {
             worker,
             validator: (validator_stop, validator),
             housekeeping,
+            _store_lock: store_lock,
         })
     }
 

@@ -639,3 +639,25 @@ async fn under_a_low_hard_limit_a_flood_of_silent_sockets_leaves_calls_and_the_a
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(m.webhook.delivered(), 1);
 }
+
+#[tokio::test]
+async fn a_second_serve_on_the_same_sqlite_store_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let config = write_config(dir.path(), &m);
+    let _first = start(&config);
+    let out = Command::new(env!("CARGO_BIN_EXE_toolgate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .envs(SECRETS_ENV)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let db = dir.path().join("toolgate.db").display().to_string();
+    assert!(
+        stderr.contains("another toolgate serve is already using the store")
+            && stderr.contains(&db),
+        "{stderr}"
+    );
+}
