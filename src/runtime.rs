@@ -182,6 +182,15 @@ impl Snapshot {
         self.agents.get(id)
     }
 
+    /// An org's own session limit, if it has one.
+    pub fn org_max_sessions(&self, org: &str) -> Option<usize> {
+        self.config
+            .orgs
+            .iter()
+            .find(|o| o.id == org)
+            .and_then(|o| o.max_sessions)
+    }
+
     /// The agent ids of one org, for did-you-mean hints.
     pub fn agents_of<'a>(&'a self, org: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.agents
@@ -213,6 +222,8 @@ pub struct Runtime {
     pub sessions: DashMap<SessionKey, SessionHandle>,
     /// How many sessions are live.
     pub active_sessions: AtomicUsize,
+    /// How many sessions each org has live (for `[[orgs]] max_sessions`).
+    pub org_sessions: DashMap<String, usize>,
     /// The durable post-call job queue.
     pub jobs: Arc<JobStore>,
     /// Invocation evidence and call history (its own SQLite file beside the jobs', its own
@@ -275,6 +286,7 @@ impl Runtime {
             providers: providers::Client::new()?,
             sessions: DashMap::new(),
             active_sessions: AtomicUsize::new(0),
+            org_sessions: DashMap::new(),
             jobs,
             evidence,
             live_owner: format!("live:{}", ulid::Ulid::generate()),

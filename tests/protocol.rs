@@ -609,3 +609,45 @@ async fn protocol_violations_close_with_1007_or_1002_and_end_the_session() {
         .await;
     assert!(call.is_object());
 }
+
+#[tokio::test]
+async fn an_orgs_session_quota_leaves_room_for_the_others() {
+    let env = Env::start_with(|t| {
+        t.replacen(
+            "admin_tokens = [{ env = \"ACME_ADMIN_TOKEN\" }]",
+            "admin_tokens = [{ env = \"ACME_ADMIN_TOKEN\" }]\nmax_sessions = 2",
+            1,
+        )
+    })
+    .await;
+    let mut first = env.session("c-q1", json!({})).await;
+    let _second = env.session("c-q2", json!({})).await;
+    let mut client = env.connect().await;
+    let r = start(&mut client, "c-q3", "support-bot", json!({})).await;
+    assert_eq!(r.frame["code"], "overloaded", "{:?}", r.frame);
+    assert!(r.frame["message"].as_str().unwrap().contains("acme"));
+    assert_eq!(client.closed(WAIT).await.unwrap(), Some(1013));
+    // Another org is not locked out.
+    let mut beta = CallClient::connect(&env.url(), Some(BETA_TOKEN))
+        .await
+        .unwrap();
+    let r = start(&mut beta, "c-beta", "beta-bot", json!({})).await;
+    assert_eq!(r.ty(), "session.ready", "{:?}", r.frame);
+    // A session that ends frees its place.
+    first
+        .client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    assert_eq!(first.client.recv(WAIT).await.unwrap().ty(), "session.ended");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = env.connect().await;
+        let r = start(&mut c, "c-q4", "support-bot", json!({})).await;
+        if r.ty() == "session.ready" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", r.frame);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -267,6 +267,9 @@ pub struct Org {
     pub session_tokens: Vec<Secret>,
     /// Admin tokens that see only this org.
     pub admin_tokens: Vec<Secret>,
+    /// Most concurrent sessions of this org (`max_sessions`; none: only the server's limit),
+    /// so one tenant cannot starve the others.
+    pub max_sessions: Option<usize>,
 }
 
 /// `[[connections]]`: an org's credentials for one provider.

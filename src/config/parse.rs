@@ -984,7 +984,11 @@ fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
     let mut orgs: Vec<Org> = Vec::new();
     let mut token_owner: HashMap<[u8; 32], String> = HashMap::new();
     for (p, t) in ck.tables(root, "", "orgs") {
-        ck.keys(t, &p, &["id", "session_tokens", "admin_tokens"]);
+        ck.keys(
+            t,
+            &p,
+            &["id", "session_tokens", "admin_tokens", "max_sessions"],
+        );
         let Some(id) = ck.ident(t, &p, "id") else {
             continue;
         };
@@ -1012,10 +1016,14 @@ fn parse_orgs(ck: &mut Ck<'_>, root: &Table) -> Vec<Org> {
             }
         }
         let admin_tokens = ck.secrets(t, &p, "admin_tokens");
+        let max_sessions = ck
+            .uint(t, &p, "max_sessions", 1, 1_000_000)
+            .map(|n| n as usize);
         orgs.push(Org {
             id,
             session_tokens,
             admin_tokens,
+            max_sessions,
         });
     }
     if orgs.is_empty() && !root.contains_key("orgs") {

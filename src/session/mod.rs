@@ -272,6 +272,19 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                     close_with: Some(CloseCode::Again),
                 };
             }
+            if let Some(max) = snap.org_max_sessions(org) {
+                let mut n = rt.org_sessions.entry(org.to_owned()).or_insert(0);
+                if *n >= max {
+                    return Open::Refuse {
+                        code: ErrorCode::Overloaded,
+                        message: format!("org {org:?} is at its limit of {max} sessions"),
+                        close_with: Some(CloseCode::Again),
+                    };
+                }
+                *n += 1;
+            } else {
+                *rt.org_sessions.entry(org.to_owned()).or_insert(0) += 1;
+            }
             rt.active_sessions.fetch_add(1, Ordering::AcqRel);
             crate::telemetry::session_started();
             let attached = Arc::new(AtomicBool::new(true));
@@ -536,6 +549,9 @@ impl Session {
         });
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
+        if let Some(mut n) = self.rt.org_sessions.get_mut(&self.key.0) {
+            *n = n.saturating_sub(1);
+        }
         // The call is over: its workflow jobs run now.
         if self.deferred > 0 {
             self.release_held();

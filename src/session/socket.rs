@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -176,6 +177,11 @@ impl Socket {
                             debug!(error = %e, "text frame with invalid UTF-8; closing with 1007");
                             close_ws(ws, self.live.write_timeout, CloseCode::Invalid, "invalid UTF-8 in a text frame").await;
                             return Incoming::Violated;
+                        }
+                        // A dropped connection, not a broken peer: it may come back.
+                        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+                            debug!("socket dropped without a close frame");
+                            return Incoming::Gone;
                         }
                         Some(Err(WsError::Protocol(e))) => {
                             debug!(error = %e, "WebSocket protocol error; closing with 1002");
