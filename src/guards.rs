@@ -286,7 +286,7 @@ pub fn check(agent: &Agent, call: &ToolCall, view: &CallView<'_>) -> Checked {
     }
 
     match &function.consent {
-        Some(rule) => match consent(rule, view.history) {
+        Some(rule) => match consent(rule, view.history, Some(index)) {
             (true, detail) => chain.pass(Guard::Consent, detail),
             (false, detail) => chain.fail(Rejection::new(Guard::Consent, detail)),
         },
@@ -431,7 +431,7 @@ fn about_scope(scope_channel: u8, turn: &str, asked: Option<&str>) -> bool {
 /// final caller turn that matches `deny` (a no) or, among the last `within_turns` caller turns,
 /// `allow` (a yes) about this scope's channel. A no outside the window still outweighs an older
 /// grant; a yes outside it no longer counts.
-fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
+fn consent(rule: &ConsentRule, history: &History, function: Option<usize>) -> (bool, String) {
     let entries = history.entries();
     let scope_channel = channels(&rule.scope);
     // The agent's turn before entry `i`, if any.
@@ -475,7 +475,10 @@ fn consent(rule: &ConsentRule, history: &History) -> (bool, String) {
                 ..
             } => {
                 caller_turns += 1;
-                if rule.deny.is_match(text) {
+                let denied = history
+                    .denied(i, function)
+                    .unwrap_or_else(|| rule.deny.is_match(text));
+                if denied {
                     return (
                         false,
                         format!("the caller declined {caller_turns} turn(s) ago"),
@@ -661,37 +664,70 @@ mod tests {
             "Where is my order? Please email me the details.",
         );
         assert!(
-            !consent(&rule(3), &h).0,
+            !consent(&rule(3), &h, None).0,
             "an email request is not a WhatsApp yes"
         );
         turn(&mut h, Role::Agent, "Shall I also send it on WhatsApp?");
         turn(&mut h, Role::Caller, "Yes please.");
-        assert!(consent(&rule(3), &h).0, "a yes to the WhatsApp question");
+        assert!(
+            consent(&rule(3), &h, None).0,
+            "a yes to the WhatsApp question"
+        );
         let mut h = History::default();
         turn(&mut h, Role::Agent, "Would you like the summary by email?");
         turn(&mut h, Role::Caller, "Sure.");
-        assert!(!consent(&rule(3), &h).0, "a yes to the email question");
+        assert!(
+            !consent(&rule(3), &h, None).0,
+            "a yes to the email question"
+        );
         turn(&mut h, Role::Caller, "And send it on WhatsApp too, please.");
-        assert!(consent(&rule(3), &h).0);
+        assert!(consent(&rule(3), &h, None).0);
         // A scope that is no channel takes any clear yes.
         let mut callback = rule(3);
         callback.scope = "callback".into();
         let mut h = History::default();
         turn(&mut h, Role::Caller, "Yes, email me and call me back.");
-        assert!(consent(&callback, &h).0);
+        assert!(consent(&callback, &h, None).0);
     }
 
     #[test]
     fn consent_follows_the_most_recent_clear_answer() {
         let mut h = History::default();
-        assert!(!consent(&rule(3), &h).0);
+        assert!(!consent(&rule(3), &h, None).0);
         turn(&mut h, Role::Agent, "Shall I send it on WhatsApp?");
         turn(&mut h, Role::Caller, "Yes please, send it on WhatsApp.");
-        assert!(consent(&rule(3), &h).0);
+        assert!(consent(&rule(3), &h, None).0);
         turn(&mut h, Role::Caller, "Actually no, don't.");
-        assert!(!consent(&rule(3), &h).0);
+        assert!(!consent(&rule(3), &h, None).0);
         turn(&mut h, Role::Caller, "Okay, go ahead then.");
-        assert!(consent(&rule(3), &h).0);
+        assert!(consent(&rule(3), &h, None).0);
+    }
+
+    #[test]
+    fn consent_reads_the_verdicts_worked_out_when_turns_arrived() {
+        let mut h = History::default();
+        event(&mut h, true);
+        let said = |h: &mut History, text: &str, denied: bool| {
+            h.push_with_denies(
+                Entry::Turn {
+                    role: Role::Caller,
+                    text: text.into(),
+                    is_final: true,
+                    at: Duration::ZERO,
+                },
+                Some(u64::from(denied) << 2),
+            )
+        };
+        said(&mut h, "Fine.", true);
+        for _ in 0..10 {
+            said(&mut h, "My order is A-1042.", false);
+        }
+        // Function 2's rule denied "Fine." when it arrived: no regex runs over it again.
+        assert!(!consent(&rule(3), &h, Some(2)).0);
+        // Another function's verdict was not worked out as a denial.
+        assert!(consent(&rule(3), &h, Some(1)).0);
+        // Without a cached verdict the rule itself decides ("Fine." is no denial).
+        assert!(consent(&rule(3), &h, Some(70)).0);
     }
 
     #[test]
@@ -701,9 +737,15 @@ mod tests {
         turn(&mut h, Role::Caller, "My order is A-1042.");
         turn(&mut h, Role::Agent, "Thanks, one second.");
         turn(&mut h, Role::Caller, "It was last Tuesday.");
-        assert!(consent(&rule(3), &h).0, "yes three caller turns ago counts");
+        assert!(
+            consent(&rule(3), &h, None).0,
+            "yes three caller turns ago counts"
+        );
         turn(&mut h, Role::Caller, "What else do you need?");
-        assert!(!consent(&rule(3), &h).0, "four caller turns ago does not");
+        assert!(
+            !consent(&rule(3), &h, None).0,
+            "four caller turns ago does not"
+        );
     }
 
     #[test]
@@ -714,13 +756,13 @@ mod tests {
             turn(&mut h, Role::Caller, "My order is A-1042.");
         }
         assert!(
-            consent(&rule(3), &h).0,
+            consent(&rule(3), &h, None).0,
             "an event is not bound to the window"
         );
         event(&mut h, false);
-        assert!(!consent(&rule(3), &h).0);
+        assert!(!consent(&rule(3), &h, None).0);
         turn(&mut h, Role::Caller, "Yes, send it.");
-        assert!(consent(&rule(3), &h).0);
+        assert!(consent(&rule(3), &h, None).0);
     }
 
     #[test]
@@ -732,7 +774,7 @@ mod tests {
             is_final: false,
             at: Duration::ZERO,
         });
-        assert!(!consent(&rule(3), &h).0);
+        assert!(!consent(&rule(3), &h, None).0);
     }
 
     #[test]
@@ -789,7 +831,7 @@ mod tests {
         for _ in 0..3 {
             turn(&mut h, Role::Caller, "My order is A-1042.");
         }
-        let (ok, detail) = consent(&rule(3), &h);
+        let (ok, detail) = consent(&rule(3), &h, None);
         assert!(!ok, "{detail}");
     }
 
@@ -808,7 +850,7 @@ mod tests {
         ] {
             let mut h = History::default();
             turn(&mut h, Role::Caller, yes);
-            assert!(consent(&r, &h).0, "{yes:?} should consent");
+            assert!(consent(&r, &h, None).0, "{yes:?} should consent");
         }
         for not_yes in [
             "Please, what is the status of my refund?",
@@ -820,7 +862,7 @@ mod tests {
         ] {
             let mut h = History::default();
             turn(&mut h, Role::Caller, not_yes);
-            assert!(!consent(&r, &h).0, "{not_yes:?} should not consent");
+            assert!(!consent(&r, &h, None).0, "{not_yes:?} should not consent");
         }
     }
 }

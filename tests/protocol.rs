@@ -651,3 +651,62 @@ async fn an_orgs_session_quota_leaves_room_for_the_others() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn long_turns_are_cut_and_a_byte_flood_is_refused() {
+    let env = Env::start_with(|t| {
+        t.replacen(
+            "[server]\n",
+            "[server]\nmax_turn_bytes = 1000\nmax_bytes_per_second = 100000\n",
+            1,
+        )
+    })
+    .await;
+    let mut s = env.session("c-flood", json!({})).await;
+    let long = "no ".repeat(20_000);
+    let mut refused = 0;
+    for _ in 0..5 {
+        s.say(&long).await;
+    }
+    // The next second's budget is fresh.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.client.send(&json!({"type": "ping"})).await.unwrap();
+    loop {
+        let r = s.client.recv(WAIT).await.unwrap();
+        match r.ty() {
+            "pong" => break,
+            "error" => {
+                assert_eq!(r.frame["code"], "rate_limited", "{:?}", r.frame);
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(
+        refused >= 3,
+        "60 KB turns at 100 KB/s: most are refused ({refused})"
+    );
+    s.client
+        .send(&json!({"type": "session.end"}))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, call) = env
+            .admin("GET", "/v1/calls/c-flood", Some(ADMIN_TOKEN))
+            .await;
+        let turns: Vec<&serde_json::Value> = call["timeline"]
+            .as_array()
+            .map(|t| t.iter().filter(|e| e["type"] == "turn").collect())
+            .unwrap_or_default();
+        if !turns.is_empty() {
+            for t in &turns {
+                let len = t["text"].as_str().unwrap().len();
+                assert!(len <= 1000, "cut to max_turn_bytes: {len}");
+            }
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{call}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}

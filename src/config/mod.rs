@@ -74,6 +74,16 @@ pub struct ServerSettings {
     pub handshake_timeout: Duration,
     /// Most connections on `admin_listen` at once (`admin_max_connections`, default 256).
     pub admin_max_connections: usize,
+    /// Longest transcript turn kept, in bytes (`max_turn_bytes`, default 8192): the rest of a
+    /// longer one is cut before it reaches the history, the guards and the evidence.
+    pub max_turn_bytes: usize,
+    /// Most history entries a session keeps (`max_history_turns`, default 1000).
+    pub max_history_turns: usize,
+    /// Most bytes of turn text a session keeps (`max_history_bytes`, default 262144).
+    pub max_history_bytes: usize,
+    /// Most inbound bytes per second per connection (`max_bytes_per_second`, default 262144):
+    /// frames beyond it are refused like frames beyond `max_frames_per_second`.
+    pub max_bytes_per_second: usize,
     /// Most unanswered tool calls per session before `overloaded` (`max_inflight_per_session`).
     pub max_inflight_per_session: usize,
     /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).

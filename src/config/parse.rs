@@ -609,6 +609,10 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
             "max_pending_connections",
             "handshake_timeout_ms",
             "admin_max_connections",
+            "max_turn_bytes",
+            "max_history_turns",
+            "max_history_bytes",
+            "max_bytes_per_second",
         ],
     );
     let addr = |ck: &mut Ck<'_>, key: &str, default: &str| {
@@ -648,6 +652,16 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
         admin_max_connections: ck
             .uint(t, P, "admin_max_connections", 1, 100_000)
             .unwrap_or(256) as usize,
+        max_turn_bytes: ck.uint(t, P, "max_turn_bytes", 64, 1 << 20).unwrap_or(8192) as usize,
+        max_history_turns: ck
+            .uint(t, P, "max_history_turns", 10, 1_000_000)
+            .unwrap_or(1000) as usize,
+        max_history_bytes: ck
+            .uint(t, P, "max_history_bytes", 1024, 64 << 20)
+            .unwrap_or(256 << 10) as usize,
+        max_bytes_per_second: ck
+            .uint(t, P, "max_bytes_per_second", 1024, 1 << 30)
+            .unwrap_or(256 << 10) as usize,
         max_inflight_per_session: ck
             .uint(t, P, "max_inflight_per_session", 1, 1024)
             .unwrap_or(16) as usize,

@@ -310,7 +310,10 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                 ctx: Arc::new(ctx),
                 started: Instant::now(),
                 started_at: now_ms(),
-                history: History::default(),
+                history: History::bounded(state::HistoryLimits {
+                    max_entries: rt.server.max_history_turns,
+                    max_bytes: rt.server.max_history_bytes,
+                }),
                 ledger: Ledger::default(),
                 calls: HashMap::new(),
                 inflight: 0,
@@ -647,14 +650,38 @@ impl Session {
                 );
             }
             Inbound::Transcript(t) => {
+                let mut text = t.text;
+                let max = self.rt.server.max_turn_bytes;
+                if text.len() > max {
+                    let cut = (0..=max)
+                        .rev()
+                        .find(|i| text.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    debug!(
+                        bytes = text.len(),
+                        kept = cut,
+                        "transcript turn cut to max_turn_bytes"
+                    );
+                    text.truncate(cut);
+                }
+                // Which consent rules this turn denies, worked out once, here.
+                let denies = (t.is_final && t.role == crate::protocol::Role::Caller).then(|| {
+                    self.agent
+                        .functions
+                        .iter()
+                        .take(64)
+                        .enumerate()
+                        .filter(|(_, f)| f.consent.as_ref().is_some_and(|c| c.deny.is_match(&text)))
+                        .fold(0u64, |bits, (i, _)| bits | (1 << i))
+                });
                 let entry = Entry::Turn {
                     role: t.role,
-                    text: t.text,
+                    text,
                     is_final: t.is_final,
                     at,
                 };
                 self.record_history(&entry);
-                self.history.push(entry);
+                self.history.push_with_denies(entry, denies);
             }
             Inbound::Consent(c) => {
                 let entry = Entry::Consent {

@@ -56,21 +56,25 @@ pub(crate) enum Incoming {
     Violated,
 }
 
-/// A fixed one-second window on inbound data frames.
+/// A fixed one-second window on inbound data frames and their bytes.
 struct FrameLimiter {
     max: u32,
+    max_bytes: usize,
     window: Instant,
     count: u32,
+    bytes: usize,
 }
 
 impl FrameLimiter {
-    fn allow(&mut self, now: Instant) -> bool {
+    fn allow(&mut self, now: Instant, len: usize) -> bool {
         if now.duration_since(self.window) >= Duration::from_secs(1) {
             self.window = now;
             self.count = 0;
+            self.bytes = 0;
         }
         self.count += 1;
-        self.count <= self.max
+        self.bytes = self.bytes.saturating_add(len);
+        self.count <= self.max && self.bytes <= self.max_bytes
     }
 }
 
@@ -134,8 +138,10 @@ impl Socket {
             live,
             limiter: FrameLimiter {
                 max: server.max_frames_per_second,
+                max_bytes: server.max_bytes_per_second,
                 window: now,
                 count: 0,
+                bytes: 0,
             },
             last_seen: now,
             next_ping: now + live.ping_every,
@@ -160,8 +166,8 @@ impl Socket {
                     self.last_seen = now;
                     let text = match msg {
                         Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Binary(_))) => {
-                            if !self.limiter.allow(now) {
+                        Some(Ok(Message::Binary(b))) => {
+                            if !self.limiter.allow(now, b.len()) {
                                 return Incoming::Refused(error_frame(ErrorCode::RateLimited, "too many frames per second", None));
                             }
                             return Incoming::Refused(error_frame(ErrorCode::BadFrame, BINARY_MESSAGE, None));
@@ -193,10 +199,10 @@ impl Socket {
                             return Incoming::Gone;
                         }
                     };
-                    if !self.limiter.allow(now) {
+                    if !self.limiter.allow(now, text.len()) {
                         return Incoming::Refused(error_frame(
                             ErrorCode::RateLimited,
-                            "too many frames per second",
+                            "too many frames or bytes per second",
                             frame_id(&text).as_deref(),
                         ));
                     }
