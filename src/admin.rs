@@ -177,8 +177,38 @@ fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Free bytes on the filesystem holding `path` (its directory), if it can be told.
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+/// Ready when an accepted action can be made durable: the job store commits a write, and the
+/// disk of the local files has room.
 async fn ready(rt: &Runtime) -> HttpResponse {
-    match rt.jobs.ping().await {
+    let storage = &rt.snap().config.storage;
+    if let Some(free) = free_bytes(&storage.path)
+        && free < storage.min_free_bytes
+    {
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            &format!(
+                "the disk of the store has {} MiB free, under storage.min_free_mb ({} MiB): new actions could not be made durable",
+                free >> 20,
+                storage.min_free_bytes >> 20
+            ),
+        );
+    }
+    let writable = match rt.jobs.ping().await {
+        Ok(()) => rt.jobs.writable().await,
+        Err(e) => Err(e),
+    };
+    match writable {
         Ok(()) => json_response(
             StatusCode::OK,
             &json!({
@@ -189,7 +219,7 @@ async fn ready(rt: &Runtime) -> HttpResponse {
         Err(e) => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            &format!("the job store does not answer: {e}"),
+            &format!("the job store cannot make an action durable: {e}"),
         ),
     }
 }

@@ -515,3 +515,34 @@ async fn a_503_with_a_retry_after_in_year_9999_is_deferred_to_within_the_bound()
     let c = env.connection("acme-resend").await;
     assert!(c["paused_ms"].as_u64().unwrap_or(0) <= 60_000, "{c}");
 }
+
+#[tokio::test]
+async fn readiness_says_whether_an_action_can_be_made_durable() {
+    let env = Env::start().await;
+    let (status, body) = env.admin("GET", "/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ready");
+    // A disk with less room than the store needs: not ready, and why.
+    let env =
+        Env::start_with(|t| t.replacen("[storage]\n", "[storage]\nmin_free_mb = 1000000000\n", 1))
+            .await;
+    let (status, body) = env.admin("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "not_ready");
+    assert!(
+        body["message"].as_str().unwrap().contains("min_free_mb"),
+        "{body}"
+    );
+    // The store gone (closed for writes): not ready either.
+    let env = Env::start().await;
+    env.server.runtime().jobs.close().await;
+    let (status, body) = env.admin("GET", "/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot make an action durable"),
+        "{body}"
+    );
+}

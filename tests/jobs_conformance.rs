@@ -975,6 +975,7 @@ mod nats_only {
         let storage = toolgate::config::StorageSettings {
             backend: "nats".into(),
             path: dir.path().join("jobs.db"),
+            min_free_bytes: 0,
             nats: Some(toolgate::config::NatsSettings {
                 urls: vec![format!("nats://127.0.0.1:{}", free_port())],
                 stream_prefix: PREFIX.into(),

@@ -107,6 +107,9 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// The NATS settings, when `backend = "nats"`.
     pub nats: Option<NatsSettings>,
+    /// Below this much free space on the store's disk the sidecar is not ready
+    /// (`min_free_mb`, default 64): an accepted action could not be made durable.
+    pub min_free_bytes: u64,
 }
 
 /// `[storage]` with `backend = "nats"`: where the JetStream job queue lives.

@@ -685,7 +685,7 @@ fn parse_storage(ck: &mut Ck<'_>, t: &Table) -> StorageSettings {
         "user",
         "password",
     ];
-    let mut allowed = vec!["backend", "path"];
+    let mut allowed = vec!["backend", "path", "min_free_mb"];
     allowed.extend_from_slice(NATS_KEYS);
     ck.keys(t, P, &allowed);
     let backend = ck
@@ -714,6 +714,10 @@ fn parse_storage(ck: &mut Ck<'_>, t: &Table) -> StorageSettings {
     StorageSettings {
         backend,
         path: ck.opts.base_dir.join(path),
+        min_free_bytes: ck
+            .uint(t, P, "min_free_mb", 0, 1 << 40)
+            .unwrap_or(64)
+            .saturating_mul(1 << 20),
         nats,
     }
 }

@@ -227,6 +227,20 @@ impl SqliteJobs {
         .await
     }
 
+    /// A committed write through the writer, as a job's enqueue is: the proof that an accepted
+    /// action can be made durable right now (a full disk or a broken file fails it).
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+            )?;
+            tx.prepare_cached("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)")?
+                .execute([crate::workflow::now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Stop taking writes, let the writer finish what it has (every queued write is still
     /// committed and answered), and wait for it, off the async runtime.
     async fn close(&self) {
@@ -549,6 +563,15 @@ impl JobStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.ping().await,
+            Backend::Nats(n) => Box::pin(n.ping()).await,
+        }
+    }
+
+    /// Whether an accepted action can be made durable now: on SQLite a write committed through
+    /// the writer (on NATS, JetStream answering: its own disk is the server's business).
+    pub async fn writable(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.probe_write().await,
             Backend::Nats(n) => Box::pin(n.ping()).await,
         }
     }
