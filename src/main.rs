@@ -573,6 +573,7 @@ async fn worker(path: PathBuf) -> ExitCode {
     };
     let drain = drain_time(&config);
     toolgate::net::raise_open_files_limit();
+    toolgate::net::private_files();
     let rt = match toolgate::runtime::Runtime::open_worker(config, Some(path)).await {
         Ok(rt) => rt,
         Err(e) => {

@@ -28,6 +28,15 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// Files and folders this process creates are its own alone (0600 / 0700): the job store, its
+/// WAL and the evidence file hold callers' numbers and addresses until they are pruned.
+pub fn private_files() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    });
+}
+
 /// Raise this process's open-files soft limit to its hard limit, once: every call, session and
 /// provider connection holds a descriptor, and the common soft limit of 1,024 would stop a
 /// sidecar long before its `max_sessions`. Returns the soft limit in force afterwards.

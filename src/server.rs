@@ -109,6 +109,7 @@ impl Server {
             warn!(problem = %w, "config warning");
         }
         fit_to_open_files(&mut config.server, net::raise_open_files_limit());
+        net::private_files();
         crate::telemetry::zero_series(
             config
                 .agents

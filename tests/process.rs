@@ -661,3 +661,24 @@ async fn a_second_serve_on_the_same_sqlite_store_is_refused_naming_it() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn data_files_and_folders_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let m = mocks().await;
+    let data = dir.path().join("data");
+    let config = write_config_with(dir.path(), &m, |t| {
+        t.replace("{db}", &data.join("toolgate.db").display().to_string())
+    });
+    let sidecar = start(&config);
+    let mut c = open_call(&sidecar.url(), "c-private").await;
+    let r = tool_call(&mut c, "1", "notify_team", json!({"reason": "billing"})).await;
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "the data folder");
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let p = entry.unwrap().path();
+        assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+    }
+}

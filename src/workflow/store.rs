@@ -129,6 +129,8 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     // power cut, not just a process crash.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (a job's inputs, pruned evidence) are overwritten, not left in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 
