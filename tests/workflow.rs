@@ -653,3 +653,27 @@ async fn a_cancelled_deferred_call_can_be_asked_again() {
     assert_eq!(reqs.len(), 1);
     assert_eq!(env.webhook.requests().len(), 1, "sent once");
 }
+
+#[tokio::test]
+async fn a_body_broken_after_a_200_is_retried_with_the_same_idempotency_key() {
+    let env = Env::start().await;
+    env.resend.push(Reply::BreakBody);
+    let mut s = env.session("c-break-body", order_vars()).await;
+    let a = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    // Unknown but safe to send again with the same key: deferred, not failed.
+    assert_eq!(a.status(), "deferred", "{:?}", a.result.frame);
+    assert_eq!(a.result.frame["data"]["reason"], "retryable_failure");
+    let job = env.job_settled(&job_id(&a), SETTLE).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let reqs = env.resend.requests();
+    assert_eq!(reqs.len(), 2, "the retry");
+    let key = reqs[0].header("idempotency-key").unwrap();
+    assert_eq!(reqs[1].header("idempotency-key"), Some(key));
+    assert_eq!(
+        env.resend.deliveries_by_key().get(key),
+        Some(&1),
+        "one email: the provider answered the retry from its idempotency record"
+    );
+}

@@ -67,6 +67,9 @@ pub enum Reply {
         /// Body.
         body: String,
     },
+    /// Act on the request like `Normal`, answer its status and headers, then break the
+    /// connection partway through the body (a reset mid-body after a 200).
+    BreakBody,
     /// Never answer (until the client gives up).
     Hang,
     /// Close the connection without answering.
@@ -476,6 +479,19 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<HttpRespons
             )),
             delivered: false,
         },
+        Reply::BreakBody => {
+            let decided = normal(&inner, &mut rec);
+            rec.delivered = decided.delivered;
+            record(&inner, rec);
+            let mut resp = decided
+                .response
+                .unwrap_or_else(|| respond(500, &[], String::new()));
+            // A length the body never reaches: the server closes the connection after the
+            // short body, and the client's read of the rest fails.
+            resp.headers_mut()
+                .insert("content-length", "4096".parse().expect("digits"));
+            return Ok(resp);
+        }
         Reply::AnswerLate(wait) => {
             let decided = normal(&inner, &mut rec);
             rec.delivered = decided.delivered;

@@ -369,7 +369,14 @@ pub async fn send(client: &Client, req: &Prepared) -> Result<RawResponse, Provid
                     format!("the response body broke off: {}", describe(&e)),
                 );
                 err.http_status = Some(status);
-                err.retryable = status >= 500;
+                // Unknown, but safe to send again when the request carries the provider's
+                // idempotency key (Resend's `Idempotency-Key`, a webhook's `webhook-id`): the
+                // repeat gets the first one's outcome. Without one (Wati), only a 5xx is.
+                let keyed = req
+                    .headers
+                    .iter()
+                    .any(|h| h.name == "idempotency-key" || h.name == "webhook-id");
+                err.retryable = status >= 500 || (keyed && (200..300).contains(&status));
                 return Err(err);
             }
         }
