@@ -230,6 +230,26 @@ pub(crate) fn arguments(v: Option<&serde_json::Value>) -> Arguments {
     }
 }
 
+/// Parse a platform's request body as the route would (for the fuzz targets): `Ok` with the
+/// number of tool calls found, or the status a refusal would get.
+#[doc(hidden)]
+pub fn parse_body(platform: Platform, body: &[u8], function: &str) -> Result<usize, u16> {
+    let parsed = match platform {
+        Platform::Vapi => vapi::parse(body),
+        Platform::Retell => retell::parse(body),
+        Platform::Elevenlabs => elevenlabs::parse(body, function),
+    };
+    match parsed {
+        Ok(p) => {
+            for (_, _, args) in &p.calls {
+                let _ = derived_id(&p.call_id, "f", args);
+            }
+            Ok(p.calls.len())
+        }
+        Err(resp) => Err(resp.status().as_u16()),
+    }
+}
+
 /// `POST /v1/hooks/{id}[/{function}]`.
 pub async fn handle(
     req: Request<Incoming>,

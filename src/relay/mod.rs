@@ -225,6 +225,40 @@ pub async fn issue(req: Request<Incoming>, org: &str, rt: &Runtime) -> HttpRespo
     )
 }
 
+/// Feed `text` to both dialects as a client frame and as an upstream frame, after a
+/// `session.ready` with one owned tool (for the fuzz targets): nothing may panic.
+#[doc(hidden)]
+pub fn exercise_dialects(text: &str) -> usize {
+    let tool = serde_json::json!({"type": "function", "name": "send_email",
+        "description": "d", "parameters": {"type": "object", "properties": {}}});
+    let mut fx = Effects::default();
+    let mut o = openai::OpenAi::new(false);
+    o.ready(vec![tool.clone()]);
+    let _ = o.on_client(text, &mut fx);
+    let _ = o.on_upstream(text, &mut fx);
+    let mut d = deepgram::Deepgram::default();
+    d.ready(vec![tool]);
+    let _ = d.on_client(text, &mut fx);
+    let _ = d.on_upstream(text, &mut fx);
+    let id = fx.session.iter().find_map(|i| match i {
+        Inbound::ToolCall(c) => Some(c.id.clone()),
+        _ => None,
+    });
+    let result = || SessionFrame {
+        ty: "tool.result".into(),
+        id: id.clone(),
+        text: None,
+        status: Some("succeeded".into()),
+        output: Some(text.to_owned()),
+        tools: None,
+        code: None,
+        message: None,
+    };
+    o.on_session(result(), &mut fx);
+    d.on_session(result(), &mut fx);
+    fx.upstream.len() + fx.session.len()
+}
+
 /// An `error` body.
 fn refuse(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     json_error(status, code, message)
