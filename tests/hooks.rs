@@ -439,3 +439,71 @@ async fn an_elevenlabs_tool_call_runs_from_its_body() {
     let (s, _) = post(&env, "/v1/hooks/eleven-support", &body, &auth).await;
     assert_eq!(s, 404, "the function is in the path");
 }
+
+#[tokio::test]
+async fn a_request_is_never_held_past_max_hold_and_an_idle_call_ends() {
+    let env = Env::start_with(|t| {
+        t.replacen(
+            "[workflow]",
+            &format!(
+                "[[webhooks]]\nid = \"vapi-short\"\norg = \"acme\"\nplatform = \"vapi\"\nagent = \"support-bot\"\nsecret = \"{VAPI_SECRET}\"\nmax_hold_ms = 300\nidle_end_ms = 1000\n\n[workflow]"
+            ),
+            1,
+        )
+    })
+    .await;
+    // escalate_now is live with hard_timeout_ms = 2000; the provider takes 1 s.
+    env.webhook.push(Reply::slow(1000));
+    let body = vapi_tool_calls(
+        "vc-hold",
+        &[("user", "Get me a supervisor.")],
+        &[("call_1", "escalate_now", json!({"reason": "angry"}))],
+    );
+    let (s, b) = post(&env, "/v1/hooks/vapi-short", &body, &vapi_auth()).await;
+    assert_eq!(s, 200);
+    let r = result_of(&b, 0);
+    assert_eq!(r["error"], "timeout", "answered at max_hold_ms: {b}");
+    assert!(
+        r["next"]
+            .as_str()
+            .unwrap()
+            .contains("still being processed")
+    );
+    // The call still runs to its end, once; then, with no request for idle_end_ms, it ends.
+    assert_eq!(env.webhook.wait_for_requests(1, WAIT).await.len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let (_, c) = env
+            .admin("GET", "/v1/calls/vc-hold", Some(ADMIN_TOKEN))
+            .await;
+        if c["ended_at"].is_i64() && c["invocations"][0]["final"] == true {
+            assert_eq!(c["end_reason"], "idle");
+            assert_eq!(c["invocations"][0]["status"], "succeeded", "{c}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The call page and the metrics show it like any call.
+    let page = reqwest::Client::new()
+        .get(format!("http://{}/calls/vc-hold", env.server.admin_addr))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("via vapi"), "{page}");
+    let metrics = reqwest::get(format!("http://{}/metrics", env.server.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"toolgate_tool_calls_total{function="escalate_now",status="succeeded"} 1"#),
+        "{metrics}"
+    );
+}

@@ -544,6 +544,51 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_response_cancels_its_owned_calls_not_yet_answered() {
+        let mut r = relay();
+        let mut fx = Effects::default();
+        let done = json!({"id": "item_1", "type": "function_call", "status": "completed",
+            "name": "send_email", "call_id": "call_1", "arguments": "{}"});
+        r.on_upstream(
+            &json!({"type": "response.created", "response": {"id": "resp_1"}}).to_string(),
+            &mut fx,
+        );
+        r.on_upstream(
+            &json!({"type": "response.output_item.done", "response_id": "resp_1", "item": done})
+                .to_string(),
+            &mut fx,
+        );
+        fx.session.clear();
+        r.on_upstream(
+            &json!({"type": "response.done", "response": {"id": "resp_1", "status": "cancelled",
+                "status_details": {"type": "cancelled", "reason": "turn_detected"}, "output": []}})
+            .to_string(),
+            &mut fx,
+        );
+        assert!(
+            matches!(&fx.session[..], [Inbound::ToolCancel(c)] if c.id == "call_1"),
+            "{:?}",
+            fx.session
+        );
+        // Its answer still goes upstream, but no response.create follows a cancelled response.
+        r.on_session(
+            SessionFrame {
+                ty: "tool.result".into(),
+                id: Some("call_1".into()),
+                output: Some("{\"ok\":false,\"error\":\"cancelled\"}".into()),
+                status: Some("cancelled".into()),
+                text: None,
+                tools: None,
+                code: None,
+                message: None,
+            },
+            &mut fx,
+        );
+        assert_eq!(fx.upstream.len(), 1, "{:?}", fx.upstream);
+        assert!(fx.upstream[0].contains("function_call_output"));
+    }
+
+    #[test]
     fn a_client_function_passes_untouched() {
         let mut r = relay();
         let mut fx = Effects::default();
