@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::frames::{Api, FrameKind};
 use crate::latency::{Latency, parse_seconds_or_duration};
 use crate::schedule::Arrivals;
 
@@ -14,6 +15,11 @@ use crate::schedule::Arrivals;
 /// each, then sends tool calls at --rate per second across all of them on a schedule fixed in
 /// advance, and reports latency (end-to-end, added by the sidecar, first signal, filler and
 /// deferral lateness), lost and doubled results, and the sidecar's CPU and memory.
+///
+/// With --relay it measures the realtime relays instead: --sessions relayed calls stream
+/// audio-sized frames at --frame-rate each through toolgate to the generator's own echoing
+/// upstream, and the report gives the round trip and each pass-through leg, against the same
+/// frames sent straight to the upstream (--baseline).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "toolgate-loadtest", version)]
 pub struct Args {
@@ -120,7 +126,7 @@ pub struct Args {
     pub mock_error_rate: f64,
 
     /// Run no mock provider (the sidecar points elsewhere; added latency is not measured).
-    #[arg(long, conflicts_with_all = ["mock_only", "baseline"])]
+    #[arg(long, conflicts_with = "mock_only")]
     pub no_mock: bool,
 
     /// Only run the mock provider, until Ctrl-C.
@@ -151,6 +157,46 @@ pub struct Args {
     /// How many calls are being set up at once before the run.
     #[arg(long, default_value_t = 64)]
     pub connect_concurrency: usize,
+
+    /// Relay mode: stream audio-sized frames through toolgate's realtime relay
+    /// (`POST /v1/relay/tickets`, then the ticket URL) to the generator's own echoing upstream.
+    #[arg(long, help_heading = "Relay mode")]
+    pub relay: bool,
+
+    /// Which relay (and which upstream dialect the fake speaks).
+    #[arg(long, value_enum, default_value_t = Api::Openai, help_heading = "Relay mode")]
+    pub relay_api: Api,
+
+    /// Frames per second each relayed call sends (a media server's audio clock).
+    #[arg(long, default_value_t = 50.0, help_heading = "Relay mode")]
+    pub frame_rate: f64,
+
+    /// Frame kind: `text` (an OpenAI `input_audio_buffer.append` event with base64 PCM16) or
+    /// `binary` (raw PCM16, as Deepgram takes it). Default: text for openai, binary for
+    /// deepgram.
+    #[arg(long, value_enum, help_heading = "Relay mode")]
+    pub frames: Option<FrameKind>,
+
+    /// Milliseconds of audio per frame (PCM16 mono at --sample-rate).
+    #[arg(long, default_value_t = 20, help_heading = "Relay mode")]
+    pub audio_ms: u32,
+
+    /// The audio's sample rate.
+    #[arg(long, default_value_t = 24_000, help_heading = "Relay mode")]
+    pub sample_rate: u32,
+
+    /// Where the fake upstream listens; the sidecar's `[relay] openai_upstream` (or
+    /// `deepgram_upstream`) must point here.
+    #[arg(long, default_value = "127.0.0.1:9998", help_heading = "Relay mode")]
+    pub upstream_listen: String,
+
+    /// Where tickets are asked for (default: `http://<host of --url>/v1/relay/tickets`).
+    #[arg(long, help_heading = "Relay mode")]
+    pub tickets_url: Option<String>,
+
+    /// The model key the client sends (forwarded upstream by the relay; the fake ignores it).
+    #[arg(long, default_value = "sk-loadtest", help_heading = "Relay mode")]
+    pub upstream_key: String,
 }
 
 impl Args {
@@ -173,6 +219,27 @@ impl Args {
         }
         if self.token.is_none() && !self.mock_only {
             return Err("no session token: pass --token or set LOADTEST_SESSION_TOKEN".into());
+        }
+        if self.no_mock && self.baseline && !self.relay {
+            return Err(
+                "--no-mock and --baseline do not go together: the baseline posts to the mock"
+                    .into(),
+            );
+        }
+        if self.relay {
+            if self.mock_only {
+                return Err("--relay and --mock-only do not go together".into());
+            }
+            if !(self.frame_rate.is_finite() && self.frame_rate > 0.0 && self.frame_rate <= 1000.0)
+            {
+                return Err("--frame-rate must be above zero and at most 1000".into());
+            }
+            if !(1..=1000).contains(&self.audio_ms) {
+                return Err("--audio-ms must be between 1 and 1000".into());
+            }
+            if !(8_000..=48_000).contains(&self.sample_rate) {
+                return Err("--sample-rate must be between 8000 and 48000".into());
+            }
         }
         Ok(())
     }

@@ -11,6 +11,11 @@
 //! schedule, in the same run. [`report`] turns the ledgers into HDR percentiles, counts lost
 //! and doubled results (which fail the run) and adds the sidecar's CPU and memory ([`proc`]).
 //!
+//! `--relay` measures the realtime relays instead ([`relay`]): audio-sized frames through
+//! toolgate to the generator's own echoing upstream ([`upstream`]), timed per frame and per
+//! pass-through leg ([`frames`], [`relay_report`]), against the same frames sent straight to
+//! the upstream.
+//!
 //! Exit codes: 0 the run passed, 1 it found lost, doubled or out-of-order results or protocol
 //! errors, 2 it could not run (bad flags, cannot connect, token refused, unknown agent).
 #![forbid(unsafe_code)]
@@ -19,13 +24,17 @@
 mod baseline;
 mod calls;
 mod cli;
+mod frames;
 mod latency;
 mod mock;
 mod proc;
+mod relay;
+mod relay_report;
 mod report;
 mod run;
 mod schedule;
 mod script;
+mod upstream;
 
 use std::process::ExitCode;
 
@@ -53,7 +62,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = runtime.block_on(run::run(args, threads));
+    let outcome = if args.relay {
+        runtime.block_on(relay::run(args, threads))
+    } else {
+        runtime.block_on(run::run(args, threads))
+    };
     // Sockets of calls that failed to set up may still be open; do not wait for them.
     runtime.shutdown_background();
     match outcome {

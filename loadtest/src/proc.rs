@@ -1,5 +1,13 @@
 //! CPU and memory from `/proc`: the sidecar's (`--sidecar-pid`), the generator's own, and the
 //! whole machine's, sampled once a second on a plain thread while the run goes on.
+//!
+//! The machine's busy time comes from the root cgroup's CPU accounting when it can be read
+//! (`/sys/fs/cgroup/cpuacct/cpuacct.usage`, or `usage_usec` in cgroup v2's `cpu.stat`): that is
+//! the scheduler's own run time of every task, in nanoseconds. `/proc/stat` is only the
+//! fallback, because its busy time is counted in timer ticks, and on a tickless guest with
+//! short, frequent sleeps (a relay run) ticks are skipped: it showed 2-5 % busy while the
+//! sidecar and the generator alone used half a core. `/proc/pressure/cpu` adds how long
+//! runnable tasks waited for a CPU.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +115,58 @@ pub fn parse_cpu_line(text: &str) -> Result<CpuTimes, String> {
     })
 }
 
+/// The `usage_usec` of a cgroup v2 `cpu.stat`, in nanoseconds.
+pub fn parse_cgroup_v2_usage(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("usage_usec "))?;
+    line["usage_usec ".len()..]
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|us| us * 1000)
+}
+
+/// The `total` (µs) of the `some` line of `/proc/pressure/cpu`.
+pub fn parse_pressure_some(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("some "))?;
+    line.split_ascii_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// Every task's run time so far, in nanoseconds, from the root cgroup.
+fn cgroup_busy_ns() -> Option<u64> {
+    if let Ok(t) = std::fs::read_to_string("/sys/fs/cgroup/cpuacct/cpuacct.usage") {
+        return t.trim().parse().ok();
+    }
+    std::fs::read_to_string("/sys/fs/cgroup/cpu.stat")
+        .ok()
+        .and_then(|t| parse_cgroup_v2_usage(&t))
+}
+
+/// The machine at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MachineReading {
+    /// Every task's run time so far (ns), from the root cgroup.
+    pub busy_ns: Option<u64>,
+    /// `/proc/stat`'s ticks.
+    pub stat: Option<CpuTimes>,
+    /// Time some runnable task waited for a CPU so far (µs), from `/proc/pressure/cpu`.
+    pub pressure_us: Option<u64>,
+}
+
+fn read_machine() -> MachineReading {
+    MachineReading {
+        busy_ns: cgroup_busy_ns(),
+        stat: std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|t| parse_cpu_line(&t).ok()),
+        pressure_us: std::fs::read_to_string("/proc/pressure/cpu")
+            .ok()
+            .and_then(|t| parse_pressure_some(&t)),
+    }
+}
+
 /// The number of CPUs in `/proc/stat` (`cpu0`, `cpu1`, ...).
 pub fn count_cpus(text: &str) -> usize {
     text.lines()
@@ -148,7 +208,7 @@ pub struct Reading {
     /// This process.
     pub generator: Option<ProcReading>,
     /// The machine.
-    pub machine: Option<CpuTimes>,
+    pub machine: MachineReading,
 }
 
 fn read_all(pid: Option<u32>) -> Reading {
@@ -156,9 +216,7 @@ fn read_all(pid: Option<u32>) -> Reading {
         at: now_ns(),
         sidecar: pid.and_then(|p| read_proc(&p.to_string()).ok()),
         generator: read_proc("self").ok(),
-        machine: std::fs::read_to_string("/proc/stat")
-            .ok()
-            .and_then(|t| parse_cpu_line(&t).ok()),
+        machine: read_machine(),
     }
 }
 
@@ -186,6 +244,39 @@ pub struct MachineUsage {
     pub cpus: usize,
     /// Busy time over the window, in % of all CPUs.
     pub busy_pct: f64,
+    /// Where the busy time comes from: `cgroup` (the scheduler's run time of every task) or
+    /// `/proc/stat` (timer ticks, which undercount on tickless guests).
+    pub busy_source: &'static str,
+    /// The share of the window in which some runnable task waited for a CPU
+    /// (`/proc/pressure/cpu`), in %.
+    pub cpu_pressure_pct: Option<f64>,
+}
+
+/// The machine between two readings.
+fn machine_usage(a: &Reading, b: &Reading, cpus: usize) -> Option<MachineUsage> {
+    let wall_ns = b.at.checked_sub(a.at).filter(|d| *d > 0)? as f64;
+    let (busy_pct, busy_source) = match (a.machine.busy_ns, b.machine.busy_ns) {
+        (Some(x), Some(y)) if cpus > 0 && y >= x => {
+            ((y - x) as f64 * 100.0 / (wall_ns * cpus as f64), "cgroup")
+        }
+        _ => match (a.machine.stat, b.machine.stat) {
+            (Some(x), Some(y)) if y.total > x.total => (
+                (y.busy - x.busy) as f64 * 100.0 / (y.total - x.total) as f64,
+                "/proc/stat",
+            ),
+            _ => return None,
+        },
+    };
+    let cpu_pressure_pct = match (a.machine.pressure_us, b.machine.pressure_us) {
+        (Some(x), Some(y)) if y >= x => Some((y - x) as f64 * 1000.0 * 100.0 / wall_ns),
+        _ => None,
+    };
+    Some(MachineUsage {
+        cpus,
+        busy_pct,
+        busy_source,
+        cpu_pressure_pct,
+    })
 }
 
 /// Samples the sidecar, the generator and the machine once a second.
@@ -314,13 +405,7 @@ impl Sampler {
             })
         };
         let machine = match (v.first(), v.last()) {
-            (Some(a), Some(b)) => match (a.machine, b.machine) {
-                (Some(x), Some(y)) if y.total > x.total => Some(MachineUsage {
-                    cpus: self.cpus,
-                    busy_pct: (y.busy - x.busy) as f64 * 100.0 / (y.total - x.total) as f64,
-                }),
-                _ => None,
-            },
+            (Some(a), Some(b)) => machine_usage(a, b, self.cpus),
             _ => None,
         };
         (
@@ -409,6 +494,48 @@ mod tests {
         );
         assert_eq!(count_cpus(text), 2);
         assert!(parse_cpu_line("intr 1\n").is_err());
+    }
+
+    #[test]
+    fn cgroup_and_pressure_files_are_read() {
+        let v2 = "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n";
+        assert_eq!(parse_cgroup_v2_usage(v2), Some(1_500_000));
+        assert_eq!(parse_cgroup_v2_usage("nr_periods 0\n"), None);
+        let psi = "some avg10=3.34 avg60=2.18 avg300=4.42 total=2885415378\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_pressure_some(psi), Some(2_885_415_378));
+        assert_eq!(parse_pressure_some("full total=1\n"), None);
+    }
+
+    #[test]
+    fn machine_busy_prefers_the_cgroup() {
+        let at = |at: u64, busy_ns: u64, ticks: (u64, u64), psi: u64| Reading {
+            at,
+            machine: MachineReading {
+                busy_ns: Some(busy_ns),
+                stat: Some(CpuTimes {
+                    busy: ticks.0,
+                    total: ticks.1,
+                }),
+                pressure_us: Some(psi),
+            },
+            ..Default::default()
+        };
+        // One second, two CPUs: 0.5 s of run time is 25 %; 0.1 s of waiting is 10 %. The
+        // ticks (which say 5 %) are not used.
+        let (a, b) = (
+            at(0, 0, (0, 0), 0),
+            at(1_000_000_000, 500_000_000, (10, 200), 100_000),
+        );
+        let m = machine_usage(&a, &b, 2).unwrap();
+        assert!((m.busy_pct - 25.0).abs() < 1e-9);
+        assert_eq!(m.busy_source, "cgroup");
+        assert!((m.cpu_pressure_pct.unwrap() - 10.0).abs() < 1e-9);
+        // Without the cgroup, the ticks.
+        let mut a2 = a;
+        a2.machine.busy_ns = None;
+        let m = machine_usage(&a2, &b, 2).unwrap();
+        assert!((m.busy_pct - 5.0).abs() < 1e-9);
+        assert_eq!(m.busy_source, "/proc/stat");
     }
 
     #[test]

@@ -659,14 +659,14 @@ pub fn verdict(
     }
 }
 
-fn cell(v: Option<f64>) -> String {
+pub(crate) fn cell(v: Option<f64>) -> String {
     match v {
         Some(x) => format!("{x:>9.3}"),
         None => format!("{:>9}", "-"),
     }
 }
 
-fn latency_row(out: &mut String, name: &str, s: &Summary) {
+pub(crate) fn latency_row(out: &mut String, name: &str, s: &Summary) {
     let _ = write!(out, "  {name:<36}{:>8}", s.count);
     for v in s.row() {
         out.push_str(&cell(v));
@@ -760,7 +760,19 @@ fn phase_text(out: &mut String, p: &PhaseReport, filler_after: u64, defer_after:
     }
 }
 
-fn usage_text(out: &mut String, name: &str, u: &ProcUsage) {
+/// The machine line: busy share, its source, and how long tasks waited for a CPU.
+pub(crate) fn machine_text(m: &MachineUsage) -> String {
+    let mut s = format!(
+        "{:.1}% busy across {} CPUs ({})",
+        m.busy_pct, m.cpus, m.busy_source
+    );
+    if let Some(p) = m.cpu_pressure_pct {
+        let _ = write!(s, "; some task waited for a CPU {p:.1}% of the time");
+    }
+    s
+}
+
+pub(crate) fn usage_text(out: &mut String, name: &str, u: &ProcUsage) {
     let _ = writeln!(
         out,
         "  {name:<10} CPU {:.1}% of a core (busiest second {:.1}%)  RSS {:.1} -> max {:.1} MiB (peak {:.1})  threads {}",
@@ -889,11 +901,7 @@ pub fn render(r: &Report) -> String {
         usage_text(&mut out, "generator", u);
     }
     if let Some(m) = &res.machine {
-        let _ = writeln!(
-            out,
-            "  machine    {:.1}% busy across {} CPUs",
-            m.busy_pct, m.cpus
-        );
+        let _ = writeln!(out, "  machine    {}", machine_text(m));
     }
     let _ = writeln!(out, "\n-- verdict --");
     if r.verdict.passed {

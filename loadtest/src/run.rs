@@ -58,7 +58,7 @@ fn json_object(flag: &str, text: &str) -> Result<Value, String> {
 }
 
 /// Wait for the pacer on its own thread.
-async fn run_pacer(
+pub(crate) async fn run_pacer(
     schedule: Arc<Schedule>,
     t0: Instant,
     stop: Arc<AtomicBool>,
