@@ -452,6 +452,9 @@ async fn pump<C, U, D>(
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame.map_or((CloseCode::Normal, String::new()), |f| (f.code, f.reason.to_string()));
                         let _ = u_tx.send(close_frame(code, &reason)).await;
+                        // tungstenite queued the answer to the client's close: send it, or the
+                        // client sees its socket drop without a closing handshake.
+                        let _ = c_tx.flush().await;
                         break format!("client closed ({})", u16::from(code));
                     }
                     Some(Ok(_)) => continue,
@@ -481,6 +484,8 @@ async fn pump<C, U, D>(
                     Some(Ok(Message::Close(frame))) => {
                         let (code, reason) = frame.map_or((CloseCode::Normal, String::new()), |f| (f.code, f.reason.to_string()));
                         let _ = c_tx.send(close_frame(code, &reason)).await;
+                        // The same for the upstream's close.
+                        let _ = u_tx.flush().await;
                         break format!("upstream closed ({})", u16::from(code));
                     }
                     Some(Ok(_)) => None,
