@@ -51,6 +51,7 @@ fn job(n: u64) -> NewJob {
         reason: DeferReason::Budget,
         max_attempts: 8,
         hard_timeout: Duration::from_secs(10),
+        retry_window: Duration::ZERO,
         start: Start::RunnableAt(now_ms()),
     }
 }

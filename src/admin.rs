@@ -19,7 +19,7 @@ use crate::config::Connection;
 use crate::connections::{Health, Status};
 use crate::runtime::{AdminScope, ReloadError, Runtime};
 use crate::telemetry;
-use crate::workflow::{JobState, now_ms};
+use crate::workflow::{JobState, RetryRefused, now_ms};
 
 /// Most jobs one list returns.
 const MAX_LIMIT: usize = 1000;
@@ -373,10 +373,16 @@ async fn retry_job(id: &str, rt: &Runtime, scope: &AdminScope) -> HttpResponse {
     }
     match rt.jobs.retry(id, now_ms()).await {
         Ok(Some(Ok(job))) => json_response(StatusCode::OK, &json!({ "job": job })),
-        Ok(Some(Err(state))) => json_error(
+        Ok(Some(Err(RetryRefused::State(state)))) => json_error(
             StatusCode::CONFLICT,
             "conflict",
             &format!("the job is {state}; only failed or dead jobs can be retried"),
+        ),
+        Ok(Some(Err(RetryRefused::InputsCleared))) => json_error(
+            StatusCode::CONFLICT,
+            "inputs_cleared",
+            "the job's recipient and body were cleared when it ended (workflow.retry_window_ms); \
+             there is nothing left to send",
         ),
         Ok(None) => json_error(StatusCode::NOT_FOUND, "not_found", "no such job"),
         Err(e) => json_error(

@@ -394,6 +394,7 @@ impl Run<'_> {
             reason,
             max_attempts: self.call.snap.config.workflow.max_attempts,
             hard_timeout: self.function.timing.hard_timeout,
+            retry_window: self.call.snap.config.workflow.retry_window,
             start,
         }
     }

@@ -36,6 +36,7 @@ fn job(key: &str) -> NewJob {
         reason: DeferReason::Workflow,
         max_attempts: 3,
         hard_timeout: Duration::from_secs(10),
+        retry_window: Duration::ZERO,
         start: Start::RunnableAt(0),
     }
 }

@@ -23,7 +23,7 @@ use toolgate::providers::{Delivery, FailureKind, ProviderError};
 use toolgate::workflow::nats::NatsOptions;
 use toolgate::workflow::store::{JobStore, LEASE_MARGIN};
 use toolgate::workflow::{
-    Backoff, DeferReason, Finish, Job, JobState, Millis, NewJob, Start, now_ms,
+    Backoff, DeferReason, Finish, Job, JobState, Millis, NewJob, RetryRefused, Start, now_ms,
 };
 
 use nats_support::{NatsServer, free_port, unique_prefix};
@@ -168,6 +168,7 @@ fn job(key: &str, start: Start) -> NewJob {
         reason: DeferReason::Budget,
         max_attempts: 3,
         hard_timeout: Duration::from_millis(1000),
+        retry_window: Duration::ZERO,
         start,
     }
 }
@@ -565,8 +566,10 @@ async fn retry_after_scenario(h: Hosts) {
 both!(max_attempts_then_dead_and_retry, dead_scenario);
 async fn dead_scenario(h: Hosts) {
     let s = h.open().await;
+    // Kept for an operator's retry (workflow.retry_window_ms); see inputs_scenario.
     let mut two = job("k1", Start::RunnableAt(now()));
     two.max_attempts = 2;
+    two.retry_window = Duration::from_secs(3600);
     let j = s.enqueue(two, now()).await.unwrap();
     for attempt in 1..=2 {
         let c = claim_within(&s, "w", Duration::from_secs(5)).await.unwrap();
@@ -599,7 +602,7 @@ async fn dead_scenario(h: Hosts) {
     assert_eq!((back.state, back.attempts), (JobState::Queued, 0));
     assert!(matches!(
         s.retry(&j.id, now()).await.unwrap(),
-        Some(Err(JobState::Queued))
+        Some(Err(RetryRefused::State(JobState::Queued)))
     ));
     assert!(s.retry("job_nope", now()).await.unwrap().is_none());
     let c = claim_within(&s, "w", Duration::from_secs(5))
@@ -620,6 +623,7 @@ async fn dead_scenario(h: Hosts) {
         },
     );
     spent.max_attempts = 1;
+    spent.retry_window = Duration::from_secs(3600);
     let d = s.enqueue(spent, now()).await.unwrap();
     assert_eq!(d.state, JobState::Dead);
     assert!(matches!(
@@ -629,6 +633,114 @@ async fn dead_scenario(h: Hosts) {
             ..
         }))
     ));
+}
+
+both!(raw_inputs_cleared_at_every_end, inputs_scenario);
+async fn inputs_scenario(h: Hosts) {
+    let s = h.open().await;
+    let cleared = |j: &Job| j.inputs.is_empty() && j.inputs_cleared;
+    let refused =
+        |r: Option<Result<Job, RetryRefused>>| matches!(r, Some(Err(RetryRefused::InputsCleared)));
+    let end = |attempt: u32, finish: Finish| {
+        let s = &s;
+        async move {
+            let c = claim_within(s, "w", Duration::from_secs(5)).await.unwrap();
+            assert_eq!(c.attempts, attempt);
+            assert_eq!(c.inputs, inputs(), "a running job has its inputs");
+            assert!(s.finish(&c.id, "w", attempt, finish, now()).await.unwrap());
+            get(s, &c.id).await
+        }
+    };
+
+    // Succeeded, failed, dead: no retry window, nothing kept.
+    let ok = s
+        .enqueue(job("i1", Start::RunnableAt(now())), now())
+        .await
+        .unwrap();
+    assert!(!ok.inputs_cleared && ok.inputs == inputs());
+    let ok = end(1, Finish::Succeeded { message_id: None }).await;
+    assert_eq!(ok.state, JobState::Succeeded);
+    assert!(cleared(&ok), "{ok:?}");
+
+    let failed = s
+        .enqueue(job("i2", Start::RunnableAt(now())), now())
+        .await
+        .unwrap();
+    let failed_now = end(
+        1,
+        Finish::Failed {
+            error: "HTTP 422".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        (failed_now.id.as_str(), failed_now.state),
+        (failed.id.as_str(), JobState::Failed)
+    );
+    assert!(cleared(&failed_now), "{failed_now:?}");
+    assert!(
+        refused(s.retry(&failed.id, now()).await.unwrap()),
+        "nothing left to send"
+    );
+
+    let mut one = job("i3", Start::RunnableAt(now()));
+    one.max_attempts = 1;
+    s.enqueue(one, now()).await.unwrap();
+    let retry = Finish::Retry {
+        not_before: now(),
+        error: "HTTP 503".into(),
+        possibly_sent: false,
+    };
+    let dead = end(1, retry).await;
+    assert_eq!(dead.state, JobState::Dead);
+    assert!(cleared(&dead), "{dead:?}");
+
+    // Cancelled before it was sent; and dead from the start (the live attempt was the last).
+    let held = s.enqueue(job("i4", Start::AfterCall), now()).await.unwrap();
+    assert!(s.cancel_unsent(&held.id, "cancelled", now()).await.unwrap());
+    assert!(cleared(&get(&s, &held.id).await));
+    let mut spent = job(
+        "i5",
+        Start::Retry {
+            not_before: now(),
+            possibly_sent: false,
+            error: "HTTP 500".into(),
+        },
+    );
+    spent.max_attempts = 1;
+    let spent = s.enqueue(spent, now()).await.unwrap();
+    assert_eq!(spent.state, JobState::Dead);
+    assert!(cleared(&spent), "{spent:?}");
+    assert!(refused(s.retry(&spent.id, now()).await.unwrap()));
+
+    // With a retry window: kept until it passes, then cleared by the housekeeping pass.
+    let mut kept = job("i6", Start::RunnableAt(now()));
+    kept.retry_window = Duration::from_millis(400);
+    let kept = s.enqueue(kept, now()).await.unwrap();
+    let failed_kept = end(
+        1,
+        Finish::Failed {
+            error: "HTTP 422".into(),
+        },
+    )
+    .await;
+    assert_eq!(failed_kept.id, kept.id);
+    assert!(!failed_kept.inputs_cleared && failed_kept.inputs == inputs());
+    let finished = failed_kept.finished_at.unwrap();
+    assert_eq!(
+        s.clear_expired_inputs(finished + 399).await.unwrap(),
+        0,
+        "within its window"
+    );
+    assert_eq!(get(&s, &kept.id).await.inputs, inputs());
+    assert_eq!(s.clear_expired_inputs(finished + 400).await.unwrap(), 1);
+    assert!(cleared(&get(&s, &kept.id).await));
+    assert_eq!(
+        s.clear_expired_inputs(finished + 400).await.unwrap(),
+        0,
+        "once"
+    );
+    assert!(refused(s.retry(&kept.id, now()).await.unwrap()));
 }
 
 /// Messages on a job's dead-letter subject, read straight from JetStream.

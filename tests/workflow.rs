@@ -131,7 +131,7 @@ async fn a_job_that_keeps_failing_ends_dead_and_can_be_retried() {
     let env = Env::start_with(|t| {
         t.replace(
             "backoff_base_ms = 50",
-            "backoff_base_ms = 50\nmax_attempts = 3",
+            "backoff_base_ms = 50\nmax_attempts = 3\nretry_window_ms = 600000",
         )
     })
     .await;
@@ -167,6 +167,94 @@ async fn a_job_that_keeps_failing_ends_dead_and_can_be_retried() {
     let job = env.job_settled(&id, SETTLE).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(env.resend.delivered(), 1);
+}
+
+/// Every byte under the data folder that contains `needle`, by file.
+fn files_holding(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            found.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_failed_or_dead_job_keeps_no_recipient_in_any_data_file_and_cannot_be_retried() {
+    let env = Env::start_with(|t| {
+        t.replace(
+            "backoff_base_ms = 50",
+            "backoff_base_ms = 50\nmax_attempts = 2",
+        )
+    })
+    .await;
+    // The recipient comes from the session's variables; the evidence keeps it masked.
+    let canary = "pii-canary-7f3a";
+    let vars = json!({"email": format!("{canary}@example.com"), "order_id": "A-1042"});
+
+    // One refused after the handoff (failed), one out of attempts (dead).
+    env.resend.push(Reply::Delay(
+        Duration::from_millis(800),
+        Box::new(Reply::ResendError {
+            status: 422,
+            name: "validation_error".into(),
+            message: "The `to` address is on the suppression list.".into(),
+            retry_after: None,
+        }),
+    ));
+    let mut s = env.session("c-pii-failed", vars.clone()).await;
+    let failed = s
+        .call("call_01", "email_later", json!({"summary": "x"}))
+        .await;
+    assert_eq!(failed.status(), "deferred");
+    let job = env.job_settled(&job_id(&failed), SETTLE).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["inputs_cleared"], true, "{job}");
+
+    env.resend.set_default(Reply::Raw {
+        status: 503,
+        headers: vec![],
+        body: "down".into(),
+    });
+    let mut s2 = env.session("c-pii-dead", vars).await;
+    let dead = s2
+        .call("call_01", "email_later", json!({"summary": "y"}))
+        .await;
+    let id = job_id(&dead);
+    let job = env.job_settled(&id, SETTLE).await;
+    assert_eq!(job["state"], "dead", "{job}");
+    assert_eq!(env.resend.requests().len(), 3, "sent while it ran");
+
+    // The WAL is emptied into the database file shortly after (secure delete overwrote the
+    // old row there): no data file holds the recipient. (Without the writer's checkpoint, a
+    // WAL frame can hold it until SQLite happens to write over it.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let holding = files_holding(env.dir.path(), canary);
+        if holding.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the recipient is still in {holding:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nothing left to send: the retry is refused and nothing is sent.
+    env.resend.set_default(Reply::Normal);
+    let (status, body) = env
+        .admin("POST", &format!("/v1/jobs/{id}/retry"), Some(ACME_ADMIN))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"], "inputs_cleared");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.resend.requests().len(), 3);
 }
 
 #[tokio::test]
@@ -399,7 +487,7 @@ async fn the_jobs_api_needs_an_admin_token_and_keeps_orgs_apart() {
     let env = Env::start_with(|t| {
         t.replace(
             "backoff_base_ms = 50",
-            "backoff_base_ms = 50\nmax_attempts = 2",
+            "backoff_base_ms = 50\nmax_attempts = 2\nretry_window_ms = 600000",
         )
     })
     .await;

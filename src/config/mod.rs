@@ -269,6 +269,10 @@ pub struct WorkflowSettings {
     pub worker: bool,
     /// Days to keep finished jobs (`retain_days`, default 30).
     pub retain_days: u32,
+    /// How long a `failed` or `dead` job keeps its raw inputs so `POST /v1/jobs/{id}/retry`
+    /// can send it again (`retry_window_ms`, default 0: cleared as it ends, like a succeeded
+    /// job's).
+    pub retry_window: Duration,
 }
 
 /// `[[orgs]]`

@@ -886,6 +886,7 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
             "backoff_cap_ms",
             "worker",
             "retain_days",
+            "retry_window_ms",
         ],
     );
     let base = ck
@@ -911,6 +912,10 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
         },
         worker: ck.boolean(t, P, "worker").unwrap_or(true),
         retain_days: ck.uint(t, P, "retain_days", 1, 3650).unwrap_or(30) as u32,
+        retry_window: Duration::from_millis(
+            ck.uint(t, P, "retry_window_ms", 0, 30 * 86_400_000)
+                .unwrap_or(0),
+        ),
     }
 }
 

@@ -428,6 +428,22 @@ fn workflow_settings_have_defaults_and_are_checked() {
     assert_eq!(c.workflow.max_attempts, 8);
     assert_eq!(c.workflow.backoff.base, Duration::from_secs(1));
     assert_eq!(c.workflow.backoff.cap, Duration::from_secs(300));
+    assert_eq!(
+        c.workflow.retry_window,
+        Duration::ZERO,
+        "inputs cleared as a job ends"
+    );
+    let c = Config::from_toml(
+        &format!("[workflow]\nretry_window_ms = 86400000\n{GOOD}"),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(c.workflow.retry_window, Duration::from_secs(86_400));
+    assert_eq!(
+        problems(&format!("[workflow]\nretry_window_ms = 2592000001\n{GOOD}")).len(),
+        1,
+        "at most 30 days"
+    );
     let p = problems(&format!(
         "[workflow]\nbackoff_base_ms = 5000\nbackoff_cap_ms = 100\nmax_attempt = 3\n{GOOD}"
     ));

@@ -1,7 +1,8 @@
 //! Housekeeping every process runs, whether or not it runs a worker: catching up on this
 //! host's writes that failed while NATS was away, and deleting evidence past its retention.
-//! A process that runs a worker also keeps the queue: deleting finished jobs past their
-//! retention and repairing what hosts that died left behind (NATS).
+//! A process that runs a worker also keeps the queue: clearing the raw inputs of failed and
+//! dead jobs past their retry window, deleting finished jobs past their retention and
+//! repairing what hosts that died left behind (NATS).
 //!
 //! A sidecar with `workflow.worker = false` still ends calls and defers actions, so it too
 //! must release what it held once NATS is back, and keep its evidence copy within retention;
@@ -33,6 +34,7 @@ const REPAIR_EVERY: Duration = Duration::from_secs(1);
 /// at its next turn; `shutdown` cuts a pass short.
 pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken, queue: bool) {
     let mut next_prune = Instant::now();
+    let mut next_clear = Instant::now();
     let mut next_sweep = Instant::now() + SWEEP_EVERY;
     let mut repair_failures: u32 = 0;
     loop {
@@ -40,6 +42,26 @@ pub async fn run(rt: Arc<Runtime>, shutdown: CancellationToken, queue: bool) {
             if Instant::now() >= next_prune {
                 next_prune = Instant::now() + PRUNE_EVERY;
                 prune(&rt, queue).await;
+            }
+            if queue && Instant::now() >= next_clear {
+                // A quarter of the retry window, between 1 s and a minute: inputs outlive
+                // their window by at most that. (With no window, every job's inputs are
+                // cleared as it ends; the pass only catches records written before.)
+                let window = rt.config().workflow.retry_window;
+                let every = if window.is_zero() {
+                    SWEEP_EVERY
+                } else {
+                    (window / 4).clamp(REPAIR_EVERY, SWEEP_EVERY)
+                };
+                next_clear = Instant::now() + every;
+                match rt.jobs.clear_expired_inputs(now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(
+                        jobs = n,
+                        "raw inputs of failed and dead jobs past their retry window cleared"
+                    ),
+                    Err(e) => warn!(error = %e, "cannot clear the inputs of failed and dead jobs"),
+                }
             }
             if queue && Instant::now() >= next_sweep {
                 next_sweep = Instant::now() + SWEEP_EVERY;

@@ -86,6 +86,27 @@ impl fmt::Display for JobState {
     }
 }
 
+/// Why `POST /v1/jobs/{id}/retry` cannot put a job back in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefused {
+    /// Only `failed` and `dead` jobs are retried; this one is in another state.
+    State(JobState),
+    /// The job's raw inputs were cleared when it ended (or when its retry window passed):
+    /// there is nothing left to send.
+    InputsCleared,
+}
+
+/// Whether a job in `state` with `retry_window_ms` keeps its raw inputs: until it ends, and
+/// after a `failed` or `dead` end for its retry window. Both backends apply this at every
+/// transition into a final state.
+pub fn keeps_inputs(state: JobState, retry_window_ms: u64) -> bool {
+    match state {
+        JobState::Queued | JobState::InFlight => true,
+        JobState::Succeeded => false,
+        JobState::Failed | JobState::Dead => retry_window_ms > 0,
+    }
+}
+
 /// Why a tool call was handed to a workflow (`toolgate_deferrals_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,6 +206,9 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Budget of one attempt.
     pub hard_timeout: Duration,
+    /// How long the raw inputs outlive a `failed` or `dead` end, so an operator can retry the
+    /// job (`workflow.retry_window_ms`); zero: cleared as the job ends, as on success.
+    pub retry_window: Duration,
     /// How it starts.
     pub start: Start,
 }
@@ -307,6 +331,9 @@ pub struct Job {
     /// Sent again after an attempt that may have reached a provider without idempotency:
     /// the action may have happened more than once.
     pub at_least_once: bool,
+    /// The raw inputs (recipient, body) are gone: it ended, and its retry window (if any)
+    /// passed. It can no longer be retried.
+    pub inputs_cleared: bool,
     /// Created.
     pub created_at: Millis,
     /// Last changed.

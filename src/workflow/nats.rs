@@ -56,7 +56,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::store::{LEASE_MARGIN, StoreError};
-use super::{Finish, FirstState, Job, JobState, Millis, NewJob, Start, job_id, now_ms};
+use super::{
+    Finish, FirstState, Job, JobState, Millis, NewJob, RetryRefused, Start, job_id, now_ms,
+};
 use crate::bindings::ResolvedInput;
 use crate::config::{NatsAuth, NatsSettings};
 
@@ -164,6 +166,12 @@ struct Record {
     /// The store (host) whose session holds this job until its call ends.
     #[serde(default)]
     held_by: Option<String>,
+    /// The raw inputs are gone (it ended, and its retry window passed).
+    #[serde(default)]
+    inputs_cleared: bool,
+    /// How long the inputs outlive a `failed` or `dead` end (`workflow.retry_window_ms`).
+    #[serde(default)]
+    retry_window_ms: u64,
 }
 
 fn yes() -> bool {
@@ -196,10 +204,21 @@ impl Record {
             last_error: self.last_error.clone(),
             provider_message_id: self.provider_message_id.clone(),
             at_least_once: self.at_least_once,
+            inputs_cleared: self.inputs_cleared,
             created_at: self.created_at,
             updated_at: self.updated_at,
             finished_at: self.finished_at,
         }
+    }
+
+    /// The record with its raw inputs cleared if it is in a state that does not keep them
+    /// ([`super::keeps_inputs`]).
+    fn ended(mut self) -> Record {
+        if !self.inputs_cleared && !super::keeps_inputs(self.state, self.retry_window_ms) {
+            self.inputs = Vec::new();
+            self.inputs_cleared = true;
+        }
+        self
     }
 
     /// Held until its call ends.
@@ -262,7 +281,10 @@ mod rules {
             updated_at: now,
             finished_at: (state == JobState::Dead).then_some(now),
             held_by: held.then(|| host.to_owned()),
+            inputs_cleared: false,
+            retry_window_ms: job.retry_window.as_millis() as u64,
         }
+        .ended()
     }
 
     /// What a claim does with a job whose notice it pulled.
@@ -299,7 +321,7 @@ mod rules {
                     d.lease_until = None;
                     d.last_error =
                         Some("the last attempt never reported back (its lease lapsed)".into());
-                    Verdict::Dead(d)
+                    Verdict::Dead(d.ended())
                 }
                 _ => {
                     let mut c = take(r, owner, now);
@@ -393,7 +415,7 @@ mod rules {
                 }
             }
         }
-        Some(n)
+        Some(n.ended())
     }
 
     /// The holder of `attempt` is about to send it.
@@ -460,12 +482,28 @@ mod rules {
         n.updated_at = now;
         n.finished_at = Some(now);
         n.held_by = None;
+        Some(n.ended())
+    }
+
+    /// A `failed` or `dead` job whose retry window has passed by `now` without its inputs.
+    pub(super) fn clear_expired_inputs(r: &Record, now: Millis) -> Option<Record> {
+        let ended = matches!(r.state, JobState::Failed | JobState::Dead);
+        let passed = r
+            .finished_at
+            .is_some_and(|f| f.saturating_add(r.retry_window_ms as Millis) <= now);
+        if !ended || r.inputs_cleared || !passed {
+            return None;
+        }
+        let mut n = r.clone();
+        n.inputs = Vec::new();
+        n.inputs_cleared = true;
         Some(n)
     }
 
-    /// A `failed` or `dead` job back to `queued`, runnable now, with fresh attempts.
+    /// A `failed` or `dead` job (whose inputs are still there) back to `queued`, runnable
+    /// now, with fresh attempts.
     pub(super) fn retry(r: &Record, now: Millis) -> Option<Record> {
-        if !matches!(r.state, JobState::Failed | JobState::Dead) {
+        if !matches!(r.state, JobState::Failed | JobState::Dead) || r.inputs_cleared {
             return None;
         }
         let mut n = r.clone();
@@ -1606,11 +1644,16 @@ impl NatsJobs {
         &self,
         id: &str,
         now: Millis,
-    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+    ) -> Result<Option<Result<Job, RetryRefused>>, StoreError> {
         self.usable()?;
         match self.transition(id, |r| rules::retry(r, now)).await? {
             Transition::Missing => Ok(None),
-            Transition::Declined(rec, _) => Ok(Some(Err(rec.state))),
+            Transition::Declined(rec, _)
+                if rec.inputs_cleared && matches!(rec.state, JobState::Failed | JobState::Dead) =>
+            {
+                Ok(Some(Err(RetryRefused::InputsCleared)))
+            }
+            Transition::Declined(rec, _) => Ok(Some(Err(RetryRefused::State(rec.state)))),
             Transition::Done(rec, rev) => {
                 if let Err(e) = self.dead.purge().filter(self.names.dead_subject(id)).await {
                     debug!(job = %id, error = %e, "cannot remove a dead letter");
@@ -1679,6 +1722,23 @@ impl NatsJobs {
             }
         }
         Ok(())
+    }
+
+    pub(crate) async fn clear_expired_inputs(&self, now: Millis) -> Result<usize, StoreError> {
+        self.usable()?;
+        let mut n = 0;
+        for (rec, _) in self.scan().await? {
+            if rules::clear_expired_inputs(&rec, now).is_none() {
+                continue;
+            }
+            if let Transition::Done(..) = self
+                .transition(&rec.id, |r| rules::clear_expired_inputs(r, now))
+                .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub(crate) async fn prune(&self, before: Millis) -> Result<usize, StoreError> {

@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, oneshot};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::nats::{NatsJobs, NatsOptions};
-use super::{Finish, FirstState, Job, JobState, Millis, NewJob, Start, job_id};
+use super::{
+    Finish, FirstState, Job, JobState, Millis, NewJob, RetryRefused, Start, job_id, keeps_inputs,
+};
 use crate::config::StorageSettings;
 
 /// Why a store operation failed.
@@ -108,6 +110,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   at_least_once INTEGER NOT NULL DEFAULT 0,
   possibly_sent INTEGER NOT NULL DEFAULT 0,
   attempt_sent INTEGER NOT NULL DEFAULT 0,
+  inputs_cleared INTEGER NOT NULL DEFAULT 0,
+  retry_window_ms INTEGER NOT NULL DEFAULT 0,
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   finished_at INTEGER
@@ -120,10 +124,13 @@ CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 ";
 
+/// How long a connection waits for another's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Open a connection with the durability settings every toolgate connection uses.
 pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: every commit is fsynced before it returns, so an answered `deferred` survives a
     // power cut, not just a process crash.
@@ -131,6 +138,9 @@ pub fn connect(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Deleted rows (a job's inputs, pruned evidence) are overwritten, not left in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
+    // Each time the WAL starts over (after a complete checkpoint), it is cut to nothing, so
+    // the old pages it held (cleared inputs among them) do not linger at its end.
+    conn.pragma_update(None, "journal_size_limit", 0)?;
     Ok(conn)
 }
 
@@ -147,7 +157,34 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
         // (Another process opening the same file may have added it first.)
         return Err(e.into());
     }
+    // `inputs_cleared` and `retry_window_ms` came later: an older file cleared the inputs of
+    // succeeded jobs only, and kept the others' (a retry window of forever, cleared below).
+    let has = |c: &Connection| c.prepare("SELECT inputs_cleared FROM jobs LIMIT 0").is_ok();
+    if !has(conn) {
+        let added = conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE jobs ADD COLUMN inputs_cleared INTEGER NOT NULL DEFAULT 0;
+             ALTER TABLE jobs ADD COLUMN retry_window_ms INTEGER NOT NULL DEFAULT 0;
+             UPDATE jobs SET inputs_cleared = 1, inputs = '[]' WHERE state IN ('succeeded', 'failed', 'dead');
+             COMMIT;",
+        );
+        if let Err(e) = added {
+            let _ = conn.execute_batch("ROLLBACK");
+            if !has(conn) {
+                return Err(e.into());
+            }
+        }
+    }
     Ok(())
+}
+
+/// The SET clause that clears a job's raw inputs when `ends` (an SQL condition on the row
+/// before the update) holds and its retry window is zero: [`super::keeps_inputs`] in SQL.
+fn clear_inputs_if(ends: &str) -> String {
+    format!(
+        "inputs = CASE WHEN ({ends}) AND retry_window_ms = 0 THEN '[]' ELSE inputs END, \
+         inputs_cleared = CASE WHEN ({ends}) AND retry_window_ms = 0 THEN 1 ELSE inputs_cleared END"
+    )
 }
 
 impl SqliteJobs {
@@ -513,12 +550,12 @@ impl JobStore {
     }
 
     /// Put a `failed` or `dead` job back in the queue; `None` when there is no such job,
-    /// `Some(Err(state))` when it is in another state.
+    /// `Some(Err(why))` when it is in another state or its inputs are gone.
     pub async fn retry(
         &self,
         id: &str,
         now: Millis,
-    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+    ) -> Result<Option<Result<Job, RetryRefused>>, StoreError> {
         let r = match &self.backend {
             Backend::Sqlite(s) => {
                 let id = id.to_owned();
@@ -540,6 +577,15 @@ impl JobStore {
                 s.read(move |c| ops::get(c, &id)).await
             }
             Backend::Nats(n) => Box::pin(n.get(id)).await,
+        }
+    }
+
+    /// Clear the raw inputs of `failed` and `dead` jobs whose retry window
+    /// (`workflow.retry_window_ms`) has passed; how many.
+    pub async fn clear_expired_inputs(&self, now: Millis) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.write(move |tx| ops::clear_expired_inputs(tx, now)).await,
+            Backend::Nats(n) => Box::pin(n.clear_expired_inputs(now)).await,
         }
     }
 
@@ -641,8 +687,37 @@ fn in_savepoint<T>(
     }
 }
 
+/// A commit leaves the pages as they were before it in the WAL: the raw inputs of a job
+/// whose inputs it just cleared, say. The writer runs a TRUNCATE checkpoint, which copies the
+/// WAL into the database file (where `secure_delete` overwrote them) and empties it, once it
+/// has been idle this long after a commit...
+const CHECKPOINT_IDLE: Duration = Duration::from_millis(200);
+
+/// ... and at least this often while commits keep coming.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a checkpoint waits for readers and the evidence writer before it gives up until
+/// the next turn (the writer's own writes wait meanwhile).
+const CHECKPOINT_WAIT: Duration = Duration::from_millis(50);
+
 fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
+    // Since when the WAL holds commits no checkpoint has emptied.
+    let mut dirty: Option<std::time::Instant> = None;
+    loop {
+        let first = match dirty {
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => break,
+            },
+            Some(_) => match rx.recv_timeout(CHECKPOINT_IDLE) {
+                Ok(op) => op,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    checkpoint(conn, &mut dirty);
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -669,8 +744,36 @@ fn writer_loop(conn: &mut Connection, rx: std_mpsc::Receiver<Op>) {
             error!(error = %e, "job store commit failed; the operations of this batch are lost");
             StoreError::from(e)
         });
+        let ok = committed.is_ok();
         for reply in replies {
             reply(committed.clone());
+        }
+        if ok {
+            let since = *dirty.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= CHECKPOINT_EVERY {
+                checkpoint(conn, &mut dirty);
+            }
+        }
+    }
+    if dirty.is_some() {
+        checkpoint(conn, &mut dirty);
+    }
+}
+
+/// Empty the WAL into the database file (`PRAGMA wal_checkpoint(TRUNCATE)`), waiting at most
+/// [`CHECKPOINT_WAIT`] for others; when they are busy, the next try is a full turn later.
+fn checkpoint(conn: &Connection, dirty: &mut Option<std::time::Instant>) {
+    let _ = conn.busy_timeout(CHECKPOINT_WAIT);
+    let done = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    match done {
+        Ok(0) => *dirty = None,
+        Ok(_) => *dirty = Some(std::time::Instant::now()),
+        Err(e) => {
+            warn!(error = %e, "cannot checkpoint the job store's WAL");
+            *dirty = Some(std::time::Instant::now());
         }
     }
 }
@@ -683,7 +786,7 @@ pub mod ops {
     const COLUMNS: &str = "id, org, agent, function, call_id, tool_call_id, invocation_id, action, \
         connection, inputs, idempotency_key, idempotent, reason, state, attempts, max_attempts, \
         runnable_at, lease_owner, lease_until, hard_timeout_ms, last_error, provider_message_id, \
-        at_least_once, created_at, updated_at, finished_at";
+        at_least_once, created_at, updated_at, finished_at, inputs_cleared";
 
     fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         let inputs: String = r.get(9)?;
@@ -715,6 +818,7 @@ pub mod ops {
             created_at: r.get(23)?,
             updated_at: r.get(24)?,
             finished_at: r.get(25)?,
+            inputs_cleared: r.get::<_, i64>(26)? != 0,
         })
     }
 
@@ -748,12 +852,18 @@ pub mod ops {
             possibly_sent: sent_before,
         } = job.first_state();
         let finished_at = (state == JobState::Dead).then_some(now);
-        let inputs = serde_json::to_string(&job.inputs)
-            .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?;
+        let retry_window_ms = job.retry_window.as_millis() as u64;
+        let keep = keeps_inputs(state, retry_window_ms);
+        let inputs = if keep {
+            serde_json::to_string(&job.inputs)
+                .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?
+        } else {
+            "[]".to_owned()
+        };
         let id = job_id();
         tx.prepare_cached(&format!(
-            "INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, NULL, ?23, ?21, ?21, ?24)"
+            "INSERT INTO jobs ({COLUMNS}, retry_window_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, NULL, ?23, ?21, ?21, ?24, ?25, ?26)"
         ))?
         .execute(params![
             id,
@@ -780,6 +890,8 @@ pub mod ops {
             last_error,
             at_least_once as i64,
             finished_at,
+            !keep as i64,
+            retry_window_ms as i64,
         ])?;
         if sent_before {
             tx.prepare_cached("UPDATE jobs SET possibly_sent = 1 WHERE id = ?1")?
@@ -801,12 +913,13 @@ pub mod ops {
         let margin = LEASE_MARGIN.as_millis() as i64;
         // A lapsed attempt counts: a job whose holders keep dying ends `dead`, not retried
         // forever.
-        tx.execute(
+        tx.prepare_cached(&format!(
             "UPDATE jobs SET state = 'dead', finished_at = ?1, updated_at = ?1, lease_owner = NULL, \
-             lease_until = NULL, last_error = 'the last attempt never reported back (its lease lapsed)' \
+             lease_until = NULL, last_error = 'the last attempt never reported back (its lease lapsed)', {} \
              WHERE state = 'in_flight' AND lease_until < ?1 AND attempts >= max_attempts",
-            [now],
-        )?;
+            clear_inputs_if("1")
+        ))?
+        .execute([now])?;
         // Two lookups that each walk an index in order, rather than one OR that sorts.
         let due: Option<(String, Millis)> = tx
             .prepare_cached(
@@ -864,7 +977,8 @@ pub mod ops {
         let n = match finish {
             Finish::Succeeded { message_id } => tx.execute(
                 &format!(
-                    "UPDATE jobs SET state = 'succeeded', provider_message_id = ?3, last_error = NULL, inputs = '[]', \
+                    "UPDATE jobs SET state = 'succeeded', provider_message_id = ?3, last_error = NULL, \
+                     inputs = '[]', inputs_cleared = 1, \
                      lease_owner = NULL, lease_until = NULL, runnable_at = NULL, updated_at = ?4, finished_at = ?4 \
                      WHERE {held}"
                 ),
@@ -873,7 +987,8 @@ pub mod ops {
             Finish::Failed { error } => tx.execute(
                 &format!(
                     "UPDATE jobs SET state = 'failed', last_error = ?3, lease_owner = NULL, lease_until = NULL, \
-                     runnable_at = NULL, updated_at = ?4, finished_at = ?4 WHERE {held}"
+                     runnable_at = NULL, updated_at = ?4, finished_at = ?4, {} WHERE {held}",
+                    clear_inputs_if("1")
                 ),
                 params![id, owner, error, now],
             )?,
@@ -889,8 +1004,9 @@ pub mod ops {
                        finished_at = CASE WHEN attempts >= max_attempts THEN ?6 ELSE NULL END, \
                        at_least_once = CASE WHEN ?5 AND idempotent = 0 AND attempts < max_attempts THEN 1 ELSE at_least_once END, \
                        possibly_sent = ?5, \
-                       last_error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?6 \
-                     WHERE {held}"
+                       last_error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?6, {} \
+                     WHERE {held}",
+                    clear_inputs_if("attempts >= max_attempts")
                 ),
                                 params![id, owner, not_before, error, *possibly_sent, now],
             )?,
@@ -987,8 +1103,11 @@ pub mod ops {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let n = tx.execute(
-            "UPDATE jobs SET state = 'failed', last_error = ?2, runnable_at = NULL, updated_at = ?3, finished_at = ?3 \
-             WHERE id = ?1 AND state = 'queued' AND possibly_sent = 0",
+            &format!(
+                "UPDATE jobs SET state = 'failed', last_error = ?2, runnable_at = NULL, updated_at = ?3, \
+                 finished_at = ?3, {} WHERE id = ?1 AND state = 'queued' AND possibly_sent = 0",
+                clear_inputs_if("1")
+            ),
             params![id, why, now],
         )?;
         Ok(n == 1)
@@ -999,12 +1118,15 @@ pub mod ops {
         tx: &Connection,
         id: &str,
         now: Millis,
-    ) -> Result<Option<Result<Job, JobState>>, StoreError> {
+    ) -> Result<Option<Result<Job, RetryRefused>>, StoreError> {
         let Some(job) = get(tx, id)? else {
             return Ok(None);
         };
         if !matches!(job.state, JobState::Failed | JobState::Dead) {
-            return Ok(Some(Err(job.state)));
+            return Ok(Some(Err(RetryRefused::State(job.state))));
+        }
+        if job.inputs_cleared {
+            return Ok(Some(Err(RetryRefused::InputsCleared)));
         }
         tx.execute(
             "UPDATE jobs SET state = 'queued', runnable_at = ?2, attempts = 0, lease_owner = NULL, \
@@ -1012,6 +1134,18 @@ pub mod ops {
             params![id, now],
         )?;
         Ok(get(tx, id)?.map(Ok))
+    }
+
+    /// Clear the raw inputs of `failed` and `dead` jobs whose retry window has passed by
+    /// `now`; how many.
+    pub fn clear_expired_inputs(tx: &Connection, now: Millis) -> Result<usize, StoreError> {
+        Ok(tx
+            .prepare_cached(
+                "UPDATE jobs SET inputs = '[]', inputs_cleared = 1 \
+                 WHERE state IN ('failed', 'dead') AND inputs_cleared = 0 \
+                 AND finished_at + retry_window_ms <= ?1",
+            )?
+            .execute([now])?)
     }
 
     /// One job.
@@ -1096,6 +1230,7 @@ mod tests {
             reason: DeferReason::Budget,
             max_attempts,
             hard_timeout: Duration::from_millis(1000),
+            retry_window: Duration::ZERO,
             start,
         }
     }
@@ -1121,6 +1256,44 @@ mod tests {
         let taken = ops::claim(&c, "w2", 1_000_000).unwrap().unwrap();
         assert_eq!(taken.id, j.id);
         assert!(taken.at_least_once);
+    }
+
+    #[test]
+    fn an_older_file_loses_the_inputs_of_its_ended_jobs_and_keeps_those_still_to_run() {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            &SCHEMA
+                .replace("  inputs_cleared INTEGER NOT NULL DEFAULT 0,\n", "")
+                .replace("  retry_window_ms INTEGER NOT NULL DEFAULT 0,\n", ""),
+        )
+        .unwrap();
+        assert!(c.prepare("SELECT inputs_cleared FROM jobs").is_err());
+        let row = |id: &str, state: &str| {
+            c.execute(
+                "INSERT INTO jobs (id, org, agent, function, call_id, tool_call_id, invocation_id, \
+                 action, connection, inputs, idempotency_key, idempotent, reason, state, attempts, \
+                 max_attempts, hard_timeout_ms, created_at, updated_at) VALUES (?1, 'acme', 'a', \
+                 'f', 'c', ?1, ?1, 'resend.send_email', 'x', \
+                 '[{\"name\":\"to\",\"value\":\"ana@example.com\",\"source\":\"arg:email\"}]', \
+                 ?1, 1, 'budget', ?2, 1, 3, 1000, 0, 0)",
+                params![id, state],
+            )
+            .unwrap();
+        };
+        row("job_failed", "failed");
+        row("job_dead", "dead");
+        row("job_queued", "queued");
+        migrate(&c).unwrap();
+        migrate(&c).unwrap();
+        let raw = |id: &str| -> String {
+            c.query_row("SELECT inputs FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(raw("job_failed"), "[]");
+        assert_eq!(raw("job_dead"), "[]");
+        assert!(raw("job_queued").contains("ana@example.com"));
+        assert!(ops::get(&c, "job_dead").unwrap().unwrap().inputs_cleared);
+        assert!(!ops::get(&c, "job_queued").unwrap().unwrap().inputs_cleared);
     }
 
     #[test]
@@ -1174,7 +1347,9 @@ mod tests {
     #[test]
     fn retries_end_dead_after_max_attempts() {
         let c = memory();
-        let j = ops::enqueue(&c, &new_job("k1", Start::RunnableAt(0), 2), 0).unwrap();
+        let mut job = new_job("k1", Start::RunnableAt(0), 2);
+        job.retry_window = Duration::from_secs(60);
+        let j = ops::enqueue(&c, &job, 0).unwrap();
         let retry = |at| Finish::Retry {
             not_before: at,
             error: "HTTP 503".into(),
