@@ -49,8 +49,9 @@ pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
 #[derive(Debug)]
 pub struct SessionHandle {
     attached: Arc<AtomicBool>,
-    // Boxed: the channel's first block holds 32 slots, allocated with the session.
-    reattach: mpsc::Sender<Box<Socket>>,
+    /// Where a resuming socket goes: made when the socket drops, not for every session
+    /// (a channel costs ~0.8 KiB). Boxed: the channel's first block holds 32 slots.
+    reattach: Option<mpsc::Sender<Box<Socket>>>,
     agent_id: String,
 }
 
@@ -121,9 +122,13 @@ pub async fn serve_connection(
                     attempt += 1;
                     match open(start.clone(), &org, Channel::V1, &rt) {
                         Open::New(session, call_id) => {
+                            // Not held for the whole call (the session has its own copy).
+                            drop(start);
                             drop(slot);
                             let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
-                            session.run(sock).instrument(span).await;
+                            // A task of its own, so the session does not carry this
+                            // handshake's state for the whole call.
+                            tokio::spawn(session.run(Box::new(sock)).instrument(span));
                             return;
                         }
                         Open::Resume(tx) => match tx.try_send(Box::new(sock)) {
@@ -168,7 +173,23 @@ pub async fn serve_connection(
     }
 }
 
-async fn next_opt(sock: &mut Option<Socket>) -> Incoming {
+/// The next resuming socket, once there is a channel for them (never, while there is not).
+async fn recv_some(rx: &mut Option<mpsc::Receiver<Box<Socket>>>) -> Option<Box<Socket>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next event of the session's calls, once it has had one (never, before).
+async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<Box<Event>>>) -> Option<Box<Event>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_opt(sock: &mut Option<Box<Socket>>) -> Incoming {
     match sock {
         Some(s) => s.next().await,
         None => std::future::pending().await,
@@ -213,7 +234,7 @@ pub fn attach(
             let agent = session.agent.clone();
             let sock = Socket::local(LocalPeer { rx, tx }, &rt.server);
             let span = info_span!("session", call_id = %call_id, org = %org, agent = %agent.id, channel = channel.as_str());
-            tokio::spawn(session.run(sock).instrument(span));
+            tokio::spawn(session.run(Box::new(sock)).instrument(span));
             Ok(Attached {
                 to_session,
                 from_session,
@@ -253,8 +274,12 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
     match rt.sessions.entry(key.clone()) {
         dashmap::Entry::Occupied(e) => {
             let h = e.get();
-            if !h.attached.load(Ordering::Acquire) && h.agent_id == start.agent {
-                Open::Resume(h.reattach.clone())
+            if let Some(reattach) = h
+                .reattach
+                .as_ref()
+                .filter(|_| !h.attached.load(Ordering::Acquire) && h.agent_id == start.agent)
+            {
+                Open::Resume(reattach.clone())
             } else {
                 Open::Refuse {
                     code: ErrorCode::SessionExists,
@@ -288,13 +313,11 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
             rt.active_sessions.fetch_add(1, Ordering::AcqRel);
             crate::telemetry::session_started();
             let attached = Arc::new(AtomicBool::new(true));
-            let (reattach_tx, reattach_rx) = mpsc::channel(1);
             v.insert(SessionHandle {
                 attached: attached.clone(),
-                reattach: reattach_tx,
+                reattach: None,
                 agent_id: agent.id.clone(),
             });
-            let (events_tx, events_rx) = mpsc::unbounded_channel();
             let ctx = CallContext {
                 call_id: start.call_id.clone(),
                 agent_id: agent.id.clone(),
@@ -319,9 +342,9 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                 inflight: 0,
                 invocations: 0,
                 deferred: 0,
-                events_tx,
-                events_rx,
-                reattach_rx,
+                events_tx: None,
+                events_rx: None,
+                reattach_rx: None,
                 attached,
                 outbox: Vec::new(),
                 pending: Vec::new(),
@@ -383,9 +406,12 @@ struct Session {
     invocations: u32,
     deferred: u32,
     filler_rotation: Vec<usize>,
-    events_tx: dispatch::Events,
-    events_rx: mpsc::UnboundedReceiver<Box<Event>>,
-    reattach_rx: mpsc::Receiver<Box<Socket>>,
+    /// Results, fillers and deferrals from the session's calls: made at its first tool call
+    /// (an idle session does not pay for a channel).
+    events_tx: Option<dispatch::Events>,
+    events_rx: Option<mpsc::UnboundedReceiver<Box<Event>>>,
+    /// Resuming sockets, while the socket is gone ([`SessionHandle::reattach`]).
+    reattach_rx: Option<mpsc::Receiver<Box<Socket>>>,
     attached: Arc<AtomicBool>,
     /// Results produced while detached, sent on resume.
     outbox: Vec<String>,
@@ -411,7 +437,9 @@ impl Drop for Session {
 }
 
 impl Session {
-    async fn run(mut self: Box<Self>, sock: Socket) {
+    /// The session's task. The socket comes boxed: the task's future holds it (and, for its
+    /// argument, a second slot) for the whole call, and is the bulk of an idle call's memory.
+    async fn run(mut self: Box<Self>, sock: Box<Socket>) {
         info!("session started");
         self.rt
             .evidence
@@ -449,7 +477,12 @@ impl Session {
             }
             if sock.is_none() && !ended && grace_until.is_none() {
                 // The socket is gone (a read said so, or a write failed): wait for a resume.
-                self.attached.store(false, Ordering::Release);
+                let (tx, rx) = mpsc::channel(1);
+                self.reattach_rx = Some(rx);
+                if let Some(mut h) = self.rt.sessions.get_mut(&self.key) {
+                    h.reattach = Some(tx);
+                    self.attached.store(false, Ordering::Release);
+                }
                 let grace = self.rt.server.disconnect_grace;
                 info!(
                     grace_ms = grace.as_millis() as u64,
@@ -485,12 +518,19 @@ impl Session {
                         self.deregister();
                     }
                 },
-                Some(event) = self.events_rx.recv() => self.on_event(*event, ended).await,
-                Some(resumed) = self.reattach_rx.recv(), if sock.is_none() && !ended => {
+                Some(event) = recv_event(&mut self.events_rx) => self.on_event(event, ended).await,
+                Some(resumed) = recv_some(&mut self.reattach_rx), if sock.is_none() && !ended => {
                     info!(kept = self.outbox.len(), "session resumed");
-                    sock = Some(*resumed);
+                    sock = Some(resumed);
                     grace_until = None;
-                    self.attached.store(true, Ordering::Release);
+                    if let Some(mut h) = self.rt.sessions.get_mut(&self.key) {
+                        h.reattach = None;
+                        self.attached.store(true, Ordering::Release);
+                    }
+                    self.refuse_resumes(
+                        ErrorCode::SessionExists,
+                        "the session is being resumed by another connection",
+                    );
                     self.push(self.ready_frame(true), Keep::LiveOnly);
                     for frame in std::mem::take(&mut self.outbox) {
                         self.push(frame, Keep::Always);
@@ -560,20 +600,34 @@ impl Session {
             self.release_held();
         }
         // From now on a resume attempt fails at once and starts a fresh session instead.
-        self.reattach_rx.close();
-        // Sockets that raced in before the close get told, not left hanging (when a runtime
-        // is still there to tell them; at shutdown they are simply dropped).
+        self.refuse_resumes(ErrorCode::NoSession, "the session has ended");
+    }
+
+    /// The sender the session's calls report on (the channel is made at the first call).
+    fn events(&mut self) -> dispatch::Events {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_rx = Some(rx);
+        self.events_tx = Some(tx.clone());
+        tx
+    }
+
+    /// Close the resume channel: later resume attempts fail at once (and start afresh), and
+    /// sockets that raced in before the close get told, not left hanging (when a runtime is
+    /// still there to tell them; at shutdown they are simply dropped).
+    fn refuse_resumes(&mut self, code: ErrorCode, why: &'static str) {
+        let Some(mut rx) = self.reattach_rx.take() else {
+            return;
+        };
+        rx.close();
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        while let Ok(mut late) = self.reattach_rx.try_recv() {
+        while let Ok(mut late) = rx.try_recv() {
             handle.spawn(async move {
-                late.send(error_frame(
-                    ErrorCode::NoSession,
-                    "the session has ended",
-                    None,
-                ))
-                .await;
+                late.send(error_frame(code, why, None)).await;
                 late.close(CloseCode::Normal, "session ended").await;
             });
         }
@@ -615,7 +669,7 @@ impl Session {
     }
 
     /// Write pending frames; while detached keep results for a resume and drop the rest.
-    async fn flush(&mut self, sock: &mut Option<Socket>) {
+    async fn flush(&mut self, sock: &mut Option<Box<Socket>>) {
         for (frame, keep) in std::mem::take(&mut self.pending) {
             let written = match sock.as_mut() {
                 Some(s) => s.send(frame.clone()).await,
@@ -713,7 +767,8 @@ impl Session {
                             "cancelled before it was sent ({})",
                             c.reason.as_deref().unwrap_or("tool.cancel")
                         );
-                        if self.cancel_job(&job_id, &why).await {
+                        // Boxed: a rare path, kept out of the session task's future.
+                        if Box::pin(self.cancel_job(&job_id, &why)).await {
                             let mut invocation = None;
                             if let Some(slot) = self.calls.get_mut(&c.id) {
                                 slot.job_cancelled = true;
@@ -918,9 +973,10 @@ impl Session {
         // One span per invocation, inside the session's: every line the call's task logs says
         // which call, which tool call and which function.
         let span = tracing::info_span!("invocation", id = %live.id, invocation_id = %live.invocation_id, function = %call.name);
+        let events = self.events();
         self.rt
             .tasks
-            .spawn(dispatch::run(live, self.rt.clone(), self.events_tx.clone()).instrument(span));
+            .spawn(dispatch::run(live, self.rt.clone(), events).instrument(span));
     }
 
     /// The call's answer is decided: write it to the media server when `deliver` (the session
@@ -965,8 +1021,8 @@ impl Session {
         }
     }
 
-    async fn on_event(&mut self, event: Event, ended: bool) {
-        match event {
+    async fn on_event(&mut self, event: Box<Event>, ended: bool) {
+        match *event {
             Event::Filler { id, seq, elapsed } => {
                 if ended {
                     return;

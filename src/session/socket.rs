@@ -176,12 +176,12 @@ impl Socket {
                         Some(Ok(Message::Close(_))) | None => return Incoming::Gone,
                         Some(Err(WsError::Capacity(e))) => {
                             debug!(error = %e, "frame above max_frame_bytes; closing with 1009");
-                            close_ws(ws, self.live.write_timeout, CloseCode::Size, "frame too large").await;
+                            Box::pin(close_ws(ws, self.live.write_timeout, CloseCode::Size, "frame too large")).await;
                             return Incoming::Gone;
                         }
                         Some(Err(WsError::Utf8(e))) => {
                             debug!(error = %e, "text frame with invalid UTF-8; closing with 1007");
-                            close_ws(ws, self.live.write_timeout, CloseCode::Invalid, "invalid UTF-8 in a text frame").await;
+                            Box::pin(close_ws(ws, self.live.write_timeout, CloseCode::Invalid, "invalid UTF-8 in a text frame")).await;
                             return Incoming::Violated;
                         }
                         // A dropped connection, not a broken peer: it may come back.
@@ -191,7 +191,7 @@ impl Socket {
                         }
                         Some(Err(WsError::Protocol(e))) => {
                             debug!(error = %e, "WebSocket protocol error; closing with 1002");
-                            close_ws(ws, self.live.write_timeout, CloseCode::Protocol, "protocol error").await;
+                            Box::pin(close_ws(ws, self.live.write_timeout, CloseCode::Protocol, "protocol error")).await;
                             return Incoming::Violated;
                         }
                         Some(Err(e)) => {
