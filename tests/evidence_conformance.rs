@@ -585,6 +585,44 @@ mod nats_only {
         worker.close().await;
     }
 
+    /// Evidence on NATS is published from a thread of its own: with the runtime that submits
+    /// the events (the one serving tool calls) blocked solid, they still reach the stream.
+    #[tokio::test(flavor = "current_thread")]
+    async fn publishing_needs_no_time_on_the_callers_runtime() {
+        let Some(h) = hosts() else { return };
+        let a = h.open("a").await;
+        a_call(&a, "acme", "c1", 1_000);
+        let url = h.nats.as_ref().unwrap().url();
+        let stream = format!("{}_EVIDENCE", h.prefix);
+        // This thread, the only one of the test's runtime, now waits without yielding.
+        let seen = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    let mut s = js.get_stream(&stream).await.unwrap();
+                    let n = s.info().await.unwrap().state.messages;
+                    if n >= 8 || Instant::now() > deadline {
+                        return n;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        assert!(
+            seen >= 8,
+            "only {seen} events reached the stream while the caller's runtime was blocked"
+        );
+        a.flush().await;
+        a.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_follows_a_stream_created_again_from_its_start() {
         let Some(h) = hosts() else { return };

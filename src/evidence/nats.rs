@@ -8,6 +8,13 @@
 //!   transcript turns and consent events, its invocation records) and `P.evidence.job.<job id>`
 //!   for a workflow job's end (which knows its job, not its call). Ids are made into subject
 //!   tokens by [`token`].
+//! - **Its own thread.** The stream's client (with its connection task), the publisher and the
+//!   materializer run on a runtime of their own ([`lane`], one thread), not on the runtime
+//!   that serves tool calls. Each event is serialized, published and acknowledged, then
+//!   delivered back, parsed and handed to the writer: in a load test that was about 30 % of
+//!   what the tool-call runtime's two threads did, and on a machine short of CPU tool calls
+//!   queued behind it. On its own thread it costs the same CPU, but never a place in front
+//!   of a tool call.
 //! - **Publishing.** [`Link::submit`] never waits: the event goes to a bounded queue
 //!   ([`super::store::QUEUE`]) drained by one publisher task, which publishes in submission
 //!   order, keeps up to [`IN_FLIGHT`] acknowledgements outstanding and awaits them in the
@@ -64,6 +71,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Most stream messages handed to the writer and not yet committed while the stream is applied
 /// (events a host catching up holds in memory at once).
 const MAX_AHEAD: usize = 4_096;
+
+/// The runtime evidence on NATS runs on (see the module docs): one worker thread,
+/// `toolgate-evidence-nats`, created on first use and kept for the life of the process.
+/// Futures on either runtime may await the other's: the channels, watches and join handles
+/// between them do not care where they are polled.
+fn lane() -> &'static tokio::runtime::Runtime {
+    static LANE: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    LANE.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("toolgate-evidence-nats")
+            .enable_all()
+            .build()
+            .expect("cannot start the evidence runtime")
+    })
+}
 
 /// A subject token for an id: the id itself when it is made of letters, digits, `_` and `-`
 /// only (and does not start with `~`), else `~` and its URL-safe base64, or for an id longer
@@ -123,11 +146,20 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    /// Connect and open the stream.
+    /// Connect and open the stream. This happens on the [`lane`], so the client's connection
+    /// task runs there.
     pub(crate) async fn open(
         options: &NatsOptions,
         retain: Duration,
     ) -> Result<Stream, StoreError> {
+        let options = options.clone();
+        lane()
+            .spawn(async move { Stream::open_on_lane(&options, retain).await })
+            .await
+            .map_err(|e| StoreError::Nats(format!("evidence stream: cannot open it: {e}")))?
+    }
+
+    async fn open_on_lane(options: &NatsOptions, retain: Duration) -> Result<Stream, StoreError> {
         let servers = options.urls.join(", ");
         let client = crate::workflow::nats::connect(
             options,
@@ -223,7 +255,7 @@ impl Link {
         let (tx, rx) = mpsc::channel(QUEUE);
         let pending = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
-        let publisher = tokio::spawn(publish_loop(
+        let publisher = lane().spawn(publish_loop(
             stream.js.clone(),
             stream.prefix.clone(),
             rx,
@@ -233,7 +265,7 @@ impl Link {
         ));
         let materializer = if follow {
             info!(servers = %stream.servers, stream = %stream_name(&stream.prefix), from = *applied.borrow(), "evidence store on NATS JetStream: publishing, and applying the stream to the local file");
-            Some(tokio::spawn(materialize(
+            Some(lane().spawn(materialize(
                 stream.handle.clone(),
                 format!("{}.evidence.>", stream.prefix),
                 writer,
