@@ -89,14 +89,19 @@ pub fn text<'a>(s: &'a str, secrets: &[&str]) -> Cow<'a, str> {
             out = Cow::Owned(out.replace(secret, "[redacted]"));
         }
     }
-    if EMAIL.is_match(&out) {
+    // Most strings are short and plain: the regexes run only on text that could hold a match
+    // (an address needs an `@`, a phone number seven digits), which is most of what redaction
+    // costs a tool call otherwise.
+    if out.contains('@') && EMAIL.is_match(&out) {
         out = Cow::Owned(
             EMAIL
                 .replace_all(&out, |c: &regex::Captures<'_>| email(&c[0]))
                 .into_owned(),
         );
     }
-    if let Some(masked) = mask_phones(&out) {
+    if out.bytes().filter(u8::is_ascii_digit).nth(6).is_some()
+        && let Some(masked) = mask_phones(&out)
+    {
         out = Cow::Owned(masked);
     }
     out

@@ -210,13 +210,10 @@ CREATE TABLE IF NOT EXISTS invocations (
   received_at INTEGER NOT NULL,
   record TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invocations_call ON invocations(org, call_id, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_any_call ON invocations(call_id, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_org_time ON invocations(org, received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_time ON invocations(received_at, id);
 CREATE INDEX IF NOT EXISTS invocations_function ON invocations(org, function, received_at, id);
-CREATE INDEX IF NOT EXISTS invocations_parent ON invocations(parent_id);
-CREATE INDEX IF NOT EXISTS invocations_job ON invocations(job_id);
 CREATE INDEX IF NOT EXISTS invocations_agent ON invocations(agent, received_at);
 CREATE INDEX IF NOT EXISTS calls_agent ON calls(agent, started_at);
 CREATE TABLE IF NOT EXISTS finals (
@@ -232,6 +229,24 @@ CREATE TABLE IF NOT EXISTS stream_position (
   seq INTEGER NOT NULL
 );
 ";
+
+/// Indexes older files have and no query needs: every index is paid for by every insert (a
+/// call's invocations are found by `call_id` alone, then its org checked; nothing looks an
+/// invocation up by its parent or its job).
+const DROPPED_INDEXES: &str = "
+DROP INDEX IF EXISTS invocations_call;
+DROP INDEX IF EXISTS invocations_parent;
+DROP INDEX IF EXISTS invocations_job;
+";
+
+/// A call's invocations (`?1` org, `?2` call id), oldest first.
+const CALL_INVOCATIONS: &str = "SELECT i.record, f.data FROM invocations i \
+     LEFT JOIN finals f ON f.job_id = i.job_id \
+     WHERE i.call_id = ?2 AND +i.org = ?1 ORDER BY i.received_at, i.id";
+
+/// The functions a call called (`?1` org, `?2` call id).
+const CALL_FUNCTIONS: &str =
+    "SELECT DISTINCT function FROM invocations WHERE call_id = ?2 AND +org = ?1";
 
 /// Filters of `GET /v1/invocations`.
 #[derive(Debug, Clone, Default)]
@@ -306,6 +321,51 @@ pub struct CallHistory {
     pub timeline: Vec<Value>,
     /// The call's invocation records (workflow attempts included).
     pub invocations: Vec<Invocation>,
+}
+
+/// The query of `GET /v1/invocations` for `q`, and its arguments: only the filters given, so
+/// SQLite can pick the index that fits them.
+fn list_sql(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as Sql;
+    let mut clauses: Vec<&str> = Vec::new();
+    let mut args: Vec<Sql> = Vec::new();
+    let mut filter = |clause: &'static str, value: Option<Sql>| {
+        if let Some(v) = value {
+            clauses.push(clause);
+            args.push(v);
+        }
+    };
+    // With a call id, its index finds the rows and the org is checked on them (`+` keeps
+    // SQLite from walking the whole org's index instead).
+    let org = if q.call_id.is_some() {
+        "+i.org = ?"
+    } else {
+        "i.org = ?"
+    };
+    filter(org, q.org.clone().map(Sql::Text));
+    filter("i.call_id = ?", q.call_id.clone().map(Sql::Text));
+    filter("i.function = ?", q.function.clone().map(Sql::Text));
+    filter(
+        "COALESCE(f.status, i.status) = ?",
+        q.status.clone().map(Sql::Text),
+    );
+    filter("i.received_at >= ?", q.since.map(Sql::Integer));
+    if let Some((at, id)) = q.cursor.as_deref().and_then(decode_cursor) {
+        clauses.push("(i.received_at < ? OR (i.received_at = ? AND i.id < ?))");
+        args.extend([Sql::Integer(at), Sql::Integer(at), Sql::Text(id)]);
+    }
+    let sql = format!(
+        "SELECT i.record, f.data, i.received_at, i.id FROM invocations i \
+         LEFT JOIN finals f ON f.job_id = i.job_id {} \
+         ORDER BY i.received_at DESC, i.id DESC LIMIT {}",
+        if clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", clauses.join(" AND "))
+        },
+        q.limit + 1
+    );
+    (sql, args)
 }
 
 fn encode_cursor(at: Millis, id: &str) -> String {
@@ -398,6 +458,7 @@ impl EvidenceStore {
         let mut writer = crate::workflow::store::connect(path)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(SCHEMA)?;
+        writer.execute_batch(DROPPED_INDEXES)?;
         add_channel_column(&writer)?;
         let position = match stream {
             None => 0,
@@ -522,39 +583,7 @@ impl EvidenceStore {
     /// Invocations, newest first, a page at a time.
     pub async fn invocations(&self, q: Query) -> Result<Page, StoreError> {
         self.read(move |c| {
-            use rusqlite::types::Value as Sql;
-            // Only the filters given, so SQLite can pick the index that fits them.
-            let mut clauses: Vec<&str> = Vec::new();
-            let mut args: Vec<Sql> = Vec::new();
-            let mut filter = |clause: &'static str, value: Option<Sql>| {
-                if let Some(v) = value {
-                    clauses.push(clause);
-                    args.push(v);
-                }
-            };
-            filter("i.org = ?", q.org.clone().map(Sql::Text));
-            filter("i.call_id = ?", q.call_id.clone().map(Sql::Text));
-            filter("i.function = ?", q.function.clone().map(Sql::Text));
-            filter(
-                "COALESCE(f.status, i.status) = ?",
-                q.status.clone().map(Sql::Text),
-            );
-            filter("i.received_at >= ?", q.since.map(Sql::Integer));
-            if let Some((at, id)) = q.cursor.as_deref().and_then(decode_cursor) {
-                clauses.push("(i.received_at < ? OR (i.received_at = ? AND i.id < ?))");
-                args.extend([Sql::Integer(at), Sql::Integer(at), Sql::Text(id)]);
-            }
-            let sql = format!(
-                "SELECT i.record, f.data, i.received_at, i.id FROM invocations i \
-                 LEFT JOIN finals f ON f.job_id = i.job_id {} \
-                 ORDER BY i.received_at DESC, i.id DESC LIMIT {}",
-                if clauses.is_empty() {
-                    String::new()
-                } else {
-                    format!("WHERE {}", clauses.join(" AND "))
-                },
-                q.limit + 1
-            );
+            let (sql, args) = list_sql(&q);
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 Ok((
@@ -637,8 +666,7 @@ impl EvidenceStore {
                 events.push((at, v));
             }
             let mut stmt = c.prepare_cached(
-                "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
-                 WHERE i.org = ?1 AND i.call_id = ?2 ORDER BY i.received_at, i.id",
+                CALL_INVOCATIONS,
             )?;
             let invocations: Vec<Invocation> = stmt
                 .query_map(params![org, call_id], |r| {
@@ -713,7 +741,7 @@ impl EvidenceStore {
                     .collect::<Vec<_>>()
                     .join("\n");
                 let mut called = c.prepare_cached(
-                    "SELECT DISTINCT function FROM invocations WHERE org = ?1 AND call_id = ?2",
+                    CALL_FUNCTIONS,
                 )?;
                 let functions = called
                     .query_map(params![org, call_id], |r| r.get::<_, String>(0))?
@@ -1158,6 +1186,80 @@ mod tests {
             at_least_once: true,
             cancelled: None,
             at: 99,
+        }
+    }
+
+    /// Every query of invocations walks an index that fits it, and an older file loses the
+    /// indexes nothing reads.
+    #[test]
+    fn queries_use_the_indexes_that_remain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(
+                "CREATE INDEX invocations_call ON invocations(org, call_id, received_at, id);\
+                 CREATE INDEX invocations_parent ON invocations(parent_id);\
+                 CREATE INDEX invocations_job ON invocations(job_id);",
+            )
+            .unwrap();
+        }
+        drop(EvidenceStore::open(&path, Duration::ZERO).unwrap());
+        let c = Connection::open(&path).unwrap();
+        let indexes: Vec<String> = c
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'invocations' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "invocations_agent",
+                "invocations_any_call",
+                "invocations_function",
+                "invocations_org_time",
+                "invocations_time"
+            ]
+        );
+        let plan = |sql: &str, args: &[rusqlite::types::Value]| -> String {
+            c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .filter(|d| d.contains(" i ") || d.contains("invocations"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let text = |v: &str| rusqlite::types::Value::Text(v.into());
+        let org_call = [text("acme"), text("c1")];
+        for sql in [CALL_INVOCATIONS, CALL_FUNCTIONS] {
+            let p = plan(sql, &org_call);
+            assert!(p.contains("USING INDEX invocations_any_call"), "{sql}: {p}");
+        }
+        let list = |q: Query| {
+            let (sql, args) = list_sql(&q);
+            plan(&sql, &args)
+        };
+        let q = |org: Option<&str>, call: Option<&str>, function: Option<&str>| Query {
+            org: org.map(str::to_owned),
+            call_id: call.map(str::to_owned),
+            function: function.map(str::to_owned),
+            limit: 10,
+            ..Query::default()
+        };
+        for (query, index) in [
+            (q(Some("acme"), Some("c1"), None), "invocations_any_call"),
+            (q(None, Some("c1"), None), "invocations_any_call"),
+            (q(Some("acme"), None, None), "invocations_org_time"),
+            (q(Some("acme"), None, Some("f")), "invocations_function"),
+            (q(None, None, None), "invocations_time"),
+        ] {
+            let p = list(query.clone());
+            assert!(p.contains(&format!("INDEX {index}")), "{query:?}: {p}");
         }
     }
 
