@@ -180,43 +180,49 @@ pub fn body(s: &str, keep: bool, secrets: &[&str]) -> serde_json::Value {
 }
 
 /// A JSON payload with every string redacted: body keys by [`body`], everything else by
-/// [`text`]; numbers long enough to be phone numbers are masked too.
-pub fn json(value: &serde_json::Value, keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
+/// [`text`]; numbers long enough to be phone numbers are masked too. In place: only the
+/// strings that change are replaced, the maps stay as they are.
+pub fn json(mut value: serde_json::Value, keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
     use serde_json::Value;
-    fn walk(v: &Value, key: Option<&str>, keep: bool, secrets: &[&str]) -> Value {
+    fn walk(v: &mut Value, key: Option<&str>, keep: bool, secrets: &[&str]) {
         match v {
             Value::String(s) if key.is_some_and(|k| BODY_KEYS.contains(&k)) => {
-                body(s, keep, secrets)
+                *v = body(s, keep, secrets);
             }
-            Value::String(s) => Value::String(text(s, secrets).into_owned()),
-            Value::Number(n) if n.to_string().len() >= 7 => Value::String(phone(&n.to_string())),
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|item| walk(item, key, keep, secrets))
-                    .collect(),
-            ),
+            Value::String(s) => {
+                if let Cow::Owned(redacted) = text(s, secrets) {
+                    *s = redacted;
+                }
+            }
+            Value::Number(n) => {
+                let digits = n.to_string();
+                if digits.len() >= 7 {
+                    *v = Value::String(phone(&digits));
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    walk(item, key, keep, secrets);
+                }
+            }
             Value::Object(map) => {
                 // Wati template parameters are `{name, value}` pairs: the name says what the
                 // value is.
-                let named = map.get("name").and_then(Value::as_str);
-                Value::Object(
-                    map.iter()
-                        .map(|(k, v)| {
-                            let key = if k == "value" {
-                                named.or(Some(k))
-                            } else {
-                                Some(k.as_str())
-                            };
-                            (k.clone(), walk(v, key, keep, secrets))
-                        })
-                        .collect(),
-                )
+                let named = map.get("name").and_then(Value::as_str).map(str::to_owned);
+                for (k, item) in map.iter_mut() {
+                    let key = if k == "value" {
+                        named.as_deref().or(Some(k))
+                    } else {
+                        Some(k.as_str())
+                    };
+                    walk(item, key, keep, secrets);
+                }
             }
-            other => other.clone(),
+            _ => {}
         }
     }
-    walk(value, None, keep_bodies, secrets)
+    walk(&mut value, None, keep_bodies, secrets);
+    value
 }
 
 /// Whether a query parameter's name says its value is a credential (`token`, `api_key`,
@@ -282,7 +288,7 @@ pub fn url(u: &reqwest::Url, keep_bodies: bool, secrets: &[&str]) -> String {
 pub fn response_body(raw: &[u8], keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
     use serde_json::Value;
     let redacted = match serde_json::from_slice::<Value>(raw) {
-        Ok(v) => json(&v, keep_bodies, secrets),
+        Ok(v) => json(v, keep_bodies, secrets),
         Err(_) => Value::String(text(&String::from_utf8_lossy(raw), secrets).into_owned()),
     };
     let encoded = match &redacted {
@@ -393,7 +399,7 @@ mod tests {
             "parameters": [{"name": "order_id", "value": "A-1042"}, {"name": "note", "value": "secret plan"}],
             "phone": 14155550100u64
         });
-        let r = json(&body_json, false, &[]);
+        let r = json(body_json.clone(), false, &[]);
         assert_eq!(r["to"], "a***@example.com");
         assert_eq!(r["from"], "Acme <s***@acme.test>");
         assert_eq!(r["text"]["length"], 23);
@@ -404,7 +410,7 @@ mod tests {
             "a parameter named like a body"
         );
         assert_eq!(r["phone"], "*********00");
-        let kept = json(&body_json, true, &[]);
+        let kept = json(body_json.clone(), true, &[]);
         assert_eq!(kept["text"], "Call me on +1********00");
 
         let u = reqwest::Url::parse(
@@ -467,7 +473,7 @@ mod tests {
                 "nested": [{"name": key.clone(), "value": format!("{address}/{number}")}],
                 "raw": format!("{cc}{national}").parse::<u64>().unwrap_or(0),
             });
-            let out = json(&payload, keep, &[&secret]).to_string();
+            let out = json(payload.clone(), keep, &[&secret]).to_string();
             prop_assert!(!out.contains(&number), "{}", out);
             prop_assert!(!out.contains(&national), "{}", out);
             prop_assert!(!out.contains(&address), "{}", out);

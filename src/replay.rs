@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, Connection, ConnectionSettings, Secret, SecretBytes};
 use crate::connections::Registry;
-use crate::evidence::{self, GuardRecord, Invocation, RequestRecord, SessionRecord, SourceType};
+use crate::evidence::{self, GuardRecord, Invocation, RequestRecord, SourceType};
 use crate::guards::{self, CallView, Decision};
 use crate::mock::MockProvider;
 use crate::protocol::{self, Inbound, Role};
@@ -166,10 +166,9 @@ pub async fn replay(config: &Config, record: &Invocation, live: bool) -> Result<
         .ok_or_else(|| format!("agent {:?} is no longer in the config", record.agent_id))?;
     let session = record
         .session_redacted
-        .clone()
-        .unwrap_or_else(|| SessionRecord {
-            ..SessionRecord::default()
-        });
+        .as_deref()
+        .cloned()
+        .unwrap_or_default();
     let variables = redact::stand_in(&Value::Object(session.variables.into_iter().collect()));
     let start = json!({
         "type": "session.start", "call_id": record.call_id, "agent": record.agent_id,

@@ -190,7 +190,7 @@ pub struct Invocation {
     pub arguments_redacted: Option<Value>,
     /// The session values the call resolved against, redacted.
     #[serde(default)]
-    pub session_redacted: Option<SessionRecord>,
+    pub session_redacted: Option<std::sync::Arc<SessionRecord>>,
 }
 
 /// A call's session values, redacted: what bindings read (`caller.number`, `caller.name`,
@@ -243,7 +243,7 @@ pub fn arguments(args: &crate::protocol::Arguments, keep_bodies: bool) -> Value 
         Arguments::Json(t) | Arguments::Text(t) => t,
     };
     match serde_json::from_str::<Value>(text) {
-        Ok(v) => redact::json(&v, keep_bodies, &[]),
+        Ok(v) => redact::json(v, keep_bodies, &[]),
         Err(_) => Value::String(redact::text(text, &[]).into_owned()),
     }
 }
@@ -445,7 +445,7 @@ pub fn request(req: &Prepared, keep_bodies: bool, secrets: &[&str]) -> RequestRe
             .body
             .as_ref()
             .map(|b| match serde_json::from_slice::<Value>(b) {
-                Ok(v) => redact::json(&v, keep_bodies, secrets),
+                Ok(v) => redact::json(v, keep_bodies, secrets),
                 Err(_) => redact::body(&String::from_utf8_lossy(b), keep_bodies, secrets),
             }),
     }

@@ -154,9 +154,16 @@ impl Session {
                     &call.arguments,
                     self.rt.config().evidence.keep_bodies,
                 )),
-                session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
+                session_redacted: Some(self.session_record()),
             })));
         invocation_id
+    }
+
+    /// The session's values as every record of it shows them (redacted once).
+    fn session_record(&self) -> Arc<evidence::SessionRecord> {
+        self.ctx_redacted
+            .get_or_init(|| Arc::new(evidence::SessionRecord::of(&self.ctx)))
+            .clone()
     }
 
     /// Build and hand over the records that are due.
@@ -296,7 +303,7 @@ impl Session {
                 .arguments
                 .as_ref()
                 .map(|a| evidence::arguments(a, keep_bodies)),
-            session_redacted: Some(evidence::SessionRecord::of(&self.ctx)),
+            session_redacted: Some(self.session_record()),
         })
     }
 }

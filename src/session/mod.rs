@@ -331,6 +331,7 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                 filler_rotation: vec![0; agent.functions.len()],
                 agent: agent.clone(),
                 ctx: Arc::new(ctx),
+                ctx_redacted: std::sync::OnceLock::new(),
                 started: Instant::now(),
                 started_at: now_ms(),
                 history: History::bounded(state::HistoryLimits {
@@ -396,6 +397,8 @@ struct Session {
     key: SessionKey,
     agent: Arc<Agent>,
     ctx: Arc<CallContext>,
+    /// `ctx` redacted for the evidence: made with the first record, shared by every record.
+    ctx_redacted: std::sync::OnceLock<Arc<crate::evidence::SessionRecord>>,
     started: Instant,
     /// When the session started, ms since the epoch.
     started_at: Millis,
