@@ -20,6 +20,10 @@ use crate::schedule::Arrivals;
 /// audio-sized frames at --frame-rate each through toolgate to the generator's own echoing
 /// upstream, and the report gives the round trip and each pass-through leg, against the same
 /// frames sent straight to the upstream (--baseline).
+///
+/// With --webhook it plays a hosted voice platform instead: open-loop Vapi `tool-calls` POSTs
+/// at --rate per second to the sidecar's `POST /v1/hooks/{id}`, spread over --sessions platform
+/// calls, over a pool of keep-alive HTTP connections, with the same report.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "toolgate-loadtest", version)]
 pub struct Args {
@@ -27,7 +31,7 @@ pub struct Args {
     #[arg(long, default_value = "ws://127.0.0.1:8787/v1/session")]
     pub url: String,
 
-    /// The org's session token.
+    /// The org's session token (not used by --webhook).
     #[arg(long, env = "LOADTEST_SESSION_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
@@ -197,6 +201,52 @@ pub struct Args {
     /// The model key the client sends (forwarded upstream by the relay; the fake ignores it).
     #[arg(long, default_value = "sk-loadtest", help_heading = "Relay mode")]
     pub upstream_key: String,
+
+    /// Webhook mode: POST Vapi `tool-calls` messages to the sidecar's tool webhook
+    /// (`POST /v1/hooks/{id}`, SPEC §13.1) instead of opening WebSocket sessions.
+    #[arg(long, conflicts_with_all = ["relay", "mock_only"], help_heading = "Webhook mode")]
+    pub webhook: bool,
+
+    /// The id of the sidecar's `[[webhooks]]` entry (a `vapi` hook).
+    #[arg(long, default_value = "loadtest-vapi", help_heading = "Webhook mode")]
+    pub hook_id: String,
+
+    /// Where requests go (default: `http://<host of --url>/v1/hooks/<--hook-id>`).
+    #[arg(long, help_heading = "Webhook mode")]
+    pub hook_url: Option<String>,
+
+    /// The hook's secret (Vapi's "server secret").
+    #[arg(
+        long,
+        env = "LOADTEST_HOOK_SECRET",
+        hide_env_values = true,
+        help_heading = "Webhook mode"
+    )]
+    pub hook_secret: Option<String>,
+
+    /// How requests carry the secret: `x-vapi-secret` (Vapi's header) or `bearer`
+    /// (`Authorization: Bearer`).
+    #[arg(long, value_enum, default_value_t = HookAuth::XVapiSecret, help_heading = "Webhook mode")]
+    pub hook_auth: HookAuth,
+}
+
+/// How webhook requests carry the hook's secret.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookAuth {
+    /// `X-Vapi-Secret: <secret>`.
+    XVapiSecret,
+    /// `Authorization: Bearer <secret>`.
+    Bearer,
+}
+
+impl HookAuth {
+    /// The header as the report shows it.
+    pub fn header(self) -> &'static str {
+        match self {
+            HookAuth::XVapiSecret => "X-Vapi-Secret",
+            HookAuth::Bearer => "Authorization: Bearer",
+        }
+    }
 }
 
 impl Args {
@@ -217,8 +267,14 @@ impl Args {
         if self.threads == Some(0) {
             return Err("--threads must be at least 1".into());
         }
-        if self.token.is_none() && !self.mock_only {
+        if self.token.is_none() && !self.mock_only && !self.webhook {
             return Err("no session token: pass --token or set LOADTEST_SESSION_TOKEN".into());
+        }
+        if self.webhook && self.hook_secret.as_deref().is_none_or(str::is_empty) {
+            return Err(
+                "no hook secret: pass --hook-secret or set LOADTEST_HOOK_SECRET (the secret of the sidecar's [[webhooks]] entry)"
+                    .into(),
+            );
         }
         if self.no_mock && self.baseline && !self.relay {
             return Err(

@@ -16,6 +16,10 @@
 //! pass-through leg ([`frames`], [`relay_report`]), against the same frames sent straight to
 //! the upstream.
 //!
+//! `--webhook` sends the tool calls as a hosted voice platform does instead ([`webhook`]):
+//! open-loop Vapi `tool-calls` POSTs to toolgate's tool webhook, spread over many platform
+//! calls, measured and reported as the WebSocket calls are.
+//!
 //! Exit codes: 0 the run passed, 1 it found lost, doubled or out-of-order results or protocol
 //! errors, 2 it could not run (bad flags, cannot connect, token refused, unknown agent).
 #![forbid(unsafe_code)]
@@ -35,6 +39,7 @@ mod run;
 mod schedule;
 mod script;
 mod upstream;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -64,6 +69,8 @@ fn main() -> ExitCode {
     };
     let outcome = if args.relay {
         runtime.block_on(relay::run(args, threads))
+    } else if args.webhook {
+        runtime.block_on(webhook::run(args, threads))
     } else {
         runtime.block_on(run::run(args, threads))
     };

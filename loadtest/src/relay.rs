@@ -42,8 +42,8 @@ use crate::frames::{Api, FrameKind, FrameMaker, FramePhase, FrameTable, frame_id
 use crate::mock::{self, MockSettings};
 use crate::proc::Sampler;
 use crate::relay_report::{self, Added, Endings, RelayReport, RelayResources, RelayRunInfo};
-use crate::report::ProgressRow;
-use crate::run::{Outcome, run_pacer};
+use crate::report::{self, ProgressRow};
+use crate::run::{Outcome, run_pacer, stop_on_ctrl_c};
 use crate::schedule::{Arrivals, Schedule};
 use crate::upstream::{self, Routes};
 
@@ -536,18 +536,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         }
     };
     let sampler = Arc::new(Sampler::start(args.sidecar_pid)?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, interrupted) = (stop.clone(), interrupted.clone());
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("toolgate-loadtest: interrupted; finishing what is in flight");
-                interrupted.store(true, Ordering::Relaxed);
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
+    let (stop, interrupted) = stop_on_ctrl_c();
     let ctx = Ctx {
         schedule: schedule.clone(),
         sampler: sampler.clone(),
@@ -660,12 +649,11 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         _ => None,
     };
     let relay_frames = relay.report.sent;
-    let sidecar_rt =
-        relay_report::cpu_us_per_frame(sidecar_usage.as_ref(), secs(&relay), relay_frames);
+    let sidecar_rt = report::cpu_us_per(sidecar_usage.as_ref(), secs(&relay), relay_frames);
     let (direct_generator, direct_gen_rt, direct_others, direct_machine) = match &direct {
         Some(d) => {
             let (s, g, m) = sampler.usage(d.from, d.to);
-            let rt = relay_report::cpu_us_per_frame(g.as_ref(), secs(d), d.report.sent);
+            let rt = report::cpu_us_per(g.as_ref(), secs(d), d.report.sent);
             let o = others(&m, &s, &g);
             (g, rt, o, m)
         }
@@ -677,7 +665,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         sidecar_cpu_us_per_frame: sidecar_rt.map(|v| v / 2.0),
         sidecar_rss_idle_mib: rss_idle,
         sidecar_rss_before_mib: rss_before,
-        generator_cpu_us_per_round_trip: relay_report::cpu_us_per_frame(
+        generator_cpu_us_per_round_trip: report::cpu_us_per(
             generator_usage.as_ref(),
             secs(&relay),
             relay_frames,
@@ -723,17 +711,11 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         timeline: ctx.rows.lock().map(|r| r.clone()).unwrap_or_default(),
         verdict,
     };
-    print!("{}", relay_report::render(&report));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| format!("cannot encode the JSON report: {e}"))?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!(
-            "toolgate-loadtest: JSON report written to {}",
-            path.display()
-        );
-    }
+    report::publish(
+        &relay_report::render(&report),
+        &report,
+        args.json.as_deref(),
+    )?;
     Ok(Outcome::Finished {
         passed: report.verdict.passed,
     })

@@ -359,12 +359,6 @@ pub struct RelayResources {
     pub direct_machine: Option<MachineUsage>,
 }
 
-/// CPU µs per frame: `usage`'s mean over a window of `secs`, spread over `frames`.
-pub fn cpu_us_per_frame(usage: Option<&ProcUsage>, secs: f64, frames: u64) -> Option<f64> {
-    let u = usage?;
-    (frames > 0).then(|| u.cpu_mean_pct / 100.0 * secs * 1e6 / frames as f64)
-}
-
 /// The target SPEC §13.2 sets: added p99 per pass-through frame, in ms.
 pub const TARGET_P99_MS: f64 = 0.2;
 
@@ -652,6 +646,7 @@ pub fn render(r: &RelayReport) -> String {
 mod tests {
     use super::*;
     use crate::frames::FramePhase;
+    use crate::report::cpu_us_per;
     use crate::schedule::{Arrivals, Schedule};
     use std::sync::Arc;
     use std::time::Duration;
@@ -783,9 +778,9 @@ mod tests {
             threads: 1,
         };
         // A quarter of a core for 20 s over 50,000 frames: 100 µs each.
-        let v = cpu_us_per_frame(Some(&u), 20.0, 50_000).unwrap();
+        let v = cpu_us_per(Some(&u), 20.0, 50_000).unwrap();
         assert!((v - 100.0).abs() < 1e-9);
-        assert_eq!(cpu_us_per_frame(Some(&u), 20.0, 0), None);
-        assert_eq!(cpu_us_per_frame(None, 20.0, 1), None);
+        assert_eq!(cpu_us_per(Some(&u), 20.0, 0), None);
+        assert_eq!(cpu_us_per(None, 20.0, 1), None);
     }
 }

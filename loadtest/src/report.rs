@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -16,6 +17,16 @@ use serde::Serialize;
 use crate::calls::{CallTable, CallView, Status, histogram};
 use crate::mock::MockReport;
 use crate::proc::{MachineUsage, ProcUsage};
+
+/// How the tool calls reached the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `tool.call` frames over WebSocket sessions (the v1 protocol).
+    Websocket,
+    /// Vapi `tool-calls` POSTs to a tool webhook (`--webhook`, SPEC §13.1).
+    Webhook,
+}
 
 /// What the sidecar was configured to do, so lateness can be measured against it.
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +163,8 @@ pub struct PhaseReport {
     pub unsent: u64,
     /// Calls answered within the result timeout (by a result, or refused by an error frame).
     pub answered: u64,
-    /// Sent calls with no answer within the result timeout.
+    /// Sent calls with no answer within the result timeout (HTTP: or whose request failed in
+    /// transport, as the `error_frames` entry `transport` says).
     pub lost: u64,
     /// Of the lost, those whose answer came after the timeout.
     pub late: u64,
@@ -164,8 +176,10 @@ pub struct PhaseReport {
     pub fillers_after_result: u64,
     /// Results or fillers for ids this run never sent.
     pub unknown_ids: u64,
-    /// Frames that could not be read.
+    /// Frames (webhook mode: answers) that could not be read.
     pub unreadable_frames: u64,
+    /// The first of them, cut short.
+    pub first_unreadable: Option<String>,
     /// Answers by status.
     pub statuses: BTreeMap<String, u64>,
     /// `error` frames by code.
@@ -241,7 +255,9 @@ fn lost_call(n: u32, v: &CallView, sessions: usize) -> LostCall {
         sent_after_ms: ms(v.sent.saturating_sub(v.scheduled)),
         provider_requests: v.provider_requests,
         provider_after_ms: after(v.provider_arrival),
-        answer_after_ms: after(v.result),
+        answer_after_ms: (v.status != Status::Transport)
+            .then(|| after(v.result))
+            .flatten(),
     }
 }
 
@@ -285,8 +301,10 @@ pub fn analyze(table: &CallTable, expect: &Expect) -> PhaseReport {
         if v.fillers > 0 {
             r.with_filler += 1;
         }
-        let late = v.status != Status::None && v.result > v.scheduled + timeout;
-        if v.status == Status::None || late {
+        // A request whose connection failed (HTTP: webhook mode, the baseline) got no answer.
+        let failed = v.status == Status::Transport;
+        let late = !failed && v.status != Status::None && v.result > v.scheduled + timeout;
+        if v.status == Status::None || late || failed {
             r.lost += 1;
             if late {
                 r.late += 1;
@@ -356,6 +374,7 @@ pub fn analyze(table: &CallTable, expect: &Expect) -> PhaseReport {
     let notes = table.notes();
     r.unknown_ids = notes.unknown_ids;
     r.unreadable_frames = notes.unreadable;
+    r.first_unreadable = notes.first_unreadable.clone();
     r.error_frames = notes
         .errors
         .iter()
@@ -459,13 +478,15 @@ impl Ratios {
 /// The run as asked for.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunInfo {
-    /// The sidecar's WebSocket URL.
+    /// How the tool calls reached the sidecar.
+    pub mode: Mode,
+    /// The sidecar's WebSocket URL (webhook mode: the hook's URL).
     pub url: String,
-    /// The agent.
+    /// The agent (webhook mode: empty, the hook names it).
     pub agent: String,
     /// The function called.
     pub function: String,
-    /// Concurrent calls.
+    /// Concurrent calls (webhook mode: platform call ids).
     pub sessions: usize,
     /// Tool calls per second.
     pub rate: f64,
@@ -483,7 +504,8 @@ pub struct RunInfo {
     pub filler_after_ms: u64,
     /// `defer_after_ms` deferrals are measured against.
     pub defer_after_ms: u64,
-    /// Session `call_id`s are this prefix, a dash and the session's index.
+    /// Session `call_id`s (webhook mode: the platform's call ids) are this prefix, a dash and
+    /// the session's index.
     pub call_id_prefix: String,
     /// Generator worker threads.
     pub threads: usize,
@@ -494,11 +516,12 @@ pub struct RunInfo {
 /// The calls' sessions.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SessionsInfo {
-    /// Opened before the clock started.
+    /// Opened before the clock started (webhook mode: by one set-up request each).
     pub opened: usize,
     /// How long opening them took.
     pub open_ms: u64,
-    /// Answered `session.end` with `session.ended`.
+    /// Answered `session.end` with `session.ended` (webhook mode: answered an
+    /// `end-of-call-report` with 200).
     pub ended: usize,
     /// Sessions whose `session.ended.invocations` differs from the tool calls the sidecar
     /// accepted from them (sent and not refused by an `error` frame).
@@ -509,11 +532,26 @@ pub struct SessionsInfo {
     pub problems: Vec<String>,
 }
 
+/// Webhook mode's side of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookInfo {
+    /// The platform whose requests are played (`vapi`).
+    pub platform: &'static str,
+    /// How the secret is sent.
+    pub auth: &'static str,
+    /// The size of a request body, in bytes (the first one's; they differ by a few digits).
+    pub body_bytes: usize,
+    /// Keep-alive HTTP connections the generator opened to the sidecar, set-up included.
+    pub connections: u64,
+}
+
 /// CPU and memory.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Resources {
     /// The sidecar's pid, when watched.
     pub sidecar_pid: Option<u32>,
+    /// The sidecar's CPU while tool calls were sent, divided by the tool calls sent, in µs.
+    pub sidecar_cpu_us_per_call: Option<f64>,
     /// The sidecar's resident memory before the calls were opened.
     pub sidecar_rss_before_mib: Option<f64>,
     /// The sidecar's resident memory with every call open, before the clock started.
@@ -570,6 +608,8 @@ pub struct Report {
     pub run: RunInfo,
     /// The calls' sessions.
     pub sessions: SessionsInfo,
+    /// Webhook mode's requests and connections.
+    pub webhook: Option<WebhookInfo>,
     /// The mock provider, when it ran.
     pub mock: Option<MockReport>,
     /// Tool calls through the sidecar.
@@ -586,24 +626,68 @@ pub struct Report {
     pub verdict: Verdict,
 }
 
-/// What fails a run: anything lost, doubled or out of order, and protocol errors.
+/// Print a report's text and, with `json`, write the report there as JSON.
+pub fn publish<T: Serialize>(text: &str, report: &T, json: Option<&Path>) -> Result<(), String> {
+    print!("{text}");
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| format!("cannot encode the JSON report: {e}"))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!(
+            "toolgate-loadtest: JSON report written to {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// CPU µs per event: `usage`'s mean over a window of `secs`, spread over `events`.
+pub fn cpu_us_per(usage: Option<&ProcUsage>, secs: f64, events: u64) -> Option<f64> {
+    let u = usage?;
+    (events > 0).then(|| u.cpu_mean_pct / 100.0 * secs * 1e6 / events as f64)
+}
+
+/// What fails a run: anything lost, doubled or out of order, and protocol errors. With
+/// `no_provider_retries` (webhook mode against a mock that never fails), a tool call that
+/// reached the provider more than once fails it too.
 pub fn verdict(
     sidecar: &PhaseReport,
     baseline: Option<&PhaseReport>,
     sessions: &SessionsInfo,
+    mode: Mode,
+    no_provider_retries: bool,
 ) -> Verdict {
     let mut problems = Vec::new();
     let p = sidecar;
+    let webhook = mode == Mode::Webhook;
     if p.lost > 0 {
-        problems.push(format!(
-            "{} tool calls lost (no tool.result within the result timeout; {} of them came late)",
-            p.lost, p.late
-        ));
+        problems.push(if webhook {
+            format!(
+                "{} tool calls lost (no 200 answer listing their toolCallId within the result timeout; {} of them came late)",
+                p.lost, p.late
+            )
+        } else {
+            format!(
+                "{} tool calls lost (no tool.result within the result timeout; {} of them came late)",
+                p.lost, p.late
+            )
+        });
     }
     if p.doubled > 0 {
+        problems.push(if webhook {
+            format!(
+                "{} tool calls were listed more than once in their answer's results",
+                p.doubled
+            )
+        } else {
+            format!("{} tool calls got more than one tool.result", p.doubled)
+        });
+    }
+    if no_provider_retries && p.provider_repeated > 0 {
         problems.push(format!(
-            "{} tool calls got more than one tool.result",
-            p.doubled
+            "{} tool calls reached the provider more than once, though it never failed",
+            p.provider_repeated
         ));
     }
     if p.fillers_after_result > 0 {
@@ -615,9 +699,14 @@ pub fn verdict(
     if p.unsent > 0 {
         problems.push(format!("{} scheduled tool calls were never sent", p.unsent));
     }
+    let (frames, error_frames) = if webhook {
+        ("answers", "error answers")
+    } else {
+        ("frames", "error frames")
+    };
     if p.unknown_ids > 0 {
         problems.push(format!(
-            "{} frames named tool call ids this run never sent",
+            "{} {frames} named tool call ids this run never sent",
             p.unknown_ids
         ));
     }
@@ -628,16 +717,28 @@ pub fn verdict(
             .iter()
             .map(|(c, e)| format!("{c} x{} ({})", e.count, e.message))
             .collect();
-        problems.push(format!("{errors} error frames: {}", codes.join("; ")));
+        problems.push(format!("{errors} {error_frames}: {}", codes.join("; ")));
     }
     if p.unreadable_frames > 0 {
-        problems.push(format!("{} frames could not be read", p.unreadable_frames));
+        problems.push(format!(
+            "{} {frames} could not be read{}",
+            p.unreadable_frames,
+            p.first_unreadable
+                .as_deref()
+                .map(|f| format!(" (first: {f})"))
+                .unwrap_or_default()
+        ));
     }
     if sessions.ended < sessions.opened {
         problems.push(format!(
-            "{} of {} sessions did not end cleanly{}",
+            "{} of {} {} did not end cleanly{}",
             sessions.opened - sessions.ended,
             sessions.opened,
+            if webhook {
+                "platform calls"
+            } else {
+                "sessions"
+            },
             sessions
                 .problems
                 .first()
@@ -674,7 +775,9 @@ pub(crate) fn latency_row(out: &mut String, name: &str, s: &Summary) {
     let _ = writeln!(out, "{}", cell(s.mean_ms));
 }
 
-fn phase_text(out: &mut String, p: &PhaseReport, filler_after: u64, defer_after: u64) {
+fn phase_text(out: &mut String, p: &PhaseReport, run: &RunInfo) {
+    let (filler_after, defer_after) = (run.filler_after_ms, run.defer_after_ms);
+    let webhook = run.mode == Mode::Webhook;
     let _ = writeln!(
         out,
         "calls        scheduled {}  sent {}  answered {}  lost {} (late {})  doubled {}  unsent {}",
@@ -709,24 +812,43 @@ fn phase_text(out: &mut String, p: &PhaseReport, filler_after: u64, defer_after:
         let _ = writeln!(out, "  first {status}: {output}");
     }
     let errors: u64 = p.error_frames.values().map(|e| e.count).sum();
-    let _ = writeln!(
-        out,
-        "protocol     error frames {errors}  fillers after result {}  unknown ids {}  unreadable frames {}",
-        p.fillers_after_result, p.unknown_ids, p.unreadable_frames
-    );
+    if webhook {
+        let _ = writeln!(
+            out,
+            "protocol     error answers {errors}  unknown ids {}  unreadable answers {}",
+            p.unknown_ids, p.unreadable_frames
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "protocol     error frames {errors}  fillers after result {}  unknown ids {}  unreadable frames {}",
+            p.fillers_after_result, p.unknown_ids, p.unreadable_frames
+        );
+    }
     for (code, e) in &p.error_frames {
         let _ = writeln!(out, "  {code} x{}: {}", e.count, e.message);
+    }
+    if let Some(first) = &p.first_unreadable {
+        let _ = writeln!(out, "  first unreadable: {first}");
     }
     let _ = writeln!(
         out,
         "provider     matched {}  repeated {}  never reached {}",
         p.provider_matched, p.provider_repeated, p.provider_unseen
     );
-    let _ = writeln!(
-        out,
-        "timing       fillers {} (early {})  deferred early {}  measured {} calls  sent {:.1}/s",
-        p.with_filler, p.fillers_early, p.deferred_early, p.measured, p.send_rate
-    );
+    if webhook {
+        let _ = writeln!(
+            out,
+            "timing       deferred early {}  measured {} calls  sent {:.1}/s",
+            p.deferred_early, p.measured, p.send_rate
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "timing       fillers {} (early {})  deferred early {}  measured {} calls  sent {:.1}/s",
+            p.with_filler, p.fillers_early, p.deferred_early, p.measured, p.send_rate
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<36}{:>8}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
@@ -741,17 +863,20 @@ fn phase_text(out: &mut String, p: &PhaseReport, filler_after: u64, defer_after:
     latency_row(out, "  response leg (provider -> result)", &l.response_leg);
     latency_row(out, "provider own time", &l.provider);
     if p.phase == "sidecar" {
-        latency_row(out, "first signal (filler or result)", &l.first_signal);
-        latency_row(
-            out,
-            &format!("filler lateness (vs {filler_after} ms)"),
-            &l.filler_lateness,
-        );
-        latency_row(
-            out,
-            "  same, sidecar's elapsed_ms",
-            &l.filler_lateness_sidecar_clock,
-        );
+        // Over HTTP there is no filler: the answer is the first signal.
+        if !webhook {
+            latency_row(out, "first signal (filler or result)", &l.first_signal);
+            latency_row(
+                out,
+                &format!("filler lateness (vs {filler_after} ms)"),
+                &l.filler_lateness,
+            );
+            latency_row(
+                out,
+                "  same, sidecar's elapsed_ms",
+                &l.filler_lateness_sidecar_clock,
+            );
+        }
         latency_row(
             out,
             &format!("deferral lateness (vs {defer_after} ms)"),
@@ -780,20 +905,57 @@ pub(crate) fn usage_text(out: &mut String, name: &str, u: &ProcUsage) {
     );
 }
 
+/// The WebSocket sessions line.
+fn sessions_text(out: &mut String, s: &SessionsInfo) {
+    let _ = write!(
+        out,
+        "sessions     {} opened in {} ms, {} ended cleanly",
+        s.opened, s.open_ms, s.ended
+    );
+    match s.first_mismatch {
+        Some((accepted, counted)) => {
+            let _ = writeln!(
+                out,
+                "; {} counted other invocations than they sent (first: sent {accepted}, session.ended says {counted})",
+                s.invocations_mismatched
+            );
+        }
+        None => {
+            let _ = writeln!(out, "; session.ended invocations match what each sent");
+        }
+    }
+}
+
 /// The report as text.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let run = &r.run;
     let _ = writeln!(out, "\n== toolgate-loadtest {} ==", r.version);
+    match &r.webhook {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "target       POST {}  {} tool-calls ({} bytes, {})  function {}",
+                run.url, w.platform, w.body_bytes, w.auth, run.function
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "target       {}  agent {}  function {}",
+                run.url, run.agent, run.function
+            );
+        }
+    }
     let _ = writeln!(
         out,
-        "target       {}  agent {}  function {}",
-        run.url, run.agent, run.function
-    );
-    let _ = writeln!(
-        out,
-        "load         {} calls, {} tool calls/s ({} arrivals, seed {}) for {} s, warm-up {} s, result timeout {} s{}",
+        "load         {} {}, {} tool calls/s ({} arrivals, seed {}) for {} s, warm-up {} s, result timeout {} s{}",
         run.sessions,
+        if r.webhook.is_some() {
+            "platform calls"
+        } else {
+            "calls"
+        },
         run.rate,
         run.arrivals,
         run.seed,
@@ -819,36 +981,26 @@ pub fn render(r: &Report) -> String {
             m.max_in_flight
         );
     }
-    let _ = write!(
-        out,
-        "sessions     {} opened in {} ms, {} ended cleanly",
-        r.sessions.opened, r.sessions.open_ms, r.sessions.ended
-    );
-    match r.sessions.first_mismatch {
-        Some((accepted, counted)) => {
-            let _ = writeln!(
-                out,
-                "; {} counted other invocations than they sent (first: sent {accepted}, session.ended says {counted})",
-                r.sessions.invocations_mismatched
-            );
+    if let Some(w) = &r.webhook {
+        let _ = writeln!(
+            out,
+            "sessions     {} platform calls opened in {} ms (one set-up request each), {} ended by end-of-call-report; {} keep-alive connections",
+            r.sessions.opened, r.sessions.open_ms, r.sessions.ended, w.connections
+        );
+        for p in &r.sessions.problems {
+            let _ = writeln!(out, "  {p}");
         }
-        None => {
-            let _ = writeln!(out, "; session.ended invocations match what each sent");
-        }
+    } else {
+        sessions_text(&mut out, &r.sessions);
     }
     let _ = writeln!(out, "\n-- sidecar --");
-    phase_text(
-        &mut out,
-        &r.sidecar,
-        run.filler_after_ms,
-        run.defer_after_ms,
-    );
+    phase_text(&mut out, &r.sidecar, run);
     if let Some(b) = &r.baseline {
         let _ = writeln!(
             out,
             "\n-- baseline (straight to the mock, same schedule) --"
         );
-        phase_text(&mut out, b, run.filler_after_ms, run.defer_after_ms);
+        phase_text(&mut out, b, run);
     }
     if let Some(ratios) = &r.ratios {
         let _ = writeln!(out, "\n-- sidecar / baseline --");
@@ -872,7 +1024,20 @@ pub fn render(r: &Report) -> String {
     let res = &r.resources;
     let _ = writeln!(out, "\n-- resources while sending --");
     match (res.sidecar_pid, &res.sidecar) {
-        (Some(_), Some(u)) => usage_text(&mut out, "sidecar", u),
+        (Some(_), Some(u)) => {
+            usage_text(&mut out, "sidecar", u);
+            if let Some(us) = res.sidecar_cpu_us_per_call {
+                let _ = writeln!(
+                    out,
+                    "  sidecar    CPU {us:.1} µs per tool call{}",
+                    if r.webhook.is_some() {
+                        " (per webhook request)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
         (Some(pid), None) => {
             let _ = writeln!(out, "  sidecar    pid {pid}: no readings (did it exit?)");
         }
@@ -907,7 +1072,12 @@ pub fn render(r: &Report) -> String {
     if r.verdict.passed {
         let _ = writeln!(
             out,
-            "  PASS: every tool call answered exactly once, no protocol errors"
+            "  PASS: every tool call answered exactly once, no protocol errors{}",
+            if r.webhook.is_some() {
+                " (each request: 200, its toolCallId in results)"
+            } else {
+                ""
+            }
         );
     } else {
         for p in &r.verdict.problems {
@@ -987,7 +1157,7 @@ mod tests {
         // The deferred call's first signal is its filler.
         assert_eq!(r.latency.first_signal.count, 3);
 
-        let v = verdict(&r, None, &SessionsInfo::default());
+        let v = verdict(&r, None, &SessionsInfo::default(), Mode::Websocket, false);
         assert!(!v.passed);
         assert!(v.problems.iter().any(|p| p.contains("1 tool calls lost")));
         assert_eq!(r.lost_examples.len(), 1);
@@ -1039,6 +1209,6 @@ mod tests {
             ended: 1,
             ..Default::default()
         };
-        assert!(verdict(&r, None, &sessions).passed);
+        assert!(verdict(&r, None, &sessions, Mode::Websocket, false).passed);
     }
 }

@@ -14,10 +14,13 @@ use crate::baseline::Baseline;
 use crate::calls::{CallTable, Phase, instant_at, now_ns};
 use crate::cli::Args;
 use crate::mock::{self, Mock, MockSettings, Routes};
-use crate::proc::Sampler;
-use crate::report::{self, Expect, ProgressRow, Ratios, Report, Resources, RunInfo, SessionsInfo};
+use crate::proc::{ProcUsage, Sampler};
+use crate::report::{
+    self, Expect, Mode, PhaseReport, ProgressRow, Ratios, Report, Resources, RunInfo, SessionsInfo,
+    WebhookInfo,
+};
 use crate::schedule::{Schedule, pace};
-use crate::script::{self, Call, Command, Script};
+use crate::script::{self, Call, Command, Script, Template};
 
 /// How the run ended.
 pub enum Outcome {
@@ -31,7 +34,7 @@ pub enum Outcome {
 }
 
 /// The conversation each call plays before its tool calls.
-fn turns() -> Vec<(&'static str, String)> {
+pub(crate) fn turns() -> Vec<(&'static str, String)> {
     vec![
         (
             "agent",
@@ -49,7 +52,7 @@ fn turns() -> Vec<(&'static str, String)> {
     ]
 }
 
-fn json_object(flag: &str, text: &str) -> Result<Value, String> {
+pub(crate) fn json_object(flag: &str, text: &str) -> Result<Value, String> {
     let v: Value = serde_json::from_str(text).map_err(|e| format!("{flag}: {e}"))?;
     if !v.is_object() {
         return Err(format!("{flag} must be a JSON object"));
@@ -187,117 +190,313 @@ async fn mock_only(args: &Args) -> Result<Outcome, String> {
     Ok(Outcome::MockStopped)
 }
 
+/// What every tool-call mode (WebSocket sessions, webhook requests) sets up and reports the
+/// same way: the schedule, the ledgers, the mock provider, the /proc sampler, Ctrl-C, the
+/// optional baseline phase, the sending phase and the report.
+pub(crate) struct Bench {
+    /// The command line.
+    pub args: Args,
+    threads: usize,
+    /// `--args`, parsed.
+    pub arguments: Value,
+    seed: u64,
+    /// When each tool call is due.
+    pub schedule: Arc<Schedule>,
+    expect: Expect,
+    /// The ledger of the tool calls through the sidecar.
+    pub table: Arc<CallTable>,
+    baseline_table: Option<Arc<CallTable>>,
+    mock: Option<Mock>,
+    /// The sidecar's (and this process's) CPU and memory.
+    pub sampler: Arc<Sampler>,
+    stop: Arc<AtomicBool>,
+    interrupted: Arc<AtomicBool>,
+    rows: Arc<Mutex<Vec<ProgressRow>>>,
+    baseline: Option<PhaseReport>,
+    baseline_generator: Option<ProcUsage>,
+    /// Call ids are this prefix, a dash and the call's index: unique to this run.
+    pub call_id_prefix: String,
+}
+
+/// The stretch the schedule ran ([`now_ns`] readings of two [`Sampler::mark`]s).
+pub(crate) struct Window {
+    from: u64,
+    to: u64,
+}
+
+impl Bench {
+    /// Parse the flags every mode shares, build the schedule, start the mock provider and the
+    /// sampler, and say what is about to run (`what`: "N calls", `target`: where they go).
+    pub async fn start(
+        args: Args,
+        threads: usize,
+        what: &str,
+        target: &str,
+    ) -> Result<Bench, String> {
+        let arguments = json_object("--args", &args.args)?;
+        if !Template::new(&args.args, "").has_token() && !args.no_mock {
+            eprintln!(
+                "toolgate-loadtest: warning: --args has no {{token}}, so the mock cannot tell which tool call a request belongs to; added latency will not be measured"
+            );
+        }
+        let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+        let schedule = Arc::new(Schedule::build(
+            args.rate,
+            args.duration,
+            args.arrivals,
+            seed,
+        )?);
+        if schedule.is_empty() {
+            return Err("no tool call fits in --duration at this --rate".into());
+        }
+        let expect = Expect {
+            filler_after: Duration::from_millis(args.filler_after_ms),
+            defer_after: Duration::from_millis(args.defer_after_ms),
+            result_timeout: args.result_timeout,
+            warmup: args.warmup,
+            sessions: args.sessions,
+        };
+        let table = Arc::new(CallTable::new(Phase::Sidecar, schedule.clone()));
+        let baseline_table = args
+            .baseline
+            .then(|| Arc::new(CallTable::new(Phase::Baseline, schedule.clone())));
+        let mock: Option<Mock> = if args.no_mock {
+            None
+        } else {
+            let settings = MockSettings {
+                latency: args.mock_latency.clone(),
+                error_rate: args.mock_error_rate,
+            };
+            let routes = Routes {
+                sidecar: Some(table.clone()),
+                baseline: baseline_table.clone(),
+            };
+            Some(mock::start(&args.mock_listen, settings, routes).await?)
+        };
+        let sampler = Arc::new(Sampler::start(args.sidecar_pid)?);
+        let (stop, interrupted) = stop_on_ctrl_c();
+        eprintln!(
+            "toolgate-loadtest: {what}, {} tool calls/s ({} arrivals, seed {seed}) for {:?} against {target}; {} tool calls scheduled",
+            args.rate,
+            args.arrivals.name(),
+            args.duration,
+            schedule.len()
+        );
+        if let Some(m) = &mock {
+            eprintln!(
+                "  mock provider on http://{} (latency {}, error rate {})",
+                m.addr, args.mock_latency, args.mock_error_rate
+            );
+        }
+        let call_id_prefix = format!(
+            "lt-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        );
+        Ok(Bench {
+            args,
+            threads,
+            arguments,
+            seed,
+            schedule,
+            expect,
+            table,
+            baseline_table,
+            mock,
+            sampler,
+            stop,
+            interrupted,
+            rows: Arc::new(Mutex::new(Vec::new())),
+            baseline: None,
+            baseline_generator: None,
+            call_id_prefix,
+        })
+    }
+
+    /// With `--baseline`: the same schedule, straight to the mock, before any call is open.
+    pub async fn run_baseline(&mut self) -> Result<(), String> {
+        let (Some(table), Some(m)) = (&self.baseline_table, &self.mock) else {
+            return Ok(());
+        };
+        let url = self
+            .args
+            .baseline_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/hook", m.addr));
+        let client = Baseline::new(&url, &self.args.function, &self.arguments, table.clone())?;
+        eprintln!("  baseline: posting straight to {url}");
+        let handle = tokio::runtime::Handle::current();
+        let window = self
+            .send(table, move |n| {
+                client.fire(&handle, n);
+                true
+            })
+            .await;
+        self.baseline_generator = self.sampler.usage(window.from, window.to).1;
+        self.baseline = Some(report::analyze(
+            table,
+            &Expect {
+                sessions: 0,
+                ..self.expect
+            },
+        ));
+        Ok(())
+    }
+
+    /// Run the schedule on `table`'s clock: the pacer hands each tool call to `dispatch`
+    /// (`false`: it could not be handed over), then wait until every one handed over is
+    /// answered or timed out. Progress is printed once a second.
+    async fn send(
+        &self,
+        table: &Arc<CallTable>,
+        mut dispatch: impl FnMut(u32) -> bool + Send + 'static,
+    ) -> Window {
+        let t0 = start_clock(table);
+        let ticker = progress(table.clone(), self.sampler.clone(), self.rows.clone(), t0);
+        let from = self.sampler.mark();
+        let handed_over = Arc::new(AtomicU64::new(0));
+        let counter = handed_over.clone();
+        run_pacer(self.schedule.clone(), t0, self.stop.clone(), move |n| {
+            if dispatch(n) {
+                counter.fetch_add(1, Ordering::Release);
+            }
+        })
+        .await;
+        let to = self.sampler.mark();
+        drain(
+            table,
+            &handed_over,
+            t0,
+            self.args.result_timeout,
+            &self.interrupted,
+        )
+        .await;
+        ticker.abort();
+        Window { from, to }
+    }
+
+    /// The sending phase through the sidecar.
+    pub async fn run_sidecar(&self, dispatch: impl FnMut(u32) -> bool + Send + 'static) -> Window {
+        self.send(&self.table, dispatch).await
+    }
+
+    /// Analyse, print the report (and write `--json`), and give the verdict.
+    pub fn finish(
+        self,
+        mode: Mode,
+        url: String,
+        sessions: SessionsInfo,
+        rss: (Option<f64>, Option<f64>),
+        window: Window,
+        webhook: Option<WebhookInfo>,
+    ) -> Result<Outcome, String> {
+        let args = &self.args;
+        let sidecar = report::analyze(&self.table, &self.expect);
+        let (sidecar_usage, generator_usage, machine) = self.sampler.usage(window.from, window.to);
+        // Only meaningful when the sidecar is watched; otherwise it would count as "other".
+        let others_cpu_pct = match (&machine, &sidecar_usage, &generator_usage) {
+            (Some(m), Some(s), Some(g)) => {
+                Some((m.busy_pct * m.cpus as f64 - s.cpu_mean_pct - g.cpu_mean_pct).max(0.0))
+            }
+            _ => None,
+        };
+        let secs = window.to.saturating_sub(window.from) as f64 / 1e9;
+        let sidecar_cpu_us_per_call =
+            report::cpu_us_per(sidecar_usage.as_ref(), secs, sidecar.sent);
+        let ratios = self.baseline.as_ref().map(|b| Ratios::of(&sidecar, b));
+        // Against a mock that never fails, nothing may reach it twice (no retry is due). Only
+        // checked in webhook mode, where a platform's request is the unit of delivery.
+        let no_provider_retries =
+            mode == Mode::Webhook && self.mock.is_some() && args.mock_error_rate == 0.0;
+        let verdict = report::verdict(
+            &sidecar,
+            self.baseline.as_ref(),
+            &sessions,
+            mode,
+            no_provider_retries,
+        );
+        let report = Report {
+            tool: "toolgate-loadtest",
+            version: env!("CARGO_PKG_VERSION"),
+            run: RunInfo {
+                mode,
+                url,
+                // A tool webhook names its agent itself.
+                agent: match mode {
+                    Mode::Websocket => args.agent.clone(),
+                    Mode::Webhook => String::new(),
+                },
+                function: args.function.clone(),
+                sessions: args.sessions,
+                rate: args.rate,
+                duration_s: args.duration.as_secs_f64(),
+                arrivals: args.arrivals.name(),
+                seed: self.seed,
+                warmup_s: args.warmup.as_secs_f64(),
+                result_timeout_s: args.result_timeout.as_secs_f64(),
+                filler_after_ms: args.filler_after_ms,
+                defer_after_ms: args.defer_after_ms,
+                call_id_prefix: self.call_id_prefix.clone(),
+                threads: self.threads,
+                interrupted: self.interrupted.load(Ordering::Relaxed),
+            },
+            sessions,
+            webhook,
+            mock: self.mock.as_ref().map(Mock::report),
+            sidecar,
+            baseline: self.baseline,
+            ratios,
+            resources: Resources {
+                sidecar_pid: self.sampler.pid(),
+                sidecar_cpu_us_per_call,
+                sidecar_rss_before_mib: rss.0,
+                sidecar_rss_idle_mib: rss.1,
+                others_cpu_pct,
+                sidecar: sidecar_usage,
+                generator: generator_usage,
+                machine,
+                baseline_generator: self.baseline_generator,
+            },
+            timeline: self.rows.lock().map(|r| r.clone()).unwrap_or_default(),
+            verdict,
+        };
+        report::publish(&report::render(&report), &report, args.json.as_deref())?;
+        Ok(Outcome::Finished {
+            passed: report.verdict.passed,
+        })
+    }
+}
+
+/// Two flags Ctrl-C sets: stop sending, and the run was interrupted.
+pub fn stop_on_ctrl_c() -> (Arc<AtomicBool>, Arc<AtomicBool>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let (s, i) = (stop.clone(), interrupted.clone());
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("toolgate-loadtest: interrupted; finishing what is in flight");
+            i.store(true, Ordering::Relaxed);
+            s.store(true, Ordering::Relaxed);
+        }
+    });
+    (stop, interrupted)
+}
+
 /// Run a load test as `args` say. `Err` is a setup problem (exit code 2).
 pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
     if args.mock_only {
         return mock_only(&args).await;
     }
     let token = args.token.clone().unwrap_or_default();
-    let arguments = json_object("--args", &args.args)?;
     let variables = json_object("--variables", &args.variables)?;
-    let call = script::call_template(&args.function, &arguments);
-    if !call.has_token() && !args.no_mock {
-        eprintln!(
-            "toolgate-loadtest: warning: --args has no {{token}}, so the mock cannot tell which tool call a request belongs to; added latency will not be measured"
-        );
-    }
-    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
-    let schedule = Arc::new(Schedule::build(
-        args.rate,
-        args.duration,
-        args.arrivals,
-        seed,
-    )?);
-    if schedule.is_empty() {
-        return Err("no tool call fits in --duration at this --rate".into());
-    }
-    let expect = Expect {
-        filler_after: Duration::from_millis(args.filler_after_ms),
-        defer_after: Duration::from_millis(args.defer_after_ms),
-        result_timeout: args.result_timeout,
-        warmup: args.warmup,
-        sessions: args.sessions,
-    };
-    let sidecar_table = Arc::new(CallTable::new(Phase::Sidecar, schedule.clone()));
-    let baseline_table = args
-        .baseline
-        .then(|| Arc::new(CallTable::new(Phase::Baseline, schedule.clone())));
-    let mock: Option<Mock> = if args.no_mock {
-        None
-    } else {
-        let settings = MockSettings {
-            latency: args.mock_latency.clone(),
-            error_rate: args.mock_error_rate,
-        };
-        let routes = Routes {
-            sidecar: Some(sidecar_table.clone()),
-            baseline: baseline_table.clone(),
-        };
-        Some(mock::start(&args.mock_listen, settings, routes).await?)
-    };
-    let sampler = Arc::new(Sampler::start(args.sidecar_pid)?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let (stop, interrupted) = (stop.clone(), interrupted.clone());
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("toolgate-loadtest: interrupted; finishing what is in flight");
-                interrupted.store(true, Ordering::Relaxed);
-                stop.store(true, Ordering::Relaxed);
-            }
-        });
-    }
-    let rows = Arc::new(Mutex::new(Vec::new()));
-    eprintln!(
-        "toolgate-loadtest: {} calls, {} tool calls/s ({} arrivals, seed {seed}) for {:?} against {}; {} tool calls scheduled",
-        args.sessions,
-        args.rate,
-        args.arrivals.name(),
-        args.duration,
-        args.url,
-        schedule.len()
-    );
-    if let Some(m) = &mock {
-        eprintln!(
-            "  mock provider on http://{} (latency {}, error rate {})",
-            m.addr, args.mock_latency, args.mock_error_rate
-        );
-    }
-
-    // The baseline: same schedule, straight to the mock, before any call is open.
-    let mut baseline_report = None;
-    let mut baseline_generator = None;
-    if let (Some(table), Some(m)) = (&baseline_table, &mock) {
-        let url = args
-            .baseline_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{}/hook", m.addr));
-        let client = Baseline::new(&url, &args.function, &arguments, table.clone())?;
-        eprintln!("  baseline: posting straight to {url}");
-        let t0 = start_clock(table);
-        let handle = tokio::runtime::Handle::current();
-        let ticker = progress(table.clone(), sampler.clone(), rows.clone(), t0);
-        let from = sampler.mark();
-        let handed_over = Arc::new(AtomicU64::new(0));
-        let counter = handed_over.clone();
-        run_pacer(schedule.clone(), t0, stop.clone(), move |n| {
-            client.fire(&handle, n);
-            counter.fetch_add(1, Ordering::Release);
-        })
-        .await;
-        let to = sampler.mark();
-        drain(table, &handed_over, t0, args.result_timeout, &interrupted).await;
-        ticker.abort();
-        baseline_generator = sampler.usage(from, to).1;
-        baseline_report = Some(report::analyze(
-            table,
-            &Expect {
-                sessions: 0,
-                ..expect
-            },
-        ));
-    }
+    let what = format!("{} calls", args.sessions);
+    let url = args.url.clone();
+    let mut bench = Bench::start(args, threads, &what, &url).await?;
+    bench.run_baseline().await?;
+    let args = &bench.args;
 
     // Open every call before the clock starts.
     let script = Arc::new(Script {
@@ -309,23 +508,16 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         variables,
         turns: turns(),
         consent: (!args.no_consent).then(|| args.consent.clone()),
-        call,
-        call_id_prefix: format!(
-            "lt-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        ),
+        call: script::call_template(&args.function, &bench.arguments),
+        call_id_prefix: bench.call_id_prefix.clone(),
     });
-    let rss_before = sampler.sidecar_rss_mib();
+    let rss_before = bench.sampler.sidecar_rss_mib();
     let opening = Instant::now();
     let mut calls: Vec<Option<Call>> = (0..args.sessions).map(|_| None).collect();
     {
         let mut opened = futures_util::stream::iter(0..args.sessions)
             .map(|i| {
-                let (script, table) = (script.clone(), sidecar_table.clone());
+                let (script, table) = (script.clone(), bench.table.clone());
                 async move { (i, script::open(script, i, table).await) }
             })
             .buffer_unordered(args.connect_concurrency);
@@ -351,34 +543,17 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
     eprintln!("  {} calls open in {open_ms} ms", calls.len());
     // Let the sidecar settle after the burst of set-ups before reading its idle memory.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = sampler.sidecar_rss_mib();
+    let rss_idle = bench.sampler.sidecar_rss_mib();
 
     // The run.
     let senders: Vec<_> = calls.iter().map(Call::sender).collect();
-    let t0 = start_clock(&sidecar_table);
-    let ticker = progress(sidecar_table.clone(), sampler.clone(), rows.clone(), t0);
-    let from = sampler.mark();
-    let handed_over = Arc::new(AtomicU64::new(0));
-    let counter = handed_over.clone();
-    run_pacer(schedule.clone(), t0, stop.clone(), move |n| {
-        if senders[n as usize % senders.len()]
-            .send(Command::Call(n))
-            .is_ok()
-        {
-            counter.fetch_add(1, Ordering::Release);
-        }
-    })
-    .await;
-    let to = sampler.mark();
-    drain(
-        &sidecar_table,
-        &handed_over,
-        t0,
-        args.result_timeout,
-        &interrupted,
-    )
-    .await;
-    ticker.abort();
+    let window = bench
+        .run_sidecar(move |n| {
+            senders[n as usize % senders.len()]
+                .send(Command::Call(n))
+                .is_ok()
+        })
+        .await;
 
     // End every session.
     let mut sessions = SessionsInfo {
@@ -405,70 +580,15 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
             sessions.problems.push(err);
         }
     }
-
-    let sidecar = report::analyze(&sidecar_table, &expect);
-    let (sidecar_usage, generator_usage, machine) = sampler.usage(from, to);
-    // Only meaningful when the sidecar is watched; otherwise it would count as "other".
-    let others_cpu_pct = match (&machine, &sidecar_usage, &generator_usage) {
-        (Some(m), Some(s), Some(g)) => {
-            Some((m.busy_pct * m.cpus as f64 - s.cpu_mean_pct - g.cpu_mean_pct).max(0.0))
-        }
-        _ => None,
-    };
-    let ratios = baseline_report.as_ref().map(|b| Ratios::of(&sidecar, b));
-    let verdict = report::verdict(&sidecar, baseline_report.as_ref(), &sessions);
-    let report = Report {
-        tool: "toolgate-loadtest",
-        version: env!("CARGO_PKG_VERSION"),
-        run: RunInfo {
-            url: args.url.clone(),
-            agent: args.agent.clone(),
-            function: args.function.clone(),
-            sessions: args.sessions,
-            rate: args.rate,
-            duration_s: args.duration.as_secs_f64(),
-            arrivals: args.arrivals.name(),
-            seed,
-            warmup_s: args.warmup.as_secs_f64(),
-            result_timeout_s: args.result_timeout.as_secs_f64(),
-            filler_after_ms: args.filler_after_ms,
-            defer_after_ms: args.defer_after_ms,
-            call_id_prefix: script.call_id_prefix.clone(),
-            threads,
-            interrupted: interrupted.load(Ordering::Relaxed),
-        },
+    let url = bench.args.url.clone();
+    bench.finish(
+        Mode::Websocket,
+        url,
         sessions,
-        mock: mock.as_ref().map(Mock::report),
-        sidecar,
-        baseline: baseline_report,
-        ratios,
-        resources: Resources {
-            sidecar_pid: sampler.pid(),
-            sidecar_rss_before_mib: rss_before,
-            sidecar_rss_idle_mib: rss_idle,
-            others_cpu_pct,
-            sidecar: sidecar_usage,
-            generator: generator_usage,
-            machine,
-            baseline_generator,
-        },
-        timeline: rows.lock().map(|r| r.clone()).unwrap_or_default(),
-        verdict,
-    };
-    print!("{}", report::render(&report));
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| format!("cannot encode the JSON report: {e}"))?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        eprintln!(
-            "toolgate-loadtest: JSON report written to {}",
-            path.display()
-        );
-    }
-    Ok(Outcome::Finished {
-        passed: report.verdict.passed,
-    })
+        (rss_before, rss_idle),
+        window,
+        None,
+    )
 }
 
 #[cfg(test)]
