@@ -58,6 +58,7 @@ pub mod guards;
 pub mod hooks;
 pub mod mock;
 pub mod net;
+pub mod overload;
 pub mod protocol;
 pub mod providers;
 pub mod redact;

@@ -182,7 +182,11 @@ pub fn body(s: &str, keep: bool, secrets: &[&str]) -> serde_json::Value {
 /// A JSON payload with every string redacted: body keys by [`body`], everything else by
 /// [`text`]; numbers long enough to be phone numbers are masked too. In place: only the
 /// strings that change are replaced, the maps stay as they are.
-pub fn json(mut value: serde_json::Value, keep_bodies: bool, secrets: &[&str]) -> serde_json::Value {
+pub fn json(
+    mut value: serde_json::Value,
+    keep_bodies: bool,
+    secrets: &[&str],
+) -> serde_json::Value {
     use serde_json::Value;
     fn walk(v: &mut Value, key: Option<&str>, keep: bool, secrets: &[&str]) {
         match v {

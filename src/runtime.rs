@@ -242,6 +242,8 @@ pub struct Runtime {
     pub tickets: crate::relay::Tickets,
     /// Webhook calls' implicit sessions (SPEC §13.1).
     pub hooks: crate::hooks::Calls,
+    /// Whether new tool calls are to be shed (the runtime's scheduling delay).
+    pub overload: Arc<crate::overload::Overload>,
     config_path: Option<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -281,6 +283,10 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = Arc::new(jobs);
         let evidence = Arc::new(evidence);
+        let overload = crate::overload::Overload::new(config.server.shed_after_delay);
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            overload.start(handle);
+        }
         Ok(Arc::new(Runtime {
             server: config.server.clone(),
             providers: providers::Client::new()?,
@@ -295,6 +301,7 @@ impl Runtime {
             validate_now: Notify::new(),
             tickets: Default::default(),
             hooks: Default::default(),
+            overload,
             config_path: path,
             reloading: tokio::sync::Mutex::new(()),
             snapshot: ArcSwap::from_pointee(Snapshot::build(config, None)),

@@ -73,6 +73,14 @@ pub const JOBS: &str = "toolgate_jobs";
 pub const JOB_ATTEMPTS_TOTAL: &str = "toolgate_job_attempts_total";
 /// `toolgate_connection_up{connection}`
 pub const CONNECTION_UP: &str = "toolgate_connection_up";
+/// `toolgate_tool_calls_shed_total{reason}`
+pub const TOOL_CALLS_SHED_TOTAL: &str = "toolgate_tool_calls_shed_total";
+/// `toolgate_scheduling_delay_seconds`
+pub const SCHEDULING_DELAY: &str = "toolgate_scheduling_delay_seconds";
+/// Why a tool call was refused before it ran (`toolgate_tool_calls_shed_total{reason}`):
+/// the runtime's scheduling delay passed `server.shed_after_delay_ms`, the session had
+/// `max_inflight_per_session` calls running, or the sidecar was shutting down.
+pub const SHED_REASONS: [&str; 3] = ["scheduling_delay", "session_inflight", "draining"];
 /// `toolgate_evidence_dropped_total`
 pub const EVIDENCE_DROPPED_TOTAL: &str = "toolgate_evidence_dropped_total";
 
@@ -176,9 +184,28 @@ fn describe() {
         "Evidence events dropped because the evidence writer fell a whole queue behind (a stalled disk)."
     );
     metrics::describe_counter!(
+        TOOL_CALLS_SHED_TOTAL,
+        "Tool calls refused before they ran and answered failed/overloaded, by reason (scheduling_delay: the runtime was saturated; session_inflight: the session's in-flight cap; draining: shutting down)."
+    );
+    metrics::describe_gauge!(
+        SCHEDULING_DELAY,
+        Unit::Seconds,
+        "How long the load probe's last task waited for a worker thread (what shedding watches)."
+    );
+    metrics::describe_counter!(
         JOB_ATTEMPTS_TOTAL,
         "Worker attempts at workflow jobs, by outcome (succeeded, failed, retry, dead, lease_lost)."
     );
+}
+
+/// Count a tool call refused before it ran (one of [`SHED_REASONS`]).
+pub fn tool_call_shed(reason: &'static str) {
+    metrics::counter!(TOOL_CALLS_SHED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// The load probe's last scheduling delay.
+pub fn scheduling_delay(waited: std::time::Duration) {
+    metrics::gauge!(SCHEDULING_DELAY).set(waited.as_secs_f64());
 }
 
 /// Count a deferral.
@@ -226,6 +253,10 @@ pub fn zero_series<'a>(functions: impl IntoIterator<Item = &'a str>) {
     for code in crate::protocol::ErrorCode::ALL {
         metrics::counter!(PROTOCOL_ERRORS_TOTAL, "code" => code.as_str()).increment(0);
     }
+    for reason in SHED_REASONS {
+        metrics::counter!(TOOL_CALLS_SHED_TOTAL, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(SCHEDULING_DELAY).increment(0.0);
     metrics::counter!(FILLERS_TOTAL).increment(0);
     metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE).increment(0.0);

@@ -395,6 +395,92 @@ async fn too_many_calls_in_flight_is_overloaded() {
     assert_eq!(a.status(), "succeeded");
 }
 
+/// A saturated runtime sheds new tool calls: each gets its one `tool.result` (`failed`,
+/// `overloaded`) at once and is counted; once the runtime has CPU again, calls run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_saturated_sidecar_sheds_new_calls_with_one_result_each() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env =
+        Env::start_with(|t| t.replace("shed_after_delay_ms = 0", "shed_after_delay_ms = 20")).await;
+    let mut s = env.session("c-shed", json!({})).await;
+    let a = s
+        .call("call_0", "notify_team", json!({"reason": "billing"}))
+        .await;
+    assert_eq!(a.status(), "succeeded", "an idle sidecar admits the call");
+
+    // Something takes the runtime's only worker for 40 ms at a time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let hog = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(40));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let overload = env.server.runtime().overload.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Every probe waits: the share of calls shed climbs to all of them.
+    while overload.shed_share() < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never shedding every call"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.send_call("call_1", "notify_team", json!({"reason": "delivery"}))
+        .await;
+    let e = s.expect_error("overloaded").await;
+    assert!(
+        e.frame["message"].as_str().unwrap().contains("overloaded"),
+        "{:?}",
+        e.frame
+    );
+    let shed = s.result_of("call_1").await;
+    assert_eq!(shed.status(), "failed");
+    assert_eq!(shed.error().as_deref(), Some("overloaded"));
+    stop.store(true, Ordering::Relaxed);
+    hog.await.unwrap();
+
+    let text = reqwest::get(format!("http://{}/metrics", env.server.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shed_count = text
+        .lines()
+        .find(|l| l.starts_with("toolgate_tool_calls_shed_total{reason=\"scheduling_delay\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(shed_count.is_some_and(|n| n >= 1.0), "{text}");
+
+    // With the worker free again, the share falls back to nothing and calls run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while overload.shed_share() > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "still shedding");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let a = s
+        .call("call_2", "notify_team", json!({"reason": "other"}))
+        .await;
+    assert_eq!(a.status(), "succeeded");
+    env.server.runtime().evidence.flush().await;
+    let (_, call) = env
+        .admin("GET", "/v1/calls/c-shed", Some(ADMIN_TOKEN))
+        .await;
+    let statuses: Vec<&str> = call["invocations"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["status"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        statuses.contains(&"failed"),
+        "the shed call is on record: {call}"
+    );
+}
+
 #[tokio::test]
 async fn no_frame_ever_carries_a_secret() {
     let env = Env::start().await;

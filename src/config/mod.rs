@@ -86,6 +86,9 @@ pub struct ServerSettings {
     pub max_bytes_per_second: usize,
     /// Most unanswered tool calls per session before `overloaded` (`max_inflight_per_session`).
     pub max_inflight_per_session: usize,
+    /// New tool calls are answered `overloaded` while the runtime's scheduling delay is above
+    /// this (`shed_after_delay_ms`, default 20; 0: never), see [`crate::overload`].
+    pub shed_after_delay: Option<Duration>,
     /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).
     pub max_frames_per_second: u32,
     /// Server pings to a media server this often (`ping_interval_ms`).

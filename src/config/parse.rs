@@ -602,6 +602,7 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
             "disconnect_grace_ms",
             "max_sessions",
             "max_inflight_per_session",
+            "shed_after_delay_ms",
             "max_frames_per_second",
             "ping_interval_ms",
             "idle_timeout_ms",
@@ -665,6 +666,13 @@ fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
         max_inflight_per_session: ck
             .uint(t, P, "max_inflight_per_session", 1, 1024)
             .unwrap_or(16) as usize,
+        shed_after_delay: match ck
+            .uint(t, P, "shed_after_delay_ms", 0, 60_000)
+            .unwrap_or(20)
+        {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        },
         max_frames_per_second: ck
             .uint(t, P, "max_frames_per_second", 1, 100_000)
             .unwrap_or(200) as u32,

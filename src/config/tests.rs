@@ -423,6 +423,22 @@ fn map_bindings_keep_order_and_types() {
 }
 
 #[test]
+fn load_shedding_has_a_default_and_can_be_turned_off() {
+    let c = Config::from_toml(GOOD, &opts()).unwrap();
+    assert_eq!(c.server.shed_after_delay, Some(Duration::from_millis(20)));
+    let c = Config::from_toml(
+        &format!("[server]\nshed_after_delay_ms = 0\n{GOOD}"),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(c.server.shed_after_delay, None, "0: never shed");
+    assert_eq!(
+        problems(&format!("[server]\nshed_after_delay_ms = 60001\n{GOOD}")),
+        vec!["server.shed_after_delay_ms: 60001 is out of range 0..=60000"]
+    );
+}
+
+#[test]
 fn workflow_settings_have_defaults_and_are_checked() {
     let c = Config::from_toml(GOOD, &opts()).unwrap();
     assert_eq!(c.workflow.max_attempts, 8);

@@ -814,6 +814,7 @@ impl Session {
 
     fn on_tool_call(&mut self, call: ToolCall, received: Instant) {
         let max = self.rt.server.max_inflight_per_session;
+        let mut shed = "draining";
         let refused = if self.draining {
             Some((
                 ErrorCode::Overloaded,
@@ -828,9 +829,19 @@ impl Session {
                 ),
             ))
         } else if self.inflight >= max {
+            shed = "session_inflight";
             Some((
                 ErrorCode::Overloaded,
                 format!("{max} tool calls are already running in this session"),
+            ))
+        } else if let Some(delay) = self.rt.overload.shedding() {
+            shed = "scheduling_delay";
+            Some((
+                ErrorCode::Overloaded,
+                format!(
+                    "this sidecar is overloaded (its tasks wait {} ms for a CPU); the call was not accepted",
+                    delay.as_millis()
+                ),
             ))
         } else {
             None
@@ -839,6 +850,7 @@ impl Session {
             self.push(error_frame(code, &message, Some(&call.id)), Keep::LiveOnly);
             let invocation_id = self.record_refused(&call, received, code, &message);
             if code == ErrorCode::Overloaded {
+                crate::telemetry::tool_call_shed(shed);
                 // The model still gets its one result, so it never waits for nothing (SPEC §2);
                 // a duplicate id gets none: the id belongs to another call.
                 let function = self.agent.functions.iter().find(|f| f.name == call.name);
