@@ -53,7 +53,10 @@ async fn sidecar(name: &str) -> Sidecar {
         ),
         ("127.0.0.1:9999", format!("127.0.0.1:{mock_port}")),
         // Tests share busy machines: a slow moment must not shed their calls.
-        ("[server]\n", "[server]\nshed_after_delay_ms = 0\n".to_owned()),
+        (
+            "[server]\n",
+            "[server]\nshed_after_delay_ms = 0\n".to_owned(),
+        ),
     ];
     for (from, to) in edits {
         assert!(text.contains(from), "loadtest.toml no longer has {from}");
