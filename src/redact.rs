@@ -132,12 +132,31 @@ fn in_hex_id(s: &str, start: usize, end: usize) -> bool {
         && !glued(s[to..].chars().next())
 }
 
+/// Whether a match is the date of an RFC 3339 timestamp (`2026-12-03` in
+/// `2026-12-03T14:27:46Z`): four digits, two and two, joined by dashes and followed by `T` and
+/// a digit. A phone number is never written that way.
+fn is_timestamp_date(m: &str, after: &str) -> bool {
+    let b = m.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    b.len() == 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && after.starts_with('T')
+        && after[1..].starts_with(|c: char| c.is_ascii_digit())
+}
+
 /// Mask the phone numbers in `s` (`None`: there were none).
 fn mask_phones(s: &str) -> Option<String> {
     let mut out = String::new();
     let mut last = 0;
     for m in PHONE.find_iter(s) {
         if !m.as_str().starts_with('+') && in_hex_id(s, m.start(), m.end()) {
+            continue;
+        }
+        if is_timestamp_date(m.as_str(), &s[m.end()..]) {
             continue;
         }
         out.push_str(&s[last..m.start()]);
@@ -343,6 +362,19 @@ mod tests {
         assert_eq!(phone("+442079460958"), "+44********58");
         assert_eq!(phone("+353861234567"), "+353*******67");
         assert_eq!(phone("4155550100"), "********00");
+    }
+
+    #[test]
+    fn timestamps_are_not_phone_numbers() {
+        let t = "sent at 2026-12-03T14:27:46.123Z";
+        assert_eq!(text(t, &[]), t);
+        assert_eq!(
+            text("2026-12-03T09:00:00+01:00", &[]),
+            "2026-12-03T09:00:00+01:00"
+        );
+        // The same digits anywhere else are still masked.
+        assert_eq!(text("call 2026-12-03 please", &[]), "call ******03 please");
+        assert_eq!(text("2026-12-03Tx", &[]), "******03Tx");
     }
 
     #[test]
