@@ -272,7 +272,7 @@ impl Runtime {
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config)).await?;
         let evidence = open_evidence(&config, jobs.backend() == "nats", reads).await?;
-        Runtime::assemble(config, path, jobs, evidence)
+        Runtime::assemble(config, path, jobs, evidence, reads)
     }
 
     fn assemble(
@@ -280,11 +280,13 @@ impl Runtime {
         path: Option<PathBuf>,
         jobs: JobStore,
         evidence: EvidenceStore,
+        serves_calls: bool,
     ) -> Result<Arc<Runtime>, RuntimeError> {
         let jobs = Arc::new(jobs);
         let evidence = Arc::new(evidence);
         let overload = crate::overload::Overload::new(config.server.shed_after_delay);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        // Only a process that takes tool calls sheds them: `toolgate worker` needs no probe.
+        if serves_calls && let Ok(handle) = tokio::runtime::Handle::try_current() {
             overload.start(handle);
         }
         Ok(Arc::new(Runtime {

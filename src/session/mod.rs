@@ -814,11 +814,12 @@ impl Session {
 
     fn on_tool_call(&mut self, call: ToolCall, received: Instant) {
         let max = self.rt.server.max_inflight_per_session;
-        let mut shed = "draining";
+        // A refusal, and why it sheds the call (`None`: a duplicate id, which gets no result).
         let refused = if self.draining {
             Some((
                 ErrorCode::Overloaded,
                 "this sidecar is shutting down; the call was not accepted".to_owned(),
+                Some("draining"),
             ))
         } else if self.calls.contains_key(&call.id) {
             Some((
@@ -827,30 +828,31 @@ impl Session {
                     "tool call id {:?} was already used in this session",
                     call.id
                 ),
+                None,
             ))
         } else if self.inflight >= max {
-            shed = "session_inflight";
             Some((
                 ErrorCode::Overloaded,
                 format!("{max} tool calls are already running in this session"),
-            ))
-        } else if let Some(delay) = self.rt.overload.shedding() {
-            shed = "scheduling_delay";
-            Some((
-                ErrorCode::Overloaded,
-                format!(
-                    "this sidecar is overloaded (its tasks wait {} ms for a CPU); the call was not accepted",
-                    delay.as_millis()
-                ),
+                Some("session_inflight"),
             ))
         } else {
-            None
+            self.rt.overload.shedding().map(|delay| {
+                (
+                    ErrorCode::Overloaded,
+                    format!(
+                        "this sidecar is overloaded (its tasks wait {} ms for a CPU); the call was not accepted",
+                        delay.as_millis()
+                    ),
+                    Some("scheduling_delay"),
+                )
+            })
         };
-        if let Some((code, message)) = refused {
+        if let Some((code, message, shed)) = refused {
             self.push(error_frame(code, &message, Some(&call.id)), Keep::LiveOnly);
             let invocation_id = self.record_refused(&call, received, code, &message);
-            if code == ErrorCode::Overloaded {
-                crate::telemetry::tool_call_shed(shed);
+            if let Some(reason) = shed {
+                crate::telemetry::tool_call_shed(reason);
                 // The model still gets its one result, so it never waits for nothing (SPEC §2);
                 // a duplicate id gets none: the id belongs to another call.
                 let function = self.agent.functions.iter().find(|f| f.name == call.name);
