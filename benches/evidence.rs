@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use serde_json::json;
+use toolgate::clock::now_ms;
 use toolgate::evidence::store::EvidenceStore;
 use toolgate::evidence::{
     Event, GuardRecord, InputRecord, Invocation, RequestRecord, ResponseRecord, SourceType,
@@ -25,7 +26,6 @@ use toolgate::evidence::{
 };
 use toolgate::protocol::Role;
 use toolgate::session::state::Entry;
-use toolgate::workflow::now_ms;
 
 fn record(n: u64) -> Invocation {
     let guards = [

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
+use toolgate::clock::now_ms;
 use toolgate::workflow::nats::NatsOptions;
 use toolgate::workflow::store::JobStore;
-use toolgate::workflow::{DeferReason, NewJob, Start, now_ms};
+use toolgate::workflow::{DeferReason, NewJob, Start};
 
 fn job(n: u64) -> NewJob {
     NewJob {

@@ -15,11 +15,12 @@ use serde_json::json;
 use crate::net::{HttpResponse, json as json_response, json_error};
 use tokio::time::Instant;
 
+use crate::clock::now_ms;
 use crate::config::Connection;
 use crate::connections::{Health, Status};
 use crate::runtime::{AdminScope, ReloadError, Runtime};
 use crate::telemetry;
-use crate::workflow::{JobState, RetryRefused, now_ms};
+use crate::workflow::{JobState, RetryRefused};
 
 /// Most jobs one list returns.
 const MAX_LIMIT: usize = 1000;

@@ -16,10 +16,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::clock::Millis;
 use crate::config::{Agent, Function, Mode};
 use crate::evidence::store::{AgentEvidence, EvidenceStore};
 use crate::evidence::{Invocation, SourceType};
-use crate::workflow::Millis;
 use crate::workflow::store::StoreError;
 
 /// Fewest calls a finding rests on, by default.

@@ -28,6 +28,7 @@ use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info};
 
 use crate::bindings::{CallContext, Resolution};
+use crate::clock::{Millis, now_ms};
 use crate::config::{Agent, Function, Mode, Timing};
 use crate::connections::Usable;
 use crate::connections::breaker::Admit;
@@ -36,7 +37,7 @@ use crate::providers::{self, Accepted, ActionContext, Delivery, Prepared, Provid
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
 use crate::workflow::store::LEASE_MARGIN;
-use crate::workflow::{DeferReason, Finish, Job, JobState, Millis, NewJob, Start, now_ms};
+use crate::workflow::{DeferReason, Finish, Job, JobState, NewJob, Start};
 
 /// Most filler lines per tool call.
 pub const MAX_FILLERS: u32 = 3;

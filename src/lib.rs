@@ -44,9 +44,11 @@
 
 pub mod admin;
 pub mod answer;
+pub mod backoff;
 pub mod bindings;
 pub mod catalog;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod demo;

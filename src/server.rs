@@ -21,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::admin;
+use crate::clock::now_ms;
 use crate::config::{Config, ServerSettings};
 use crate::net::{self, ConnLimit, ConnSlot, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
 use crate::workflow::store::StoreError;
-use crate::workflow::{housekeeping, now_ms, worker};
+use crate::workflow::{housekeeping, worker};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

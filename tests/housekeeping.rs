@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use common::*;
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
+use toolgate::clock::{Millis, now_ms};
 use toolgate::evidence::Event;
 use toolgate::evidence::store::EvidenceStore;
 use toolgate::workflow::store::JobStore;
-use toolgate::workflow::{DeferReason, Finish, Millis, NewJob, Start, now_ms};
+use toolgate::workflow::{DeferReason, Finish, NewJob, Start};
 
 const DAY: Millis = 86_400_000;
 

@@ -16,15 +16,15 @@ mod nats_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use toolgate::backoff::Backoff;
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
+use toolgate::clock::{Millis, now_ms};
 use toolgate::config::NatsAuth;
 use toolgate::providers::{Delivery, FailureKind, ProviderError};
 use toolgate::workflow::nats::NatsOptions;
 use toolgate::workflow::store::{JobStore, LEASE_MARGIN};
-use toolgate::workflow::{
-    Backoff, DeferReason, Finish, Job, JobState, Millis, NewJob, RetryRefused, Start, now_ms,
-};
+use toolgate::workflow::{DeferReason, Finish, Job, JobState, NewJob, RetryRefused, Start};
 
 use nats_support::{NatsServer, free_port, unique_prefix};
 

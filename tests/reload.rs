@@ -263,7 +263,7 @@ async fn secrets_are_read_again_on_reload_and_changed_connections_revalidated() 
 
     // Someone rotates the token file to a wrong value and reloads.
     std::fs::write(s.dir.path().join("ACME_WATI_TOKEN"), "not-the-token").unwrap();
-    let t0 = toolgate::workflow::now_ms();
+    let t0 = toolgate::clock::now_ms();
     let (status, body) = s.reload().await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["changed_connections"], json!(["acme-wati"]));
@@ -274,7 +274,7 @@ async fn secrets_are_read_again_on_reload_and_changed_connections_revalidated() 
 
     // The right token is back: validated again, connected.
     std::fs::write(s.dir.path().join("ACME_WATI_TOKEN"), WATI_TOKEN).unwrap();
-    let t1 = toolgate::workflow::now_ms();
+    let t1 = toolgate::clock::now_ms();
     let (status, _) = s.reload().await;
     assert_eq!(status, 200);
     let c = s.validated_after("acme-wati", t1).await;

@@ -267,7 +267,7 @@ pub struct WorkflowSettings {
     /// Jobs a worker runs at once (`concurrency`, default 8).
     pub concurrency: usize,
     /// Retry timing (`backoff_base_ms`, default 1000; `backoff_cap_ms`, default 300000).
-    pub backoff: crate::workflow::Backoff,
+    pub backoff: crate::backoff::Backoff,
     /// Whether `toolgate serve` runs a worker too (`worker`, default true).
     pub worker: bool,
     /// Days to keep finished jobs (`retain_days`, default 30).
@@ -304,7 +304,7 @@ pub struct Connection {
     /// `rate = "30/10s"`, defaulting to the provider's documented limit (none for webhooks).
     pub rate: Option<Rate>,
     /// `circuit = { failures, penalty_ms, max_penalty_ms }`.
-    pub circuit: crate::connections::breaker::BreakerSettings,
+    pub circuit: BreakerSettings,
     /// Provider-specific settings.
     pub settings: ConnectionSettings,
 }
@@ -736,6 +736,27 @@ impl Config {
     /// The agent of this id.
     pub fn agent(&self, id: &str) -> Option<&Arc<Agent>> {
         self.agents.iter().find(|a| a.id == id)
+    }
+}
+
+/// Breaker settings (`circuit = { failures, penalty_ms, max_penalty_ms }` on a connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open it.
+    pub failures: u32,
+    /// The first penalty.
+    pub penalty: Duration,
+    /// The largest penalty.
+    pub max_penalty: Duration,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failures: 5,
+            penalty: Duration::from_secs(1),
+            max_penalty: Duration::from_secs(60),
+        }
     }
 }
 

@@ -13,10 +13,10 @@ use reqwest::Url;
 use toml::{Table, Value};
 
 use super::{
-    AdminSettings, Agent, Config, Connection, ConnectionSettings, ConsentRule, DEFAULT_ALLOW,
-    DEFAULT_DENY, DEFAULT_FILLER, Defaults, EvidenceSettings, Function, LoadOptions, Mode,
-    NatsAuth, NatsSettings, Org, Param, Problem, Rate, RecipientPolicy, RecipientRule, Secret,
-    SecretBytes, ServerSettings, StorageSettings, Timing, WorkflowSettings, render_tools,
+    AdminSettings, Agent, BreakerSettings, Config, Connection, ConnectionSettings, ConsentRule,
+    DEFAULT_ALLOW, DEFAULT_DENY, DEFAULT_FILLER, Defaults, EvidenceSettings, Function, LoadOptions,
+    Mode, NatsAuth, NatsSettings, Org, Param, Problem, Rate, RecipientPolicy, RecipientRule,
+    Secret, SecretBytes, ServerSettings, StorageSettings, Timing, WorkflowSettings, render_tools,
 };
 use crate::bindings::{
     Binding, SessionRef, Source, Template, ValueRule, ValueType, is_email, is_identifier,
@@ -912,11 +912,11 @@ fn parse_workflow(ck: &mut Ck<'_>, t: &Table) -> WorkflowSettings {
     WorkflowSettings {
         max_attempts: ck.uint(t, P, "max_attempts", 1, 100).unwrap_or(8) as u32,
         concurrency: ck.uint(t, P, "concurrency", 1, 1024).unwrap_or(8) as usize,
-        backoff: crate::workflow::Backoff {
+        backoff: crate::backoff::Backoff {
             base: Duration::from_millis(base),
             cap: Duration::from_millis(cap),
             // Set from `defaults.max_retry_after_ms` once `[defaults]` is read.
-            max_retry_after: crate::workflow::Backoff::default().max_retry_after,
+            max_retry_after: crate::backoff::Backoff::default().max_retry_after,
         },
         worker: ck.boolean(t, P, "worker").unwrap_or(true),
         retain_days: ck.uint(t, P, "retain_days", 1, 3650).unwrap_or(30) as u32,
@@ -1335,12 +1335,8 @@ fn parse_connections(
     (out, declared)
 }
 
-fn parse_circuit(
-    ck: &mut Ck<'_>,
-    t: &Table,
-    p: &str,
-) -> crate::connections::breaker::BreakerSettings {
-    let mut out = crate::connections::breaker::BreakerSettings::default();
+fn parse_circuit(ck: &mut Ck<'_>, t: &Table, p: &str) -> BreakerSettings {
+    let mut out = BreakerSettings::default();
     let Some(ct) = ck.table(t, p, "circuit") else {
         return out;
     };

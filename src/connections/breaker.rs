@@ -11,26 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Breaker settings (`circuit = { failures, penalty_ms, max_penalty_ms }` on a connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerSettings {
-    /// Consecutive failures that open it.
-    pub failures: u32,
-    /// The first penalty.
-    pub penalty: Duration,
-    /// The largest penalty.
-    pub max_penalty: Duration,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        BreakerSettings {
-            failures: 5,
-            penalty: Duration::from_secs(1),
-            max_penalty: Duration::from_secs(60),
-        }
-    }
-}
+use crate::config::BreakerSettings;
 
 /// What the breaker lets a request do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! Integration connections at run time (SPEC §1, §5): status, circuit breaker, rate limit.
 //!
 //! Status is `pending` until validated, `connected`, `error` or `disconnected` (disabled). An
-//! `error` says *why* ([`Trouble`]): refused credentials or a bad configuration make calls
-//! fail fast with `connection_unavailable` until validation succeeds again; an unreachable
-//! provider is treated like an open circuit (deferrable calls are queued, live ones fail fast),
-//! because the credentials are not known to be wrong.
+//! `error` says *why* ([`Trouble`](crate::providers::Trouble)): refused credentials or a bad
+//! configuration make calls fail fast with `connection_unavailable` until validation succeeds
+//! again; an unreachable provider is treated like an open circuit (deferrable calls are queued,
+//! live ones fail fast), because the credentials are not known to be wrong.
 //!
 //! Each connection also has a [`breaker::Breaker`] and a [`rate::Limiter`]; every provider
 //! request, live or from the worker, is reported through [`Registry::record`].
@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::clock::Millis;
 use crate::config::{Config, Connection};
-use crate::providers::ProviderError;
-use crate::workflow::Millis;
+use crate::providers::{ProviderError, Trouble};
 use breaker::Breaker;
 use rate::Limiter;
 
@@ -60,17 +60,6 @@ impl Status {
             _ => Status::Disconnected,
         }
     }
-}
-
-/// Why a connection is in `error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trouble {
-    /// The provider refused the credentials (401/403).
-    Credentials,
-    /// The provider could not be reached, or answered with a server error.
-    Unreachable,
-    /// The configuration is wrong (a health check said so, an endpoint is not found).
-    Config,
 }
 
 /// What an action may do on a connection right now.
@@ -329,7 +318,7 @@ impl Registry {
                 h.limiter.pause_until(now + wait);
             }
             if e.is_auth() {
-                h.detail.lock().expect("health lock").refused_at = Some(crate::workflow::now_ms());
+                h.detail.lock().expect("health lock").refused_at = Some(crate::clock::now_ms());
                 if h.status() != Status::Error {
                     warn!(connection = %id, status = ?e.http_status, "provider refused the credentials; connection marked error");
                 }
@@ -372,7 +361,7 @@ mod tests {
             org: "o".into(),
             enabled: true,
             rate: None,
-            circuit: breaker::BreakerSettings::default(),
+            circuit: crate::config::BreakerSettings::default(),
             settings: ConnectionSettings::Wati {
                 endpoint: Url::parse("http://127.0.0.1:9/1").unwrap(),
                 token: Secret::new("t"),

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use super::{Status, Trouble};
+use super::Status;
 use crate::bindings::Source;
 use crate::config::{Config, Connection};
+use crate::providers::Trouble;
 use crate::providers::{self, Client};
 
 /// The result of one validation.
@@ -135,7 +136,7 @@ pub async fn run_one(
     health: &super::Health,
 ) -> Validation {
     let templates = templates_for(&snap.config, &conn.id);
-    let started = crate::workflow::now_ms();
+    let started = crate::clock::now_ms();
     let v = validate(
         &rt.providers,
         conn,
@@ -150,7 +151,7 @@ pub async fn run_one(
         health
             .limiter
             .pause_until(tokio::time::Instant::now() + wait);
-        health.validation_postponed(crate::workflow::now_ms());
+        health.validation_postponed(crate::clock::now_ms());
         tracing::info!(connection = %conn.id, wait_ms = wait.as_millis() as u64, "validation rate-limited by the provider; status kept");
         return v;
     }
@@ -159,7 +160,7 @@ pub async fn run_one(
         // earlier is over.
         health.limiter.clear_pause();
     }
-    if !health.validated(&v, started, crate::workflow::now_ms()) {
+    if !health.validated(&v, started, crate::clock::now_ms()) {
         tracing::info!(connection = %conn.id, "validation outrun by a credential refusal during an action; status kept");
         return v;
     }
@@ -202,7 +203,7 @@ pub async fn run_periodically(
                     };
                 c.enabled
                     && d.validated_at
-                        .is_none_or(|at| crate::workflow::now_ms() - at >= every.as_millis() as i64)
+                        .is_none_or(|at| crate::clock::now_ms() - at >= every.as_millis() as i64)
             })
             .map(|(c, h)| (c.clone(), h.clone()))
             .collect();

@@ -17,12 +17,12 @@ use serde_json::Value;
 
 use crate::bindings::{Resolution, Resolved, ValueSource};
 use crate::catalog::InputKind;
+use crate::clock::Millis;
 use crate::config::Function;
 use crate::guards::Verdict;
 use crate::providers::{Accepted, Prepared, ProviderError};
 use crate::redact;
 use crate::session::state::Entry;
-use crate::workflow::Millis;
 use crate::workflow::{Finish, Job};
 
 /// How many turns before a tool call its record keeps.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::store::CallHistory;
 use super::{GuardRecord, Invocation, SourceType};
-use crate::workflow::Millis;
+use crate::clock::Millis;
 
 #[derive(Template)]
 #[template(path = "call.html")]

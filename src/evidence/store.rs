@@ -38,7 +38,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
 use super::{Event, Final, Invocation, TurnRecord};
-use crate::workflow::Millis;
+use crate::clock::Millis;
 use crate::workflow::store::StoreError;
 
 /// Events the queue holds before new ones are dropped.

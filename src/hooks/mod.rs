@@ -291,7 +291,7 @@ pub async fn handle(
     let secret = hook.secret.expose();
     let authorized = match hook.platform {
         Platform::Vapi | Platform::Elevenlabs => bearer_or_vapi_secret(&headers, secret),
-        Platform::Retell => retell::verify(&headers, &body, secret, crate::workflow::now_ms()),
+        Platform::Retell => retell::verify(&headers, &body, secret, crate::clock::now_ms()),
     };
     if !authorized {
         debug!(hook = %hook.id, "webhook refused: missing or wrong credential");

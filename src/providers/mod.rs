@@ -473,8 +473,19 @@ impl Found {
     }
 }
 
+/// Why a connection is in `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// The provider refused the credentials (401/403).
+    Credentials,
+    /// The provider could not be reached, or answered with a server error.
+    Unreachable,
+    /// The configuration is wrong (a health check said so, an endpoint is not found).
+    Config,
+}
+
 /// What a connection check found: `Ok` with what was confirmed, or the trouble and why.
-pub type Checked = Result<Found, (crate::connections::Trouble, String)>;
+pub type Checked = Result<Found, (Trouble, String)>;
 
 /// The request that checks a connection's credentials (SPEC §5), if the provider has one.
 pub fn prepare_validation(conn: &Connection, templates: &[String]) -> Option<Prepared> {

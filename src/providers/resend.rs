@@ -69,7 +69,7 @@ pub fn prepare_validation(settings: &ConnectionSettings) -> Prepared {
 /// Read the answer to `GET /domains`. A `401 restricted_api_key` is a valid sending-only key:
 /// it exists and it can send, it just may not list domains.
 pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
-    use crate::connections::Trouble;
+    use super::Trouble;
     let parsed: Option<ErrorBody> = serde_json::from_slice(&raw.body).ok();
     let name = parsed.as_ref().and_then(|b| b.name.as_deref());
     match (raw.status, name) {

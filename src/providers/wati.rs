@@ -88,7 +88,7 @@ pub fn prepare_validation(settings: &ConnectionSettings, templates: &[String]) -
 /// Read the answer to `getMessageTemplates`, checking each configured template: it must exist
 /// and be `APPROVED` (Wati refuses to send the others).
 pub fn interpret_validation(raw: &RawResponse, templates: &[String]) -> super::Checked {
-    use crate::connections::Trouble;
+    use super::Trouble;
     match raw.status {
         200 => {}
         401 | 403 => {

@@ -131,7 +131,7 @@ pub fn prepare_validation(settings: &ConnectionSettings) -> Option<Prepared> {
 
 /// Read the health check's answer.
 pub fn interpret_validation(raw: &RawResponse) -> super::Checked {
-    use crate::connections::Trouble;
+    use super::Trouble;
     match raw.status {
         200..=299 => Ok(super::Found::valid(format!(
             "the health check answered HTTP {}",

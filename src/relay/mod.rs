@@ -213,7 +213,7 @@ pub async fn issue(req: Request<Incoming>, org: &str, rt: &Runtime) -> HttpRespo
             "too many unused tickets; try again shortly",
         );
     };
-    let expires_at = crate::workflow::now_ms() + ttl.as_millis() as crate::workflow::Millis;
+    let expires_at = crate::clock::now_ms() + ttl.as_millis() as crate::clock::Millis;
     crate::net::json(
         StatusCode::CREATED,
         &serde_json::json!({

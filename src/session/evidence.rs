@@ -12,12 +12,12 @@ use serde_json::Value;
 
 use crate::answer::{Answer, ProviderOutcome};
 use crate::bindings::Resolution;
+use crate::clock::{Millis, now_ms};
 use crate::dispatch::{Outcome, ProviderTiming};
 use crate::evidence::{self, CancelRecord, Event, Final, Invocation, SourceType, Timeline};
 use crate::guards::Verdict;
 use crate::protocol::ResultStatus;
 use crate::providers::Prepared;
-use crate::workflow::{Millis, now_ms};
 
 use super::Session;
 use super::state::Entry;

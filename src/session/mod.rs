@@ -29,6 +29,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::answer::{self, Answer, ProviderOutcome};
 use crate::bindings::CallContext;
+use crate::clock::{Millis, now_ms};
 use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
 use crate::guards::{self, CallView, Decision};
@@ -37,7 +38,6 @@ use crate::protocol::{
 };
 use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
-use crate::workflow::{Millis, now_ms};
 pub use socket::LocalOut;
 use socket::{Incoming, LocalPeer, Socket};
 use state::{ActionState, Entry, History, Ledger, LedgerEntry};

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::now_ms;
+use crate::clock::now_ms;
 use crate::runtime::Runtime;
 
 /// How often finished jobs and evidence past their retention are deleted.

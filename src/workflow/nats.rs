@@ -56,10 +56,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::store::{LEASE_MARGIN, StoreError};
-use super::{
-    Finish, FirstState, Job, JobState, Millis, NewJob, RetryRefused, Start, job_id, now_ms,
-};
+use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id};
 use crate::bindings::ResolvedInput;
+use crate::clock::{Millis, now_ms};
 use crate::config::{NatsAuth, NatsSettings};
 
 /// How often a store writes its heartbeat.

@@ -22,9 +22,8 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{error, info, warn};
 
 use super::nats::{NatsJobs, NatsOptions};
-use super::{
-    Finish, FirstState, Job, JobState, Millis, NewJob, RetryRefused, Start, job_id, keeps_inputs,
-};
+use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id, keeps_inputs};
+use crate::clock::Millis;
 use crate::config::StorageSettings;
 
 /// Why a store operation failed.
@@ -274,7 +273,7 @@ impl SqliteJobs {
                 "CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
             )?;
             tx.prepare_cached("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?1)")?
-                .execute([crate::workflow::now_ms()])?;
+                .execute([crate::clock::now_ms()])?;
             Ok(())
         })
         .await
@@ -654,7 +653,7 @@ impl JobStore {
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.read(ops::next_due).await,
-            Backend::Nats(_) => Ok(Some(super::now_ms())),
+            Backend::Nats(_) => Ok(Some(crate::clock::now_ms())),
         }
     }
 

@@ -14,9 +14,10 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Finish, Job, now_ms};
+use super::{Finish, Job};
 use crate::bindings::Resolution;
 use crate::catalog::Action;
+use crate::clock::now_ms;
 use crate::connections::Usable;
 use crate::connections::breaker::Admit;
 use crate::evidence;
