@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
 use serde_json::json;
+use toolgate::call_state::Entry;
 use toolgate::clock::now_ms;
 use toolgate::evidence::store::EvidenceStore;
 use toolgate::evidence::{
@@ -25,7 +26,6 @@ use toolgate::evidence::{
     Timeline, TurnRecord,
 };
 use toolgate::protocol::Role;
-use toolgate::session::state::Entry;
 
 fn record(n: u64) -> Invocation {
     let guards = [

@@ -18,11 +18,11 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use toolgate::bindings::CallContext;
+use toolgate::call_state::{Entry, History, Ledger};
 use toolgate::config::{Config, LoadOptions};
 use toolgate::connections::Registry;
 use toolgate::guards::{self, CallView};
 use toolgate::protocol::{self, Caller, Inbound, Role, VarValue};
-use toolgate::session::state::{Entry, History, Ledger};
 
 const TOOL_CALL: &str = r#"{"type":"tool.call","id":"call_8TcbzqI1tlLXvbX2aJbV3V9q","name":"send_whatsapp_confirmation","arguments":"{\"order_id\":\"A-1042\"}"}"#;
 const TRANSCRIPT: &str = r#"{"type":"transcript","role":"caller","text":"Yes please, send it on WhatsApp. And can you also email me the summary of what we agreed?","final":true}"#;

@@ -228,7 +228,13 @@ async fn ready(rt: &Runtime) -> HttpResponse {
 async fn metrics(rt: &Runtime) -> HttpResponse {
     let handle = telemetry::prometheus();
     if let Ok(counts) = rt.jobs.counts().await {
-        telemetry::job_counts(&counts);
+        telemetry::job_counts(JobState::ALL.map(|state| {
+            let n = counts
+                .iter()
+                .find(|(s, _)| *s == state)
+                .map_or(0, |(_, n)| *n);
+            (state.as_str(), n)
+        }));
     }
     for (conn, health) in rt.snap().connections.iter() {
         telemetry::connection_up(&conn.id, health.status() == Status::Connected);
@@ -283,7 +289,14 @@ async fn validate_connection(id: &str, rt: &Runtime, scope: &AdminScope) -> Http
     if !visible(scope, &conn.org) {
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such connection");
     }
-    crate::connections::validate::run_one(rt, &snap, conn, health).await;
+    crate::connections::validate::run_one(
+        &rt.providers,
+        &snap.config,
+        &snap.connections,
+        conn,
+        health,
+    )
+    .await;
     json_response(
         StatusCode::OK,
         &json!({ "connection": connection_json(conn, health) }),

@@ -7,12 +7,12 @@
 use serde_json::{Map, Value, json};
 
 use crate::bindings::Source;
+use crate::call_state::ActionState;
 use crate::catalog::Action;
 use crate::config::Function;
 use crate::guards::{Guard, Rejection};
 use crate::protocol::ResultStatus;
 use crate::providers::{Delivery, FailureKind, ProviderError};
-use crate::session::state::ActionState;
 use crate::workflow::DeferReason;
 
 /// A `tool.result` body.

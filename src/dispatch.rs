@@ -446,7 +446,7 @@ impl Run<'_> {
                 return Err(Some(Outcome::NotSent));
             }
         }
-        telemetry::deferred(reason);
+        telemetry::deferred(reason.as_str());
         info!(id = %self.call.id, job = %job.id, reason = reason.as_str(), "tool call deferred");
         let _ = self.events.send(Box::new(Event::Deferred {
             id: self.call.id.clone(),

@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 use crate::bindings::{CallContext, Invalid, Resolution, Resolved, normalize_e164, resolve};
 use tokio::time::Instant;
 
+use crate::call_state::{ActionState, Entry, History, Ledger};
 use crate::config::{Agent, ConsentRule, Function, Mode, RecipientPolicy, RecipientRule};
 use crate::connections::{Registry, Usable};
 use crate::protocol::ToolCall;
-use crate::session::state::{ActionState, Entry, History, Ledger};
 
 /// The guards, in the order SPEC §3 evaluates them: the first failing guard decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

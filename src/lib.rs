@@ -46,6 +46,7 @@ pub mod admin;
 pub mod answer;
 pub mod backoff;
 pub mod bindings;
+pub mod call_state;
 pub mod catalog;
 pub mod client;
 pub mod clock;

@@ -589,7 +589,8 @@ async fn worker(path: PathBuf) -> ExitCode {
     // The worker keeps its own view of the connections: validated at start and periodically,
     // so a connection that refused credentials recovers here too once it is fixed.
     let validator = tokio::spawn(
-        toolgate::connections::validate::run_periodically(rt.clone(), stop.clone())
+        rt.clone()
+            .validate_periodically(stop.clone())
             .instrument(tracing::info_span!("validator")),
     );
     let housekeeping = tokio::spawn(

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
+use crate::call_state::{Entry, History, Ledger};
 use crate::config::{Config, Connection, ConnectionSettings, Secret, SecretBytes};
 use crate::connections::Registry;
 use crate::evidence::{self, GuardRecord, Invocation, RequestRecord, SourceType};
@@ -21,7 +22,6 @@ use crate::mock::MockProvider;
 use crate::protocol::{self, Inbound, Role};
 use crate::providers::{self, ActionContext};
 use crate::redact;
-use crate::session::state::{Entry, History, Ledger};
 
 /// What the replay found.
 #[derive(Debug, Clone)]

@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::config::{Agent, Config, ConfigError, Problem, ServerSettings, token_digest};
-use crate::connections::Registry;
+use crate::connections::{Registry, Status, validate};
 use crate::evidence::store::EvidenceStore;
 use crate::providers;
+use crate::providers::Trouble;
 use crate::session::SessionHandle;
 use crate::workflow::store::{JobStore, StoreError};
 
@@ -379,6 +380,48 @@ impl Runtime {
             changed_connections,
             at_restart,
         })
+    }
+
+    /// Validate every connection now, then again periodically (sooner for those in `error`),
+    /// and at once after a reload, until `stop`.
+    pub async fn validate_periodically(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            let woken = self.validate_now.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let snap = self.snap();
+            let due: Vec<_> = snap
+                .connections
+                .iter()
+                .filter(|(c, h)| {
+                    let d = h.detail();
+                    // A provider that was down is looked at again soon; refused credentials and
+                    // wrong settings do not fix themselves (a person validates after fixing them,
+                    // and a reload validates at once), and a send-time refusal of credentials
+                    // that validate would otherwise flap.
+                    let every =
+                        if h.status() == Status::Error && d.trouble == Some(Trouble::Unreachable) {
+                            snap.config.defaults.revalidate_error
+                        } else {
+                            snap.config.defaults.validate_every
+                        };
+                    c.enabled
+                        && d.validated_at.is_none_or(|at| {
+                            crate::clock::now_ms() - at >= every.as_millis() as i64
+                        })
+                })
+                .map(|(c, h)| (c.clone(), h.clone()))
+                .collect();
+            let checks = due.iter().map(|(c, h)| {
+                validate::run_one(&self.providers, &snap.config, &snap.connections, c, h)
+            });
+            futures_util::future::join_all(checks).await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
     }
 }
 

@@ -111,12 +111,15 @@ impl Server {
         }
         fit_to_open_files(&mut config.server, net::raise_open_files_limit());
         net::private_files();
-        crate::telemetry::zero_series(
-            config
+        crate::telemetry::zero_series(&crate::telemetry::KnownLabels {
+            functions: config
                 .agents
                 .iter()
-                .flat_map(|a| a.functions.iter().map(|f| f.name.as_str())),
-        );
+                .flat_map(|a| a.functions.iter().map(|f| f.name.as_str()))
+                .collect(),
+            defer_reasons: &crate::workflow::DeferReason::ALL.map(|r| r.as_str()),
+            guards: &crate::guards::Guard::ALL.map(|g| g.as_str()),
+        });
         let ws_listener = net::bind(&config.server.listen).await?;
         let admin_listener = net::bind(&config.server.admin_listen).await?;
         let ws_addr = ws_listener.local_addr()?;
@@ -145,7 +148,9 @@ impl Server {
         // Validation runs in the background: serving does not wait for providers.
         let validator_stop = CancellationToken::new();
         let validator = tokio::spawn(
-            crate::connections::validate::run_periodically(runtime.clone(), validator_stop.clone())
+            runtime
+                .clone()
+                .validate_periodically(validator_stop.clone())
                 .instrument(tracing::info_span!("validator")),
         );
         // With or without a worker here: it catches up on writes that failed while NATS was

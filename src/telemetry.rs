@@ -209,8 +209,8 @@ pub fn scheduling_delay(waited: std::time::Duration) {
 }
 
 /// Count a deferral.
-pub fn deferred(reason: crate::workflow::DeferReason) {
-    metrics::counter!(DEFERRALS_TOTAL, "reason" => reason.as_str()).increment(1);
+pub fn deferred(reason: &'static str) {
+    metrics::counter!(DEFERRALS_TOTAL, "reason" => reason).increment(1);
 }
 
 /// Set a connection's up gauge (the label is the configured connection id: bounded).
@@ -234,21 +234,30 @@ pub const JOB_ATTEMPT_OUTCOMES: [&str; 5] = ["succeeded", "failed", "retry", "de
 /// The ways a session ends.
 pub const SESSION_ENDS: [&str; 4] = ["ended", "disconnected", "shutdown", "closed"];
 
+/// The label values known before anything happens, each list from its own enum's `ALL`.
+pub struct KnownLabels<'a> {
+    /// The configured function names.
+    pub functions: Vec<&'a str>,
+    /// Why calls are deferred.
+    pub defer_reasons: &'a [&'static str],
+    /// The guards that can reject a call.
+    pub guards: &'a [&'static str],
+}
+
 /// Every counter series whose labels are known before anything happens, at zero, so dashboards
 /// and alerts see them from the first scrape (a `rate()` over an absent series is empty, not 0).
-/// `functions` are the configured function names.
-pub fn zero_series<'a>(functions: impl IntoIterator<Item = &'a str>) {
+pub fn zero_series(known: &KnownLabels<'_>) {
     for outcome in JOB_ATTEMPT_OUTCOMES {
         metrics::counter!(JOB_ATTEMPTS_TOTAL, "outcome" => outcome).increment(0);
     }
     for end in SESSION_ENDS {
         metrics::counter!(SESSIONS_TOTAL, "end" => end).increment(0);
     }
-    for reason in crate::workflow::DeferReason::ALL {
-        metrics::counter!(DEFERRALS_TOTAL, "reason" => reason.as_str()).increment(0);
+    for &reason in known.defer_reasons {
+        metrics::counter!(DEFERRALS_TOTAL, "reason" => reason).increment(0);
     }
-    for guard in crate::guards::Guard::ALL {
-        metrics::counter!(GUARD_REJECTIONS_TOTAL, "guard" => guard.as_str()).increment(0);
+    for &guard in known.guards {
+        metrics::counter!(GUARD_REJECTIONS_TOTAL, "guard" => guard).increment(0);
     }
     for code in crate::protocol::ErrorCode::ALL {
         metrics::counter!(PROTOCOL_ERRORS_TOTAL, "code" => code.as_str()).increment(0);
@@ -260,7 +269,7 @@ pub fn zero_series<'a>(functions: impl IntoIterator<Item = &'a str>) {
     metrics::counter!(FILLERS_TOTAL).increment(0);
     metrics::counter!(EVIDENCE_DROPPED_TOTAL).increment(0);
     metrics::gauge!(SESSIONS_ACTIVE).increment(0.0);
-    for f in functions {
+    for &f in &known.functions {
         for status in crate::protocol::ResultStatus::ALL {
             metrics::counter!(TOOL_CALLS_TOTAL, "function" => f.to_owned(), "status" => status.as_str())
                 .increment(0);
@@ -273,14 +282,10 @@ pub fn job_attempt(outcome: &'static str) {
     metrics::counter!(JOB_ATTEMPTS_TOTAL, "outcome" => outcome).increment(1);
 }
 
-/// Set the per-state job gauges (every state, so an emptied state reads 0).
-pub fn job_counts(counts: &[(crate::workflow::JobState, u64)]) {
-    for state in crate::workflow::JobState::ALL {
-        let n = counts
-            .iter()
-            .find(|(s, _)| *s == state)
-            .map_or(0, |(_, n)| *n);
-        metrics::gauge!(JOBS, "state" => state.as_str()).set(n as f64);
+/// Set the per-state job gauges: pass every state, an emptied one at 0, so it reads 0.
+pub fn job_counts(counts: impl IntoIterator<Item = (&'static str, u64)>) {
+    for (state, n) in counts {
+        metrics::gauge!(JOBS, "state" => state).set(n as f64);
     }
 }
 

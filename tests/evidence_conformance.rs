@@ -15,11 +15,11 @@ mod nats_support;
 
 use std::time::{Duration, Instant};
 
+use toolgate::call_state::Entry;
 use toolgate::clock::Millis;
 use toolgate::evidence::store::{EvidenceStore, Query};
 use toolgate::evidence::{Event, Final, Invocation, SourceType, Timeline};
 use toolgate::protocol::Role;
-use toolgate::session::state::Entry;
 use toolgate::workflow::nats::NatsOptions;
 
 use nats_support::{NatsServer, unique_prefix};

@@ -130,24 +130,19 @@ fn unreachable(why: String) -> Validation {
 
 /// Validate one connection of the running sidecar and record the result.
 pub async fn run_one(
-    rt: &crate::runtime::Runtime,
-    snap: &crate::runtime::Snapshot,
+    client: &Client,
+    config: &Config,
+    connections: &super::Registry,
     conn: &Connection,
     health: &super::Health,
 ) -> Validation {
-    let templates = templates_for(&snap.config, &conn.id);
+    let templates = templates_for(config, &conn.id);
     let started = crate::clock::now_ms();
-    let v = validate(
-        &rt.providers,
-        conn,
-        &templates,
-        snap.config.defaults.validate_timeout,
-    )
-    .await;
+    let v = validate(client, conn, &templates, config.defaults.validate_timeout).await;
     if let Some(wait) = v.rate_limited {
         // The provider asked for quiet: honour it for actions too (bounded), and keep the
         // status.
-        let wait = snap.connections.pause_for(Some(wait));
+        let wait = connections.pause_for(Some(wait));
         health
             .limiter
             .pause_until(tokio::time::Instant::now() + wait);
@@ -173,46 +168,4 @@ pub async fn run_one(
         }
     }
     v
-}
-
-/// Validate every connection now, then again periodically (sooner for those in `error`),
-/// and at once after a reload, until `stop`.
-pub async fn run_periodically(
-    rt: std::sync::Arc<crate::runtime::Runtime>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let woken = rt.validate_now.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        let snap = rt.snap();
-        let due: Vec<_> = snap
-            .connections
-            .iter()
-            .filter(|(c, h)| {
-                let d = h.detail();
-                // A provider that was down is looked at again soon; refused credentials and
-                // wrong settings do not fix themselves (a person validates after fixing them,
-                // and a reload validates at once), and a send-time refusal of credentials
-                // that validate would otherwise flap.
-                let every =
-                    if h.status() == Status::Error && d.trouble == Some(Trouble::Unreachable) {
-                        snap.config.defaults.revalidate_error
-                    } else {
-                        snap.config.defaults.validate_every
-                    };
-                c.enabled
-                    && d.validated_at
-                        .is_none_or(|at| crate::clock::now_ms() - at >= every.as_millis() as i64)
-            })
-            .map(|(c, h)| (c.clone(), h.clone()))
-            .collect();
-        let checks = due.iter().map(|(c, h)| run_one(&rt, &snap, c, h));
-        futures_util::future::join_all(checks).await;
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = &mut woken => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
 }

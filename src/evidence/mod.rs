@@ -16,14 +16,25 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bindings::{Resolution, Resolved, ValueSource};
+use crate::call_state::Entry;
 use crate::catalog::InputKind;
 use crate::clock::Millis;
 use crate::config::Function;
 use crate::guards::Verdict;
 use crate::providers::{Accepted, Prepared, ProviderError};
 use crate::redact;
-use crate::session::state::Entry;
 use crate::workflow::{Finish, Job};
+
+/// A new invocation id (`inv_` + ULID): sortable by time, and strictly increasing within this
+/// process, so records of the same millisecond still list in the order they were made.
+pub fn invocation_id() -> String {
+    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
+    let id = match IDS.lock().expect("id generator lock").generate() {
+        Ok(id) => id,
+        Err(overflow) => overflow.commit_overflow_random(),
+    };
+    format!("inv_{id}")
+}
 
 /// How many turns before a tool call its record keeps.
 pub const CONTEXT_TURNS: usize = 8;
@@ -599,7 +610,7 @@ impl Attempt<'_> {
             (error_code, error_message)
         };
         Invocation {
-            invocation_id: crate::session::invocation_id(),
+            invocation_id: invocation_id(),
             source_type: SourceType::Workflow,
             parent_invocation_id: Some(job.invocation_id.clone()),
             org_id: job.org.clone(),

@@ -20,7 +20,7 @@ use crate::protocol::ResultStatus;
 use crate::providers::Prepared;
 
 use super::Session;
-use super::state::Entry;
+use crate::call_state::Entry;
 
 /// Evidence gathered about one tool call until its record is written.
 #[derive(Debug, Default)]
@@ -112,7 +112,7 @@ impl Session {
         let function = self.agent.functions.iter().find(|f| f.name == call.name);
         let received_at = self.clock(received);
         let answered = received.elapsed().as_millis() as u64;
-        let invocation_id = super::invocation_id();
+        let invocation_id = crate::evidence::invocation_id();
         self.rt
             .evidence
             .submit(Event::Invocation(Box::new(Invocation {

@@ -11,7 +11,6 @@
 
 mod evidence;
 mod socket;
-pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +28,7 @@ use tracing::{Instrument, debug, info, info_span};
 
 use crate::answer::{self, Answer, ProviderOutcome};
 use crate::bindings::CallContext;
+use crate::call_state::{self, ActionState, Entry, History, Ledger, LedgerEntry};
 use crate::clock::{Millis, now_ms};
 use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
@@ -40,7 +40,6 @@ use crate::providers::Delivery;
 use crate::runtime::{Runtime, SessionKey};
 pub use socket::LocalOut;
 use socket::{Incoming, LocalPeer, Socket};
-use state::{ActionState, Entry, History, Ledger, LedgerEntry};
 
 /// The server side of a media server's WebSocket.
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
@@ -53,17 +52,6 @@ pub struct SessionHandle {
     /// (a channel costs ~0.8 KiB). Boxed: the channel's first block holds 32 slots.
     reattach: Option<mpsc::Sender<Box<Socket>>>,
     agent_id: String,
-}
-
-/// A new invocation id (`inv_` + ULID): sortable by time, and strictly increasing within this
-/// process, so records of the same millisecond still list in the order they were made.
-pub fn invocation_id() -> String {
-    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-    let id = match IDS.lock().expect("id generator lock").generate() {
-        Ok(id) => id,
-        Err(overflow) => overflow.commit_overflow_random(),
-    };
-    format!("inv_{id}")
 }
 
 fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
@@ -334,7 +322,7 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                 ctx_redacted: std::sync::OnceLock::new(),
                 started: Instant::now(),
                 started_at: now_ms(),
-                history: History::bounded(state::HistoryLimits {
+                history: History::bounded(call_state::HistoryLimits {
                     max_entries: rt.server.max_history_turns,
                     max_bytes: rt.server.max_history_bytes,
                 }),
@@ -876,7 +864,7 @@ impl Session {
             }
             return;
         }
-        let invocation_id = invocation_id();
+        let invocation_id = crate::evidence::invocation_id();
         self.invocations += 1;
         // On the session's own clock, like its transcript turns, so the call's timeline orders
         // them exactly however the wall clock is slewed.
