@@ -290,7 +290,7 @@ impl Session {
                 provider_sent_ms: ms(timing.sent),
                 provider_done_ms: ms(timing.done),
             },
-            workflow_job_id: slot.job_id.clone(),
+            workflow_job_id: slot.reply.job_id().map(str::to_owned),
             deferral_reason: answer
                 .and_then(|a| a.data.as_ref())
                 .and_then(|d| d.get("reason"))

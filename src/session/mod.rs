@@ -99,17 +99,54 @@ struct Slot {
     function: Option<usize>,
     invocation_id: String,
     received: Instant,
-    answered: bool,
+    /// What the model has been told so far.
+    reply: Reply,
     cancelled: Arc<AtomicBool>,
     cancel_reason: Option<String>,
-    /// The workflow job, once the call was deferred.
-    job_id: Option<String>,
-    /// The job was cancelled before it was sent: nothing later changes that.
-    job_cancelled: bool,
     /// Evidence gathered until the call's record is written.
     notes: Option<Box<evidence::Notes>>,
     /// The caller has heard something about this call (a filler or its result).
     signalled: bool,
+}
+
+/// What the model has been told of a tool call.
+enum Reply {
+    /// Nothing yet: the call is running.
+    Pending,
+    /// Its result, or `deferred`; then `job` is the workflow job it was handed to.
+    Given { job: Option<Handoff> },
+}
+
+impl Reply {
+    fn given(&self) -> bool {
+        matches!(self, Reply::Given { .. })
+    }
+
+    /// The workflow job the call was handed to, if it was deferred.
+    fn job_id(&self) -> Option<&str> {
+        match self {
+            Reply::Given { job: Some(job) } => Some(&job.id),
+            _ => None,
+        }
+    }
+}
+
+/// A deferred call's workflow job.
+struct Handoff {
+    id: String,
+    /// Cancelled before it was sent: nothing later changes that.
+    cancelled: bool,
+}
+
+/// Where a session stands with its media server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Its socket is attached (or has just gone: the loop then starts the grace).
+    Live,
+    /// The socket went without `session.end`: a resume may come until `until`.
+    Detached { until: Instant },
+    /// Ended: nothing more is read; calls in flight finish and are recorded.
+    Ended,
 }
 
 /// Whether a frame must survive a disconnect (results) or is only useful live (fillers).
@@ -192,14 +229,13 @@ impl Session {
         self.push(self.ready_frame(false), Keep::LiveOnly);
         self.flush(&mut sock).await;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
-        let mut grace_until: Option<Instant> = None;
-        let mut ended = false;
+        let mut phase = Phase::Live;
         let shutdown = self.rt.shutdown.clone();
         loop {
-            if ended && self.inflight == 0 {
+            if phase == Phase::Ended && self.inflight == 0 {
                 break;
             }
-            if self.draining && !ended && self.inflight == 0 {
+            if self.draining && phase != Phase::Ended && self.inflight == 0 {
                 // Shutting down and nothing is in flight: let the media server move on.
                 info!("sidecar shutting down; closing the session");
                 self.end_reason = Some("shutdown".into());
@@ -208,11 +244,11 @@ impl Session {
                     s.close(CloseCode::Away, "toolgate is shutting down").await;
                 }
                 sock = None;
-                ended = true;
+                phase = Phase::Ended;
                 self.deregister();
                 continue;
             }
-            if sock.is_none() && !ended && grace_until.is_none() {
+            if sock.is_none() && phase == Phase::Live {
                 // The socket is gone (a read said so, or a write failed): wait for a resume.
                 let (tx, rx) = mpsc::channel(1);
                 self.reattach_rx = Some(rx);
@@ -225,9 +261,14 @@ impl Session {
                     grace_ms = grace.as_millis() as u64,
                     "socket gone without session.end; waiting for a reconnect"
                 );
-                grace_until = Some(Instant::now() + grace);
+                phase = Phase::Detached {
+                    until: Instant::now() + grace,
+                };
             }
-            let grace = grace_until.unwrap_or(far);
+            let grace = match phase {
+                Phase::Detached { until } => until,
+                Phase::Live | Phase::Ended => far,
+            };
             tokio::select! {
                 incoming = next_opt(&mut sock) => match incoming {
                     Incoming::Frame(frame, received) => {
@@ -237,7 +278,7 @@ impl Session {
                                 s.close(CloseCode::Normal, "session ended").await;
                             }
                             sock = None;
-                            ended = true;
+                            phase = Phase::Ended;
                             self.deregister();
                         }
                     }
@@ -250,16 +291,16 @@ impl Session {
                         sock = None;
                         self.end_reason = Some("protocol_error".into());
                         self.end_kind = "closed";
-                        ended = true;
+                        phase = Phase::Ended;
                         self.outbox.clear();
                         self.deregister();
                     }
                 },
-                Some(event) = recv_event(&mut self.events_rx) => self.on_event(event, ended).await,
-                Some(resumed) = recv_some(&mut self.reattach_rx), if sock.is_none() && !ended => {
+                Some(event) = recv_event(&mut self.events_rx) => self.on_event(event, phase == Phase::Ended).await,
+                Some(resumed) = recv_some(&mut self.reattach_rx), if matches!(phase, Phase::Detached { .. }) => {
                     info!(kept = self.outbox.len(), "session resumed");
                     sock = Some(resumed);
-                    grace_until = None;
+                    phase = Phase::Live;
                     if let Some(mut h) = self.rt.sessions.get_mut(&self.key) {
                         h.reattach = None;
                         self.attached.store(true, Ordering::Release);
@@ -274,11 +315,11 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled(), if !self.draining => self.draining = true,
-                _ = sleep_until(grace), if sock.is_none() && !ended && grace_until.is_some() => {
+                _ = sleep_until(grace), if matches!(phase, Phase::Detached { .. }) => {
                                         info!(inflight = self.inflight, "disconnect grace over; session ended");
                                         self.end_reason = Some("disconnected".into());
                     self.end_kind = "disconnected";
-                    ended = true;
+                    phase = Phase::Ended;
                     self.outbox.clear();
                     self.deregister();
                 }
@@ -494,12 +535,13 @@ impl Session {
                     ),
                     Keep::LiveOnly,
                 ),
-                Some(slot) if slot.answered => {
+                Some(slot) if slot.reply.given() => {
                     // Answered calls get nothing back; a deferred one that has not been sent
                     // yet is not sent at all, and no longer counts as done or pending.
-                    if let Some(job_id) = slot.job_id.clone()
-                        && !slot.job_cancelled
+                    if let Reply::Given { job: Some(job) } = &slot.reply
+                        && !job.cancelled
                     {
+                        let job_id = job.id.clone();
                         let why = format!(
                             "cancelled before it was sent ({})",
                             c.reason.as_deref().unwrap_or("tool.cancel")
@@ -508,7 +550,9 @@ impl Session {
                         if Box::pin(self.cancel_job(&job_id, &why)).await {
                             let mut invocation = None;
                             if let Some(slot) = self.calls.get_mut(&c.id) {
-                                slot.job_cancelled = true;
+                                if let Reply::Given { job: Some(job) } = &mut slot.reply {
+                                    job.cancelled = true;
+                                }
                                 invocation = Some(slot.invocation_id.clone());
                             }
                             self.ledger.set_state(&c.id, ActionState::Closed);
@@ -681,11 +725,13 @@ impl Session {
                 function: checked.function,
                 invocation_id: invocation_id.clone(),
                 received,
-                answered,
+                reply: if answered {
+                    Reply::Given { job: None }
+                } else {
+                    Reply::Pending
+                },
                 cancelled: cancelled.clone(),
                 cancel_reason: None,
-                job_id: None,
-                job_cancelled: false,
                 notes: Some(notes),
                 signalled: false,
             },
@@ -781,7 +827,7 @@ impl Session {
                 let Some(slot) = self.calls.get(&id) else {
                     return;
                 };
-                if slot.answered || slot.cancelled.load(Ordering::Acquire) {
+                if slot.reply.given() || slot.cancelled.load(Ordering::Acquire) {
                     return;
                 }
                 let Some(index) = slot.function else {
@@ -827,7 +873,6 @@ impl Session {
                 let Some(slot) = self.calls.get_mut(&id) else {
                     return;
                 };
-                slot.job_id = Some(job_id.clone());
                 if let Some(notes) = slot.notes.as_mut() {
                     notes.provider_wait = provider_wait;
                 }
@@ -847,8 +892,12 @@ impl Session {
                             reason.as_deref(),
                         );
                         if let Some(slot) = self.calls.get_mut(&id) {
-                            slot.answered = true;
-                            slot.job_cancelled = true;
+                            slot.reply = Reply::Given {
+                                job: Some(Handoff {
+                                    id: job_id.clone(),
+                                    cancelled: true,
+                                }),
+                            };
                             if let Some(notes) = slot.notes.as_mut() {
                                 notes.cancel = Some(ProviderOutcome::NotSent);
                             }
@@ -859,7 +908,12 @@ impl Session {
                     }
                 }
                 if let Some(slot) = self.calls.get_mut(&id) {
-                    slot.answered = true;
+                    slot.reply = Reply::Given {
+                        job: Some(Handoff {
+                            id: job_id.clone(),
+                            cancelled: false,
+                        }),
+                    };
                 }
                 let function = &self.agent.functions[function_index];
                 let a = answer::deferred(function, &job_id, reason);
@@ -880,8 +934,19 @@ impl Session {
                     return;
                 };
                 self.inflight -= 1;
-                let was_answered = std::mem::replace(&mut slot.answered, true);
-                let job_cancelled = slot.job_cancelled;
+                let was_answered = slot.reply.given();
+                if !was_answered {
+                    slot.reply = Reply::Given { job: None };
+                }
+                let job_cancelled = matches!(
+                    slot.reply,
+                    Reply::Given {
+                        job: Some(Handoff {
+                            cancelled: true,
+                            ..
+                        })
+                    }
+                );
                 let cancelled = slot.cancelled.load(Ordering::Acquire);
                 let reason = slot.cancel_reason.clone();
                 let function =
