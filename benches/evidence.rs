@@ -191,7 +191,7 @@ fn tool_calls(
     rt: &tokio::runtime::Runtime,
 ) -> (Vec<Duration>, Vec<Duration>) {
     rt.block_on(async {
-        let mocks = toolgate::demo::Mocks::start().await.unwrap();
+        let mocks = toolgate::tooling::demo::Mocks::start().await.unwrap();
         let mut config = mocks.config_with(|t| {
             let t = t.replace("[server]", "[server]\nmax_frames_per_second = 100000");
             let at = t.find("[[agents.functions]]").expect("the demo has functions");
@@ -199,7 +199,7 @@ fn tool_calls(
         });
         config.evidence.writer_delay = delay;
         let server = toolgate::server::Server::start(config).await.unwrap();
-        let mut client = toolgate::client::CallClient::connect(
+        let mut client = toolgate::tooling::client::CallClient::connect(
             &server.session_url(),
             Some("demo-session-token"),
         )

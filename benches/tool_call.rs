@@ -65,7 +65,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let text = toolgate::demo::DEMO_CONFIG
+    let text = toolgate::tooling::demo::DEMO_CONFIG
         .replace("{db}", "unused.db")
         .replace("{resend}", "http://127.0.0.1:9")
         .replace("{wati}", "http://127.0.0.1:9/123456")
@@ -274,12 +274,12 @@ fn end_to_end(c: &mut Criterion) {
         .build()
         .unwrap();
     let (server, mut client, mocks) = rt.block_on(async {
-        let mocks = toolgate::demo::Mocks::start().await.unwrap();
+        let mocks = toolgate::tooling::demo::Mocks::start().await.unwrap();
         // One session sends thousands of calls per second here; a real call sends a few.
         let config = mocks
             .config_with(|t| t.replace("[server]", "[server]\nmax_frames_per_second = 100000"));
         let server = toolgate::server::Server::start(config).await.unwrap();
-        let mut client = toolgate::client::CallClient::connect(
+        let mut client = toolgate::tooling::client::CallClient::connect(
             &server.session_url(),
             Some("demo-session-token"),
         )

@@ -32,9 +32,9 @@
 //! Configuration ([`config`]) is checked completely before anything starts, and the
 //! [`runtime::Runtime`] shares it, the provider client and connection health among sessions.
 //!
-//! [`mock`] holds loopback providers that behave like the real APIs (used by the demo, the
-//! tests and the load generator), [`client`] a protocol client, [`demo`] the `toolgate demo`
-//! verb.
+//! Tooling stands apart in [`tooling`]: loopback providers that behave like the real APIs
+//! (used by the demo, the tests and the load generator), scenarios, replay, the demo and a
+//! protocol client. Nothing on a live call's path imports it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 // Large `Err` values (provider errors with their message, fields and body for the evidence;
@@ -42,35 +42,54 @@
 // detail is worth more than a smaller `Result`.
 #![allow(clippy::result_large_err)]
 
+/// Print a line to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not
+/// panic): for the command line's verbs and the demo.
+#[macro_export]
+macro_rules! out {
+    () => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout());
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// [`out!`] without the newline.
+#[macro_export]
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod admin;
 pub mod answer;
 pub mod backoff;
 pub mod bindings;
 pub mod call_state;
 pub mod catalog;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod connections;
-pub mod demo;
 pub mod diagnostics;
 pub mod dispatch;
 pub mod evidence;
 pub mod export;
 pub mod guards;
 pub mod hooks;
-pub mod mock;
 pub mod net;
 pub mod overload;
 pub mod protocol;
 pub mod providers;
 pub mod redact;
 pub mod relay;
-pub mod replay;
 pub mod runtime;
-pub mod scenario;
 pub mod server;
 pub mod session;
 pub mod telemetry;
 pub mod timer;
+pub mod tooling;
 pub mod workflow;

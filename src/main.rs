@@ -1,29 +1,9 @@
 //! The `toolgate` command line: thin verbs over the library.
 
-/// Print to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not panic).
-macro_rules! out {
-    () => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout());
-    }};
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// [`out!`] without the newline.
-#[allow(unused_macros)]
-macro_rules! out_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use toolgate::out;
 
 use clap::{Parser, Subcommand};
 use toolgate::config::Config;
@@ -192,7 +172,7 @@ fn main() -> ExitCode {
         } => tools(&config, &agent, format, url),
         Command::Demo { keep_running } => {
             toolgate::telemetry::init_tracing("warn");
-            match runtime.block_on(toolgate::demo::run(keep_running)) {
+            match runtime.block_on(toolgate::tooling::demo::run(keep_running)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {
                     eprintln!("toolgate demo: a call did not end as scripted");
@@ -408,7 +388,7 @@ async fn validate(path: PathBuf, only: Option<String>) -> ExitCode {
 }
 
 async fn test(paths: Vec<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
-    let files = match toolgate::scenario::expand(&paths) {
+    let files = match toolgate::tooling::scenario::expand(&paths) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {
             eprintln!("toolgate test: no scenario files in {paths:?}");
@@ -420,15 +400,21 @@ async fn test(paths: Vec<PathBuf>, junit: Option<PathBuf>) -> ExitCode {
         }
     };
     eprintln!("toolgate test: running {} scenario(s)", files.len());
-    let reports = toolgate::scenario::run_all(&files).await;
-    out!("{}", toolgate::scenario::render(&reports).trim_end());
+    let reports = toolgate::tooling::scenario::run_all(&files).await;
+    out!(
+        "{}",
+        toolgate::tooling::scenario::render(&reports).trim_end()
+    );
     if let Some(path) = junit
-        && let Err(e) = std::fs::write(&path, toolgate::scenario::junit(&reports))
+        && let Err(e) = std::fs::write(&path, toolgate::tooling::scenario::junit(&reports))
     {
         eprintln!("toolgate test: cannot write {}: {e}", path.display());
         return ExitCode::FAILURE;
     }
-    if reports.iter().all(toolgate::scenario::Report::passed) {
+    if reports
+        .iter()
+        .all(toolgate::tooling::scenario::Report::passed)
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -554,9 +540,9 @@ async fn replay(path: PathBuf, id: String, live: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match toolgate::replay::replay(&config, &record, live).await {
+    match toolgate::tooling::replay::replay(&config, &record, live).await {
         Ok(r) => {
-            out!("{}", toolgate::replay::render(&r).trim_end());
+            out!("{}", toolgate::tooling::replay::render(&r).trim_end());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 #[tokio::test]
 async fn a_direct_request_with_consent_sends_one_correct_wati_request() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use tokio::process::Command;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 fn chromium() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("TOOLGATE_CHROMIUM") {

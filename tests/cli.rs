@@ -181,7 +181,7 @@ fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_prints_one_line_per_connection_and_fails_when_one_does() {
-    use toolgate::mock::MockProvider;
+    use toolgate::tooling::mock::MockProvider;
     let resend = MockProvider::resend("re_cli_key").await.unwrap();
     let wati = MockProvider::wati("wati-cli-token").await.unwrap();
     let dir = good_dir();

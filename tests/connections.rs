@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 async fn validate(env: &Env, id: &str, token: &str) -> (u16, serde_json::Value) {
     env.admin(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 async fn diagnostics(env: &Env, query: &str, token: &str) -> (u16, Value) {
     env.admin("GET", &format!("/v1/diagnostics?{query}"), Some(token))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 const SETTLE: Duration = Duration::from_secs(15);
 

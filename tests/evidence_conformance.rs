@@ -935,7 +935,7 @@ mod nats_only {
     async fn a_call_served_by_one_sidecar_is_read_through_another() {
         use common::*;
         use serde_json::{Value, json};
-        use toolgate::mock::{MockProvider, Reply};
+        use toolgate::tooling::mock::{MockProvider, Reply};
         let _ = rustls::crypto::ring::default_provider().install_default();
         let Some(nats) = NatsServer::shared() else {
             return;
@@ -976,7 +976,7 @@ mod nats_only {
 
         // Slower than the budget: answered `deferred`, the live request finished by A.
         resend.push(Reply::slow(900));
-        let mut client = toolgate::client::CallClient::connect(
+        let mut client = toolgate::tooling::client::CallClient::connect(
             &format!("ws://{}/v1/session", a.ws),
             Some(ACME_TOKEN),
         )

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use hmac::{KeyInit, Mac};
 use serde_json::{Value, json};
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 const VAPI_SECRET: &str = "vapi-tool-secret-3e91";
 const RETELL_KEY: &str = "key_retell_webhook_77c1";

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 #[derive(Clone, Default)]
 struct Buf(Arc<Mutex<Vec<u8>>>);

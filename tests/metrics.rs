@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 async fn scrape(env: &Env) -> String {
     reqwest::get(format!("http://{}/metrics", env.server.admin_addr))

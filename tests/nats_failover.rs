@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::*;
 use nats_support::NatsServer;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 /// The job's function: a workflow action with a short hard timeout, so its lease
 /// (hard timeout + 5 s) lapses well before JetStream redelivers the notice.

@@ -165,8 +165,9 @@ async fn a_nats_restart_mid_run_loses_nothing_acknowledged() {
     }
 
     // One job in flight at the crash: the receiver acts at once and answers 3 s later.
-    env.webhook
-        .push(toolgate::mock::Reply::AnswerLate(Duration::from_secs(3)));
+    env.webhook.push(toolgate::tooling::mock::Reply::AnswerLate(
+        Duration::from_secs(3),
+    ));
     let note = "in flight".to_owned();
     let (s, job) = defer_one(&env, "c-in-flight", &note).await;
     let in_flight = job.clone().expect("NATS is up: deferred");

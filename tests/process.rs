@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use toolgate::client::CallClient;
-use toolgate::mock::{MockProvider, Reply};
+use toolgate::tooling::client::CallClient;
+use toolgate::tooling::mock::{MockProvider, Reply};
 
 struct Mocks {
     resend: MockProvider,

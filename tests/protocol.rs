@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use toolgate::client::{CallClient, ClientError};
+use toolgate::tooling::client::{CallClient, ClientError};
 
 #[tokio::test]
 async fn upgrade_without_a_valid_token_is_refused_with_401() {
@@ -258,7 +258,10 @@ async fn a_second_connection_cannot_take_over_a_live_session() {
 async fn resume(
     env: &Env,
     call_id: &str,
-) -> (toolgate::client::CallClient, toolgate::client::Received) {
+) -> (
+    toolgate::tooling::client::CallClient,
+    toolgate::tooling::client::Received,
+) {
     for _ in 0..100 {
         let mut client = env.connect().await;
         let ready = start(&mut client, call_id, "support-bot", json!({})).await;
@@ -273,7 +276,7 @@ async fn resume(
 #[tokio::test]
 async fn a_reconnect_within_the_grace_resumes_and_receives_results() {
     let env = Env::start().await;
-    env.resend.push(toolgate::mock::Reply::slow(300));
+    env.resend.push(toolgate::tooling::mock::Reply::slow(300));
     let mut s = env.session("c-resume", order_vars()).await;
     s.say("Yes please, email it.").await;
     s.send_call(
@@ -373,7 +376,7 @@ async fn too_many_calls_in_flight_is_overloaded() {
         )
     })
     .await;
-    env.webhook.push(toolgate::mock::Reply::slow(500));
+    env.webhook.push(toolgate::tooling::mock::Reply::slow(500));
     let mut s = env.session("c-busy", json!({})).await;
     s.send_call("call_1", "notify_team", json!({"reason": "billing"}))
         .await;
@@ -485,18 +488,19 @@ async fn a_saturated_sidecar_sheds_new_calls_with_one_result_each() {
 async fn no_frame_ever_carries_a_secret() {
     let env = Env::start().await;
     // Misbehaving providers echo what they were sent.
-    env.wati.push(toolgate::mock::Reply::Raw {
+    env.wati.push(toolgate::tooling::mock::Reply::Raw {
         status: 401,
         headers: vec![],
         body: format!("token {WATI_TOKEN} is not valid for +14155550100"),
     });
-    env.resend.push(toolgate::mock::Reply::ResendError {
-        status: 422,
-        name: "invalid_parameter".into(),
-        message: format!("Invalid `to` field: ana@example.com (key {RESEND_KEY})"),
-        retry_after: None,
-    });
-    env.webhook.push(toolgate::mock::Reply::Raw {
+    env.resend
+        .push(toolgate::tooling::mock::Reply::ResendError {
+            status: 422,
+            name: "invalid_parameter".into(),
+            message: format!("Invalid `to` field: ana@example.com (key {RESEND_KEY})"),
+            retry_after: None,
+        });
+    env.webhook.push(toolgate::tooling::mock::Reply::Raw {
         status: 400,
         headers: vec![],
         body: "bad request for +1 415 555 0100".into(),

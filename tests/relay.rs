@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 /// The model provider's key, which must never be stored, logged or recorded by toolgate.
 const OPENAI_KEY: &str = "sk-test-relay-key-9d81f0";

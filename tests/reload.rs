@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use toolgate::client::CallClient;
 use toolgate::config::Config;
-use toolgate::mock::MockProvider;
 use toolgate::server::Server;
+use toolgate::tooling::client::CallClient;
+use toolgate::tooling::mock::MockProvider;
 
 const SECRET_FILES: [(&str, &str); 9] = [
     ("ACME_SESSION_TOKEN", ACME_TOKEN),
@@ -289,7 +289,7 @@ async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_s
     let s = setup().await;
     let (mut live, _) = s.session("c-inflight").await;
     // A call still waiting on the provider while the config is reloaded.
-    s.wati.push(toolgate::mock::Reply::slow(600));
+    s.wati.push(toolgate::tooling::mock::Reply::slow(600));
     live.send(
         &json!({"type": "tool.call", "id": "slow", "name": "whatsapp_note",
                       "arguments": {"text": "on its way"}}),
@@ -316,9 +316,10 @@ async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_s
     std::fs::write(s.dir.path().join("ACME_WATI_TOKEN"), rotated).unwrap();
     let (status, body) = s.reload().await;
     assert_eq!(status, 200, "{body}");
-    s.wati.push(toolgate::mock::Reply::WatiResultFalse {
-        info: format!("token {rotated} may not send to this number"),
-    });
+    s.wati
+        .push(toolgate::tooling::mock::Reply::WatiResultFalse {
+            info: format!("token {rotated} may not send to this number"),
+        });
     let r = call(&mut live, "echo", "whatsapp_note", json!({"text": "hi"})).await;
     assert_eq!(r["status"], "failed", "{r}");
     let sent = s.wati.requests().pop().unwrap();
@@ -341,7 +342,7 @@ async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_s
 async fn a_reload_lifts_a_providers_pause() {
     let s = setup().await;
     s.validated_after("acme-wati", 0).await;
-    s.wati.push(toolgate::mock::Reply::Raw {
+    s.wati.push(toolgate::tooling::mock::Reply::Raw {
         status: 429,
         headers: vec![("retry-after".into(), "Fri, 31 Dec 9999 23:59:59 GMT".into())],
         body: "Too many requests".into(),

@@ -119,7 +119,7 @@ async fn replay_explains_what_it_cannot_replay() {
     .await;
     let mut s = env.session("c-replay-2", json!({})).await;
     // A live failure handed to the worker: its attempt is a workflow record.
-    env.webhook.push(toolgate::mock::Reply::Raw {
+    env.webhook.push(toolgate::tooling::mock::Reply::Raw {
         status: 503,
         headers: vec![],
         body: String::new(),

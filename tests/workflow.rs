@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use toolgate::mock::Reply;
+use toolgate::tooling::mock::Reply;
 
 const SETTLE: Duration = Duration::from_secs(15);
 

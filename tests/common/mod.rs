@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use toolgate::client::{CallClient, Received};
 use toolgate::config::{Config, LoadOptions};
-use toolgate::mock::MockProvider;
 use toolgate::server::Server;
+use toolgate::tooling::client::{CallClient, Received};
+use toolgate::tooling::mock::MockProvider;
 
 pub const ACME_TOKEN: &str = "acme-session-token-7f3a";
 pub const BETA_TOKEN: &str = "beta-session-token-91c2";
@@ -385,7 +385,7 @@ impl Session {
     /// Nothing arrives within `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
         match self.client.recv(d).await {
-            Err(toolgate::client::ClientError::Timeout(_)) => {}
+            Err(toolgate::tooling::client::ClientError::Timeout(_)) => {}
             other => panic!("expected silence, got {other:?}"),
         }
     }

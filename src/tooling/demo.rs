@@ -1,37 +1,16 @@
 //! `toolgate demo`: the sidecar on loopback with a demo config, mock Resend, Wati and webhook
 //! servers (real HTTP), and scripted calls whose timelines are printed.
 
-/// Print to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not panic).
-macro_rules! out {
-    () => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout());
-    }};
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// [`out!`] without the newline.
-#[allow(unused_macros)]
-macro_rules! out_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
-    }};
-}
-
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::client::{CallClient, Received};
 use crate::config::{Config, LoadOptions};
-use crate::mock::{MockProvider, Recorded, Reply};
 use crate::server::Server;
+use crate::tooling::client::{CallClient, Received};
+use crate::tooling::mock::{MockProvider, Recorded, Reply};
 
 const SESSION_TOKEN: &str = "demo-session-token";
 const RESEND_KEY: &str = "re_demo_5f2b8c";
@@ -225,7 +204,7 @@ async fn play(
     url: &str,
     script: &Script,
     rt: &crate::runtime::Runtime,
-) -> Result<(String, bool), crate::client::ClientError> {
+) -> Result<(String, bool), crate::tooling::client::ClientError> {
     let before: Vec<usize> = script
         .watch
         .iter()
@@ -299,7 +278,7 @@ async fn play(
 /// model's call of `send_email_summary` itself and the client never sees it.
 async fn relayed_call(
     server: &Server,
-    model: &crate::mock::realtime::FakeRealtime,
+    model: &crate::tooling::mock::realtime::FakeRealtime,
     resend: &MockProvider,
 ) -> anyhow::Result<(String, bool)> {
     use futures_util::{SinkExt, StreamExt};
@@ -501,7 +480,7 @@ fn turn(role: &str, text: &str) -> Value {
 /// Run the demo; with `keep_running` the sidecar and mocks stay up until Ctrl-C.
 pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     let mocks = Mocks::start().await?;
-    let model = crate::mock::realtime::FakeRealtime::start().await?;
+    let model = crate::tooling::mock::realtime::FakeRealtime::start().await?;
     let model_url = model.url();
     let config =
         mocks.config_with(|t| format!("{t}\n[relay]\nopenai_upstream = \"{model_url}\"\n"));
@@ -515,7 +494,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
         mocks.wati.url(),
         mocks.webhook.url()
     );
-    out!("  agent     support-bot (org acme), config in src/demo.toml\n");
+    out!("  agent     support-bot (org acme), config in src/tooling/demo.toml\n");
 
     let order = json!({"email": "ana@example.com", "order_id": "A-1042"});
     let scripts = [
@@ -607,13 +586,15 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
     ];
 
     let mut all_ok = true;
+    // The scripted calls, then the relayed one and the webhook one.
+    let total = scripts.len() + 2;
     for (i, script) in scripts.iter().enumerate() {
         match script.call_id {
             "demo-slow-provider" => mocks.resend.push(Reply::slow(1400)),
             "demo-deferred" => mocks.resend.push(Reply::slow(3500)),
             _ => {}
         }
-        out!("Call {} of {}: {}", i + 1, scripts.len(), script.title);
+        out!("Call {} of {total}: {}", i + 1, script.title);
         let (text, ok) = play(&url, script, server.runtime()).await?;
         out_raw!("{text}");
         if !ok {
@@ -622,7 +603,6 @@ pub async fn run(keep_running: bool) -> anyhow::Result<bool> {
         all_ok &= ok;
         out!();
     }
-    let total = scripts.len() + 2;
     out!(
         "Call {} of {total}: relayed OpenAI Realtime session: the media server's Realtime client only changes its base URL",
         scripts.len() + 1,

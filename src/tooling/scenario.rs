@@ -34,10 +34,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::client::{CallClient, Received};
 use crate::config::{Config, LoadOptions};
-use crate::mock::{MockProvider, Reply};
 use crate::server::Server;
+use crate::tooling::client::{CallClient, Received};
+use crate::tooling::mock::{MockProvider, Reply};
 
 /// The signing secret every webhook connection gets in a scenario.
 const WEBHOOK_SECRET: &str = "whsec_c2NlbmFyaW8tc2lnbmluZy1rZXktMDEyMzQ1Njc4OSE=";

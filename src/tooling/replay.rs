@@ -18,10 +18,10 @@ use crate::config::{Config, Connection, ConnectionSettings, Secret, SecretBytes}
 use crate::connections::Registry;
 use crate::evidence::{self, GuardRecord, Invocation, RequestRecord, SourceType};
 use crate::guards::{self, CallView, Decision};
-use crate::mock::MockProvider;
 use crate::protocol::{self, Inbound, Role};
 use crate::providers::{self, ActionContext};
 use crate::redact;
+use crate::tooling::mock::MockProvider;
 
 /// What the replay found.
 #[derive(Debug, Clone)]
