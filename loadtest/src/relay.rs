@@ -44,7 +44,7 @@ use crate::relay_report::{self, Added, Endings, RelayReport, RelayResources, Rel
 use crate::report::{self, ProgressRow};
 use crate::run::{Outcome, run_pacer, stop_on_ctrl_c};
 use crate::schedule::{Arrivals, Schedule};
-use crate::tooling::mock::{self, MockSettings};
+use crate::mock::{self, MockSettings};
 use crate::upstream::{self, Routes};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

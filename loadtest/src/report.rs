@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::calls::{CallTable, CallView, Status, histogram};
 use crate::proc::{MachineUsage, ProcUsage};
-use crate::tooling::mock::MockReport;
+use crate::mock::MockReport;
 
 /// How the tool calls reached the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -20,7 +20,7 @@ use crate::report::{
 };
 use crate::schedule::{Schedule, pace};
 use crate::script::{self, Call, Command, Script, Template};
-use crate::tooling::mock::{self, Mock, MockSettings, Routes};
+use crate::mock::{self, Mock, MockSettings, Routes};
 
 /// How the run ended.
 pub enum Outcome {
