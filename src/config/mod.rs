@@ -4,6 +4,7 @@
 //! *all* problems with their key paths (`agents[0].functions[1].connection: ...`) in one
 //! [`ConfigError`]. A `Config` value that exists is valid: a bad config never starts a server.
 
+mod check;
 mod parse;
 mod secret;
 
@@ -18,7 +19,7 @@ use reqwest::Url;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-pub use parse::did_you_mean;
+pub use check::did_you_mean;
 pub use secret::{Secret, SecretBytes, token_digest};
 
 use crate::bindings::{Binding, CallContext, SessionRef, ValueRule};
