@@ -68,6 +68,7 @@ pub mod relay;
 pub mod replay;
 pub mod runtime;
 pub mod scenario;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod telemetry;

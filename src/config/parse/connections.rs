@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
-use reqwest::Url;
 use toml::{Table, Value};
 
 use super::orgs::check_org;
 use crate::bindings::is_email;
 use crate::catalog::Provider;
 use crate::config::check::{Ck, at, suggestion};
-use crate::config::{BreakerSettings, Connection, ConnectionSettings, Rate, Secret, SecretBytes};
+use crate::config::{BreakerSettings, Connection, ConnectionSettings, Rate};
+use crate::providers::{self, resend, wati, webhook};
 
 /// Parse `30/10s`, `5/s`, `100/1m`.
 pub(crate) fn parse_rate(s: &str) -> Result<Rate, String> {
@@ -65,12 +64,7 @@ pub(super) fn parse_connections(
             found
         });
         let common = ["id", "org", "provider", "enabled", "rate", "circuit"];
-        let specific: &[&str] = match provider {
-            Some(Provider::Resend) => &["api_key", "from", "base_url"],
-            Some(Provider::Wati) => &["endpoint", "token"],
-            Some(Provider::Webhook) => &["url", "secret", "health_url"],
-            None => &[],
-        };
+        let specific: &[&str] = provider.map_or(&[], providers::keys);
         if provider.is_some() {
             let allowed: Vec<&str> = common.iter().chain(specific).copied().collect();
             ck.keys(t, &p, &allowed);
@@ -86,19 +80,10 @@ pub(super) fn parse_connections(
                     None
                 }
             },
-            // Each provider's documented limit: Resend allows a few requests per second per
-            // team, Wati's smallest plan 30 template messages per 10 s.
-            None => match provider {
-                Some(Provider::Resend) => Some(Rate {
-                    count: 5,
-                    per: Duration::from_secs(1),
-                }),
-                Some(Provider::Wati) => Some(Rate {
-                    count: 30,
-                    per: Duration::from_secs(10),
-                }),
-                _ => None,
-            },
+            // Each provider's documented limit.
+            None => provider
+                .and_then(providers::default_rate)
+                .map(|(count, per)| Rate { count, per }),
         };
         let circuit = parse_circuit(ck, t, &p);
         let settings = match provider {
@@ -106,7 +91,7 @@ pub(super) fn parse_connections(
                 let api_key = ck.secret(t, &p, "api_key", true);
                 let from = ck.string(t, &p, "from", true);
                 if let Some(f) = &from
-                    && !is_email(sender_address(f))
+                    && !is_email(resend::sender_address(f))
                 {
                     ck.err(
                         at(&p, "from"),
@@ -116,7 +101,7 @@ pub(super) fn parse_connections(
                 let base_url = if t.contains_key("base_url") {
                     ck.url(t, &p, "base_url", false)
                 } else {
-                    Some(Url::parse("https://api.resend.com").expect("static URL"))
+                    Some(resend::default_base_url())
                 };
                 match (api_key, from, base_url) {
                     (Some(api_key), Some(from), Some(base_url)) => {
@@ -130,13 +115,10 @@ pub(super) fn parse_connections(
                 }
             }
             Some(Provider::Wati) => {
-                let endpoint = ck.url(t, &p, "endpoint", true).map(|mut u| {
-                    let trimmed = u.path().trim_end_matches('/').to_owned();
-                    u.set_path(&trimmed);
-                    u.set_query(None);
-                    u
-                });
-                let token = ck.secret(t, &p, "token", true).map(normalize_wati_token);
+                let endpoint = ck
+                    .url(t, &p, "endpoint", true)
+                    .map(wati::normalize_endpoint);
+                let token = ck.secret(t, &p, "token", true).map(wati::normalize_token);
                 match (endpoint, token) {
                     (Some(endpoint), Some(token)) => {
                         Some(ConnectionSettings::Wati { endpoint, token })
@@ -153,7 +135,7 @@ pub(super) fn parse_connections(
                 };
                 let key =
                     ck.secret(t, &p, "secret", true).and_then(|s| {
-                        match decode_webhook_secret(s.expose()) {
+                        match webhook::decode_secret(s.expose()) {
                             Some(key) => Some(key),
                             None => {
                                 ck.err(
@@ -214,34 +196,4 @@ pub(super) fn parse_circuit(ck: &mut Ck<'_>, t: &Table, p: &str) -> BreakerSetti
         ck.err(at(&cp, "max_penalty_ms"), "must not be below penalty_ms");
     }
     out
-}
-
-/// The address part of `Name <addr@domain>` (or the whole string).
-pub(crate) fn sender_address(from: &str) -> &str {
-    match (from.rfind('<'), from.rfind('>')) {
-        (Some(l), Some(r)) if l < r => from[l + 1..r].trim(),
-        _ => from.trim(),
-    }
-}
-
-/// Users paste Wati tokens with `Bearer ` already on them.
-pub(super) fn normalize_wati_token(s: Secret) -> Secret {
-    let raw = s.expose().trim();
-    let stripped = raw
-        .strip_prefix("Bearer ")
-        .or_else(|| raw.strip_prefix("bearer "))
-        .unwrap_or(raw)
-        .trim();
-    if stripped.len() == s.expose().len() {
-        s
-    } else {
-        Secret::new(stripped)
-    }
-}
-
-/// The HMAC key of a `whsec_<base64>` secret.
-pub(crate) fn decode_webhook_secret(s: &str) -> Option<SecretBytes> {
-    let b64 = s.trim().strip_prefix("whsec_")?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    (!bytes.is_empty()).then(|| SecretBytes::new(bytes))
 }
