@@ -49,6 +49,7 @@ pub mod bindings;
 pub mod catalog;
 pub mod client;
 pub mod clock;
+pub mod codes;
 pub mod config;
 pub mod connections;
 pub mod demo;

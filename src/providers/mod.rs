@@ -23,6 +23,7 @@ use reqwest::{Method, Url};
 
 use crate::bindings::{Resolution, Resolved};
 use crate::catalog::{Action, Provider};
+use crate::codes::Code;
 use crate::secret::{Secret, SecretBytes};
 
 /// The `User-Agent` toolgate sends (Resend answers 403 without one).
@@ -139,14 +140,19 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// The error code in `tool.result.output`.
-    pub fn code(self) -> &'static str {
+    pub fn error_code(self) -> Code {
         match self {
-            FailureKind::Rejected => "provider_rejected",
-            FailureKind::AuthFailed => "provider_auth_failed",
-            FailureKind::Unavailable => "provider_unavailable",
-            FailureKind::Timeout => "timeout",
-            FailureKind::BadResponse => "bad_response",
+            FailureKind::Rejected => Code::ProviderRejected,
+            FailureKind::AuthFailed => Code::ProviderAuthFailed,
+            FailureKind::Unavailable => Code::ProviderUnavailable,
+            FailureKind::Timeout => Code::Timeout,
+            FailureKind::BadResponse => Code::BadResponse,
         }
+    }
+
+    /// The error code as the output, the evidence and the metrics spell it.
+    pub fn code(self) -> &'static str {
+        self.error_code().as_str()
     }
 }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use regex::RegexSetBuilder;
 use toml::{Table, Value};
 
-use super::NEXT_CODES;
 use super::bindings::{check_required_inputs, collect_params, parse_inputs};
 use super::orgs::check_org;
 use crate::catalog::{Action, InputKind};
+use crate::codes::Code;
 use crate::config::check::{Ck, at, suggestion, type_name};
 use crate::config::{
     Agent, Connection, ConsentRule, DEFAULT_ALLOW, DEFAULT_DENY, Defaults, Function,
@@ -264,8 +264,8 @@ pub(super) fn parse_function(
     if let Some(nt) = ck.table(t, p, "next") {
         let np = at(p, "next");
         for (code, v) in nt {
-            if !NEXT_CODES.contains(&code.as_str()) {
-                let hint = suggestion(code, NEXT_CODES.iter().copied());
+            if !Code::NEXT.iter().any(|c| c.as_str() == code) {
+                let hint = suggestion(code, Code::NEXT.iter().map(|c| c.as_str()));
                 ck.err(at(&np, code), format!("not an error code{hint}"));
                 continue;
             }

@@ -28,26 +28,6 @@ use super::{AdminSettings, Config, EvidenceSettings, LoadOptions, Problem};
 #[cfg(test)]
 pub(crate) use connections::parse_rate;
 
-/// Error codes a function's `next` table may override.
-pub(crate) const NEXT_CODES: &[&str] = &[
-    "succeeded",
-    "invalid_arguments",
-    "missing_fields",
-    "connection_unavailable",
-    "consent_required",
-    "recipient_not_allowed",
-    "limit_reached",
-    "rate_limited",
-    "duplicate",
-    "cancelled",
-    "deferred",
-    "provider_rejected",
-    "provider_auth_failed",
-    "provider_unavailable",
-    "timeout",
-    "bad_response",
-];
-
 const TOP_KEYS: &[&str] = &[
     "server",
     "storage",
