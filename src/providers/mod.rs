@@ -303,9 +303,9 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    fn get(url: Url) -> Self {
+    fn new(method: Method, url: Url) -> Self {
         Prepared {
-            method: Method::GET,
+            method,
             url,
             headers: vec![Header {
                 name: "user-agent",
@@ -316,17 +316,12 @@ impl Prepared {
         }
     }
 
+    fn get(url: Url) -> Self {
+        Prepared::new(Method::GET, url)
+    }
+
     fn post(url: Url) -> Self {
-        Prepared {
-            method: Method::POST,
-            url,
-            headers: vec![Header {
-                name: "user-agent",
-                value: USER_AGENT.to_owned(),
-                secret: false,
-            }],
-            body: None,
-        }
+        Prepared::new(Method::POST, url)
     }
 
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -654,6 +649,15 @@ fn short(s: &str) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    /// A provider's answer, as the adapters' tests feed it to `interpret`.
+    pub(super) fn raw(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
 
     #[test]
     fn retry_after_reads_seconds_dates_and_ratelimit_reset() {

@@ -201,16 +201,8 @@ fn backticked_fields(message: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use reqwest::header::{HeaderMap, HeaderValue};
-
-    fn raw(status: u16, body: &str) -> RawResponse {
-        RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
+    use crate::providers::tests::raw;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn success_carries_the_email_id() {

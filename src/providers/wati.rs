@@ -264,16 +264,7 @@ fn message_id(json: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use reqwest::header::HeaderMap;
-
-    fn raw(status: u16, body: &str) -> RawResponse {
-        RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
+    use crate::providers::tests::raw;
 
     #[test]
     fn success_needs_200_and_result_true() {

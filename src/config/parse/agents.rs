@@ -264,8 +264,9 @@ pub(super) fn parse_function(
     if let Some(nt) = ck.table(t, p, "next") {
         let np = at(p, "next");
         for (code, v) in nt {
-            if !Code::NEXT.iter().any(|c| c.as_str() == code) {
-                let hint = suggestion(code, Code::NEXT.iter().map(|c| c.as_str()));
+            if !Code::parse(code).is_some_and(Code::overridable) {
+                let overridable = Code::ALL.into_iter().filter(|c| c.overridable());
+                let hint = suggestion(code, overridable.map(Code::as_str));
                 ck.err(at(&np, code), format!("not an error code{hint}"));
                 continue;
             }
