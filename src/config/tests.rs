@@ -302,6 +302,21 @@ message_text = { value = "hi" }
 }
 
 #[test]
+fn next_tables_take_only_the_codes_a_function_can_meet() {
+    let p = problems(&GOOD.replace(
+        "max_per_call = 1\n",
+        "max_per_call = 1\nnext = { consent_requird = \"Ask first.\", overloaded = \"x\", deferred = \"Later.\" }\n",
+    ));
+    assert_eq!(
+        p,
+        vec![
+            "agents[0].functions[0].next.consent_requird: not an error code (did you mean \"consent_required\"?)",
+            "agents[0].functions[0].next.overloaded: not an error code",
+        ]
+    );
+}
+
+#[test]
 fn secrets_come_from_env_and_files_and_literals_warn() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("key.txt"), "re_from_file\n").unwrap();
