@@ -9,6 +9,7 @@ use serde_json::{Map, Value, json};
 use crate::bindings::Source;
 use crate::call_state::ActionState;
 use crate::catalog::Action;
+use crate::codes::Code;
 use crate::config::Function;
 use crate::guards::{Guard, Rejection};
 use crate::protocol::ResultStatus;
@@ -46,11 +47,11 @@ fn list(names: &[String]) -> String {
 
 fn next_text(
     function: Option<&Function>,
-    code: &str,
+    code: Code,
     missing: &[String],
     default: String,
 ) -> String {
-    match function.and_then(|f| f.next.get(code).map(|t| (f, t))) {
+    match function.and_then(|f| f.next.get(code.as_str()).map(|t| (f, t))) {
         Some((f, t)) => t
             .replace("{missing}", &list(missing))
             .replace("{function}", &f.name),
@@ -63,13 +64,13 @@ fn output(fields: Map<String, Value>) -> String {
 }
 
 fn failure(
-    code: &str,
+    code: Code,
     next: String,
     extra: impl IntoIterator<Item = (&'static str, Value)>,
 ) -> String {
     let mut m = Map::new();
     m.insert("ok".into(), json!(false));
-    m.insert("error".into(), json!(code));
+    m.insert("error".into(), json!(code.as_str()));
     for (k, v) in extra {
         m.insert(k.into(), v);
     }
@@ -105,7 +106,7 @@ pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answe
                 Guard::Rate => "Too many of these are going out right now. Tell the caller it cannot be done at this moment.".to_owned(),
         Guard::Duplicate => format!("This could not be done ({}).", r.message),
     };
-    let next = next_text(function, r.code(), &r.missing, default);
+    let next = next_text(function, r.error_code(), &r.missing, default);
     let mut extra: Vec<(&'static str, Value)> = Vec::new();
     if !r.missing.is_empty() {
         extra.push(("missing", json!(r.missing)));
@@ -123,7 +124,7 @@ pub fn rejected(function: Option<&Function>, name: &str, r: &Rejection) -> Answe
     }
     Answer {
         status: ResultStatus::Rejected,
-        output: failure(r.code(), next, extra),
+        output: failure(r.error_code(), next, extra),
         data: None,
     }
 }
@@ -148,7 +149,7 @@ pub fn duplicate(function: &Function, earlier_call: &str, state: &ActionState) -
             "This is already in progress; nothing new was sent. Wait for the earlier result.",
         ),
     };
-    let next = next_text(Some(function), "duplicate", &[], default.to_owned());
+    let next = next_text(Some(function), Code::Duplicate, &[], default.to_owned());
     let mut m = Map::new();
     m.insert("ok".into(), json!(*state != ActionState::Unknown));
     m.insert("status".into(), json!(status));
@@ -172,7 +173,7 @@ pub fn deferred(function: &Function, job_id: &str, reason: DeferReason) -> Answe
     };
     let next = next_text(
         Some(function),
-        "deferred",
+        Code::Deferred,
         &[],
         format!("Tell the caller: {what} Do not call this again."),
     );
@@ -192,7 +193,7 @@ pub fn succeeded(function: &Function) -> Answer {
     let mut m = Map::new();
     m.insert("ok".into(), json!(true));
     m.insert("message".into(), json!(function.action.label()));
-    if let Some(next) = function.next.get("succeeded") {
+    if let Some(next) = function.next.get(Code::Succeeded.as_str()) {
         m.insert(
             "next".into(),
             json!(next.replace("{function}", &function.name)),
@@ -225,7 +226,7 @@ pub fn model_fields(function: &Function, fields: &[String]) -> Vec<String> {
 
 /// The provider refused or errored, or the budget ran out.
 pub fn failed(function: &Function, e: &ProviderError) -> Answer {
-    let code = e.kind.code();
+    let code = e.kind.error_code();
     let fields = model_fields(function, &e.fields);
     let default = match e.kind {
         FailureKind::Rejected if !fields.is_empty() => format!(
@@ -260,13 +261,13 @@ pub fn failed(function: &Function, e: &ProviderError) -> Answer {
 pub fn overloaded(function: Option<&Function>) -> Answer {
     let next = next_text(
         function,
-        "overloaded",
+        Code::Overloaded,
         &[],
         "The system is busy and nothing was done. Apologise to the caller and offer to try again in a moment.".to_owned(),
     );
     Answer {
         status: ResultStatus::Failed,
-        output: failure("overloaded", next, []),
+        output: failure(Code::Overloaded, next, []),
         data: None,
     }
 }
@@ -275,13 +276,13 @@ pub fn overloaded(function: Option<&Function>) -> Answer {
 pub fn internal(function: &Function) -> Answer {
     let next = next_text(
         Some(function),
-        "internal",
+        Code::Internal,
         &[],
         "Something went wrong on our side and it is not known whether this went through. Tell the caller you could not confirm it; do not call it again in this call.".to_owned(),
     );
     Answer {
         status: ResultStatus::Failed,
-        output: failure("internal", next, []),
+        output: failure(Code::Internal, next, []),
         data: None,
     }
 }
@@ -327,10 +328,10 @@ pub fn cancelled(function: &Function, outcome: ProviderOutcome, reason: Option<&
             "The caller interrupted, and it could not be confirmed whether this went through. Do not try again in this call; tell the caller if they ask."
         }
     };
-    let next = next_text(Some(function), "cancelled", &[], default.to_owned());
+    let next = next_text(Some(function), Code::Cancelled, &[], default.to_owned());
     let mut m = Map::new();
     m.insert("ok".into(), json!(outcome == ProviderOutcome::Succeeded));
-    m.insert("error".into(), json!("cancelled"));
+    m.insert("error".into(), json!(Code::Cancelled.as_str()));
     m.insert("provider_outcome".into(), json!(outcome.as_str()));
     m.insert("next".into(), json!(next));
     let mut data = Map::new();

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::clock::Millis;
+use crate::codes::Code;
 use crate::config::{Agent, Function, Mode};
 use crate::evidence::store::{AgentEvidence, EvidenceStore};
 use crate::evidence::{Invocation, SourceType};
@@ -142,7 +143,7 @@ fn function_report(
     let missing: Vec<&Invocation> = live
         .iter()
         .copied()
-        .filter(|r| r.error_code.as_deref() == Some("missing_fields"))
+        .filter(|r| r.error_code.as_deref() == Some(Code::MissingFields.as_str()))
         .collect();
     if missing.len() >= min_sample {
         let mut fields: BTreeMap<&str, usize> = BTreeMap::new();
@@ -178,7 +179,7 @@ fn function_report(
     let consent: Vec<&Invocation> = live
         .iter()
         .copied()
-        .filter(|r| r.error_code.as_deref() == Some("consent_required"))
+        .filter(|r| r.error_code.as_deref() == Some(Code::ConsentRequired.as_str()))
         .collect();
     if consent.len() >= min_sample {
         findings.push(Finding {
@@ -240,9 +241,9 @@ fn function_report(
     let auth: Vec<&Invocation> = records
         .iter()
         .copied()
-        .filter(|r| match r.error_code.as_deref() {
-            Some("provider_auth_failed") => true,
-            Some("connection_unavailable") => r
+        .filter(|r| match r.error_code.as_deref().and_then(Code::parse) {
+            Some(Code::ProviderAuthFailed) => true,
+            Some(Code::ConnectionUnavailable) => r
                 .error_message
                 .as_deref()
                 .is_some_and(|m| m.contains("credentials")),

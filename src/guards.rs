@@ -11,6 +11,7 @@ use crate::bindings::{CallContext, Invalid, Resolution, Resolved, normalize_e164
 use tokio::time::Instant;
 
 use crate::call_state::{ActionState, Entry, History, Ledger};
+use crate::codes::Code;
 use crate::config::{Agent, ConsentRule, Function, Mode, RecipientPolicy, RecipientRule};
 use crate::connections::{Registry, Usable};
 use crate::protocol::ToolCall;
@@ -69,17 +70,17 @@ impl Guard {
 
     /// The `error` code of a rejection by this guard (`None` for the duplicate guard, whose
     /// outcome is the `duplicate` status).
-    pub fn reject_code(self) -> Option<&'static str> {
+    pub fn reject_code(self) -> Option<Code> {
         match self {
-            Guard::FunctionExposed => Some("unknown_function"),
-            Guard::Arguments => Some("invalid_arguments"),
-            Guard::RequiredValues => Some("missing_fields"),
-            Guard::Connection => Some("connection_unavailable"),
-            Guard::Consent => Some("consent_required"),
-            Guard::Recipient => Some("recipient_not_allowed"),
+            Guard::FunctionExposed => Some(Code::UnknownFunction),
+            Guard::Arguments => Some(Code::InvalidArguments),
+            Guard::RequiredValues => Some(Code::MissingFields),
+            Guard::Connection => Some(Code::ConnectionUnavailable),
+            Guard::Consent => Some(Code::ConsentRequired),
+            Guard::Recipient => Some(Code::RecipientNotAllowed),
             Guard::Duplicate => None,
-            Guard::PerCallLimit => Some("limit_reached"),
-            Guard::Rate => Some("rate_limited"),
+            Guard::PerCallLimit => Some(Code::LimitReached),
+            Guard::Rate => Some(Code::RateLimited),
         }
     }
 }
@@ -120,8 +121,13 @@ impl Rejection {
     }
 
     /// The `error` code of the output.
+    pub fn error_code(&self) -> Code {
+        self.guard.reject_code().unwrap_or(Code::Duplicate)
+    }
+
+    /// The `error` code as the output and the evidence spell it.
     pub fn code(&self) -> &'static str {
-        self.guard.reject_code().unwrap_or("duplicate")
+        self.error_code().as_str()
     }
 }
 

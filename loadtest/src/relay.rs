@@ -39,12 +39,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::calls::{instant_at, now_ns};
 use crate::cli::Args;
 use crate::frames::{Api, FrameKind, FrameMaker, FramePhase, FrameTable, frame_id};
+use crate::mock::{self, MockSettings};
 use crate::proc::Sampler;
 use crate::relay_report::{self, Added, Endings, RelayReport, RelayResources, RelayRunInfo};
 use crate::report::{self, ProgressRow};
 use crate::run::{Outcome, run_pacer, stop_on_ctrl_c};
 use crate::schedule::{Arrivals, Schedule};
-use crate::mock::{self, MockSettings};
 use crate::upstream::{self, Routes};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;

@@ -15,8 +15,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::calls::{CallTable, CallView, Status, histogram};
-use crate::proc::{MachineUsage, ProcUsage};
 use crate::mock::MockReport;
+use crate::proc::{MachineUsage, ProcUsage};
 
 /// How the tool calls reached the sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::baseline::Baseline;
 use crate::calls::{CallTable, Phase, instant_at, now_ns};
 use crate::cli::Args;
+use crate::mock::{self, Mock, MockSettings, Routes};
 use crate::proc::{ProcUsage, Sampler};
 use crate::report::{
     self, Expect, Mode, PhaseReport, ProgressRow, Ratios, Report, Resources, RunInfo, SessionsInfo,
@@ -20,7 +21,6 @@ use crate::report::{
 };
 use crate::schedule::{Schedule, pace};
 use crate::script::{self, Call, Command, Script, Template};
-use crate::mock::{self, Mock, MockSettings, Routes};
 
 /// How the run ended.
 pub enum Outcome {

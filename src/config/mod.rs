@@ -4,8 +4,8 @@
 //! *all* problems with their key paths (`agents[0].functions[1].connection: ...`) in one
 //! [`ConfigError`]. A `Config` value that exists is valid: a bad config never starts a server.
 
+mod check;
 mod parse;
-mod secret;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use regex::RegexSet;
-use reqwest::Url;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-pub use parse::did_you_mean;
-pub use secret::{Secret, SecretBytes, token_digest};
+pub use crate::providers::ConnectionSettings;
+pub use crate::secret::{Secret, SecretBytes, token_digest};
+pub use check::did_you_mean;
 
 use crate::bindings::{Binding, CallContext, SessionRef, ValueRule};
 use crate::catalog::{Action, Provider};
@@ -347,54 +347,19 @@ impl Connection {
 
     /// The connection's credentials as text, to scrub from anything a provider echoes back.
     pub fn secret_texts(&self) -> Vec<String> {
-        use base64::Engine;
-        match &self.settings {
-            ConnectionSettings::Resend { api_key, .. } => vec![api_key.expose().to_owned()],
-            ConnectionSettings::Wati { token, .. } => vec![token.expose().to_owned()],
-            ConnectionSettings::Webhook { key, .. } => {
-                vec![base64::engine::general_purpose::STANDARD.encode(key.expose())]
-            }
-        }
+        self.settings.secret_texts()
     }
 
     /// The provider of this connection.
     pub fn provider(&self) -> Provider {
-        match self.settings {
-            ConnectionSettings::Resend { .. } => Provider::Resend,
-            ConnectionSettings::Wati { .. } => Provider::Wati,
-            ConnectionSettings::Webhook { .. } => Provider::Webhook,
-        }
+        self.settings.provider()
     }
 }
 
-/// Provider-specific connection settings, secrets resolved.
-#[derive(Debug)]
-pub enum ConnectionSettings {
-    /// Resend.
-    Resend {
-        /// API key (`re_...`).
-        api_key: Secret,
-        /// Default sender, `Name <addr@domain>`.
-        from: String,
-        /// API base, default `https://api.resend.com`.
-        base_url: Url,
-    },
-    /// Wati.
-    Wati {
-        /// Tenant endpoint as the dashboard shows it, without a trailing slash.
-        endpoint: Url,
-        /// Bearer token, without any pasted `Bearer ` prefix.
-        token: Secret,
-    },
-    /// Signed webhook.
-    Webhook {
-        /// Where to POST.
-        url: Url,
-        /// The decoded signing key of the `whsec_...` secret.
-        key: SecretBytes,
-        /// Checked with a GET when the connection is validated.
-        health_url: Option<Url>,
-    },
+impl crate::providers::Configured for Connection {
+    fn settings(&self) -> &ConnectionSettings {
+        &self.settings
+    }
 }
 
 /// A token-bucket rate (`30/10s`).

@@ -16,36 +16,68 @@ fn opts() -> LoadOptions {
     LoadOptions::new(".").with_env(env)
 }
 
-const GOOD: &str = r#"
+/// A `[[connections]]` entry of org `acme`: its id, provider and the provider's own keys.
+macro_rules! connection {
+    ($id:literal, $provider:literal, $($key:literal),* $(,)?) => {
+        concat!(
+            "\n[[connections]]\nid = \"", $id, "\"\norg = \"acme\"\nprovider = \"", $provider, "\"\n",
+            $($key, "\n",)*
+        )
+    };
+}
+
+/// An `[[agents.functions]]` entry: name, action, connection and description (the rest follows).
+macro_rules! function {
+    ($name:literal, $action:literal, $connection:literal, $description:literal) => {
+        concat!(
+            "\n[[agents.functions]]\nname = \"",
+            $name,
+            "\"\naction = \"",
+            $action,
+            "\"\nconnection = \"",
+            $connection,
+            "\"\ndescription = \"",
+            $description,
+            "\"\n"
+        )
+    };
+}
+
+/// An `[[agents]]` entry of an org with its first function (see [`function!`]).
+macro_rules! agent {
+    ($id:literal, $org:literal, $($function:literal),+) => {
+        concat!("\n[[agents]]\nid = \"", $id, "\"\norg = \"", $org, "\"\n", function!($($function),+))
+    };
+}
+
+const GOOD: &str = concat!(
+    r#"
 [[orgs]]
 id = "acme"
 session_tokens = [{ env = "TOKEN" }]
-
-[[connections]]
-id = "acme-resend"
-org = "acme"
-provider = "resend"
-api_key = { env = "KEY" }
-from = "Acme <support@acme.test>"
-
-[[connections]]
-id = "acme-wati"
-org = "acme"
-provider = "wati"
-endpoint = "https://live-mt-server.wati.io/123456/"
-token = { env = "WATI" }
-rate = "30/10s"
-
-[[agents]]
-id = "support-bot"
-org = "acme"
-
-[[agents.functions]]
-name = "send_whatsapp_confirmation"
-action = "wati.send_template_message"
-connection = "acme-wati"
-description = "Send the caller a WhatsApp confirmation."
-consent = { scope = "whatsapp", within_turns = 3 }
+"#,
+    connection!(
+        "acme-resend",
+        "resend",
+        r#"api_key = { env = "KEY" }"#,
+        r#"from = "Acme <support@acme.test>""#,
+    ),
+    connection!(
+        "acme-wati",
+        "wati",
+        r#"endpoint = "https://live-mt-server.wati.io/123456/""#,
+        r#"token = { env = "WATI" }"#,
+        r#"rate = "30/10s""#,
+    ),
+    agent!(
+        "support-bot",
+        "acme",
+        "send_whatsapp_confirmation",
+        "wati.send_template_message",
+        "acme-wati",
+        "Send the caller a WhatsApp confirmation."
+    ),
+    r#"consent = { scope = "whatsapp", within_turns = 3 }
 recipient = { input = "whatsapp_number", policy = "caller" }
 max_per_call = 1
 timing = { filler_after_ms = 400 }
@@ -55,19 +87,21 @@ whatsapp_number = { from = "caller.number" }
 template_name = { value = "order_confirmed" }
 broadcast_name = { value = "call_{{call_id}}" }
 parameters = { map = { order_id = { arg = "order_id", description = "The order number", required = true } } }
-
-[[agents.functions]]
-name = "send_email_summary"
-action = "resend.send_email"
-connection = "acme-resend"
-description = "Email the caller a summary."
-recipient = { input = "to", policy = "known" }
+"#,
+    function!(
+        "send_email_summary",
+        "resend.send_email",
+        "acme-resend",
+        "Email the caller a summary."
+    ),
+    r#"recipient = { input = "to", policy = "known" }
 
 [agents.functions.inputs]
 to = { arg = "email", from = "var.email" }
 subject = { value = "Your call" }
 text = { arg = "summary", required = true, max_length = 500 }
-"#;
+"#
+);
 
 fn problems(text: &str) -> Vec<String> {
     Config::from_toml(text, &opts())
@@ -237,31 +271,47 @@ fn value_rules_and_templates_are_checked_at_load() {
 #[test]
 fn cross_references_respect_orgs_and_providers() {
     let text = GOOD.to_owned()
-        + r#"
+        + concat!(
+            r#"
 [[orgs]]
 id = "beta"
 session_tokens = [{ env = "TOKEN2" }]
-
-[[agents]]
-id = "beta-bot"
-org = "beta"
-
-[[agents.functions]]
-name = "steal"
-action = "wati.send_session_message"
-connection = "acme-resend"
-description = "x"
-recipient = { input = "whatsapp_number", policy = "any" }
+"#,
+            agent!(
+                "beta-bot",
+                "beta",
+                "steal",
+                "wati.send_session_message",
+                "acme-resend",
+                "x"
+            ),
+            r#"recipient = { input = "whatsapp_number", policy = "any" }
 [agents.functions.inputs]
 whatsapp_number = { from = "caller.number" }
 message_text = { value = "hi" }
-"#;
+"#
+        );
     let p = problems(&text);
     assert_eq!(
         p,
         vec![
             "agents[1].functions[0].connection: connection \"acme-resend\" belongs to org \"acme\", not to this agent's org \"beta\"",
             "agents[1].functions[0].connection: wati.send_session_message needs a wati connection; \"acme-resend\" is resend",
+        ]
+    );
+}
+
+#[test]
+fn next_tables_take_only_the_codes_a_function_can_meet() {
+    let p = problems(&GOOD.replace(
+        "max_per_call = 1\n",
+        "max_per_call = 1\nnext = { consent_requird = \"Ask first.\", overloaded = \"x\", deferred = \"Later.\" }\n",
+    ));
+    assert_eq!(
+        p,
+        vec![
+            "agents[0].functions[0].next.consent_requird: not an error code (did you mean \"consent_required\"?)",
+            "agents[0].functions[0].next.overloaded: not an error code",
         ]
     );
 }
@@ -328,14 +378,12 @@ fn secret_values_never_appear_in_problems_or_debug_output() {
 #[test]
 fn webhook_secrets_must_be_standard_webhooks_secrets() {
     let text = GOOD.to_owned()
-        + r#"
-[[connections]]
-id = "hooks"
-org = "acme"
-provider = "webhook"
-url = "https://hooks.acme.test/toolgate"
-secret = "not-a-secret"
-"#;
+        + connection!(
+            "hooks",
+            "webhook",
+            r#"url = "https://hooks.acme.test/toolgate""#,
+            r#"secret = "not-a-secret""#,
+        );
     let p = problems(&text);
     assert_eq!(
         p,

@@ -14,6 +14,7 @@ pub mod resend;
 pub mod wati;
 pub mod webhook;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -22,13 +23,105 @@ use reqwest::{Method, Url};
 
 use crate::bindings::{Resolution, Resolved};
 use crate::catalog::{Action, Provider};
-use crate::config::{Connection, ConnectionSettings};
+use crate::codes::Code;
+use crate::secret::{Secret, SecretBytes};
 
 /// The `User-Agent` toolgate sends (Resend answers 403 without one).
 pub const USER_AGENT: &str = concat!("toolgate/", env!("CARGO_PKG_VERSION"));
 
 /// Largest provider response body read; the rest is dropped.
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Provider-specific connection settings, secrets resolved.
+#[derive(Debug)]
+pub enum ConnectionSettings {
+    /// Resend.
+    Resend {
+        /// API key (`re_...`).
+        api_key: Secret,
+        /// Default sender, `Name <addr@domain>`.
+        from: String,
+        /// API base, default `https://api.resend.com`.
+        base_url: Url,
+    },
+    /// Wati.
+    Wati {
+        /// Tenant endpoint as the dashboard shows it, without a trailing slash.
+        endpoint: Url,
+        /// Bearer token, without any pasted `Bearer ` prefix.
+        token: Secret,
+    },
+    /// Signed webhook.
+    Webhook {
+        /// Where to POST.
+        url: Url,
+        /// The decoded signing key of the `whsec_...` secret.
+        key: SecretBytes,
+        /// Checked with a GET when the connection is validated.
+        health_url: Option<Url>,
+    },
+}
+
+impl ConnectionSettings {
+    /// The provider these settings are for.
+    pub fn provider(&self) -> Provider {
+        match self {
+            ConnectionSettings::Resend { .. } => Provider::Resend,
+            ConnectionSettings::Wati { .. } => Provider::Wati,
+            ConnectionSettings::Webhook { .. } => Provider::Webhook,
+        }
+    }
+
+    /// The credentials as text, to scrub from anything a provider echoes back.
+    pub fn secret_texts(&self) -> Vec<String> {
+        use base64::Engine;
+        match self {
+            ConnectionSettings::Resend { api_key, .. } => vec![api_key.expose().to_owned()],
+            ConnectionSettings::Wati { token, .. } => vec![token.expose().to_owned()],
+            ConnectionSettings::Webhook { key, .. } => {
+                vec![base64::engine::general_purpose::STANDARD.encode(key.expose())]
+            }
+        }
+    }
+}
+
+/// A configured connection as the adapters see it: only its provider settings. The config's
+/// connection is one (as is a shared one), so the adapters need not know the config.
+pub trait Configured {
+    /// The provider settings, secrets resolved.
+    fn settings(&self) -> &ConnectionSettings;
+}
+
+impl Configured for ConnectionSettings {
+    fn settings(&self) -> &ConnectionSettings {
+        self
+    }
+}
+
+impl<T: Configured + ?Sized> Configured for Arc<T> {
+    fn settings(&self) -> &ConnectionSettings {
+        (**self).settings()
+    }
+}
+
+/// The keys a `[[connections]]` entry of this provider takes besides the common ones (SPEC §8).
+pub fn keys(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::Resend => resend::KEYS,
+        Provider::Wati => wati::KEYS,
+        Provider::Webhook => webhook::KEYS,
+    }
+}
+
+/// The provider's documented rate limit, as (requests, period): a connection's `rate` when
+/// it sets none (webhooks have none).
+pub fn default_rate(provider: Provider) -> Option<(u32, Duration)> {
+    match provider {
+        Provider::Resend => Some(resend::DEFAULT_RATE),
+        Provider::Wati => Some(wati::DEFAULT_RATE),
+        Provider::Webhook => None,
+    }
+}
 
 /// What failed, in the terms of the model-facing error codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,14 +140,19 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// The error code in `tool.result.output`.
-    pub fn code(self) -> &'static str {
+    pub fn error_code(self) -> Code {
         match self {
-            FailureKind::Rejected => "provider_rejected",
-            FailureKind::AuthFailed => "provider_auth_failed",
-            FailureKind::Unavailable => "provider_unavailable",
-            FailureKind::Timeout => "timeout",
-            FailureKind::BadResponse => "bad_response",
+            FailureKind::Rejected => Code::ProviderRejected,
+            FailureKind::AuthFailed => Code::ProviderAuthFailed,
+            FailureKind::Unavailable => Code::ProviderUnavailable,
+            FailureKind::Timeout => Code::Timeout,
+            FailureKind::BadResponse => Code::BadResponse,
         }
+    }
+
+    /// The error code as the output, the evidence and the metrics spell it.
+    pub fn code(self) -> &'static str {
+        self.error_code().as_str()
     }
 }
 
@@ -160,8 +258,8 @@ impl ProviderError {
 
     /// Scrub the connection's credentials and redact phone numbers and emails from the
     /// provider's message: providers echo inputs and, when misbehaving, headers.
-    pub fn redact_for(&mut self, conn: &Connection) {
-        let secrets = conn.secret_texts();
+    pub fn redact_for(&mut self, conn: &impl Configured) {
+        let secrets = conn.settings().secret_texts();
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         if let std::borrow::Cow::Owned(clean) = crate::redact::text(&self.message, &secrets) {
             self.message = clean;
@@ -205,9 +303,9 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    fn get(url: Url) -> Self {
+    fn new(method: Method, url: Url) -> Self {
         Prepared {
-            method: Method::GET,
+            method,
             url,
             headers: vec![Header {
                 name: "user-agent",
@@ -218,17 +316,12 @@ impl Prepared {
         }
     }
 
+    fn get(url: Url) -> Self {
+        Prepared::new(Method::GET, url)
+    }
+
     fn post(url: Url) -> Self {
-        Prepared {
-            method: Method::POST,
-            url,
-            headers: vec![Header {
-                name: "user-agent",
-                value: USER_AGENT.to_owned(),
-                secret: false,
-            }],
-            body: None,
-        }
+        Prepared::new(Method::POST, url)
     }
 
     fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
@@ -303,27 +396,28 @@ impl Client {
 
 /// Build the request for an action.
 pub fn prepare(
-    conn: &Connection,
+    conn: &impl Configured,
     action: Action,
     inputs: &Resolution,
     ctx: &ActionContext<'_>,
 ) -> Result<Prepared, ProviderError> {
-    match (&conn.settings, action) {
+    let settings = conn.settings();
+    match (settings, action) {
         (ConnectionSettings::Resend { .. }, Action::ResendSendEmail) => {
-            resend::prepare(&conn.settings, inputs, ctx)
+            resend::prepare(settings, inputs, ctx)
         }
         (ConnectionSettings::Wati { .. }, Action::WatiSendTemplateMessage) => {
-            wati::prepare_template(&conn.settings, inputs)
+            wati::prepare_template(settings, inputs)
         }
         (ConnectionSettings::Wati { .. }, Action::WatiSendSessionMessage) => {
-            wati::prepare_session(&conn.settings, inputs)
+            wati::prepare_session(settings, inputs)
         }
         (ConnectionSettings::Webhook { .. }, Action::WebhookPost) => {
-            webhook::prepare(&conn.settings, inputs, ctx)
+            webhook::prepare(settings, inputs, ctx)
         }
         _ => Err(ProviderError::unsendable(format!(
             "{action} cannot run on a {} connection",
-            conn.provider()
+            settings.provider()
         ))),
     }
 }
@@ -488,19 +582,22 @@ pub enum Trouble {
 pub type Checked = Result<Found, (Trouble, String)>;
 
 /// The request that checks a connection's credentials (SPEC §5), if the provider has one.
-pub fn prepare_validation(conn: &Connection, templates: &[String]) -> Option<Prepared> {
-    match &conn.settings {
-        ConnectionSettings::Resend { .. } => Some(resend::prepare_validation(&conn.settings)),
-        ConnectionSettings::Wati { .. } => {
-            Some(wati::prepare_validation(&conn.settings, templates))
-        }
-        ConnectionSettings::Webhook { .. } => webhook::prepare_validation(&conn.settings),
+pub fn prepare_validation(conn: &impl Configured, templates: &[String]) -> Option<Prepared> {
+    let settings = conn.settings();
+    match settings {
+        ConnectionSettings::Resend { .. } => Some(resend::prepare_validation(settings)),
+        ConnectionSettings::Wati { .. } => Some(wati::prepare_validation(settings, templates)),
+        ConnectionSettings::Webhook { .. } => webhook::prepare_validation(settings),
     }
 }
 
 /// Read the answer to a connection check.
-pub fn interpret_validation(conn: &Connection, raw: &RawResponse, templates: &[String]) -> Checked {
-    match conn.provider() {
+pub fn interpret_validation(
+    conn: &impl Configured,
+    raw: &RawResponse,
+    templates: &[String],
+) -> Checked {
+    match conn.settings().provider() {
         Provider::Resend => resend::interpret_validation(raw),
         Provider::Wati => wati::interpret_validation(raw, templates),
         Provider::Webhook => webhook::interpret_validation(raw),
@@ -552,6 +649,15 @@ fn short(s: &str) -> String {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    /// A provider's answer, as the adapters' tests feed it to `interpret`.
+    pub(super) fn raw(status: u16, body: &str) -> RawResponse {
+        RawResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
 
     #[test]
     fn retry_after_reads_seconds_dates_and_ratelimit_reset() {

@@ -4,14 +4,36 @@
 //! field."}`; we branch on `name` and status, never on the wording, and lift the backticked
 //! field names out of the message so the model can be told which value was wrong.
 
+use std::time::Duration;
+
+use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Accepted, ActionContext, Delivery, FailureKind, Prepared, ProviderError, RawResponse, short,
-    text,
+    Accepted, ActionContext, ConnectionSettings, Delivery, FailureKind, Prepared, ProviderError,
+    RawResponse, short, text,
 };
 use crate::bindings::{Resolution, is_identifier};
-use crate::config::ConnectionSettings;
+
+/// The keys of a Resend connection (SPEC §8): `api_key`, `from`, and `base_url` for a
+/// non-default API base.
+pub const KEYS: &[&str] = &["api_key", "from", "base_url"];
+
+/// Resend's documented limit: a few requests per second per team.
+pub const DEFAULT_RATE: (u32, Duration) = (5, Duration::from_secs(1));
+
+/// The API base when a connection sets no `base_url`.
+pub fn default_base_url() -> Url {
+    Url::parse("https://api.resend.com").expect("static URL")
+}
+
+/// The address part of `Name <addr@domain>` (or the whole string).
+pub fn sender_address(from: &str) -> &str {
+    match (from.rfind('<'), from.rfind('>')) {
+        (Some(l), Some(r)) if l < r => from[l + 1..r].trim(),
+        _ => from.trim(),
+    }
+}
 
 #[derive(Serialize)]
 struct Email<'a> {
@@ -179,16 +201,8 @@ fn backticked_fields(message: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use reqwest::header::{HeaderMap, HeaderValue};
-
-    fn raw(status: u16, body: &str) -> RawResponse {
-        RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
+    use crate::providers::tests::raw;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn success_carries_the_email_id() {

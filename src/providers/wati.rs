@@ -5,14 +5,47 @@
 //! `validWhatsAppNumber: false`), and 401/403 bodies may be plain text or empty. Wati has no
 //! idempotency key: after a 5xx, timeout or reset the message may or may not have gone out.
 
+use std::time::Duration;
+
+use reqwest::Url;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    Accepted, Delivery, FailureKind, Prepared, ProviderError, RawResponse, map, required, short,
+    Accepted, ConnectionSettings, Delivery, FailureKind, Prepared, ProviderError, RawResponse, map,
+    required, short,
 };
 use crate::bindings::Resolution;
-use crate::config::ConnectionSettings;
+use crate::secret::Secret;
+
+/// The keys of a Wati connection (SPEC §8): the tenant `endpoint` and the `token`.
+pub const KEYS: &[&str] = &["endpoint", "token"];
+
+/// Wati's documented limit on its smallest plan: 30 template messages per 10 s.
+pub const DEFAULT_RATE: (u32, Duration) = (30, Duration::from_secs(10));
+
+/// The tenant endpoint as requests are built on it: without a trailing slash or a query.
+pub fn normalize_endpoint(mut endpoint: Url) -> Url {
+    let trimmed = endpoint.path().trim_end_matches('/').to_owned();
+    endpoint.set_path(&trimmed);
+    endpoint.set_query(None);
+    endpoint
+}
+
+/// Users paste Wati tokens with `Bearer ` already on them.
+pub fn normalize_token(s: Secret) -> Secret {
+    let raw = s.expose().trim();
+    let stripped = raw
+        .strip_prefix("Bearer ")
+        .or_else(|| raw.strip_prefix("bearer "))
+        .unwrap_or(raw)
+        .trim();
+    if stripped.len() == s.expose().len() {
+        s
+    } else {
+        Secret::new(stripped)
+    }
+}
 
 #[derive(Serialize)]
 struct TemplateBody<'a> {
@@ -231,16 +264,7 @@ fn message_id(json: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use reqwest::header::HeaderMap;
-
-    fn raw(status: u16, body: &str) -> RawResponse {
-        RawResponse {
-            status,
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
+    use crate::providers::tests::raw;
 
     #[test]
     fn success_needs_200_and_result_true() {

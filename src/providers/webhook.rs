@@ -11,11 +11,22 @@ use hmac::{KeyInit, Mac};
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::{Accepted, ActionContext, Prepared, ProviderError, RawResponse};
+use super::{Accepted, ActionContext, ConnectionSettings, Prepared, ProviderError, RawResponse};
 use crate::bindings::{Resolution, Resolved};
-use crate::config::ConnectionSettings;
+use crate::secret::SecretBytes;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// The keys of a webhook connection (SPEC §8): where to POST, the signing `secret`, and an
+/// optional `health_url` the connection check GETs.
+pub const KEYS: &[&str] = &["url", "secret", "health_url"];
+
+/// The HMAC key of a `whsec_<base64>` secret.
+pub fn decode_secret(s: &str) -> Option<SecretBytes> {
+    let b64 = s.trim().strip_prefix("whsec_")?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    (!bytes.is_empty()).then(|| SecretBytes::new(bytes))
+}
 
 /// The Standard Webhooks signature header value: `v1,<base64 hmac-sha256>`.
 pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
