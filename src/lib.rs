@@ -70,6 +70,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod server;
 pub mod session;
+pub mod storage;
 pub mod telemetry;
 pub mod timer;
 pub mod workflow;

@@ -23,7 +23,8 @@ use crate::connections::Registry;
 use crate::evidence::store::EvidenceStore;
 use crate::providers;
 use crate::session::SessionHandle;
-use crate::workflow::store::{JobStore, StoreError};
+use crate::storage::StoreError;
+use crate::workflow::store::JobStore;
 
 /// Live sessions are keyed by org and call id: two orgs may reuse a call id.
 pub type SessionKey = (String, String);
@@ -83,7 +84,7 @@ async fn open_evidence(
     let Some(nats) = config.storage.nats.as_ref().filter(|_| on_nats) else {
         return Ok(EvidenceStore::open(&path, delay)?);
     };
-    let options = crate::workflow::nats::NatsOptions::from_settings(nats);
+    let options = crate::storage::nats::NatsOptions::from_settings(nats);
     let retain = std::time::Duration::from_secs(u64::from(config.evidence.retain_days) * 86_400);
     let opened = if follow {
         EvidenceStore::open_nats(&path, delay, &options, retain).await

@@ -26,7 +26,7 @@ use crate::config::{Config, ServerSettings};
 use crate::net::{self, ConnLimit, ConnSlot, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
-use crate::workflow::store::StoreError;
+use crate::storage::StoreError;
 use crate::workflow::{housekeeping, worker};
 
 /// Why the server could not start.

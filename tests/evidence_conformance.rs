@@ -20,7 +20,7 @@ use toolgate::evidence::store::{EvidenceStore, Query};
 use toolgate::evidence::{Event, Final, Invocation, SourceType, Timeline};
 use toolgate::protocol::Role;
 use toolgate::session::state::Entry;
-use toolgate::workflow::nats::NatsOptions;
+use toolgate::storage::nats::NatsOptions;
 
 use nats_support::{NatsServer, unique_prefix};
 

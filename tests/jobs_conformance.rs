@@ -22,7 +22,7 @@ use toolgate::catalog::Action;
 use toolgate::clock::{Millis, now_ms};
 use toolgate::config::NatsAuth;
 use toolgate::providers::{Delivery, FailureKind, ProviderError};
-use toolgate::workflow::nats::NatsOptions;
+use toolgate::storage::nats::NatsOptions;
 use toolgate::workflow::store::{JobStore, LEASE_MARGIN};
 use toolgate::workflow::{DeferReason, Finish, Job, JobState, NewJob, RetryRefused, Start};
 
@@ -1058,7 +1058,7 @@ async fn restart_scenario(mut h: Hosts) {
 mod nats_only {
     use super::*;
     use toolgate::config::Secret;
-    use toolgate::workflow::store::StoreError;
+    use toolgate::storage::StoreError;
 
     #[tokio::test]
     async fn nats_unreachable_at_start_is_a_clear_error_without_secrets() {

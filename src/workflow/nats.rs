@@ -55,11 +55,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::store::{LEASE_MARGIN, StoreError};
+use super::store::LEASE_MARGIN;
 use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id};
 use crate::bindings::ResolvedInput;
 use crate::clock::{Millis, now_ms};
-use crate::config::{NatsAuth, NatsSettings};
+use crate::storage::StoreError;
+use crate::storage::nats::{JetStream, NatsOptions, setup_failed};
 
 /// How often a store writes its heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -78,53 +79,6 @@ const MIN_PULL: Duration = Duration::from_millis(50);
 const SCAN_IDLE: Duration = Duration::from_secs(2);
 /// How long past its expiry a pull waits for the server's answer.
 const PULL_GRACE: Duration = Duration::from_millis(250);
-
-/// How to reach NATS and how the queue behaves; built from `[storage]` by
-/// [`NatsOptions::from_settings`], or directly by tests.
-#[derive(Debug, Clone)]
-pub struct NatsOptions {
-    /// Servers (`nats://host:4222`, `tls://...`, `host:port`).
-    pub urls: Vec<String>,
-    /// Names the streams, buckets, subjects and the consumer.
-    pub stream_prefix: String,
-    /// Replicas of every stream and bucket it creates.
-    pub replicas: usize,
-    /// Credentials.
-    pub auth: NatsAuth,
-    /// The consumer's ack wait: longer than the longest attempt (hard timeout plus margin).
-    pub ack_wait: Duration,
-    /// How long one claim waits for a runnable job before it answers "none".
-    pub claim_wait: Duration,
-    /// How long to wait for a server at start-up.
-    pub connect_timeout: Duration,
-    /// How long one JetStream request (a write, its acknowledgement, a read) may take.
-    pub request_timeout: Duration,
-}
-
-impl NatsOptions {
-    /// Options for these servers and prefix, with the defaults for the rest.
-    pub fn new(urls: Vec<String>, stream_prefix: impl Into<String>) -> NatsOptions {
-        NatsOptions {
-            urls,
-            stream_prefix: stream_prefix.into(),
-            replicas: 1,
-            auth: NatsAuth::None,
-            ack_wait: Duration::from_secs(30),
-            claim_wait: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// The options `[storage]` gives.
-    pub fn from_settings(s: &NatsSettings) -> NatsOptions {
-        NatsOptions {
-            replicas: s.replicas,
-            auth: s.auth.clone(),
-            ..NatsOptions::new(s.urls.clone(), s.stream_prefix.clone())
-        }
-    }
-}
 
 /// A job as stored in the bucket: the [`Job`] and what only the queue needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -621,18 +575,14 @@ pub(crate) struct NatsJobs {
     closed: AtomicBool,
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Nats(format!("{what}: {e}"))
-}
-
 fn encode(r: &Record) -> Result<Bytes, StoreError> {
     serde_json::to_vec(r)
         .map(Bytes::from)
-        .map_err(|e| nats_err("a job does not serialize", e))
+        .map_err(|e| StoreError::nats("a job does not serialize", e))
 }
 
 fn decode(b: &[u8]) -> Result<Record, StoreError> {
-    serde_json::from_slice(b).map_err(|e| nats_err("a stored job does not parse", e))
+    serde_json::from_slice(b).map_err(|e| StoreError::nats("a stored job does not parse", e))
 }
 
 /// Job ids are `job_<ulid>`; anything else (an id from a URL) is no job, and never reaches a
@@ -656,12 +606,6 @@ fn key_of(idempotency_key: &str) -> String {
     out
 }
 
-pub(super) fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
-    !headers
-        .and_then(|h| h.get("KV-Operation"))
-        .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
-}
-
 fn until(at: Millis, now: Millis) -> Duration {
     Duration::from_millis((at - now).max(0) as u64)
 }
@@ -669,24 +613,17 @@ fn until(at: Millis, now: Millis) -> Duration {
 impl NatsJobs {
     /// Connect and open (creating what is missing) the streams, buckets and consumer.
     pub(crate) async fn open(options: NatsOptions) -> Result<NatsJobs, StoreError> {
-        let servers = options.urls.join(", ");
-        let client = connect(
+        let jet = JetStream::connect(
             &options,
             "NATS connection lost; reconnecting (new deferrals fail meanwhile)",
         )
         .await?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(options.request_timeout)
-            .build(client.clone());
         let names = Names::new(&options.stream_prefix);
-        let setup = |e: &dyn std::fmt::Display| {
-            StoreError::Nats(format!(
-                "connected to {servers}, but cannot set up JetStream (is it enabled, `-js`?): {e}"
-            ))
-        };
+        let servers = jet.servers.clone();
+        let setup = |e: &dyn std::fmt::Display| setup_failed(&servers, "JetStream", e);
         let replicas = options.replicas.max(1);
-        let queue = js
-            .get_or_create_stream(stream::Config {
+        let queue = jet
+            .stream(stream::Config {
                 name: names.queue.clone(),
                 description: Some("toolgate: notices of runnable workflow jobs".into()),
                 subjects: vec![format!("{}.>", names.run)],
@@ -698,10 +635,9 @@ impl NatsJobs {
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
-            .await
-            .map_err(|e| setup(&e))?;
-        let dead = js
-            .get_or_create_stream(stream::Config {
+            .await?;
+        let dead = jet
+            .stream(stream::Config {
                 name: names.dead.clone(),
                 description: Some("toolgate: workflow jobs out of attempts".into()),
                 subjects: vec![format!("{}.>", names.dead_subject)],
@@ -711,44 +647,33 @@ impl NatsJobs {
                 max_messages_per_subject: 1,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| setup(&e))?;
-        let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
-            bucket: name.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        let jobs = open_bucket(
-            &js,
-            bucket(&names.jobs, "toolgate: workflow job states", Duration::ZERO),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let keys = open_bucket(
-            &js,
-            bucket(
+            .await?;
+        let jobs = jet
+            .bucket(
+                &names.jobs,
+                "toolgate: workflow job states",
+                Duration::ZERO,
+                replicas,
+            )
+            .await?;
+        let keys = jet
+            .bucket(
                 &names.keys,
                 "toolgate: action keys (create-only), one job per action",
                 Duration::ZERO,
-            ),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let hosts = open_bucket(
-            &js,
-            bucket(
+                replicas,
+            )
+            .await?;
+        let hosts = jet
+            .bucket(
                 &names.hosts,
                 "toolgate: heartbeats of running sidecars and workers",
                 Duration::from_secs(86_400),
-            ),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let jobs_stream = js
+                replicas,
+            )
+            .await?;
+        let jobs_stream = jet
+            .js
             .get_stream(&jobs.stream_name)
             .await
             .map_err(|e| setup(&e))?;
@@ -786,6 +711,7 @@ impl NatsJobs {
             options.ack_wait = info.config.ack_wait;
         }
         let host = format!("host_{}", ulid::Ulid::generate());
+        let JetStream { client, js, .. } = jet;
         let store = NatsJobs {
             client,
             js,
@@ -826,7 +752,7 @@ impl NatsJobs {
         self.hosts
             .put(&self.host, beat.into())
             .await
-            .map_err(|e| nats_err("cannot write the heartbeat", e))?;
+            .map_err(|e| StoreError::nats("cannot write the heartbeat", e))?;
         let mut since = self.beating_since.lock().expect("beat lock");
         since.get_or_insert_with(Instant::now);
         Ok(())
@@ -880,7 +806,7 @@ impl NatsJobs {
                 Ok(Some((decode(&e.value)?, e.revision)))
             }
             Ok(_) => Ok(None),
-            Err(e) => Err(nats_err("cannot read a job", e)),
+            Err(e) => Err(StoreError::nats("cannot read a job", e)),
         }
     }
 
@@ -901,7 +827,7 @@ impl NatsJobs {
             match self.jobs.update(id, encode(&next)?, rev).await {
                 Ok(rev) => return Ok(Transition::Done(next, rev)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(nats_err("cannot update a job", e)),
+                Err(e) => return Err(StoreError::nats("cannot update a job", e)),
             }
         }
         Err(StoreError::Nats(format!(
@@ -917,9 +843,9 @@ impl NatsJobs {
         self.js
             .send_publish(self.names.run_subject(id), publish)
             .await
-            .map_err(|e| nats_err("cannot queue a job notice", e))?
+            .map_err(|e| StoreError::nats("cannot queue a job notice", e))?
             .await
-            .map_err(|e| nats_err("JetStream did not acknowledge a job notice", e))?;
+            .map_err(|e| StoreError::nats("JetStream did not acknowledge a job notice", e))?;
         Ok(())
     }
 
@@ -995,7 +921,7 @@ impl NatsJobs {
             .filter(self.names.job_subject(id))
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("cannot remove a job", e))
+            .map_err(|e| StoreError::nats("cannot remove a job", e))
     }
 
     pub(crate) async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
@@ -1007,7 +933,7 @@ impl NatsJobs {
         self.jobs
             .create(&id, encode(&rec)?)
             .await
-            .map_err(|e| nats_err("cannot store a job", e))?;
+            .map_err(|e| StoreError::nats("cannot store a job", e))?;
         let key = key_of(&job.idempotency_key);
         let mut bound = false;
         for _ in 0..CAS_TRIES {
@@ -1023,7 +949,7 @@ impl NatsJobs {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot store a job's action key", e));
+                    return Err(StoreError::nats("cannot store a job's action key", e));
                 }
             }
             let entry = match self.keys.entry(&key).await {
@@ -1031,7 +957,7 @@ impl NatsJobs {
                 Ok(_) => continue, // deleted meanwhile: create again
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot read a job's action key", e));
+                    return Err(StoreError::nats("cannot read a job's action key", e));
                 }
             };
             let other = String::from_utf8_lossy(&entry.value).into_owned();
@@ -1074,7 +1000,7 @@ impl NatsJobs {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot store a job's action key", e));
+                    return Err(StoreError::nats("cannot store a job's action key", e));
                 }
             }
         }
@@ -1164,7 +1090,7 @@ impl NatsJobs {
                 .expires(expires)
                 .messages()
                 .await
-                .map_err(|e| nats_err("cannot pull from the job queue", e))?;
+                .map_err(|e| StoreError::nats("cannot pull from the job queue", e))?;
             // The server answers an expired pull itself; do not wait much longer when that
             // answer is lost (nats-server 2.9 can drop a pull that arrives as the previous
             // one expires).
@@ -1172,7 +1098,8 @@ impl NatsJobs {
             else {
                 return Ok(None);
             };
-            let msg: Message = msg.map_err(|e| nats_err("cannot pull from the job queue", e))?;
+            let msg: Message =
+                msg.map_err(|e| StoreError::nats("cannot pull from the job queue", e))?;
             let id = msg
                 .subject
                 .as_str()
@@ -1229,7 +1156,7 @@ impl NatsJobs {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => {
                     let _ = acker.ack_with(AckKind::Nak(None)).await;
-                    return Err(nats_err("cannot update a job", e));
+                    return Err(StoreError::nats("cannot update a job", e));
                 }
             }
             if next.state == JobState::Dead {
@@ -1483,7 +1410,7 @@ impl NatsJobs {
                 Ok(now - at < HOST_GONE_AFTER.as_millis() as i64)
             }
             Ok(_) => Ok(false),
-            Err(e) => Err(nats_err("cannot read a heartbeat", e)),
+            Err(e) => Err(StoreError::nats("cannot read a heartbeat", e)),
         }
     }
 
@@ -1504,7 +1431,7 @@ impl NatsJobs {
             let owned = match self.keys.entry(&key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => e.value == rec.id.as_bytes(),
                 Ok(_) => false,
-                Err(e) => return Err(nats_err("cannot read a job's action key", e)),
+                Err(e) => return Err(StoreError::nats("cannot read a job's action key", e)),
             };
             let renamed = rec.idempotency_key.ends_with(&format!("#{}", rec.id));
             if !owned && !renamed {
@@ -1609,7 +1536,7 @@ impl NatsJobs {
         {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(nats_err("cannot look up a job notice", e)),
+            Err(e) => Err(StoreError::nats("cannot look up a job notice", e)),
         }
     }
 
@@ -1689,7 +1616,7 @@ impl NatsJobs {
     /// Hand every kept job record (its JSON and revision) to `f`, in one ordered read of the
     /// bucket's stream.
     async fn visit(&self, mut f: impl FnMut(&[u8], u64)) -> Result<(), StoreError> {
-        let failed = |e: &dyn std::fmt::Display| nats_err("cannot read the jobs", e);
+        let failed = |e: &dyn std::fmt::Display| StoreError::nats("cannot read the jobs", e);
         let consumer = self
             .jobs_stream
             .create_consumer(pull::OrderedConfig {
@@ -1713,7 +1640,7 @@ impl NatsJobs {
             let msg = msg.map_err(|e| failed(&e))?;
             let info = msg.info().map_err(|e| failed(&e))?;
             let (left, revision) = (info.pending, info.stream_sequence);
-            if is_put(msg.headers.as_ref()) {
+            if crate::storage::nats::is_put(msg.headers.as_ref()) {
                 f(&msg.payload, revision);
             }
             if left == 0 {
@@ -1778,7 +1705,7 @@ impl NatsJobs {
             .get_info()
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("JetStream does not answer", e))
+            .map_err(|e| StoreError::nats("JetStream does not answer", e))
     }
 
     pub(crate) async fn list(
@@ -1816,7 +1743,7 @@ impl NatsJobs {
             .jobs_stream
             .get_info()
             .await
-            .map_err(|e| nats_err("cannot read the jobs", e))?;
+            .map_err(|e| StoreError::nats("cannot read the jobs", e))?;
         if let Some(counts) = index.counts(&info).await {
             self.counted_from_index.fetch_add(1, Ordering::Relaxed);
             return Ok(counts);
@@ -1878,92 +1805,5 @@ impl Drop for NatsJobs {
         for (_, h) in self.held.lock().expect("held lock").drain() {
             h.keepalive.abort();
         }
-    }
-}
-
-/// Connect to the servers of `options` with its credentials and timeouts (an error naming the
-/// servers, never a secret, when none answers). `lost` is what a disconnection logs.
-pub(crate) async fn connect(
-    options: &NatsOptions,
-    lost: &'static str,
-) -> Result<async_nats::Client, StoreError> {
-    let servers = options.urls.join(", ");
-    let unreachable = |e: &dyn std::fmt::Display| {
-        StoreError::Nats(format!(
-            "cannot reach NATS at {servers}: {e} (is nats-server running with JetStream \
-             enabled, `-js`?)"
-        ))
-    };
-    let mut addrs = Vec::with_capacity(options.urls.len());
-    for url in &options.urls {
-        let addr: async_nats::ServerAddr = url
-            .parse()
-            .map_err(|e| nats_err(&format!("{url:?} is not a NATS server address"), e))?;
-        addrs.push(addr);
-    }
-    let mut connect = async_nats::ConnectOptions::new()
-        .name("toolgate")
-        .connection_timeout(options.connect_timeout)
-        .request_timeout(Some(options.request_timeout))
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    warn!("{lost}")
-                }
-                async_nats::Event::Connected => info!("NATS connection (re)established"),
-                other => debug!(event = %other, "NATS event"),
-            }
-        });
-    connect = match &options.auth {
-        NatsAuth::None => connect,
-        NatsAuth::Token(t) => connect.token(t.expose().to_owned()),
-        NatsAuth::UserPassword { user, password } => {
-            connect.user_and_password(user.clone(), password.expose().to_owned())
-        }
-    };
-    let budget = options.connect_timeout * (addrs.len() as u32).max(1) + Duration::from_secs(1);
-    match tokio::time::timeout(budget, connect.connect(addrs)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(unreachable(&e)),
-        Err(_) => Err(unreachable(&format!("no answer within {budget:?}"))),
-    }
-}
-
-/// Open a bucket, creating it when it does not exist (another host may create it at the same
-/// moment: then open that one).
-async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, String> {
-    let name = config.bucket.clone();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    let created = match js.create_key_value(config.clone()).await {
-        Ok(store) => return Ok(store),
-        // The client reads the account's limits first, which fails on servers older than it
-        // knows (nats-server 2.9 leaves out fields it expects): create the bucket's stream
-        // as the key-value layout defines it.
-        Err(e) => js
-            .create_stream(stream::Config {
-                name: format!("KV_{name}"),
-                description: Some(config.description.clone()),
-                subjects: vec![format!("$KV.{name}.>")],
-                max_messages_per_subject: config.history.max(1),
-                max_age: config.max_age,
-                storage: config.storage,
-                num_replicas: config.num_replicas.max(1),
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e2| format!("cannot create the key-value bucket {name}: {e}; {e2}")),
-    };
-    match js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(e) => Err(created
-            .err()
-            .unwrap_or_else(|| format!("cannot open the key-value bucket {name}: {e}"))),
     }
 }

@@ -13,38 +13,21 @@
 //! Both keep the same semantics; `tests/jobs_conformance.rs` runs one suite against both.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info, warn};
 
-use super::nats::{NatsJobs, NatsOptions};
+use super::nats::NatsJobs;
 use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id, keeps_inputs};
 use crate::clock::Millis;
 use crate::config::StorageSettings;
-
-/// Why a store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused (disk full, corrupt file, locked by another process, ...).
-    #[error("job store: {0}")]
-    Sqlite(String),
-    /// NATS JetStream refused, timed out or is unreachable. Never carries credentials.
-    #[error("job store (NATS): {0}")]
-    Nats(String),
-    /// The writer thread is gone (the store was closed).
-    #[error("job store is closed")]
-    Closed,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
-    }
-}
+use crate::storage::StoreError;
+use crate::storage::nats::NatsOptions;
+use crate::storage::sqlite::{self, BUSY_TIMEOUT, Reader, connect};
 
 /// How long past its budget a lease lasts: room for the attempt to report back.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -79,7 +62,7 @@ enum Backend {
 struct SqliteJobs {
     writer: Mutex<Option<std_mpsc::Sender<Op>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
 }
 
 const SCHEMA: &str = "
@@ -122,26 +105,6 @@ CREATE INDEX IF NOT EXISTS jobs_call ON jobs(org, call_id);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 ";
-
-/// How long a connection waits for another's lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Open a connection with the durability settings every toolgate connection uses.
-pub fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: every commit is fsynced before it returns, so an answered `deferred` survives a
-    // power cut, not just a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Deleted rows (a job's inputs, pruned evidence) are overwritten, not left in free pages.
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    // Each time the WAL starts over (after a complete checkpoint), it is cut to nothing, so
-    // the old pages it held (cleared inputs among them) do not linger at its end.
-    conn.pragma_update(None, "journal_size_limit", 0)?;
-    Ok(conn)
-}
 
 /// Create the schema on a connection (and bring an older file's up to date).
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -188,23 +151,19 @@ fn clear_inputs_if(ends: &str) -> String {
 
 impl SqliteJobs {
     fn open(path: &Path) -> Result<SqliteJobs, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
-        }
+        sqlite::create_parent(path)?;
         let mut write_conn = connect(path)?;
         migrate(&write_conn)?;
-        let reader = connect(path)?;
+        let reader = Reader::open(path)?;
         let (tx, rx) = std_mpsc::channel::<Op>();
-        let thread = std::thread::Builder::new()
-            .name("toolgate-store".into())
-            .spawn(move || writer_loop(&mut write_conn, rx))
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        let thread = sqlite::spawn_writer("toolgate-store", "the writer thread", move || {
+            writer_loop(&mut write_conn, rx)
+        })?;
         info!(path = %path.display(), "job store open");
         Ok(SqliteJobs {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
         })
     }
 
@@ -234,18 +193,6 @@ impl SqliteJobs {
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Run a read on the reader connection, off the async runtime.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
-            .await
-            .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
-    }
-
     async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
         self.write(move |tx| {
             Ok(tx
@@ -258,11 +205,12 @@ impl SqliteJobs {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())?)
-        })
-        .await
+        self.reader
+            .read(|c| {
+                Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                    .map(|_| ())?)
+            })
+            .await
     }
 
     /// A committed write through the writer, as a job's enqueue is: the proof that an accepted
@@ -284,14 +232,10 @@ impl SqliteJobs {
     async fn close(&self) {
         self.writer.lock().expect("writer lock").take();
         let thread = self.writer_thread.lock().expect("thread lock").take();
-        if let Some(t) = thread {
-            let joined = tokio::task::spawn_blocking(move || t.join());
-            if tokio::time::timeout(Duration::from_secs(30), joined)
-                .await
-                .is_err()
-            {
-                error!("the job store writer did not finish within 30 s");
-            }
+        if let Some(t) = thread
+            && !sqlite::join_writer(t, Some(Duration::from_secs(30))).await
+        {
+            error!("the job store writer did not finish within 30 s");
         }
     }
 }
@@ -573,7 +517,7 @@ impl JobStore {
         match &self.backend {
             Backend::Sqlite(s) => {
                 let id = id.to_owned();
-                s.read(move |c| ops::get(c, &id)).await
+                s.reader.read(move |c| ops::get(c, &id)).await
             }
             Backend::Nats(n) => Box::pin(n.get(id)).await,
         }
@@ -632,7 +576,8 @@ impl JobStore {
     ) -> Result<Vec<Job>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.read(move |c| ops::list(c, state, org.as_deref(), limit))
+                s.reader
+                    .read(move |c| ops::list(c, state, org.as_deref(), limit))
                     .await
             }
             Backend::Nats(n) => Box::pin(n.list(state, org.as_deref(), limit)).await,
@@ -642,7 +587,7 @@ impl JobStore {
     /// How many jobs are in each state.
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.read(ops::counts).await,
+            Backend::Sqlite(s) => s.reader.read(ops::counts).await,
             Backend::Nats(n) => Box::pin(n.counts()).await,
         }
     }
@@ -652,7 +597,7 @@ impl JobStore {
     /// always "now": claim again.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.read(ops::next_due).await,
+            Backend::Sqlite(s) => s.reader.read(ops::next_due).await,
             Backend::Nats(_) => Ok(Some(crate::clock::now_ms())),
         }
     }
@@ -1208,6 +1153,7 @@ mod tests {
     use crate::workflow::DeferReason;
     use proptest::prelude::*;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     fn new_job(key: &str, start: Start, max_attempts: u32) -> NewJob {
         NewJob {

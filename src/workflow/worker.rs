@@ -253,7 +253,7 @@ async fn record_finish(
     job: &Job,
     owner: &str,
     finish: Finish,
-) -> Result<bool, super::store::StoreError> {
+) -> Result<bool, crate::storage::StoreError> {
     let lease_end = job.lease_until.unwrap_or_else(now_ms);
     let mut pause = RECORD_RETRY.0;
     let mut tries = 1u32;
@@ -271,7 +271,7 @@ async fn record_finish(
             }
             Err(e) => e,
         };
-        let closed = matches!(e, super::store::StoreError::Closed);
+        let closed = matches!(e, crate::storage::StoreError::Closed);
         if closed || now_ms() + pause.as_millis() as i64 >= lease_end {
             return Err(e);
         }
