@@ -73,4 +73,5 @@ pub mod session;
 pub mod storage;
 pub mod telemetry;
 pub mod timer;
+pub mod worker;
 pub mod workflow;

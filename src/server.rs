@@ -27,7 +27,7 @@ use crate::net::{self, ConnLimit, ConnSlot, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
 use crate::storage::StoreError;
-use crate::workflow::{housekeeping, worker};
+use crate::worker::{self, housekeeping};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -3,18 +3,16 @@
 //! A job is written durably (SQLite WAL, fsync at commit; or acknowledged by NATS JetStream,
 //! see [`nats`]) *before* the model is told `deferred`, so a promise the model makes is never
 //! lost: [`store::JobStore`] answers an enqueue only after its commit. A live request that is
-//! still running when the budget ends holds the job's lease, so the [`worker`] cannot send it a
+//! still running when the budget ends holds the job's lease, so the worker cannot send it a
 //! second time; if the sidecar dies, the lease expires and the worker takes over.
 //!
 //! Job states: `queued` (waiting to run, or held for the end of its call), `in_flight` (leased
 //! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
 //! attempts).
 
-pub mod housekeeping;
 pub mod nats;
 mod state_index;
 pub mod store;
-pub mod worker;
 
 use std::fmt;
 use std::time::Duration;

@@ -438,7 +438,7 @@ impl JobStore {
     }
 
     /// Periodic repair of the shared queue, run every minute by each process that runs a
-    /// worker ([`super::housekeeping`]). Nothing to do on SQLite. On NATS: what
+    /// worker (its housekeeping). Nothing to do on SQLite. On NATS: what
     /// [`JobStore::repair_local`] does, then releases the held jobs of sidecars that died and
     /// republishes the notice of a runnable job whose notice was lost between two writes. Returns how many jobs it
     /// touched.
