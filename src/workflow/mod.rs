@@ -8,11 +8,16 @@
 //!
 //! Job states: `queued` (waiting to run, or held for the end of its call), `in_flight` (leased
 //! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
-//! attempts).
+//! attempts). How a job moves between them is written once, in [`transitions`]; the two
+//! backends of [`store::JobStore`] keep it.
+//!
+//! The worker that runs the jobs stands on the whole process and lives above this module
+//! (`crate::worker`); this one stands on [`crate::storage`] only.
 
 pub mod nats;
 mod state_index;
 pub mod store;
+pub mod transitions;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +29,7 @@ use crate::bindings::ResolvedInput;
 use crate::catalog::Action;
 use crate::clock::Millis;
 use crate::providers::{Accepted, Delivery, ProviderError};
+use transitions::Lifecycle;
 
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -328,6 +334,93 @@ pub struct Job {
     pub updated_at: Millis,
     /// Reached a final state.
     pub finished_at: Option<Millis>,
+}
+
+/// What never changes of a stored job (who, what, under which key), beside its
+/// [`Lifecycle`] and its inputs: how each backend keeps a job, put together by
+/// [`Job::assemble`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Head {
+    /// Job id (`job_<ulid>`).
+    pub id: String,
+    /// Owning org.
+    pub org: String,
+    /// Agent id.
+    pub agent: String,
+    /// Function name.
+    pub function: String,
+    /// Call id.
+    pub call_id: String,
+    /// `tool.call` id.
+    pub tool_call_id: String,
+    /// Invocation id.
+    pub invocation_id: String,
+    /// Catalog action name.
+    pub action: String,
+    /// Connection id.
+    pub connection: String,
+    /// The action key (one job per key; a failed or dead job's is renamed when the action is
+    /// queued afresh).
+    pub idempotency_key: String,
+    /// Why it was deferred.
+    pub reason: String,
+    /// Created.
+    pub created_at: Millis,
+}
+
+impl Head {
+    /// The head of `job`, stored as `id` at `now`.
+    pub fn new(job: &NewJob, id: String, now: Millis) -> Head {
+        Head {
+            id,
+            org: job.org.clone(),
+            agent: job.agent.clone(),
+            function: job.function.clone(),
+            call_id: job.call_id.clone(),
+            tool_call_id: job.tool_call_id.clone(),
+            invocation_id: job.invocation_id.clone(),
+            action: job.action.as_str().to_owned(),
+            connection: job.connection.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+            reason: job.reason.as_str().to_owned(),
+            created_at: now,
+        }
+    }
+}
+
+impl Job {
+    /// A stored job from its parts.
+    pub fn assemble(head: Head, life: Lifecycle, inputs: Vec<ResolvedInput>) -> Job {
+        Job {
+            id: head.id,
+            org: head.org,
+            agent: head.agent,
+            function: head.function,
+            call_id: head.call_id,
+            tool_call_id: head.tool_call_id,
+            invocation_id: head.invocation_id,
+            action: head.action,
+            connection: head.connection,
+            inputs,
+            idempotency_key: head.idempotency_key,
+            idempotent: life.idempotent,
+            reason: head.reason,
+            state: life.state,
+            attempts: life.attempts,
+            max_attempts: life.max_attempts,
+            runnable_at: life.runnable_at,
+            lease_owner: life.lease_owner,
+            lease_until: life.lease_until,
+            hard_timeout_ms: life.hard_timeout_ms,
+            last_error: life.last_error,
+            provider_message_id: life.provider_message_id,
+            at_least_once: life.at_least_once,
+            inputs_cleared: life.inputs_cleared,
+            created_at: head.created_at,
+            updated_at: life.updated_at,
+            finished_at: life.finished_at,
+        }
+    }
 }
 
 /// How an attempt ended.
