@@ -1283,25 +1283,14 @@ mod tests {
             limit: 10,
             ..Query::default()
         };
-        assert_eq!(
-            store
-                .invocations(q("succeeded"))
-                .await
-                .unwrap()
-                .invocations
-                .len(),
-            1
-        );
-        assert_eq!(
-            store
-                .invocations(q("deferred"))
-                .await
-                .unwrap()
-                .invocations
-                .len(),
-            0
-        );
+        assert_eq!(listed(&store, q("succeeded")).await, 1);
+        assert_eq!(listed(&store, q("deferred")).await, 0);
         store.close().await;
+    }
+
+    /// How many invocations `q` lists.
+    async fn listed(store: &EvidenceStore, q: Query) -> usize {
+        store.invocations(q).await.unwrap().invocations.len()
     }
 
     #[tokio::test]
@@ -1332,16 +1321,8 @@ mod tests {
         assert!(store.prune(3_000).await.unwrap() >= 3);
         assert!(store.call(None, "old").await.unwrap().is_none());
         assert!(store.invocation("inv_old").await.unwrap().is_none());
-        assert_eq!(
-            store
-                .call(None, "new")
-                .await
-                .unwrap()
-                .unwrap()
-                .invocations
-                .len(),
-            1
-        );
+        let new = store.call(None, "new").await.unwrap().unwrap();
+        assert_eq!(new.invocations.len(), 1);
         store.close().await;
     }
 

@@ -336,41 +336,29 @@ pub struct Job {
     pub finished_at: Option<Millis>,
 }
 
-/// What never changes of a stored job (who, what, under which key), beside its
-/// [`Lifecycle`] and its inputs: how each backend keeps a job, put together by
-/// [`Job::assemble`].
+/// What never changes of a stored job (who, what, under which key: the [`Job`] fields of the
+/// same names), beside its [`Lifecycle`] and its inputs: how each backend keeps a job, put
+/// together by [`Job::assemble`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Head {
-    /// Job id (`job_<ulid>`).
-    pub id: String,
-    /// Owning org.
-    pub org: String,
-    /// Agent id.
-    pub agent: String,
-    /// Function name.
-    pub function: String,
-    /// Call id.
-    pub call_id: String,
-    /// `tool.call` id.
-    pub tool_call_id: String,
-    /// Invocation id.
-    pub invocation_id: String,
-    /// Catalog action name.
-    pub action: String,
-    /// Connection id.
-    pub connection: String,
-    /// The action key (one job per key; a failed or dead job's is renamed when the action is
-    /// queued afresh).
-    pub idempotency_key: String,
-    /// Why it was deferred.
-    pub reason: String,
-    /// Created.
-    pub created_at: Millis,
+pub(crate) struct Head {
+    pub(crate) id: String,
+    pub(crate) org: String,
+    pub(crate) agent: String,
+    pub(crate) function: String,
+    pub(crate) call_id: String,
+    pub(crate) tool_call_id: String,
+    pub(crate) invocation_id: String,
+    pub(crate) action: String,
+    pub(crate) connection: String,
+    /// A failed or dead job's is renamed when its action is queued afresh.
+    pub(crate) idempotency_key: String,
+    pub(crate) reason: String,
+    pub(crate) created_at: Millis,
 }
 
 impl Head {
     /// The head of `job`, stored as `id` at `now`.
-    pub fn new(job: &NewJob, id: String, now: Millis) -> Head {
+    pub(crate) fn new(job: &NewJob, id: String, now: Millis) -> Head {
         Head {
             id,
             org: job.org.clone(),
@@ -390,7 +378,7 @@ impl Head {
 
 impl Job {
     /// A stored job from its parts.
-    pub fn assemble(head: Head, life: Lifecycle, inputs: Vec<ResolvedInput>) -> Job {
+    pub(crate) fn assemble(head: Head, life: Lifecycle, inputs: Vec<ResolvedInput>) -> Job {
         Job {
             id: head.id,
             org: head.org,
