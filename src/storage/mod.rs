@@ -1,5 +1,5 @@
-//! The storage floor: what the job queue ([`crate::workflow::store`], SPEC §4) and the
-//! evidence store ([`crate::evidence::store`], SPEC §6) both stand on, and nothing of either.
+//! The storage floor: what the job queue (`workflow::store`, SPEC §4) and the evidence store
+//! (`evidence::store`, SPEC §6) both stand on, and nothing of either.
 //!
 //! - [`sqlite`]: opening a SQLite file with the durability settings every toolgate connection
 //!   uses, a reader that runs queries off the async runtime, and the writer thread's start and
