@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
 use toolgate::clock::now_ms;
-use toolgate::workflow::nats::NatsOptions;
+use toolgate::storage::nats::NatsOptions;
 use toolgate::workflow::store::JobStore;
 use toolgate::workflow::{DeferReason, NewJob, Start};
 

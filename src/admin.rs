@@ -414,7 +414,7 @@ fn org_of(scope: &AdminScope) -> Option<String> {
     }
 }
 
-fn store_error(e: &crate::workflow::store::StoreError) -> HttpResponse {
+fn store_error(e: &crate::storage::StoreError) -> HttpResponse {
     json_error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal",

@@ -21,7 +21,7 @@ use crate::codes::Code;
 use crate::config::{Agent, Function, Mode};
 use crate::evidence::store::{AgentEvidence, EvidenceStore};
 use crate::evidence::{Invocation, SourceType};
-use crate::workflow::store::StoreError;
+use crate::storage::StoreError;
 
 /// Fewest calls a finding rests on, by default.
 pub const MIN_SAMPLE: usize = 5;

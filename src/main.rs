@@ -569,8 +569,7 @@ async fn worker(path: PathBuf) -> ExitCode {
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(
-        toolgate::workflow::worker::run(rt.clone(), stop.clone())
-            .instrument(tracing::info_span!("worker")),
+        toolgate::worker::run(rt.clone(), stop.clone()).instrument(tracing::info_span!("worker")),
     );
     // The worker keeps its own view of the connections: validated at start and periodically,
     // so a connection that refused credentials recovers here too once it is fixed.
@@ -580,7 +579,7 @@ async fn worker(path: PathBuf) -> ExitCode {
             .instrument(tracing::info_span!("validator")),
     );
     let housekeeping = tokio::spawn(
-        toolgate::workflow::housekeeping::run(rt.clone(), stop.clone(), true)
+        toolgate::worker::housekeeping::run(rt.clone(), stop.clone(), true)
             .instrument(tracing::info_span!("housekeeping")),
     );
     signals.serve(&rt).await;

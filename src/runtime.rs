@@ -24,7 +24,8 @@ use crate::evidence::store::EvidenceStore;
 use crate::providers;
 use crate::providers::Trouble;
 use crate::session::SessionHandle;
-use crate::workflow::store::{JobStore, StoreError};
+use crate::storage::StoreError;
+use crate::workflow::store::JobStore;
 
 /// Live sessions are keyed by org and call id: two orgs may reuse a call id.
 pub type SessionKey = (String, String);
@@ -36,8 +37,11 @@ pub enum RuntimeError {
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
     /// The job store could not be opened.
-    #[error("{0}")]
-    Store(#[from] StoreError),
+    #[error("{}", .0.of_store("job store"))]
+    JobStore(StoreError),
+    /// The evidence store could not be opened.
+    #[error("{}", .0.of_store("evidence store"))]
+    EvidenceStore(StoreError),
 }
 
 /// Why a reload was refused (the old config keeps serving).
@@ -78,13 +82,13 @@ async fn open_evidence(
     config: &Config,
     on_nats: bool,
     follow: bool,
-) -> Result<EvidenceStore, RuntimeError> {
+) -> Result<EvidenceStore, StoreError> {
     let path = config.storage.evidence_path();
     let delay = config.evidence.writer_delay;
     let Some(nats) = config.storage.nats.as_ref().filter(|_| on_nats) else {
-        return Ok(EvidenceStore::open(&path, delay)?);
+        return EvidenceStore::open(&path, delay);
     };
-    let options = crate::workflow::nats::NatsOptions::from_settings(nats);
+    let options = crate::storage::nats::NatsOptions::from_settings(nats);
     let retain = std::time::Duration::from_secs(u64::from(config.evidence.retain_days) * 86_400);
     let opened = if follow {
         EvidenceStore::open_nats(&path, delay, &options, retain).await
@@ -99,9 +103,9 @@ async fn open_evidence(
                 path = %path.display(),
                 "storage.fallback = \"sqlite\": evidence stays in the local file, for this host only, until a restart with NATS up"
             );
-            Ok(EvidenceStore::open(&path, delay)?)
+            EvidenceStore::open(&path, delay)
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -271,8 +275,12 @@ impl Runtime {
         path: Option<PathBuf>,
         reads: bool,
     ) -> Result<Arc<Runtime>, RuntimeError> {
-        let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config)).await?;
-        let evidence = open_evidence(&config, jobs.backend() == "nats", reads).await?;
+        let jobs = JobStore::open_configured(&config.storage, queue_ack_wait(&config))
+            .await
+            .map_err(RuntimeError::JobStore)?;
+        let evidence = open_evidence(&config, jobs.backend() == "nats", reads)
+            .await
+            .map_err(RuntimeError::EvidenceStore)?;
         Runtime::assemble(config, path, jobs, evidence, reads)
     }
 

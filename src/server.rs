@@ -26,8 +26,8 @@ use crate::config::{Config, ServerSettings};
 use crate::net::{self, ConnLimit, ConnSlot, HttpResponse, json_error};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session;
-use crate::workflow::store::StoreError;
-use crate::workflow::{housekeeping, worker};
+use crate::storage::StoreError;
+use crate::worker::{self, housekeeping};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,7 @@ pub enum StartError {
     #[error("{0}")]
     Runtime(#[from] RuntimeError),
     /// The job store refused its start-up work.
-    #[error("{0}")]
+    #[error("{}", .0.of_store("job store"))]
     Store(#[from] StoreError),
     /// Another `toolgate serve` owns the SQLite store.
     #[error(

@@ -20,117 +20,44 @@ use toolgate::clock::Millis;
 use toolgate::evidence::store::{EvidenceStore, Query};
 use toolgate::evidence::{Event, Final, Invocation, SourceType, Timeline};
 use toolgate::protocol::Role;
-use toolgate::workflow::nats::NatsOptions;
+use toolgate::storage::nats::NatsOptions;
 
-use nats_support::{NatsServer, unique_prefix};
+use nats_support::{Hosts, Kind, NatsServer, both, open_until_up, unique_prefix};
 
 const PREFIX: &str = "TGEVID";
 const RETAIN: Duration = Duration::from_secs(30 * 86_400);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Sqlite,
-    Nats,
+/// The evidence store on the hosts of the shared harness.
+trait EvidenceHosts {
+    fn options(&self) -> NatsOptions;
+    /// The store of host `name` (its own evidence file). SQLite has one host.
+    async fn open(&self, name: &str) -> EvidenceStore;
 }
 
-struct Hosts {
-    kind: Kind,
-    dir: tempfile::TempDir,
-    nats: Option<NatsServer>,
-    /// This case's stream prefix (cases may share a server).
-    prefix: String,
-}
-
-impl Hosts {
-    /// Hosts on the shared nats-server, when there is one.
-    fn new(kind: Kind) -> Option<Hosts> {
-        Hosts::on(kind, NatsServer::shared)
-    }
-
-    /// Hosts on a nats-server of their own, which the case may stop and start.
-    fn new_own(kind: Kind) -> Option<Hosts> {
-        Hosts::on(kind, || NatsServer::start(&[]))
-    }
-
-    fn on(kind: Kind, server: impl FnOnce() -> Option<NatsServer>) -> Option<Hosts> {
-        let nats = match kind {
-            Kind::Sqlite => None,
-            Kind::Nats => Some(server()?),
-        };
-        Some(Hosts {
-            kind,
-            dir: tempfile::tempdir().unwrap(),
-            nats,
-            prefix: unique_prefix(PREFIX),
-        })
-    }
-
+impl EvidenceHosts for Hosts {
     fn options(&self) -> NatsOptions {
-        let server = self.nats.as_ref().expect("a NATS case");
         NatsOptions {
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
-            ..NatsOptions::new(vec![server.url()], self.prefix.as_str())
+            ..self.nats_options()
         }
     }
 
-    /// The store of host `name` (its own evidence file). SQLite has one host.
     async fn open(&self, name: &str) -> EvidenceStore {
         let path = self.dir.path().join(format!("{name}-evidence.db"));
         match self.kind {
             Kind::Sqlite => EvidenceStore::open(&path, Duration::ZERO).unwrap(),
             Kind::Nats => {
-                let deadline = Instant::now() + Duration::from_secs(15);
-                loop {
-                    match EvidenceStore::open_nats(&path, Duration::ZERO, &self.options(), RETAIN)
-                        .await
-                    {
-                        Ok(s) => {
-                            assert_eq!(s.backend(), "nats");
-                            return s;
-                        }
-                        Err(e) if Instant::now() < deadline => {
-                            eprintln!("waiting for nats-server: {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(e) => panic!("cannot open the NATS evidence store: {e}"),
-                    }
-                }
+                let options = self.options();
+                let s = open_until_up("evidence store", || {
+                    EvidenceStore::open_nats(&path, Duration::ZERO, &options, RETAIN)
+                })
+                .await;
+                assert_eq!(s.backend(), "nats");
+                s
             }
         }
     }
-
-    fn server(&mut self) -> &mut NatsServer {
-        self.nats.as_mut().expect("a NATS case")
-    }
-}
-
-macro_rules! both {
-    ($name:ident, $scenario:ident) => {
-        both!($name, $scenario, new);
-    };
-    ($name:ident, $scenario:ident, own) => {
-        both!($name, $scenario, new_own);
-    };
-    ($name:ident, $scenario:ident, $hosts:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(h) = Hosts::new(Kind::Sqlite) {
-                    $scenario(h).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                if let Some(h) = Hosts::$hosts(Kind::Nats) {
-                    $scenario(h).await;
-                }
-            }
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -515,7 +442,7 @@ mod nats_only {
     use super::*;
 
     fn hosts() -> Option<Hosts> {
-        Hosts::new(Kind::Nats)
+        Hosts::new(Kind::Nats, PREFIX)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -660,7 +587,7 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_killed_server_loses_nothing_acknowledged() {
-        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
+        let Some(mut h) = Hosts::new_own(Kind::Nats, PREFIX) else {
             return;
         };
         let a = h.open("a").await;
@@ -733,7 +660,7 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nats_gone_never_blocks_submit_and_loss_is_counted() {
-        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
+        let Some(mut h) = Hosts::new_own(Kind::Nats, PREFIX) else {
             return;
         };
         let a = h.open("a").await;

@@ -9,7 +9,8 @@
 //! `NATS_SERVER_BIN` names the binary when it is not on the PATH or in /usr/sbin.
 //!
 //! "Hosts" are separate store instances: for NATS, separate connections, as two sidecars or
-//! workers would have; for SQLite, separate stores on one file.
+//! workers would have; for SQLite, separate stores on one file. The harness ([`Hosts`],
+//! `both!`) is shared with the evidence suite (`nats_support`).
 
 mod nats_support;
 
@@ -22,11 +23,12 @@ use toolgate::catalog::Action;
 use toolgate::clock::{Millis, now_ms};
 use toolgate::config::NatsAuth;
 use toolgate::providers::{Delivery, FailureKind, ProviderError};
-use toolgate::workflow::nats::NatsOptions;
+use toolgate::storage::nats::NatsOptions;
 use toolgate::workflow::store::{JobStore, LEASE_MARGIN};
+use toolgate::workflow::transitions::{self, Lifecycle, Verdict};
 use toolgate::workflow::{DeferReason, Finish, Job, JobState, NewJob, RetryRefused, Start};
 
-use nats_support::{NatsServer, free_port, unique_prefix};
+use nats_support::{Hosts, Kind, NatsServer, both, free_port, open_until_up};
 
 const PREFIX: &str = "TGTEST";
 /// The ack wait the NATS stores of this suite use: short, so a crashed holder's notice comes
@@ -37,108 +39,28 @@ const CLAIM_WAIT: Duration = Duration::from_millis(300);
 // ---------------------------------------------------------------------------------------
 // the two backends behind one harness
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Sqlite,
-    Nats,
+/// The job store on the hosts of the shared harness.
+trait JobHosts {
+    fn options(&self) -> NatsOptions;
+    /// A new store: another host.
+    async fn open(&self) -> JobStore;
 }
 
-struct Hosts {
-    kind: Kind,
-    dir: tempfile::TempDir,
-    nats: Option<NatsServer>,
-    /// This case's stream prefix (cases may share a server).
-    prefix: String,
-}
-
-impl Hosts {
-    /// Hosts on the shared nats-server, when there is one.
-    fn new(kind: Kind) -> Option<Hosts> {
-        Hosts::on(kind, NatsServer::shared)
-    }
-
-    /// Hosts on a nats-server of their own, which the case may stop and start.
-    fn new_own(kind: Kind) -> Option<Hosts> {
-        Hosts::on(kind, || NatsServer::start(&[]))
-    }
-
-    fn on(kind: Kind, server: impl FnOnce() -> Option<NatsServer>) -> Option<Hosts> {
-        let nats = match kind {
-            Kind::Sqlite => None,
-            Kind::Nats => Some(server()?),
-        };
-        Some(Hosts {
-            kind,
-            dir: tempfile::tempdir().unwrap(),
-            nats,
-            prefix: unique_prefix(PREFIX),
-        })
-    }
-
+impl JobHosts for Hosts {
     fn options(&self) -> NatsOptions {
-        let server = self.nats.as_ref().expect("a NATS case");
         NatsOptions {
             ack_wait: ACK_WAIT,
             claim_wait: CLAIM_WAIT,
-            ..NatsOptions::new(vec![server.url()], self.prefix.as_str())
+            ..self.nats_options()
         }
     }
 
-    /// A new store: another host.
     async fn open(&self) -> JobStore {
         match self.kind {
             Kind::Sqlite => JobStore::open(&self.dir.path().join("jobs.db")).unwrap(),
-            Kind::Nats => {
-                // The server may still be starting JetStream: try for a while.
-                let deadline = Instant::now() + Duration::from_secs(15);
-                loop {
-                    match JobStore::open_nats(self.options()).await {
-                        Ok(s) => return s,
-                        Err(e) if Instant::now() < deadline => {
-                            eprintln!("waiting for nats-server: {e}");
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                        Err(e) => panic!("cannot open the NATS store: {e}"),
-                    }
-                }
-            }
+            Kind::Nats => open_until_up("store", || JobStore::open_nats(self.options())).await,
         }
     }
-
-    /// The server (NATS cases only).
-    fn server(&mut self) -> &mut NatsServer {
-        self.nats.as_mut().expect("a NATS case")
-    }
-}
-
-/// Run `scenario` against both backends, as `<name>::sqlite` and `<name>::nats`; with `own`,
-/// the NATS case gets a server of its own (it stops and starts it).
-macro_rules! both {
-    ($name:ident, $scenario:ident) => {
-        both!($name, $scenario, new);
-    };
-    ($name:ident, $scenario:ident, own) => {
-        both!($name, $scenario, new_own);
-    };
-    ($name:ident, $scenario:ident, $hosts:ident) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                if let Some(h) = Hosts::new(Kind::Sqlite) {
-                    $scenario(h).await;
-                }
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn nats() {
-                if let Some(h) = Hosts::$hosts(Kind::Nats) {
-                    $scenario(h).await;
-                }
-            }
-        }
-    };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1053,12 +975,190 @@ async fn restart_scenario(mut h: Hosts) {
 }
 
 // ---------------------------------------------------------------------------------------
+// the state machine: both backends move a job as the pure transitions say
+
+/// Whether a stored job is where the transitions put it (what a [`Job`] shows of its
+/// lifecycle; the flags only the queue reads are taken as said).
+fn agrees(job: &Job, l: &Lifecycle, step: &str) {
+    let stored = Lifecycle {
+        state: job.state,
+        attempts: job.attempts,
+        max_attempts: job.max_attempts,
+        runnable_at: job.runnable_at,
+        lease_owner: job.lease_owner.clone(),
+        lease_until: job.lease_until,
+        hard_timeout_ms: job.hard_timeout_ms,
+        last_error: job.last_error.clone(),
+        provider_message_id: job.provider_message_id.clone(),
+        idempotent: job.idempotent,
+        at_least_once: job.at_least_once,
+        inputs_cleared: job.inputs_cleared,
+        updated_at: job.updated_at,
+        finished_at: job.finished_at,
+        ..l.clone()
+    };
+    assert_eq!(
+        &stored, l,
+        "{step}: stored (left) and the transitions (right) disagree"
+    );
+}
+
+/// Claim `model`'s job and check it is leased as [`transitions::claim`] says, at the time the
+/// backend decided (a NATS claim waits for its notice first).
+async fn claim_as_said(
+    s: &JobStore,
+    model: &Lifecycle,
+    owner: &str,
+    step: &str,
+) -> (Job, Lifecycle) {
+    let c = claim_within(s, owner, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Verdict::Claim(next) = transitions::claim(model, owner, c.updated_at) else {
+        panic!("{step}: claimed, but the transitions do not claim it");
+    };
+    agrees(&c, &next, step);
+    (c, next)
+}
+
+both!(backends_keep_the_transitions, transitions_scenario);
+async fn transitions_scenario(h: Hosts) {
+    let s = h.open().await;
+    // Runs, is retried, put back, refused, retried by an operator, then succeeds.
+    let mut new = job("t1", Start::RunnableAt(now()));
+    new.retry_window = Duration::from_secs(60);
+    let t = now();
+    let j = s.enqueue(new.clone(), t).await.unwrap();
+    let mut m = transitions::enqueue(&new, t);
+    agrees(&j, &m, "enqueue");
+    let (_, next) = claim_as_said(&s, &m, "w", "claim").await;
+    m = next;
+    let t = now();
+    assert!(s.mark_sending(&j.id, "w", 1, t).await.unwrap());
+    m = transitions::mark_sending(&m, "w", 1, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "mark_sending");
+    let t = now();
+    let retry = Finish::Retry {
+        not_before: t,
+        error: "HTTP 503".into(),
+        possibly_sent: true,
+    };
+    let late = Finish::Succeeded { message_id: None };
+    assert!(
+        !s.finish(&j.id, "intruder", 1, late.clone(), t)
+            .await
+            .unwrap()
+    );
+    assert!(transitions::finish(&m, "intruder", 1, &late, t).is_none());
+    assert!(!transitions::recorded(&m, 1, &late));
+    assert!(s.finish(&j.id, "w", 1, retry.clone(), t).await.unwrap());
+    m = transitions::finish(&m, "w", 1, &retry, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "finish (retry)");
+    let (_, next) = claim_as_said(&s, &m, "w", "claim after a retry").await;
+    m = next;
+    let t = now();
+    assert!(
+        s.put_back(&j.id, "w", 2, t, "circuit open", t)
+            .await
+            .unwrap()
+    );
+    m = transitions::put_back(&m, "w", 2, t, "circuit open", t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "put_back");
+    let (_, next) = claim_as_said(&s, &m, "w", "claim after a put back").await;
+    m = next;
+    let t = now();
+    let refused = Finish::Failed {
+        error: "HTTP 422".into(),
+    };
+    assert!(s.finish(&j.id, "w", 2, refused.clone(), t).await.unwrap());
+    m = transitions::finish(&m, "w", 2, &refused, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "finish (failed)");
+    assert!(s.finish(&j.id, "w", 2, refused.clone(), t).await.unwrap());
+    assert!(
+        transitions::recorded(&m, 2, &refused),
+        "the same end again counts"
+    );
+    let t = now();
+    let back = s.retry(&j.id, t).await.unwrap().unwrap().unwrap();
+    m = transitions::retry(&m, t).unwrap();
+    agrees(&back, &m, "retry");
+    let (_, next) = claim_as_said(&s, &m, "w", "claim after an operator's retry").await;
+    m = next;
+    let t = now();
+    let done = Finish::Succeeded {
+        message_id: Some("msg-1".into()),
+    };
+    assert!(s.finish(&j.id, "w", 1, done.clone(), t).await.unwrap());
+    m = transitions::finish(&m, "w", 1, &done, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "finish (succeeded)");
+    assert_eq!(
+        s.retry(&j.id, now()).await.unwrap().unwrap().unwrap_err(),
+        transitions::retry(&m, now()).unwrap_err()
+    );
+
+    // Held for its call, released when the call ends.
+    let new = job("t2", Start::AfterCall);
+    let t = now();
+    let j = s.enqueue(new.clone(), t).await.unwrap();
+    let mut m = transitions::enqueue(&new, t);
+    agrees(&j, &m, "enqueue (held)");
+    let t = now();
+    assert_eq!(s.release_call("acme", "c-1", t).await.unwrap(), 1);
+    m = transitions::release(&m, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "release");
+    let (_, next) = claim_as_said(&s, &m, "w", "claim after the call").await;
+    m = next;
+    let t = now();
+    assert!(s.finish(&j.id, "w", 1, done.clone(), t).await.unwrap());
+    m = transitions::finish(&m, "w", 1, &done, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "finish (held job)");
+
+    // Retried after a live attempt that never reached the provider: cancelled unsent.
+    let new = job(
+        "t3",
+        Start::Retry {
+            not_before: now() + 60_000,
+            possibly_sent: false,
+            error: "unreachable".into(),
+        },
+    );
+    let t = now();
+    let j = s.enqueue(new.clone(), t).await.unwrap();
+    let m = transitions::enqueue(&new, t);
+    agrees(&j, &m, "enqueue (retry)");
+    let t = now();
+    assert!(s.cancel_unsent(&j.id, "barge_in", t).await.unwrap());
+    let m = transitions::cancel_unsent(&m, "barge_in", t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "cancel_unsent");
+
+    // Leased by a live request, which reports the end itself.
+    let new = job(
+        "t4",
+        Start::Live {
+            owner: "live:a".into(),
+            until: now() + 60_000,
+        },
+    );
+    let t = now();
+    let j = s.enqueue(new.clone(), t).await.unwrap();
+    let m = transitions::enqueue(&new, t);
+    agrees(&j, &m, "enqueue (live)");
+    assert!(!s.cancel_unsent(&j.id, "barge_in", now()).await.unwrap());
+    assert!(transitions::cancel_unsent(&m, "barge_in", now()).is_none());
+    let t = now();
+    assert!(s.finish(&j.id, "live:a", 1, done.clone(), t).await.unwrap());
+    let m = transitions::finish(&m, "live:a", 1, &done, t).unwrap();
+    agrees(&get(&s, &j.id).await, &m, "finish (live)");
+    s.close().await;
+}
+
+// ---------------------------------------------------------------------------------------
 // NATS only
 
 mod nats_only {
     use super::*;
     use toolgate::config::Secret;
-    use toolgate::workflow::store::StoreError;
+    use toolgate::storage::StoreError;
 
     #[tokio::test]
     async fn nats_unreachable_at_start_is_a_clear_error_without_secrets() {
@@ -1141,7 +1241,7 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn nats_away_fails_new_deferrals_and_reconnects() {
-        let Some(mut h) = Hosts::new_own(Kind::Nats) else {
+        let Some(mut h) = Hosts::new_own(Kind::Nats, PREFIX) else {
             return;
         };
         let s = h.open().await;
@@ -1207,7 +1307,7 @@ mod nats_only {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        let Some(h) = Hosts::new(Kind::Nats) else {
+        let Some(h) = Hosts::new(Kind::Nats, PREFIX) else {
             return;
         };
         let a = h.open().await;
@@ -1244,7 +1344,7 @@ mod nats_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sweep_republishes_a_lost_notice() {
-        let Some(h) = Hosts::new(Kind::Nats) else {
+        let Some(h) = Hosts::new(Kind::Nats, PREFIX) else {
             return;
         };
         let s = h.open().await;

@@ -56,8 +56,8 @@ use tracing::{info, warn};
 
 use super::Event;
 use super::store::{Msg, QUEUE, Row, count_drops};
-use crate::workflow::nats::NatsOptions;
-use crate::workflow::store::StoreError;
+use crate::storage::StoreError;
+use crate::storage::nats::{JetStream, NatsOptions};
 
 /// Most acknowledgements the publisher awaits at once.
 pub const IN_FLIGHT: usize = 1024;
@@ -156,30 +156,19 @@ impl Stream {
         lane()
             .spawn(async move { Stream::open_on_lane(&options, retain).await })
             .await
-            .map_err(|e| StoreError::Nats(format!("evidence stream: cannot open it: {e}")))?
+            .map_err(|e| StoreError::nats("evidence stream: cannot open it", e))?
     }
 
     async fn open_on_lane(options: &NatsOptions, retain: Duration) -> Result<Stream, StoreError> {
-        let servers = options.urls.join(", ");
-        let client = crate::workflow::nats::connect(
+        let in_stream = |e: StoreError| e.context("evidence stream");
+        let jet = JetStream::connect(
             options,
             "NATS connection lost; reconnecting (evidence not acknowledged in time is counted lost)",
         )
         .await
-        .map_err(|e| match e {
-            StoreError::Nats(m) => StoreError::Nats(format!("evidence stream: {m}")),
-            other => other,
-        })?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(options.request_timeout)
-            .build(client.clone());
+        .map_err(in_stream)?;
         let name = stream_name(&options.stream_prefix);
-        let setup = |e: &dyn std::fmt::Display| {
-            StoreError::Nats(format!(
-                "evidence stream: connected to {servers}, but cannot set up {name} \
-                 (is JetStream enabled, `-js`?): {e}"
-            ))
-        };
+        let setup = |e: &dyn std::fmt::Display| in_stream(jet.setup_failed(&name, e));
         let config = stream::Config {
             name: name.clone(),
             description: Some("toolgate: invocation records and call history".into()),
@@ -191,14 +180,11 @@ impl Stream {
             discard: stream::DiscardPolicy::Old,
             ..Default::default()
         };
-        let mut handle = js
-            .get_or_create_stream(config.clone())
-            .await
-            .map_err(|e| setup(&e))?;
+        let mut handle = jet.stream(config.clone()).await.map_err(in_stream)?;
         let info = handle.info().await.map_err(|e| setup(&e))?.clone();
         if info.config.max_age != retain {
             // evidence.retain_days changed: the stream follows (the last host started wins).
-            match js.update_stream(config).await {
+            match jet.js.update_stream(config).await {
                 Ok(_) => {
                     info!(stream = %name, days = retain.as_secs() / 86_400, "evidence stream retention updated")
                 }
@@ -208,6 +194,11 @@ impl Stream {
             }
         }
         let identity = format!("{name}@{}", info.created.unix_timestamp_nanos());
+        let JetStream {
+            client,
+            js,
+            servers,
+        } = jet;
         Ok(Stream {
             client,
             js,

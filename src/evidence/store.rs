@@ -39,7 +39,9 @@ use tracing::{error, warn};
 
 use super::{Event, Final, Invocation, TurnRecord};
 use crate::clock::Millis;
-use crate::workflow::store::StoreError;
+use crate::storage::StoreError;
+use crate::storage::nats::NatsOptions;
+use crate::storage::sqlite::{self, Reader};
 
 /// Events the queue holds before new ones are dropped.
 pub const QUEUE: usize = 65_536;
@@ -70,7 +72,7 @@ const PRUNE_CHUNK: usize = 500;
 pub struct EvidenceStore {
     sender: Mutex<Option<std_mpsc::SyncSender<Msg>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
     dropped: Arc<AtomicU64>,
     /// The last evidence-stream sequence committed to the file (0 without NATS).
     applied: watch::Receiver<u64>,
@@ -401,7 +403,7 @@ impl EvidenceStore {
     pub async fn open_nats(
         path: &Path,
         writer_delay: Duration,
-        options: &crate::workflow::nats::NatsOptions,
+        options: &NatsOptions,
         retain: Duration,
     ) -> Result<EvidenceStore, StoreError> {
         EvidenceStore::open_nats_as(path, writer_delay, options, retain, true).await
@@ -413,7 +415,7 @@ impl EvidenceStore {
     pub async fn open_nats_publisher(
         path: &Path,
         writer_delay: Duration,
-        options: &crate::workflow::nats::NatsOptions,
+        options: &NatsOptions,
         retain: Duration,
     ) -> Result<EvidenceStore, StoreError> {
         EvidenceStore::open_nats_as(path, writer_delay, options, retain, false).await
@@ -422,7 +424,7 @@ impl EvidenceStore {
     async fn open_nats_as(
         path: &Path,
         writer_delay: Duration,
-        options: &crate::workflow::nats::NatsOptions,
+        options: &NatsOptions,
         retain: Duration,
         follow: bool,
     ) -> Result<EvidenceStore, StoreError> {
@@ -451,11 +453,8 @@ impl EvidenceStore {
         writer_delay: Duration,
         stream: Option<&str>,
     ) -> Result<EvidenceStore, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
-        }
-        let mut writer = crate::workflow::store::connect(path)?;
+        sqlite::create_parent(path)?;
+        let mut writer = sqlite::connect(path)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(DROPPED_INDEXES)?;
@@ -464,22 +463,19 @@ impl EvidenceStore {
             None => 0,
             Some(identity) => stream_position(&mut writer, identity)?,
         };
-        let reader = crate::workflow::store::connect(path)?;
+        let reader = Reader::open(path)?;
         let (tx, rx) = std_mpsc::sync_channel::<Msg>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let writer_dropped = dropped.clone();
         let (applied_tx, applied) = watch::channel(position);
-        let thread = std::thread::Builder::new()
-            .name("toolgate-evidence".into())
-            .spawn(move || {
-                yield_to_tool_calls();
-                writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx)
-            })
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the evidence writer: {e}")))?;
+        let thread = sqlite::spawn_writer("toolgate-evidence", "the evidence writer", move || {
+            yield_to_tool_calls();
+            writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx)
+        })?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
             dropped,
             applied,
             nats: None,
@@ -553,21 +549,10 @@ impl EvidenceStore {
         }
     }
 
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
-            .await
-            .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
-    }
-
     /// One invocation (its final outcome merged in).
     pub async fn invocation(&self, id: &str) -> Result<Option<Invocation>, StoreError> {
         let id = id.to_owned();
-        self.read(move |c| {
+        self.reader.read(move |c| {
             let row: Option<(String, Option<String>)> = c
                 .prepare_cached(
                     "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
@@ -582,41 +567,42 @@ impl EvidenceStore {
 
     /// Invocations, newest first, a page at a time.
     pub async fn invocations(&self, q: Query) -> Result<Page, StoreError> {
-        self.read(move |c| {
-            let (sql, args) = list_sql(&q);
-            let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Millis>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            let mut last = None;
-            let mut more = false;
-            for row in rows {
-                let (record, fin, at, id) = row?;
-                if out.len() == q.limit {
-                    more = true;
-                    break;
+        self.reader
+            .read(move |c| {
+                let (sql, args) = list_sql(&q);
+                let mut stmt = c.prepare_cached(&sql)?;
+                let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Millis>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?;
+                let mut out = Vec::new();
+                let mut last = None;
+                let mut more = false;
+                for row in rows {
+                    let (record, fin, at, id) = row?;
+                    if out.len() == q.limit {
+                        more = true;
+                        break;
+                    }
+                    last = Some((at, id));
+                    if let Some(inv) = merge(&record, fin.as_deref()) {
+                        out.push(inv);
+                    }
                 }
-                last = Some((at, id));
-                if let Some(inv) = merge(&record, fin.as_deref()) {
-                    out.push(inv);
-                }
-            }
-            Ok(Page {
-                invocations: out,
-                next_cursor: if more {
-                    last.map(|(at, id)| encode_cursor(at, &id))
-                } else {
-                    None
-                },
+                Ok(Page {
+                    invocations: out,
+                    next_cursor: if more {
+                        last.map(|(at, id)| encode_cursor(at, &id))
+                    } else {
+                        None
+                    },
+                })
             })
-        })
-        .await
+            .await
     }
 
     /// A call's history: its transcript and every action on one timeline. `org` limits it to
@@ -627,7 +613,7 @@ impl EvidenceStore {
         call_id: &str,
     ) -> Result<Option<CallHistory>, StoreError> {
         let call_id = call_id.to_owned();
-        self.read(move |c| {
+        self.reader.read(move |c| {
                         let head = c
                 .prepare_cached(
                     "SELECT org, agent, caller, started_at, ended_at, end_reason, channel FROM calls \
@@ -704,7 +690,7 @@ impl EvidenceStore {
         max_calls: usize,
     ) -> Result<AgentEvidence, StoreError> {
         let agent = agent.to_owned();
-        self.read(move |c| {
+        self.reader.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT i.record, f.data FROM invocations i LEFT JOIN finals f ON f.job_id = i.job_id \
                  WHERE i.agent = ?1 AND i.received_at >= ?2 AND (?3 IS NULL OR i.org = ?3) \
@@ -785,7 +771,7 @@ impl EvidenceStore {
         self.sender.lock().expect("evidence lock").take();
         let thread = self.thread.lock().expect("evidence lock").take();
         if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            sqlite::join_writer(t, None).await;
         }
     }
 }
@@ -1297,25 +1283,14 @@ mod tests {
             limit: 10,
             ..Query::default()
         };
-        assert_eq!(
-            store
-                .invocations(q("succeeded"))
-                .await
-                .unwrap()
-                .invocations
-                .len(),
-            1
-        );
-        assert_eq!(
-            store
-                .invocations(q("deferred"))
-                .await
-                .unwrap()
-                .invocations
-                .len(),
-            0
-        );
+        assert_eq!(listed(&store, q("succeeded")).await, 1);
+        assert_eq!(listed(&store, q("deferred")).await, 0);
         store.close().await;
+    }
+
+    /// How many invocations `q` lists.
+    async fn listed(store: &EvidenceStore, q: Query) -> usize {
+        store.invocations(q).await.unwrap().invocations.len()
     }
 
     #[tokio::test]
@@ -1346,16 +1321,8 @@ mod tests {
         assert!(store.prune(3_000).await.unwrap() >= 3);
         assert!(store.call(None, "old").await.unwrap().is_none());
         assert!(store.invocation("inv_old").await.unwrap().is_none());
-        assert_eq!(
-            store
-                .call(None, "new")
-                .await
-                .unwrap()
-                .unwrap()
-                .invocations
-                .len(),
-            1
-        );
+        let new = store.call(None, "new").await.unwrap().unwrap();
+        assert_eq!(new.invocations.len(), 1);
         store.close().await;
     }
 

@@ -3,18 +3,21 @@
 //! A job is written durably (SQLite WAL, fsync at commit; or acknowledged by NATS JetStream,
 //! see [`nats`]) *before* the model is told `deferred`, so a promise the model makes is never
 //! lost: [`store::JobStore`] answers an enqueue only after its commit. A live request that is
-//! still running when the budget ends holds the job's lease, so the [`worker`] cannot send it a
+//! still running when the budget ends holds the job's lease, so the worker cannot send it a
 //! second time; if the sidecar dies, the lease expires and the worker takes over.
 //!
 //! Job states: `queued` (waiting to run, or held for the end of its call), `in_flight` (leased
 //! by a live request or a worker), `succeeded`, `failed` (definitive), `dead` (out of
-//! attempts).
+//! attempts). How a job moves between them is written once, in [`transitions`]; the two
+//! backends of [`store::JobStore`] keep it.
+//!
+//! The worker that runs the jobs stands on the whole process and lives above this module
+//! (`crate::worker`); this one stands on [`crate::storage`] only.
 
-pub mod housekeeping;
 pub mod nats;
 mod state_index;
 pub mod store;
-pub mod worker;
+pub mod transitions;
 
 use std::fmt;
 use std::time::Duration;
@@ -26,6 +29,7 @@ use crate::bindings::ResolvedInput;
 use crate::catalog::Action;
 use crate::clock::Millis;
 use crate::providers::{Accepted, Delivery, ProviderError};
+use transitions::Lifecycle;
 
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -330,6 +334,81 @@ pub struct Job {
     pub updated_at: Millis,
     /// Reached a final state.
     pub finished_at: Option<Millis>,
+}
+
+/// What never changes of a stored job (who, what, under which key: the [`Job`] fields of the
+/// same names), beside its [`Lifecycle`] and its inputs: how each backend keeps a job, put
+/// together by [`Job::assemble`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Head {
+    pub(crate) id: String,
+    pub(crate) org: String,
+    pub(crate) agent: String,
+    pub(crate) function: String,
+    pub(crate) call_id: String,
+    pub(crate) tool_call_id: String,
+    pub(crate) invocation_id: String,
+    pub(crate) action: String,
+    pub(crate) connection: String,
+    /// A failed or dead job's is renamed when its action is queued afresh.
+    pub(crate) idempotency_key: String,
+    pub(crate) reason: String,
+    pub(crate) created_at: Millis,
+}
+
+impl Head {
+    /// The head of `job`, stored as `id` at `now`.
+    pub(crate) fn new(job: &NewJob, id: String, now: Millis) -> Head {
+        Head {
+            id,
+            org: job.org.clone(),
+            agent: job.agent.clone(),
+            function: job.function.clone(),
+            call_id: job.call_id.clone(),
+            tool_call_id: job.tool_call_id.clone(),
+            invocation_id: job.invocation_id.clone(),
+            action: job.action.as_str().to_owned(),
+            connection: job.connection.clone(),
+            idempotency_key: job.idempotency_key.clone(),
+            reason: job.reason.as_str().to_owned(),
+            created_at: now,
+        }
+    }
+}
+
+impl Job {
+    /// A stored job from its parts.
+    pub(crate) fn assemble(head: Head, life: Lifecycle, inputs: Vec<ResolvedInput>) -> Job {
+        Job {
+            id: head.id,
+            org: head.org,
+            agent: head.agent,
+            function: head.function,
+            call_id: head.call_id,
+            tool_call_id: head.tool_call_id,
+            invocation_id: head.invocation_id,
+            action: head.action,
+            connection: head.connection,
+            inputs,
+            idempotency_key: head.idempotency_key,
+            idempotent: life.idempotent,
+            reason: head.reason,
+            state: life.state,
+            attempts: life.attempts,
+            max_attempts: life.max_attempts,
+            runnable_at: life.runnable_at,
+            lease_owner: life.lease_owner,
+            lease_until: life.lease_until,
+            hard_timeout_ms: life.hard_timeout_ms,
+            last_error: life.last_error,
+            provider_message_id: life.provider_message_id,
+            at_least_once: life.at_least_once,
+            inputs_cleared: life.inputs_cleared,
+            created_at: head.created_at,
+            updated_at: life.updated_at,
+            finished_at: life.finished_at,
+        }
+    }
 }
 
 /// How an attempt ended.

@@ -55,11 +55,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::store::{LEASE_MARGIN, StoreError};
-use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id};
+use super::transitions::{self, Lifecycle, Verdict};
+use super::{Finish, Head, Job, JobState, NewJob, RetryRefused, job_id};
 use crate::bindings::ResolvedInput;
 use crate::clock::{Millis, now_ms};
-use crate::config::{NatsAuth, NatsSettings};
+use crate::storage::StoreError;
+use crate::storage::nats::{JetStream, NatsOptions, setup_failed};
 
 /// How often a store writes its heartbeat.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
@@ -79,446 +80,55 @@ const SCAN_IDLE: Duration = Duration::from_secs(2);
 /// How long past its expiry a pull waits for the server's answer.
 const PULL_GRACE: Duration = Duration::from_millis(250);
 
-/// How to reach NATS and how the queue behaves; built from `[storage]` by
-/// [`NatsOptions::from_settings`], or directly by tests.
-#[derive(Debug, Clone)]
-pub struct NatsOptions {
-    /// Servers (`nats://host:4222`, `tls://...`, `host:port`).
-    pub urls: Vec<String>,
-    /// Names the streams, buckets, subjects and the consumer.
-    pub stream_prefix: String,
-    /// Replicas of every stream and bucket it creates.
-    pub replicas: usize,
-    /// Credentials.
-    pub auth: NatsAuth,
-    /// The consumer's ack wait: longer than the longest attempt (hard timeout plus margin).
-    pub ack_wait: Duration,
-    /// How long one claim waits for a runnable job before it answers "none".
-    pub claim_wait: Duration,
-    /// How long to wait for a server at start-up.
-    pub connect_timeout: Duration,
-    /// How long one JetStream request (a write, its acknowledgement, a read) may take.
-    pub request_timeout: Duration,
-}
-
-impl NatsOptions {
-    /// Options for these servers and prefix, with the defaults for the rest.
-    pub fn new(urls: Vec<String>, stream_prefix: impl Into<String>) -> NatsOptions {
-        NatsOptions {
-            urls,
-            stream_prefix: stream_prefix.into(),
-            replicas: 1,
-            auth: NatsAuth::None,
-            ack_wait: Duration::from_secs(30),
-            claim_wait: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// The options `[storage]` gives.
-    pub fn from_settings(s: &NatsSettings) -> NatsOptions {
-        NatsOptions {
-            replicas: s.replicas,
-            auth: s.auth.clone(),
-            ..NatsOptions::new(s.urls.clone(), s.stream_prefix.clone())
-        }
-    }
-}
-
-/// A job as stored in the bucket: the [`Job`] and what only the queue needs.
+/// A job as stored in the bucket: its [`Head`], its [`Lifecycle`] (the same JSON fields as
+/// ever, side by side) and what only the queue needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
-    id: String,
-    org: String,
-    agent: String,
-    function: String,
-    call_id: String,
-    tool_call_id: String,
-    invocation_id: String,
-    action: String,
-    connection: String,
+    #[serde(flatten)]
+    head: Head,
+    #[serde(flatten)]
+    life: Lifecycle,
     #[serde(default)]
     inputs: Vec<ResolvedInput>,
-    idempotency_key: String,
-    idempotent: bool,
-    reason: String,
-    state: JobState,
-    attempts: u32,
-    max_attempts: u32,
-    runnable_at: Option<Millis>,
-    lease_owner: Option<String>,
-    lease_until: Option<Millis>,
-    hard_timeout_ms: u64,
-    last_error: Option<String>,
-    provider_message_id: Option<String>,
-    at_least_once: bool,
-    /// Some attempt may have reached the provider: it can no longer be cancelled unsent.
-    possibly_sent: bool,
-    /// The current attempt began sending (or is a live request): if its holder dies, the
-    /// outcome is unknown.
-    #[serde(default = "yes")]
-    attempt_sent: bool,
-    created_at: Millis,
-    updated_at: Millis,
-    finished_at: Option<Millis>,
     /// The store (host) whose session holds this job until its call ends.
     #[serde(default)]
     held_by: Option<String>,
-    /// The raw inputs are gone (it ended, and its retry window passed).
-    #[serde(default)]
-    inputs_cleared: bool,
-    /// How long the inputs outlive a `failed` or `dead` end (`workflow.retry_window_ms`).
-    #[serde(default)]
-    retry_window_ms: u64,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Record {
-    fn job(&self) -> Job {
-        Job {
-            id: self.id.clone(),
-            org: self.org.clone(),
-            agent: self.agent.clone(),
-            function: self.function.clone(),
-            call_id: self.call_id.clone(),
-            tool_call_id: self.tool_call_id.clone(),
-            invocation_id: self.invocation_id.clone(),
-            action: self.action.clone(),
-            connection: self.connection.clone(),
-            inputs: self.inputs.clone(),
-            idempotency_key: self.idempotency_key.clone(),
-            idempotent: self.idempotent,
-            reason: self.reason.clone(),
-            state: self.state,
-            attempts: self.attempts,
-            max_attempts: self.max_attempts,
-            runnable_at: self.runnable_at,
-            lease_owner: self.lease_owner.clone(),
-            lease_until: self.lease_until,
-            hard_timeout_ms: self.hard_timeout_ms,
-            last_error: self.last_error.clone(),
-            provider_message_id: self.provider_message_id.clone(),
-            at_least_once: self.at_least_once,
-            inputs_cleared: self.inputs_cleared,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            finished_at: self.finished_at,
-        }
-    }
-
-    /// The record with its raw inputs cleared if it is in a state that does not keep them
-    /// ([`super::keeps_inputs`]).
-    fn ended(mut self) -> Record {
-        if !self.inputs_cleared && !super::keeps_inputs(self.state, self.retry_window_ms) {
-            self.inputs = Vec::new();
-            self.inputs_cleared = true;
-        }
-        self
-    }
-
-    /// Held until its call ends.
-    fn held(&self) -> bool {
-        self.state == JobState::Queued && self.runnable_at.is_none()
-    }
-
-    /// Waiting for a claim: runnable (now or later), or leased (its lease may lapse).
-    fn pending(&self) -> bool {
-        (self.state == JobState::Queued && self.runnable_at.is_some())
-            || self.state == JobState::InFlight
-    }
-}
-
-/// The queue's rules, one function per operation on a record and an explicit clock: the same
-/// transitions as the SQL of [`super::store::ops`].
-mod rules {
-    use super::*;
-
-    /// A new job as its first record.
-    pub(super) fn new_record(job: &NewJob, id: &str, now: Millis, host: &str) -> Record {
-        let FirstState {
-            state,
-            attempts,
-            runnable_at,
-            lease_owner,
-            lease_until,
-            last_error,
-            at_least_once,
-            possibly_sent,
-        } = job.first_state();
-        let held = state == JobState::Queued && runnable_at.is_none();
+    /// A new job as its first record, stored by `host` at `now`.
+    fn new(job: &NewJob, id: &str, now: Millis, host: &str) -> Record {
+        let life = transitions::enqueue(job, now);
         Record {
-            id: id.to_owned(),
-            org: job.org.clone(),
-            agent: job.agent.clone(),
-            function: job.function.clone(),
-            call_id: job.call_id.clone(),
-            tool_call_id: job.tool_call_id.clone(),
-            invocation_id: job.invocation_id.clone(),
-            action: job.action.as_str().to_owned(),
-            connection: job.connection.clone(),
-            inputs: job.inputs.clone(),
-            idempotency_key: job.idempotency_key.clone(),
-            idempotent: job.idempotent,
-            reason: job.reason.as_str().to_owned(),
-            state,
-            attempts,
-            max_attempts: job.max_attempts,
-            runnable_at,
-            lease_owner,
-            lease_until,
-            hard_timeout_ms: job.hard_timeout.as_millis() as u64,
-            last_error,
-            provider_message_id: None,
-            at_least_once,
-            possibly_sent,
-            attempt_sent: matches!(job.start, Start::Live { .. }),
-            created_at: now,
-            updated_at: now,
-            finished_at: (state == JobState::Dead).then_some(now),
-            held_by: held.then(|| host.to_owned()),
-            inputs_cleared: false,
-            retry_window_ms: job.retry_window.as_millis() as u64,
-        }
-        .ended()
-    }
-
-    /// What a claim does with a job whose notice it pulled.
-    #[derive(Debug)]
-    pub(super) enum Verdict {
-        /// Lease it (the new record).
-        Claim(Record),
-        /// Its holders kept dying and it is out of attempts (the new record).
-        Dead(Record),
-        /// Not yet: look again at this time.
-        Later(Millis),
-        /// Held until its call ends, or finished: its notice is spent.
-        Spent,
-    }
-
-    /// The claim rule: a queued job whose time has come, or a leased one whose lease lapsed
-    /// (its holder died; taking it over marks a provider without idempotency `at_least_once`
-    /// when the holder had begun sending). A lapsed job out of attempts ends `dead`.
-    pub(super) fn claim(r: &Record, owner: &str, now: Millis) -> Verdict {
-        match r.state {
-            JobState::Queued => match r.runnable_at {
-                None => Verdict::Spent,
-                Some(t) if t > now => Verdict::Later(t),
-                Some(_) => Verdict::Claim(take(r, owner, now)),
+            head: Head::new(job, id.to_owned(), now),
+            held_by: life.held().then(|| host.to_owned()),
+            inputs: if life.inputs_cleared {
+                Vec::new()
+            } else {
+                job.inputs.clone()
             },
-            JobState::InFlight => match r.lease_until {
-                Some(t) if t >= now => Verdict::Later(t + 1),
-                _ if r.attempts >= r.max_attempts => {
-                    let mut d = r.clone();
-                    d.state = JobState::Dead;
-                    d.finished_at = Some(now);
-                    d.updated_at = now;
-                    d.lease_owner = None;
-                    d.lease_until = None;
-                    d.last_error =
-                        Some("the last attempt never reported back (its lease lapsed)".into());
-                    Verdict::Dead(d.ended())
-                }
-                _ => {
-                    let mut c = take(r, owner, now);
-                    if !r.idempotent && r.attempt_sent {
-                        c.at_least_once = true;
-                    }
-                    Verdict::Claim(c)
-                }
-            },
-            JobState::Succeeded | JobState::Failed | JobState::Dead => Verdict::Spent,
+            life,
         }
     }
 
-    fn take(r: &Record, owner: &str, now: Millis) -> Record {
-        let mut c = r.clone();
-        c.state = JobState::InFlight;
-        c.lease_owner = Some(owner.to_owned());
-        c.lease_until = Some(now + r.hard_timeout_ms as i64 + LEASE_MARGIN.as_millis() as i64);
-        c.attempts += 1;
-        c.attempt_sent = false;
-        c.updated_at = now;
-        c
+    fn job(&self) -> Job {
+        Job::assemble(self.head.clone(), self.life.clone(), self.inputs.clone())
     }
 
-    fn holds(r: &Record, owner: &str, attempt: u32) -> bool {
-        r.state == JobState::InFlight
-            && r.lease_owner.as_deref() == Some(owner)
-            && r.attempts == attempt
-    }
-
-    /// Whether `r` already holds this end of attempt `attempt` ([`Finish::recorded_in`]).
-    pub(super) fn finished_as(r: &Record, attempt: u32, finish: &Finish) -> bool {
-        finish.recorded_in(
-            attempt,
-            r.state,
-            r.attempts,
-            r.lease_owner.as_deref(),
-            r.last_error.as_deref(),
-        )
-    }
-
-    /// How attempt `attempt` ended, if `owner` still holds the lease for it.
-    pub(super) fn finish(
-        r: &Record,
-        owner: &str,
-        attempt: u32,
-        finish: &Finish,
-        now: Millis,
-    ) -> Option<Record> {
-        if !holds(r, owner, attempt) {
-            return None;
+    /// The record with `life` after a transition: its inputs gone once they are cleared, and
+    /// held by nobody once it is no longer held.
+    fn with(&self, life: Lifecycle) -> Record {
+        let mut n = self.clone();
+        if life.inputs_cleared {
+            n.inputs = Vec::new();
         }
-        let mut n = r.clone();
-        n.lease_owner = None;
-        n.lease_until = None;
-        n.updated_at = now;
-        match finish {
-            Finish::Succeeded { message_id } => {
-                n.state = JobState::Succeeded;
-                n.provider_message_id = message_id.clone();
-                n.last_error = None;
-                n.inputs = Vec::new();
-                n.runnable_at = None;
-                n.finished_at = Some(now);
-            }
-            Finish::Failed { error } => {
-                n.state = JobState::Failed;
-                n.last_error = Some(error.clone());
-                n.runnable_at = None;
-                n.finished_at = Some(now);
-            }
-            Finish::Retry {
-                not_before,
-                error,
-                possibly_sent,
-            } => {
-                let out = r.attempts >= r.max_attempts;
-                if *possibly_sent && !r.idempotent && !out {
-                    n.at_least_once = true;
-                }
-                n.possibly_sent = *possibly_sent;
-                n.last_error = Some(error.clone());
-                if out {
-                    n.state = JobState::Dead;
-                    n.runnable_at = None;
-                    n.finished_at = Some(now);
-                } else {
-                    n.state = JobState::Queued;
-                    n.runnable_at = Some(*not_before);
-                    n.finished_at = None;
-                }
-            }
+        if !life.held() {
+            n.held_by = None;
         }
-        Some(n.ended())
-    }
-
-    /// The holder of `attempt` is about to send it.
-    pub(super) fn mark_sending(
-        r: &Record,
-        owner: &str,
-        attempt: u32,
-        now: Millis,
-    ) -> Option<Record> {
-        if !holds(r, owner, attempt) {
-            return None;
-        }
-        let mut n = r.clone();
-        n.attempt_sent = true;
-        n.possibly_sent = true;
-        n.updated_at = now;
-        Some(n)
-    }
-
-    /// A claimed, unsent job back to `queued` from `not_before`, its claim not counted.
-    pub(super) fn put_back(
-        r: &Record,
-        owner: &str,
-        attempt: u32,
-        not_before: Millis,
-        why: &str,
-        now: Millis,
-    ) -> Option<Record> {
-        if !holds(r, owner, attempt) {
-            return None;
-        }
-        let mut n = r.clone();
-        n.state = JobState::Queued;
-        n.attempts -= 1;
-        n.runnable_at = Some(not_before);
-        n.last_error = Some(why.to_owned());
-        n.lease_owner = None;
-        n.lease_until = None;
-        n.updated_at = now;
-        Some(n)
-    }
-
-    /// A held job becomes runnable now.
-    pub(super) fn release(r: &Record, now: Millis) -> Option<Record> {
-        if !r.held() {
-            return None;
-        }
-        let mut n = r.clone();
-        n.runnable_at = Some(now);
-        n.updated_at = now;
-        n.held_by = None;
-        Some(n)
-    }
-
-    /// A queued job that never reached the provider ends `failed` without being sent.
-    pub(super) fn cancel_unsent(r: &Record, why: &str, now: Millis) -> Option<Record> {
-        if r.state != JobState::Queued || r.possibly_sent {
-            return None;
-        }
-        let mut n = r.clone();
-        n.state = JobState::Failed;
-        n.last_error = Some(why.to_owned());
-        n.runnable_at = None;
-        n.updated_at = now;
-        n.finished_at = Some(now);
-        n.held_by = None;
-        Some(n.ended())
-    }
-
-    /// A `failed` or `dead` job whose retry window has passed by `now` without its inputs.
-    pub(super) fn clear_expired_inputs(r: &Record, now: Millis) -> Option<Record> {
-        let ended = matches!(r.state, JobState::Failed | JobState::Dead);
-        let passed = r
-            .finished_at
-            .is_some_and(|f| f.saturating_add(r.retry_window_ms as Millis) <= now);
-        if !ended || r.inputs_cleared || !passed {
-            return None;
-        }
-        let mut n = r.clone();
-        n.inputs = Vec::new();
-        n.inputs_cleared = true;
-        Some(n)
-    }
-
-    /// A `failed` or `dead` job (whose inputs are still there) back to `queued`, runnable
-    /// now, with fresh attempts.
-    pub(super) fn retry(r: &Record, now: Millis) -> Option<Record> {
-        if !matches!(r.state, JobState::Failed | JobState::Dead) || r.inputs_cleared {
-            return None;
-        }
-        let mut n = r.clone();
-        n.state = JobState::Queued;
-        n.runnable_at = Some(now);
-        n.attempts = 0;
-        n.lease_owner = None;
-        n.lease_until = None;
-        n.finished_at = None;
-        n.updated_at = now;
-        n.held_by = None;
-        Some(n)
+        n.life = life;
+        n
     }
 }
-
-use rules::Verdict;
 
 /// Stream, bucket, subject and consumer names for one prefix.
 #[derive(Debug, Clone)]
@@ -621,18 +231,14 @@ pub(crate) struct NatsJobs {
     closed: AtomicBool,
 }
 
-fn nats_err(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Nats(format!("{what}: {e}"))
-}
-
 fn encode(r: &Record) -> Result<Bytes, StoreError> {
     serde_json::to_vec(r)
         .map(Bytes::from)
-        .map_err(|e| nats_err("a job does not serialize", e))
+        .map_err(|e| StoreError::nats("a job does not serialize", e))
 }
 
 fn decode(b: &[u8]) -> Result<Record, StoreError> {
-    serde_json::from_slice(b).map_err(|e| nats_err("a stored job does not parse", e))
+    serde_json::from_slice(b).map_err(|e| StoreError::nats("a stored job does not parse", e))
 }
 
 /// Job ids are `job_<ulid>`; anything else (an id from a URL) is no job, and never reaches a
@@ -656,12 +262,6 @@ fn key_of(idempotency_key: &str) -> String {
     out
 }
 
-pub(super) fn is_put(headers: Option<&async_nats::HeaderMap>) -> bool {
-    !headers
-        .and_then(|h| h.get("KV-Operation"))
-        .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
-}
-
 fn until(at: Millis, now: Millis) -> Duration {
     Duration::from_millis((at - now).max(0) as u64)
 }
@@ -669,24 +269,17 @@ fn until(at: Millis, now: Millis) -> Duration {
 impl NatsJobs {
     /// Connect and open (creating what is missing) the streams, buckets and consumer.
     pub(crate) async fn open(options: NatsOptions) -> Result<NatsJobs, StoreError> {
-        let servers = options.urls.join(", ");
-        let client = connect(
+        let jet = JetStream::connect(
             &options,
             "NATS connection lost; reconnecting (new deferrals fail meanwhile)",
         )
         .await?;
-        let js = jetstream::ContextBuilder::new()
-            .timeout(options.request_timeout)
-            .build(client.clone());
         let names = Names::new(&options.stream_prefix);
-        let setup = |e: &dyn std::fmt::Display| {
-            StoreError::Nats(format!(
-                "connected to {servers}, but cannot set up JetStream (is it enabled, `-js`?): {e}"
-            ))
-        };
+        let servers = jet.servers.clone();
+        let setup = |e: &dyn std::fmt::Display| setup_failed(&servers, "JetStream", e);
         let replicas = options.replicas.max(1);
-        let queue = js
-            .get_or_create_stream(stream::Config {
+        let queue = jet
+            .stream(stream::Config {
                 name: names.queue.clone(),
                 description: Some("toolgate: notices of runnable workflow jobs".into()),
                 subjects: vec![format!("{}.>", names.run)],
@@ -698,10 +291,9 @@ impl NatsJobs {
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
             })
-            .await
-            .map_err(|e| setup(&e))?;
-        let dead = js
-            .get_or_create_stream(stream::Config {
+            .await?;
+        let dead = jet
+            .stream(stream::Config {
                 name: names.dead.clone(),
                 description: Some("toolgate: workflow jobs out of attempts".into()),
                 subjects: vec![format!("{}.>", names.dead_subject)],
@@ -711,44 +303,33 @@ impl NatsJobs {
                 max_messages_per_subject: 1,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| setup(&e))?;
-        let bucket = |name: &str, description: &str, max_age: Duration| kv::Config {
-            bucket: name.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        let jobs = open_bucket(
-            &js,
-            bucket(&names.jobs, "toolgate: workflow job states", Duration::ZERO),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let keys = open_bucket(
-            &js,
-            bucket(
+            .await?;
+        let jobs = jet
+            .bucket(
+                &names.jobs,
+                "toolgate: workflow job states",
+                Duration::ZERO,
+                replicas,
+            )
+            .await?;
+        let keys = jet
+            .bucket(
                 &names.keys,
                 "toolgate: action keys (create-only), one job per action",
                 Duration::ZERO,
-            ),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let hosts = open_bucket(
-            &js,
-            bucket(
+                replicas,
+            )
+            .await?;
+        let hosts = jet
+            .bucket(
                 &names.hosts,
                 "toolgate: heartbeats of running sidecars and workers",
                 Duration::from_secs(86_400),
-            ),
-        )
-        .await
-        .map_err(|e| setup(&e))?;
-        let jobs_stream = js
+                replicas,
+            )
+            .await?;
+        let jobs_stream = jet
+            .js
             .get_stream(&jobs.stream_name)
             .await
             .map_err(|e| setup(&e))?;
@@ -786,6 +367,7 @@ impl NatsJobs {
             options.ack_wait = info.config.ack_wait;
         }
         let host = format!("host_{}", ulid::Ulid::generate());
+        let JetStream { client, js, .. } = jet;
         let store = NatsJobs {
             client,
             js,
@@ -826,7 +408,7 @@ impl NatsJobs {
         self.hosts
             .put(&self.host, beat.into())
             .await
-            .map_err(|e| nats_err("cannot write the heartbeat", e))?;
+            .map_err(|e| StoreError::nats("cannot write the heartbeat", e))?;
         let mut since = self.beating_since.lock().expect("beat lock");
         since.get_or_insert_with(Instant::now);
         Ok(())
@@ -880,7 +462,7 @@ impl NatsJobs {
                 Ok(Some((decode(&e.value)?, e.revision)))
             }
             Ok(_) => Ok(None),
-            Err(e) => Err(nats_err("cannot read a job", e)),
+            Err(e) => Err(StoreError::nats("cannot read a job", e)),
         }
     }
 
@@ -901,12 +483,22 @@ impl NatsJobs {
             match self.jobs.update(id, encode(&next)?, rev).await {
                 Ok(rev) => return Ok(Transition::Done(next, rev)),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(nats_err("cannot update a job", e)),
+                Err(e) => return Err(StoreError::nats("cannot update a job", e)),
             }
         }
         Err(StoreError::Nats(format!(
             "job {id} kept changing under {CAS_TRIES} attempts to update it"
         )))
+    }
+
+    /// [`NatsJobs::transition`] by a rule of [`transitions`] on the job's lifecycle.
+    async fn step(
+        &self,
+        id: &str,
+        rule: impl Fn(&Lifecycle) -> Option<Lifecycle>,
+    ) -> Result<Transition, StoreError> {
+        self.transition(id, |r| rule(&r.life).map(|l| r.with(l)))
+            .await
     }
 
     /// Publish a job's notice and wait for JetStream to acknowledge it.
@@ -917,9 +509,9 @@ impl NatsJobs {
         self.js
             .send_publish(self.names.run_subject(id), publish)
             .await
-            .map_err(|e| nats_err("cannot queue a job notice", e))?
+            .map_err(|e| StoreError::nats("cannot queue a job notice", e))?
             .await
-            .map_err(|e| nats_err("JetStream did not acknowledge a job notice", e))?;
+            .map_err(|e| StoreError::nats("JetStream did not acknowledge a job notice", e))?;
         Ok(())
     }
 
@@ -928,37 +520,37 @@ impl NatsJobs {
     async fn dead_letter(&self, rec: &Record) {
         let body = serde_json::to_vec(&rec.job()).unwrap_or_default();
         let publish = jetstream::message::PublishMessage::build()
-            .message_id(format!("{}.dead.{}", rec.id, rec.updated_at))
+            .message_id(format!("{}.dead.{}", rec.head.id, rec.life.updated_at))
             .payload(body.into());
         let sent = match self
             .js
-            .send_publish(self.names.dead_subject(&rec.id), publish)
+            .send_publish(self.names.dead_subject(&rec.head.id), publish)
             .await
         {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = sent {
-            warn!(job = %rec.id, error = %e, "cannot publish a dead job to the dead-letter subject");
+            warn!(job = %rec.head.id, error = %e, "cannot publish a dead job to the dead-letter subject");
         }
     }
 
     /// The job is runnable again (a retry, a put back, a release): the notice this host holds
     /// for it comes back when it is due (NAK with delay); without one, a new notice.
     async fn runnable_again(&self, rec: &Record, rev: u64, now: Millis) {
-        let held = self.held.lock().expect("held lock").remove(&rec.id);
+        let held = self.held.lock().expect("held lock").remove(&rec.head.id);
         if let Some(h) = held {
             h.keepalive.abort();
-            let delay = until(rec.runnable_at.unwrap_or(now), now);
+            let delay = until(rec.life.runnable_at.unwrap_or(now), now);
             if h.acker.ack_with(AckKind::Nak(Some(delay))).await.is_ok() {
                 return;
             }
         }
         if let Err(e) = self
-            .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+            .publish_notice(&rec.head.id, &format!("{}.{rev}", rec.head.id))
             .await
         {
-            warn!(job = %rec.id, error = %e, "a runnable job has no notice; the sweep will publish it");
+            warn!(job = %rec.head.id, error = %e, "a runnable job has no notice; the sweep will publish it");
         }
     }
 
@@ -995,19 +587,19 @@ impl NatsJobs {
             .filter(self.names.job_subject(id))
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("cannot remove a job", e))
+            .map_err(|e| StoreError::nats("cannot remove a job", e))
     }
 
     pub(crate) async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
         self.usable()?;
         let id = job_id();
-        let rec = rules::new_record(&job, &id, now, &self.host);
+        let rec = Record::new(&job, &id, now, &self.host);
         // The record first, then the action key pointing at it: a key never names a job that
         // does not exist yet, so a key whose job is missing was pruned and may be taken over.
         self.jobs
             .create(&id, encode(&rec)?)
             .await
-            .map_err(|e| nats_err("cannot store a job", e))?;
+            .map_err(|e| StoreError::nats("cannot store a job", e))?;
         let key = key_of(&job.idempotency_key);
         let mut bound = false;
         for _ in 0..CAS_TRIES {
@@ -1023,7 +615,7 @@ impl NatsJobs {
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot store a job's action key", e));
+                    return Err(StoreError::nats("cannot store a job's action key", e));
                 }
             }
             let entry = match self.keys.entry(&key).await {
@@ -1031,7 +623,7 @@ impl NatsJobs {
                 Ok(_) => continue, // deleted meanwhile: create again
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot read a job's action key", e));
+                    return Err(StoreError::nats("cannot read a job's action key", e));
                 }
             };
             let other = String::from_utf8_lossy(&entry.value).into_owned();
@@ -1043,7 +635,7 @@ impl NatsJobs {
                 }
             };
             if let Some((o, _)) = &existing
-                && !matches!(o.state, JobState::Failed | JobState::Dead)
+                && !matches!(o.life.state, JobState::Failed | JobState::Dead)
             {
                 // The action is already queued, running or done: that job is the answer.
                 self.discard(&id).await;
@@ -1060,9 +652,9 @@ impl NatsJobs {
                         let renamed = format!("{}#{other}", job.idempotency_key);
                         let _ = self
                             .transition(&other, |r| {
-                                (r.idempotency_key == job.idempotency_key).then(|| {
+                                (r.head.idempotency_key == job.idempotency_key).then(|| {
                                     let mut n = r.clone();
-                                    n.idempotency_key = renamed.clone();
+                                    n.head.idempotency_key = renamed.clone();
                                     n
                                 })
                             })
@@ -1074,7 +666,7 @@ impl NatsJobs {
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => {
                     self.discard(&id).await;
-                    return Err(nats_err("cannot store a job's action key", e));
+                    return Err(StoreError::nats("cannot store a job's action key", e));
                 }
             }
         }
@@ -1084,20 +676,20 @@ impl NatsJobs {
                 "the action key kept changing; the job was not stored".into(),
             ));
         }
-        if rec.pending() {
+        if rec.life.pending() {
             // The commit point: JetStream holds the notice.
             if let Err(e) = self.publish_notice(&id, &id).await {
                 return self.unacknowledged(&rec, e).await;
             }
         }
-        if rec.state == JobState::Dead {
+        if rec.life.state == JobState::Dead {
             self.dead_letter(&rec).await;
         }
-        if rec.held() {
+        if rec.life.held() {
             self.held_calls
                 .lock()
                 .expect("held calls lock")
-                .entry((rec.org.clone(), rec.call_id.clone()))
+                .entry((rec.head.org.clone(), rec.head.call_id.clone()))
                 .or_default()
                 .insert(id);
         }
@@ -1111,31 +703,21 @@ impl NatsJobs {
     async fn unacknowledged(&self, rec: &Record, err: StoreError) -> Result<Job, StoreError> {
         let why = "not queued: JetStream did not acknowledge the job";
         match self
-            .transition(&rec.id, |r| {
-                (r.state == rec.state
-                    && r.attempts == rec.attempts
-                    && r.lease_owner == rec.lease_owner)
-                    .then(|| {
-                        let mut n = r.clone();
-                        n.state = JobState::Failed;
-                        n.last_error = Some(why.into());
-                        n.runnable_at = None;
-                        n.lease_owner = None;
-                        n.lease_until = None;
-                        n.finished_at = Some(now_ms());
-                        n.updated_at = now_ms();
-                        n
-                    })
+            .step(&rec.head.id, |r| {
+                (r.state == rec.life.state
+                    && r.attempts == rec.life.attempts
+                    && r.lease_owner == rec.life.lease_owner)
+                    .then(|| transitions::withdraw(r, why, now_ms()))
             })
             .await
         {
-            Ok(Transition::Declined(now, _)) if now.state != JobState::Failed => Ok(now.job()),
+            Ok(Transition::Declined(now, _)) if now.life.state != JobState::Failed => Ok(now.job()),
             Ok(_) => Err(err),
             Err(_) => {
                 self.compensate
                     .lock()
                     .expect("compensate lock")
-                    .insert(rec.id.clone());
+                    .insert(rec.head.id.clone());
                 Err(err)
             }
         }
@@ -1164,7 +746,7 @@ impl NatsJobs {
                 .expires(expires)
                 .messages()
                 .await
-                .map_err(|e| nats_err("cannot pull from the job queue", e))?;
+                .map_err(|e| StoreError::nats("cannot pull from the job queue", e))?;
             // The server answers an expired pull itself; do not wait much longer when that
             // answer is lost (nats-server 2.9 can drop a pull that arrives as the previous
             // one expires).
@@ -1172,7 +754,8 @@ impl NatsJobs {
             else {
                 return Ok(None);
             };
-            let msg: Message = msg.map_err(|e| nats_err("cannot pull from the job queue", e))?;
+            let msg: Message =
+                msg.map_err(|e| StoreError::nats("cannot pull from the job queue", e))?;
             let id = msg
                 .subject
                 .as_str()
@@ -1213,7 +796,7 @@ impl NatsJobs {
                 let _ = acker.ack().await;
                 return Ok(None);
             };
-            let next = match rules::claim(&rec, owner, now) {
+            let next = match transitions::claim(&rec.life, owner, now) {
                 Verdict::Spent => {
                     let _ = acker.ack().await;
                     return Ok(None);
@@ -1222,17 +805,17 @@ impl NatsJobs {
                     let _ = acker.ack_with(AckKind::Nak(Some(until(at, now)))).await;
                     return Ok(None);
                 }
-                Verdict::Claim(n) | Verdict::Dead(n) => n,
+                Verdict::Claim(n) | Verdict::Dead(n) => rec.with(n),
             };
             match self.jobs.update(id, encode(&next)?, rev).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => {
                     let _ = acker.ack_with(AckKind::Nak(None)).await;
-                    return Err(nats_err("cannot update a job", e));
+                    return Err(StoreError::nats("cannot update a job", e));
                 }
             }
-            if next.state == JobState::Dead {
+            if next.life.state == JobState::Dead {
                 let _ = acker.ack().await;
                 self.dead_letter(&next).await;
                 return Ok(None);
@@ -1251,7 +834,7 @@ impl NatsJobs {
     /// and is put off to its end; at the end, a lapsed lease is taken over.
     fn hold(&self, rec: &Record, acker: Acker) {
         let acker = Arc::new(acker);
-        let lease_end = Instant::now() + until(rec.lease_until.unwrap_or(0), now_ms());
+        let lease_end = Instant::now() + until(rec.life.lease_until.unwrap_or(0), now_ms());
         let ack_wait = self.options.ack_wait;
         let every = (ack_wait / 3).max(Duration::from_millis(100));
         let keep = acker.clone();
@@ -1265,9 +848,9 @@ impl NatsJobs {
             }
         });
         let old = self.held.lock().expect("held lock").insert(
-            rec.id.clone(),
+            rec.head.id.clone(),
             Held {
-                attempt: rec.attempts,
+                attempt: rec.life.attempts,
                 acker,
                 keepalive,
             },
@@ -1289,13 +872,13 @@ impl NatsJobs {
             return Err(StoreError::Closed);
         }
         let (rec, rev) = match self
-            .transition(id, |r| rules::finish(r, owner, attempt, finish, now))
+            .step(id, |r| transitions::finish(r, owner, attempt, finish, now))
             .await?
         {
             Transition::Done(rec, rev) => (rec, rev),
             // An earlier try whose answer was lost (NATS went away) did store this end: the
             // rest of the work is done now, as if it had been answered.
-            Transition::Declined(rec, rev) if rules::finished_as(&rec, attempt, finish) => {
+            Transition::Declined(rec, rev) if transitions::recorded(&rec.life, attempt, finish) => {
                 (rec, rev)
             }
             Transition::Missing | Transition::Declined(..) => {
@@ -1303,7 +886,7 @@ impl NatsJobs {
                 return Ok(false);
             }
         };
-        match rec.state {
+        match rec.life.state {
             JobState::Queued => self.runnable_again(&rec, rev, now).await,
             JobState::Dead => {
                 self.spend_notice(id, attempt).await;
@@ -1327,8 +910,8 @@ impl NatsJobs {
             return Err(StoreError::Closed);
         }
         match self
-            .transition(id, |r| {
-                rules::put_back(r, owner, attempt, not_before, why, now)
+            .step(id, |r| {
+                transitions::put_back(r, owner, attempt, not_before, why, now)
             })
             .await?
         {
@@ -1352,7 +935,7 @@ impl NatsJobs {
     ) -> Result<bool, StoreError> {
         self.usable()?;
         Ok(matches!(
-            self.transition(id, |r| rules::mark_sending(r, owner, attempt, now))
+            self.step(id, |r| transitions::mark_sending(r, owner, attempt, now))
                 .await?,
             Transition::Done(..)
         ))
@@ -1363,13 +946,13 @@ impl NatsJobs {
         let mut n = 0;
         for id in ids {
             if let Transition::Done(rec, rev) =
-                self.transition(id, |r| rules::release(r, now)).await?
+                self.step(id, |r| transitions::release(r, now)).await?
             {
                 if let Err(e) = self
-                    .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                    .publish_notice(&rec.head.id, &format!("{}.{rev}", rec.head.id))
                     .await
                 {
-                    warn!(job = %rec.id, error = %e, "a released job has no notice; the sweep will publish it");
+                    warn!(job = %rec.head.id, error = %e, "a released job has no notice; the sweep will publish it");
                 }
                 n += 1;
             }
@@ -1445,7 +1028,7 @@ impl NatsJobs {
             .await?
             .into_iter()
             .map(|(r, _)| r)
-            .filter(|r| r.held() && r.held_by.as_deref() != Some(self.host.as_str()))
+            .filter(|r| r.life.held() && r.held_by.as_deref() != Some(self.host.as_str()))
             .collect();
         let mut alive: HashMap<String, bool> = HashMap::new();
         let mut orphans = Vec::new();
@@ -1460,7 +1043,7 @@ impl NatsJobs {
                 }
             };
             if !live {
-                orphans.push(r.id);
+                orphans.push(r.head.id);
             }
         }
         let n = self.release_ids(&orphans, now).await?;
@@ -1483,7 +1066,7 @@ impl NatsJobs {
                 Ok(now - at < HOST_GONE_AFTER.as_millis() as i64)
             }
             Ok(_) => Ok(false),
-            Err(e) => Err(nats_err("cannot read a heartbeat", e)),
+            Err(e) => Err(StoreError::nats("cannot read a heartbeat", e)),
         }
     }
 
@@ -1493,28 +1076,33 @@ impl NatsJobs {
         // Runnable jobs whose notice was lost between two writes (a host died in between).
         let stale = now - ORPHAN_AFTER.as_millis() as i64;
         for (rec, rev) in self.scan().await? {
-            if !rec.pending() || rec.updated_at > stale {
+            if !rec.life.pending() || rec.life.updated_at > stale {
                 continue;
             }
-            if self.has_notice(&rec.id).await? {
+            if self.has_notice(&rec.head.id).await? {
                 continue;
             }
             // A record no action key points at lost the race for its key: never queued.
-            let key = key_of(&rec.idempotency_key);
+            let key = key_of(&rec.head.idempotency_key);
             let owned = match self.keys.entry(&key).await {
-                Ok(Some(e)) if e.operation == kv::Operation::Put => e.value == rec.id.as_bytes(),
+                Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                    e.value == rec.head.id.as_bytes()
+                }
                 Ok(_) => false,
-                Err(e) => return Err(nats_err("cannot read a job's action key", e)),
+                Err(e) => return Err(StoreError::nats("cannot read a job's action key", e)),
             };
-            let renamed = rec.idempotency_key.ends_with(&format!("#{}", rec.id));
+            let renamed = rec
+                .head
+                .idempotency_key
+                .ends_with(&format!("#{}", rec.head.id));
             if !owned && !renamed {
-                self.remove_record(&rec.id).await?;
+                self.remove_record(&rec.head.id).await?;
                 touched += 1;
                 continue;
             }
-            self.publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+            self.publish_notice(&rec.head.id, &format!("{}.{rev}", rec.head.id))
                 .await?;
-            warn!(job = %rec.id, "a runnable job had no notice; published it again");
+            warn!(job = %rec.head.id, "a runnable job had no notice; published it again");
             touched += 1;
         }
         Ok(touched)
@@ -1570,16 +1158,13 @@ impl NatsJobs {
             .collect();
         for id in pending {
             let t = self
-                .transition(&id, |r| {
+                .step(&id, |r| {
                     (r.state == JobState::Queued && !r.possibly_sent).then(|| {
-                        let mut n = r.clone();
-                        n.state = JobState::Failed;
-                        n.last_error =
-                            Some("not queued: JetStream did not acknowledge the job".into());
-                        n.runnable_at = None;
-                        n.finished_at = Some(now);
-                        n.updated_at = now;
-                        n
+                        transitions::withdraw(
+                            r,
+                            "not queued: JetStream did not acknowledge the job",
+                            now,
+                        )
                     })
                 })
                 .await;
@@ -1609,7 +1194,7 @@ impl NatsJobs {
         {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(false),
-            Err(e) => Err(nats_err("cannot look up a job notice", e)),
+            Err(e) => Err(StoreError::nats("cannot look up a job notice", e)),
         }
     }
 
@@ -1621,7 +1206,7 @@ impl NatsJobs {
     ) -> Result<bool, StoreError> {
         self.usable()?;
         match self
-            .transition(id, |r| rules::cancel_unsent(r, why, now))
+            .step(id, |r| transitions::cancel_unsent(r, why, now))
             .await?
         {
             Transition::Done(rec, _) => {
@@ -1629,7 +1214,7 @@ impl NatsJobs {
                     .held_calls
                     .lock()
                     .expect("held calls lock")
-                    .get_mut(&(rec.org.clone(), rec.call_id.clone()))
+                    .get_mut(&(rec.head.org.clone(), rec.head.call_id.clone()))
                 {
                     ids.remove(id);
                 }
@@ -1645,23 +1230,20 @@ impl NatsJobs {
         now: Millis,
     ) -> Result<Option<Result<Job, RetryRefused>>, StoreError> {
         self.usable()?;
-        match self.transition(id, |r| rules::retry(r, now)).await? {
+        match self.step(id, |r| transitions::retry(r, now).ok()).await? {
             Transition::Missing => Ok(None),
-            Transition::Declined(rec, _)
-                if rec.inputs_cleared && matches!(rec.state, JobState::Failed | JobState::Dead) =>
-            {
-                Ok(Some(Err(RetryRefused::InputsCleared)))
-            }
-            Transition::Declined(rec, _) => Ok(Some(Err(RetryRefused::State(rec.state)))),
+            Transition::Declined(rec, _) => Ok(Some(Err(transitions::retry(&rec.life, now)
+                .err()
+                .unwrap_or(RetryRefused::State(rec.life.state))))),
             Transition::Done(rec, rev) => {
                 if let Err(e) = self.dead.purge().filter(self.names.dead_subject(id)).await {
                     debug!(job = %id, error = %e, "cannot remove a dead letter");
                 }
                 if let Err(e) = self
-                    .publish_notice(&rec.id, &format!("{}.{rev}", rec.id))
+                    .publish_notice(&rec.head.id, &format!("{}.{rev}", rec.head.id))
                     .await
                 {
-                    warn!(job = %rec.id, error = %e, "a retried job has no notice yet; the sweep will publish it");
+                    warn!(job = %rec.head.id, error = %e, "a retried job has no notice yet; the sweep will publish it");
                 }
                 Ok(Some(Ok(rec.job())))
             }
@@ -1689,7 +1271,7 @@ impl NatsJobs {
     /// Hand every kept job record (its JSON and revision) to `f`, in one ordered read of the
     /// bucket's stream.
     async fn visit(&self, mut f: impl FnMut(&[u8], u64)) -> Result<(), StoreError> {
-        let failed = |e: &dyn std::fmt::Display| nats_err("cannot read the jobs", e);
+        let failed = |e: &dyn std::fmt::Display| StoreError::nats("cannot read the jobs", e);
         let consumer = self
             .jobs_stream
             .create_consumer(pull::OrderedConfig {
@@ -1713,7 +1295,7 @@ impl NatsJobs {
             let msg = msg.map_err(|e| failed(&e))?;
             let info = msg.info().map_err(|e| failed(&e))?;
             let (left, revision) = (info.pending, info.stream_sequence);
-            if is_put(msg.headers.as_ref()) {
+            if crate::storage::nats::is_put(msg.headers.as_ref()) {
                 f(&msg.payload, revision);
             }
             if left == 0 {
@@ -1727,11 +1309,11 @@ impl NatsJobs {
         self.usable()?;
         let mut n = 0;
         for (rec, _) in self.scan().await? {
-            if rules::clear_expired_inputs(&rec, now).is_none() {
+            if transitions::clear_expired_inputs(&rec.life, now).is_none() {
                 continue;
             }
             if let Transition::Done(..) = self
-                .transition(&rec.id, |r| rules::clear_expired_inputs(r, now))
+                .step(&rec.head.id, |r| transitions::clear_expired_inputs(r, now))
                 .await?
             {
                 n += 1;
@@ -1744,26 +1326,26 @@ impl NatsJobs {
         self.usable()?;
         let mut n = 0;
         for (rec, _) in self.scan().await? {
-            if rec.finished_at.is_none_or(|f| f >= before) {
+            if rec.life.finished_at.is_none_or(|f| f >= before) {
                 continue;
             }
-            self.remove_record(&rec.id).await?;
+            self.remove_record(&rec.head.id).await?;
             // Its action key is free again, unless it already names a newer job.
-            let key = key_of(&rec.idempotency_key);
+            let key = key_of(&rec.head.idempotency_key);
             if let Ok(Some(e)) = self.keys.entry(&key).await
                 && e.operation == kv::Operation::Put
-                && e.value == rec.id.as_bytes()
+                && e.value == rec.head.id.as_bytes()
             {
                 let _ = self
                     .keys
                     .delete_expect_revision(&key, Some(e.revision))
                     .await;
             }
-            if rec.state == JobState::Dead {
+            if rec.life.state == JobState::Dead {
                 let _ = self
                     .dead
                     .purge()
-                    .filter(self.names.dead_subject(&rec.id))
+                    .filter(self.names.dead_subject(&rec.head.id))
                     .await;
             }
             n += 1;
@@ -1778,7 +1360,7 @@ impl NatsJobs {
             .get_info()
             .await
             .map(|_| ())
-            .map_err(|e| nats_err("JetStream does not answer", e))
+            .map_err(|e| StoreError::nats("JetStream does not answer", e))
     }
 
     pub(crate) async fn list(
@@ -1793,9 +1375,11 @@ impl NatsJobs {
             .await?
             .into_iter()
             .map(|(r, _)| r)
-            .filter(|r| state.is_none_or(|s| r.state == s) && org.is_none_or(|o| r.org == o))
+            .filter(|r| {
+                state.is_none_or(|s| r.life.state == s) && org.is_none_or(|o| r.head.org == o)
+            })
             .collect();
-        jobs.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        jobs.sort_by(|a, b| (b.head.created_at, &b.head.id).cmp(&(a.head.created_at, &a.head.id)));
         jobs.truncate(limit);
         Ok(jobs.iter().map(Record::job).collect())
     }
@@ -1816,7 +1400,7 @@ impl NatsJobs {
             .jobs_stream
             .get_info()
             .await
-            .map_err(|e| nats_err("cannot read the jobs", e))?;
+            .map_err(|e| StoreError::nats("cannot read the jobs", e))?;
         if let Some(counts) = index.counts(&info).await {
             self.counted_from_index.fetch_add(1, Ordering::Relaxed);
             return Ok(counts);
@@ -1878,92 +1462,5 @@ impl Drop for NatsJobs {
         for (_, h) in self.held.lock().expect("held lock").drain() {
             h.keepalive.abort();
         }
-    }
-}
-
-/// Connect to the servers of `options` with its credentials and timeouts (an error naming the
-/// servers, never a secret, when none answers). `lost` is what a disconnection logs.
-pub(crate) async fn connect(
-    options: &NatsOptions,
-    lost: &'static str,
-) -> Result<async_nats::Client, StoreError> {
-    let servers = options.urls.join(", ");
-    let unreachable = |e: &dyn std::fmt::Display| {
-        StoreError::Nats(format!(
-            "cannot reach NATS at {servers}: {e} (is nats-server running with JetStream \
-             enabled, `-js`?)"
-        ))
-    };
-    let mut addrs = Vec::with_capacity(options.urls.len());
-    for url in &options.urls {
-        let addr: async_nats::ServerAddr = url
-            .parse()
-            .map_err(|e| nats_err(&format!("{url:?} is not a NATS server address"), e))?;
-        addrs.push(addr);
-    }
-    let mut connect = async_nats::ConnectOptions::new()
-        .name("toolgate")
-        .connection_timeout(options.connect_timeout)
-        .request_timeout(Some(options.request_timeout))
-        .event_callback(move |event| async move {
-            match event {
-                async_nats::Event::Disconnected => {
-                    warn!("{lost}")
-                }
-                async_nats::Event::Connected => info!("NATS connection (re)established"),
-                other => debug!(event = %other, "NATS event"),
-            }
-        });
-    connect = match &options.auth {
-        NatsAuth::None => connect,
-        NatsAuth::Token(t) => connect.token(t.expose().to_owned()),
-        NatsAuth::UserPassword { user, password } => {
-            connect.user_and_password(user.clone(), password.expose().to_owned())
-        }
-    };
-    let budget = options.connect_timeout * (addrs.len() as u32).max(1) + Duration::from_secs(1);
-    match tokio::time::timeout(budget, connect.connect(addrs)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(unreachable(&e)),
-        Err(_) => Err(unreachable(&format!("no answer within {budget:?}"))),
-    }
-}
-
-/// Open a bucket, creating it when it does not exist (another host may create it at the same
-/// moment: then open that one).
-async fn open_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, String> {
-    let name = config.bucket.clone();
-    if let Ok(store) = js.get_key_value(&name).await {
-        return Ok(store);
-    }
-    let created = match js.create_key_value(config.clone()).await {
-        Ok(store) => return Ok(store),
-        // The client reads the account's limits first, which fails on servers older than it
-        // knows (nats-server 2.9 leaves out fields it expects): create the bucket's stream
-        // as the key-value layout defines it.
-        Err(e) => js
-            .create_stream(stream::Config {
-                name: format!("KV_{name}"),
-                description: Some(config.description.clone()),
-                subjects: vec![format!("$KV.{name}.>")],
-                max_messages_per_subject: config.history.max(1),
-                max_age: config.max_age,
-                storage: config.storage,
-                num_replicas: config.num_replicas.max(1),
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e2| format!("cannot create the key-value bucket {name}: {e}; {e2}")),
-    };
-    match js.get_key_value(&name).await {
-        Ok(store) => Ok(store),
-        Err(e) => Err(created
-            .err()
-            .unwrap_or_else(|| format!("cannot open the key-value bucket {name}: {e}"))),
     }
 }

@@ -264,7 +264,7 @@ async fn follow(stream: &stream::Stream, prefix: &str, inner: &Inner) -> Result<
             continue;
         };
         let key = key_of(key);
-        let state = if super::nats::is_put(msg.headers.as_ref()) {
+        let state = if crate::storage::nats::is_put(msg.headers.as_ref()) {
             // A record that does not parse is kept, not counted.
             serde_json::from_slice::<StateOnly>(&msg.payload)
                 .ok()

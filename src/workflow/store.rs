@@ -13,38 +13,22 @@
 //! Both keep the same semantics; `tests/jobs_conformance.rs` runs one suite against both.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, oneshot};
 use tracing::{error, info, warn};
 
-use super::nats::{NatsJobs, NatsOptions};
-use super::{Finish, FirstState, Job, JobState, NewJob, RetryRefused, Start, job_id, keeps_inputs};
+use super::nats::NatsJobs;
+use super::transitions::{self, Lifecycle};
+use super::{Finish, Head, Job, JobState, NewJob, RetryRefused, Start, job_id};
 use crate::clock::Millis;
 use crate::config::StorageSettings;
-
-/// Why a store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite refused (disk full, corrupt file, locked by another process, ...).
-    #[error("job store: {0}")]
-    Sqlite(String),
-    /// NATS JetStream refused, timed out or is unreachable. Never carries credentials.
-    #[error("job store (NATS): {0}")]
-    Nats(String),
-    /// The writer thread is gone (the store was closed).
-    #[error("job store is closed")]
-    Closed,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
-    }
-}
+use crate::storage::StoreError;
+use crate::storage::nats::NatsOptions;
+use crate::storage::sqlite::{self, BUSY_TIMEOUT, Reader, connect};
 
 /// How long past its budget a lease lasts: room for the attempt to report back.
 pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
@@ -79,7 +63,7 @@ enum Backend {
 struct SqliteJobs {
     writer: Mutex<Option<std_mpsc::Sender<Op>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Reader,
 }
 
 const SCHEMA: &str = "
@@ -122,26 +106,6 @@ CREATE INDEX IF NOT EXISTS jobs_call ON jobs(org, call_id);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at);
 ";
-
-/// How long a connection waits for another's lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Open a connection with the durability settings every toolgate connection uses.
-pub fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // FULL: every commit is fsynced before it returns, so an answered `deferred` survives a
-    // power cut, not just a process crash.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Deleted rows (a job's inputs, pruned evidence) are overwritten, not left in free pages.
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    // Each time the WAL starts over (after a complete checkpoint), it is cut to nothing, so
-    // the old pages it held (cleared inputs among them) do not linger at its end.
-    conn.pragma_update(None, "journal_size_limit", 0)?;
-    Ok(conn)
-}
 
 /// Create the schema on a connection (and bring an older file's up to date).
 pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -188,23 +152,19 @@ fn clear_inputs_if(ends: &str) -> String {
 
 impl SqliteJobs {
     fn open(path: &Path) -> Result<SqliteJobs, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Sqlite(format!("cannot create {}: {e}", dir.display())))?;
-        }
+        sqlite::create_parent(path)?;
         let mut write_conn = connect(path)?;
         migrate(&write_conn)?;
-        let reader = connect(path)?;
+        let reader = Reader::open(path)?;
         let (tx, rx) = std_mpsc::channel::<Op>();
-        let thread = std::thread::Builder::new()
-            .name("toolgate-store".into())
-            .spawn(move || writer_loop(&mut write_conn, rx))
-            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        let thread = sqlite::spawn_writer("toolgate-store", "the writer thread", move || {
+            writer_loop(&mut write_conn, rx)
+        })?;
         info!(path = %path.display(), "job store open");
         Ok(SqliteJobs {
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
-            reader: Arc::new(Mutex::new(reader)),
+            reader,
         })
     }
 
@@ -234,18 +194,6 @@ impl SqliteJobs {
         done_rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Run a read on the reader connection, off the async runtime.
-    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader.lock().expect("reader lock")))
-            .await
-            .map_err(|e| StoreError::Sqlite(format!("read task failed: {e}")))?
-    }
-
     async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
         self.write(move |tx| {
             Ok(tx
@@ -258,11 +206,12 @@ impl SqliteJobs {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())?)
-        })
-        .await
+        self.reader
+            .read(|c| {
+                Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                    .map(|_| ())?)
+            })
+            .await
     }
 
     /// A committed write through the writer, as a job's enqueue is: the proof that an accepted
@@ -284,14 +233,10 @@ impl SqliteJobs {
     async fn close(&self) {
         self.writer.lock().expect("writer lock").take();
         let thread = self.writer_thread.lock().expect("thread lock").take();
-        if let Some(t) = thread {
-            let joined = tokio::task::spawn_blocking(move || t.join());
-            if tokio::time::timeout(Duration::from_secs(30), joined)
-                .await
-                .is_err()
-            {
-                error!("the job store writer did not finish within 30 s");
-            }
+        if let Some(t) = thread
+            && !sqlite::join_writer(t, Some(Duration::from_secs(30))).await
+        {
+            error!("the job store writer did not finish within 30 s");
         }
     }
 }
@@ -494,7 +439,7 @@ impl JobStore {
     }
 
     /// Periodic repair of the shared queue, run every minute by each process that runs a
-    /// worker ([`super::housekeeping`]). Nothing to do on SQLite. On NATS: what
+    /// worker (its housekeeping). Nothing to do on SQLite. On NATS: what
     /// [`JobStore::repair_local`] does, then releases the held jobs of sidecars that died and
     /// republishes the notice of a runnable job whose notice was lost between two writes. Returns how many jobs it
     /// touched.
@@ -573,7 +518,7 @@ impl JobStore {
         match &self.backend {
             Backend::Sqlite(s) => {
                 let id = id.to_owned();
-                s.read(move |c| ops::get(c, &id)).await
+                s.reader.read(move |c| ops::get(c, &id)).await
             }
             Backend::Nats(n) => Box::pin(n.get(id)).await,
         }
@@ -632,7 +577,8 @@ impl JobStore {
     ) -> Result<Vec<Job>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => {
-                s.read(move |c| ops::list(c, state, org.as_deref(), limit))
+                s.reader
+                    .read(move |c| ops::list(c, state, org.as_deref(), limit))
                     .await
             }
             Backend::Nats(n) => Box::pin(n.list(state, org.as_deref(), limit)).await,
@@ -642,7 +588,7 @@ impl JobStore {
     /// How many jobs are in each state.
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.read(ops::counts).await,
+            Backend::Sqlite(s) => s.reader.read(ops::counts).await,
             Backend::Nats(n) => Box::pin(n.counts()).await,
         }
     }
@@ -652,7 +598,7 @@ impl JobStore {
     /// always "now": claim again.
     pub async fn next_due(&self) -> Result<Option<Millis>, StoreError> {
         match &self.backend {
-            Backend::Sqlite(s) => s.read(ops::next_due).await,
+            Backend::Sqlite(s) => s.reader.read(ops::next_due).await,
             Backend::Nats(_) => Ok(Some(crate::clock::now_ms())),
         }
     }
@@ -782,15 +728,30 @@ pub mod ops {
     use super::*;
     use crate::bindings::ResolvedInput;
 
-    const COLUMNS: &str = "id, org, agent, function, call_id, tool_call_id, invocation_id, action, \
-        connection, inputs, idempotency_key, idempotent, reason, state, attempts, max_attempts, \
-        runnable_at, lease_owner, lease_until, hard_timeout_ms, last_error, provider_message_id, \
-        at_least_once, created_at, updated_at, finished_at, inputs_cleared";
+    /// What never changes of a job ([`Head`]), in its order.
+    macro_rules! head_columns {
+        () => {
+            "id, org, agent, function, call_id, tool_call_id, invocation_id, action, connection, \
+             idempotency_key, reason, created_at"
+        };
+    }
+    /// A job's [`Lifecycle`], in its order.
+    macro_rules! life_columns {
+        () => {
+            "state, attempts, max_attempts, runnable_at, lease_owner, lease_until, hard_timeout_ms, \
+             last_error, provider_message_id, idempotent, at_least_once, possibly_sent, \
+             attempt_sent, inputs_cleared, retry_window_ms, updated_at, finished_at"
+        };
+    }
+    const LIFE: &str = life_columns!();
+    /// A whole job: its head, its lifecycle, then its inputs.
+    const COLUMNS: &str = concat!(head_columns!(), ", ", life_columns!(), ", inputs");
+    /// Where the lifecycle and the inputs start in a row of [`COLUMNS`].
+    const LIFE_AT: usize = 12;
+    const INPUTS_AT: usize = LIFE_AT + 17;
 
-    fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
-        let inputs: String = r.get(9)?;
-        let state: String = r.get(13)?;
-        Ok(Job {
+    fn head_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Head> {
+        Ok(Head {
             id: r.get(0)?,
             org: r.get(1)?,
             agent: r.get(2)?,
@@ -800,30 +761,49 @@ pub mod ops {
             invocation_id: r.get(6)?,
             action: r.get(7)?,
             connection: r.get(8)?,
-            inputs: serde_json::from_str::<Vec<ResolvedInput>>(&inputs).unwrap_or_default(),
-            idempotency_key: r.get(10)?,
-            idempotent: r.get::<_, i64>(11)? != 0,
-            reason: r.get(12)?,
-            state: JobState::parse(&state).unwrap_or(JobState::Failed),
-            attempts: r.get(14)?,
-            max_attempts: r.get(15)?,
-            runnable_at: r.get(16)?,
-            lease_owner: r.get(17)?,
-            lease_until: r.get(18)?,
-            hard_timeout_ms: r.get::<_, i64>(19)? as u64,
-            last_error: r.get(20)?,
-            provider_message_id: r.get(21)?,
-            at_least_once: r.get::<_, i64>(22)? != 0,
-            created_at: r.get(23)?,
-            updated_at: r.get(24)?,
-            finished_at: r.get(25)?,
-            inputs_cleared: r.get::<_, i64>(26)? != 0,
+            idempotency_key: r.get(9)?,
+            reason: r.get(10)?,
+            created_at: r.get(11)?,
         })
+    }
+
+    /// The [`LIFE`] columns of a row, from column `at`.
+    fn life_of(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Lifecycle> {
+        let state: String = r.get(at)?;
+        Ok(Lifecycle {
+            state: JobState::parse(&state).unwrap_or(JobState::Failed),
+            attempts: r.get(at + 1)?,
+            max_attempts: r.get(at + 2)?,
+            runnable_at: r.get(at + 3)?,
+            lease_owner: r.get(at + 4)?,
+            lease_until: r.get(at + 5)?,
+            hard_timeout_ms: r.get::<_, i64>(at + 6)? as u64,
+            last_error: r.get(at + 7)?,
+            provider_message_id: r.get(at + 8)?,
+            idempotent: r.get::<_, i64>(at + 9)? != 0,
+            at_least_once: r.get::<_, i64>(at + 10)? != 0,
+            possibly_sent: r.get::<_, i64>(at + 11)? != 0,
+            attempt_sent: r.get::<_, i64>(at + 12)? != 0,
+            inputs_cleared: r.get::<_, i64>(at + 13)? != 0,
+            retry_window_ms: r.get::<_, i64>(at + 14)? as u64,
+            updated_at: r.get(at + 15)?,
+            finished_at: r.get(at + 16)?,
+        })
+    }
+
+    fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+        let inputs: String = r.get(INPUTS_AT)?;
+        Ok(Job::assemble(
+            head_of(r)?,
+            life_of(r, LIFE_AT)?,
+            serde_json::from_str::<Vec<ResolvedInput>>(&inputs).unwrap_or_default(),
+        ))
     }
 
     /// Insert a job. A pending or succeeded job with the same action key is returned instead
     /// of a second one (the caller checks it is what it asked for); a failed or dead one keeps
-    /// its history under a changed key, and the action is queued afresh.
+    /// its history under a changed key, and the action is queued afresh. The new job starts
+    /// where [`transitions::enqueue`] says.
     pub fn enqueue(tx: &Connection, job: &NewJob, now: Millis) -> Result<Job, StoreError> {
         if let Some(existing) = tx
             .prepare_cached(&format!(
@@ -840,67 +820,62 @@ pub mod ops {
             )?
             .execute([&existing.id])?;
         }
-        let FirstState {
-            state,
-            attempts,
-            runnable_at,
-            lease_owner,
-            lease_until,
-            last_error,
-            at_least_once,
-            possibly_sent: sent_before,
-        } = job.first_state();
-        let finished_at = (state == JobState::Dead).then_some(now);
-        let retry_window_ms = job.retry_window.as_millis() as u64;
-        let keep = keeps_inputs(state, retry_window_ms);
-        let inputs = if keep {
+        let life = transitions::enqueue(job, now);
+        let inputs = if life.inputs_cleared {
+            "[]".to_owned()
+        } else {
             serde_json::to_string(&job.inputs)
                 .map_err(|e| StoreError::Sqlite(format!("inputs do not serialize: {e}")))?
-        } else {
-            "[]".to_owned()
         };
-        let id = job_id();
+        let h = Head::new(job, job_id(), now);
+        let l = &life;
         tx.prepare_cached(&format!(
-            "INSERT INTO jobs ({COLUMNS}, retry_window_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
-                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?22, NULL, ?23, ?21, ?21, ?24, ?25, ?26)"
+            "INSERT INTO jobs ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+             ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, \
+             ?29, ?30)"
         ))?
         .execute(params![
-            id,
-            job.org,
-            job.agent,
-            job.function,
-            job.call_id,
-            job.tool_call_id,
-            job.invocation_id,
-            job.action.as_str(),
-            job.connection,
+            h.id,
+            h.org,
+            h.agent,
+            h.function,
+            h.call_id,
+            h.tool_call_id,
+            h.invocation_id,
+            h.action,
+            h.connection,
+            h.idempotency_key,
+            h.reason,
+            h.created_at,
+            l.state.as_str(),
+            l.attempts,
+            l.max_attempts,
+            l.runnable_at,
+            l.lease_owner,
+            l.lease_until,
+            l.hard_timeout_ms as i64,
+            l.last_error,
+            l.provider_message_id,
+            l.idempotent as i64,
+            l.at_least_once as i64,
+            l.possibly_sent as i64,
+            l.attempt_sent as i64,
+            l.inputs_cleared as i64,
+            l.retry_window_ms as i64,
+            l.updated_at,
+            l.finished_at,
             inputs,
-            job.idempotency_key,
-            job.idempotent as i64,
-            job.reason.as_str(),
-            state.as_str(),
-            attempts,
-            job.max_attempts,
-            runnable_at,
-            lease_owner,
-            lease_until,
-            job.hard_timeout.as_millis() as i64,
-            now,
-            last_error,
-            at_least_once as i64,
-            finished_at,
-            !keep as i64,
-            retry_window_ms as i64,
         ])?;
-        if sent_before {
-            tx.prepare_cached("UPDATE jobs SET possibly_sent = 1 WHERE id = ?1")?
-                .execute([&id])?;
-        }
-        if matches!(job.start, Start::Live { .. }) {
-            tx.prepare_cached("UPDATE jobs SET attempt_sent = 1 WHERE id = ?1")?
-                .execute([&id])?;
-        }
-        get(tx, &id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
+        get(tx, &h.id)?.ok_or_else(|| StoreError::Sqlite("inserted job vanished".into()))
+    }
+
+    /// One job's lifecycle (what [`super::transitions`] reads and writes).
+    pub fn lifecycle(c: &Connection, id: &str) -> Result<Option<Lifecycle>, StoreError> {
+        Ok(
+            c.prepare_cached(&format!("SELECT {LIFE} FROM jobs WHERE id = ?1"))?
+                .query_row([id], |r| life_of(r, 0))
+                .optional()?,
+        )
     }
 
     /// Lease the most overdue runnable job: a queued job whose time has come, or an in-flight
@@ -914,11 +889,11 @@ pub mod ops {
         // forever.
         tx.prepare_cached(&format!(
             "UPDATE jobs SET state = 'dead', finished_at = ?1, updated_at = ?1, lease_owner = NULL, \
-             lease_until = NULL, last_error = 'the last attempt never reported back (its lease lapsed)', {} \
+             lease_until = NULL, last_error = ?2, {} \
              WHERE state = 'in_flight' AND lease_until < ?1 AND attempts >= max_attempts",
             clear_inputs_if("1")
         ))?
-        .execute([now])?;
+        .execute(params![now, transitions::LAPSED])?;
         // Two lookups that each walk an index in order, rather than one OR that sorts.
         let due: Option<(String, Millis)> = tx
             .prepare_cached(
@@ -1208,6 +1183,7 @@ mod tests {
     use crate::workflow::DeferReason;
     use proptest::prelude::*;
     use std::collections::HashMap;
+    use std::sync::Arc;
 
     fn new_job(key: &str, start: Start, max_attempts: u32) -> NewJob {
         NewJob {
@@ -1448,9 +1424,11 @@ mod tests {
         ));
     }
 
-    /// The queue against a model: claims respect time and leases, every job ends in exactly
-    /// one final state, nothing is lost, and a lease holder's report counts only while it
-    /// holds the lease.
+    /// The queue's SQL against [`transitions`], the state machine the NATS backend executes:
+    /// any sequence of enqueues, claims, reports, releases, cancellations and time leaves every
+    /// job exactly as the transitions say (state, attempts, lease, times, flags). Claims respect
+    /// time and leases, nothing is lost, and a lease holder's report counts only while it holds
+    /// the lease.
     #[derive(Debug, Clone)]
     enum Step {
         Enqueue(u8),
@@ -1459,6 +1437,10 @@ mod tests {
         Finish { worker: u8, how: u8 },
         Release,
         Cancel(u8),
+        MarkSending(u8),
+        PutBack(u8),
+        Retry(u8),
+        ClearInputs,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1469,123 +1451,136 @@ mod tests {
             (0u8..3, 0u8..3).prop_map(|(worker, how)| Step::Finish { worker, how }),
             Just(Step::Release),
             (0u8..8).prop_map(Step::Cancel),
+            (0u8..3).prop_map(Step::MarkSending),
+            (0u8..3).prop_map(Step::PutBack),
+            (0u8..8).prop_map(Step::Retry),
+            Just(Step::ClearInputs),
         ]
-    }
-
-    #[derive(Debug, Clone, PartialEq)]
-    struct Model {
-        state: JobState,
-        attempts: u32,
-        runnable_at: Option<Millis>,
-        owner: Option<String>,
-        lease_until: Option<Millis>,
-        possibly_sent: bool,
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
-        fn queue_matches_its_model(steps in prop::collection::vec(step(), 1..60)) {
+        fn queue_keeps_the_transitions(steps in prop::collection::vec(step(), 1..60)) {
+            use transitions::Verdict;
             let c = memory();
             let max_attempts = 3;
-            let hard = 1000;
-            let lease = hard + LEASE_MARGIN.as_millis() as i64;
+            let lease = 1000 + LEASE_MARGIN.as_millis() as i64;
             let mut now: Millis = 0;
-            let mut model: HashMap<String, Model> = HashMap::new();
+            let mut model: HashMap<String, Lifecycle> = HashMap::new();
             let mut ids: HashMap<u8, String> = HashMap::new();
             let mut held: HashMap<String, (String, u32)> = HashMap::new(); // worker -> (job, attempt)
             for s in steps {
                 match s {
-                                        Step::Enqueue(k) => {
+                    Step::Enqueue(k) => {
                         let start = match k % 4 {
                             0 => Start::RunnableAt(now),
                             1 => Start::AfterCall,
                             2 => Start::Live { owner: "live".into(), until: now + lease },
                             _ => Start::Retry { not_before: now + 50, possibly_sent: k % 8 == 7, error: "503".into() },
                         };
-                        let j = ops::enqueue(&c, &new_job(&k.to_string(), start.clone(), max_attempts), now).unwrap();
-                        if let Some(prev) = ids.get(&k) {
-                                                                let same = prev == &j.id;
-                                    let revived = matches!(model[prev].state, JobState::Failed | JobState::Dead);
-                                    prop_assert!(same || revived, "one pending job per key");
-                                    if revived {
-                                        // A finished failure is queued afresh under the key.
-                                        ids.insert(k, j.id.clone());
-                                        let m = match &start {
-                                            Start::RunnableAt(t) => Model { state: JobState::Queued, attempts: 0, runnable_at: Some(*t), owner: None, lease_until: None, possibly_sent: false },
-                                            Start::AfterCall => Model { state: JobState::Queued, attempts: 0, runnable_at: None, owner: None, lease_until: None, possibly_sent: false },
-                                            Start::Live { owner, until } => {
-                                                held.insert(owner.clone(), (j.id.clone(), 1));
-                                                Model { state: JobState::InFlight, attempts: 1, runnable_at: None, owner: Some(owner.clone()), lease_until: Some(*until), possibly_sent: true }
-                                            }
-                                            Start::Retry { not_before, possibly_sent, .. } => Model { state: JobState::Queued, attempts: 1, runnable_at: Some(*not_before), owner: None, lease_until: None, possibly_sent: *possibly_sent },
-                                        };
-                                        model.insert(j.id.clone(), m);
-                                    }
-                        } else {
-                            ids.insert(k, j.id.clone());
-                                                        let m = match &start {
-                                Start::RunnableAt(t) => Model { state: JobState::Queued, attempts: 0, runnable_at: Some(*t), owner: None, lease_until: None, possibly_sent: false },
-                                Start::AfterCall => Model { state: JobState::Queued, attempts: 0, runnable_at: None, owner: None, lease_until: None, possibly_sent: false },
-                                Start::Live { owner, until } => {
-                                    held.insert(owner.clone(), (j.id.clone(), 1));
-                                    Model { state: JobState::InFlight, attempts: 1, runnable_at: None, owner: Some(owner.clone()), lease_until: Some(*until), possibly_sent: true }
-                                }
-                                Start::Retry { not_before, possibly_sent, .. } => Model { state: JobState::Queued, attempts: 1, runnable_at: Some(*not_before), owner: None, lease_until: None, possibly_sent: *possibly_sent },
-                            };
-                            model.insert(j.id.clone(), m);
+                        let mut new = new_job(&k.to_string(), start.clone(), max_attempts);
+                        new.idempotent = k % 3 == 0;
+                        if k % 2 == 0 {
+                            new.retry_window = Duration::from_millis(500);
                         }
+                        let j = ops::enqueue(&c, &new, now).unwrap();
+                        if let Some(prev) = ids.get(&k) {
+                            let revived = matches!(model[prev].state, JobState::Failed | JobState::Dead);
+                            prop_assert!(prev == &j.id || revived, "one pending job per key");
+                            if !revived {
+                                continue;
+                            }
+                            // A finished failure is queued afresh under the key.
+                        }
+                        ids.insert(k, j.id.clone());
+                        if let Start::Live { owner, .. } = &start {
+                            held.insert(owner.clone(), (j.id.clone(), 1));
+                        }
+                        model.insert(j.id.clone(), transitions::enqueue(&new, now));
                     }
                     Step::Advance(ms) => now += ms as Millis,
-                                        Step::Cancel(k) => {
+                    Step::Cancel(k) => {
                         let Some(id) = ids.get(&k).cloned() else { continue };
                         let ok = ops::cancel_unsent(&c, &id, "barge_in", now).unwrap();
-                        let m = model.get_mut(&id).unwrap();
-                        let may = m.state == JobState::Queued && !m.possibly_sent;
-                        prop_assert_eq!(ok, may, "only a queued job never sent can be cancelled");
-                        if may {
-                            m.state = JobState::Failed;
-                            m.runnable_at = None;
+                        let next = transitions::cancel_unsent(&model[&id], "barge_in", now);
+                        prop_assert_eq!(ok, next.is_some(), "only a queued job never sent can be cancelled");
+                        if let Some(n) = next {
+                            model.insert(id, n);
                         }
                     }
                     Step::Release => {
                         ops::release(&c, Some(("acme", "c-1")), now).unwrap();
                         for m in model.values_mut() {
-                            if m.state == JobState::Queued && m.runnable_at.is_none() {
-                                m.runnable_at = Some(now);
+                            if let Some(n) = transitions::release(m, now) {
+                                *m = n;
                             }
                         }
                     }
                     Step::Claim(w) => {
                         let owner = format!("w{w}");
                         let got = ops::claim(&c, &owner, now).unwrap();
-                        for m in model.values_mut() {
-                            if m.state == JobState::InFlight
-                                && m.lease_until.is_some_and(|t| t < now)
-                                && m.attempts >= max_attempts
-                            {
-                                m.state = JobState::Dead;
-                                m.owner = None;
-                                m.lease_until = None;
+                        // A claim ends every lapsed job out of attempts, and leases one of the
+                        // claimable ones.
+                        let mut claimable = Vec::new();
+                        for (id, m) in model.iter_mut() {
+                            match transitions::claim(m, &owner, now) {
+                                Verdict::Dead(d) => *m = d,
+                                Verdict::Claim(n) => claimable.push((id.clone(), n)),
+                                Verdict::Later(_) | Verdict::Spent => {}
                             }
                         }
-                        let claimable: Vec<&String> = model.iter().filter(|(_, m)| {
-                            (m.state == JobState::Queued && m.runnable_at.is_some_and(|t| t <= now))
-                                || (m.state == JobState::InFlight && m.lease_until.is_some_and(|t| t < now))
-                        }).map(|(id, _)| id).collect();
                         match got {
                             None => prop_assert!(claimable.is_empty(), "a claimable job was not claimed: {:?}", claimable),
                             Some(j) => {
-                                prop_assert!(claimable.contains(&&j.id), "claimed a job that was not claimable");
-                                let m = model.get_mut(&j.id).unwrap();
-                                m.state = JobState::InFlight;
-                                m.attempts += 1;
-                                m.owner = Some(owner.clone());
-                                m.lease_until = Some(now + lease);
-                                prop_assert_eq!(j.attempts, m.attempts);
+                                let Some((_, n)) = claimable.into_iter().find(|(id, _)| *id == j.id) else {
+                                    return Err(TestCaseError::fail("claimed a job that was not claimable"));
+                                };
+                                prop_assert_eq!(j.attempts, n.attempts);
+                                model.insert(j.id.clone(), n);
                                 held.insert(owner, (j.id, j.attempts));
                             }
                         }
+                    }
+                    Step::MarkSending(w) => {
+                        let owner = format!("w{w}");
+                        let Some((id, attempt)) = held.get(&owner).cloned() else { continue };
+                        let ok = ops::mark_sending(&c, &id, &owner, attempt, now).unwrap();
+                        let next = transitions::mark_sending(&model[&id], &owner, attempt, now);
+                        prop_assert_eq!(ok, next.is_some(), "only the lease holder may send");
+                        if let Some(n) = next {
+                            model.insert(id, n);
+                        }
+                    }
+                    Step::PutBack(w) => {
+                        let owner = format!("w{w}");
+                        let Some((id, attempt)) = held.remove(&owner) else { continue };
+                        let ok = ops::put_back(&c, &id, &owner, attempt, now + 20, "circuit open", now).unwrap();
+                        let next = transitions::put_back(&model[&id], &owner, attempt, now + 20, "circuit open", now);
+                        prop_assert_eq!(ok, next.is_some(), "only the lease holder may put a job back");
+                        if let Some(n) = next {
+                            model.insert(id, n);
+                        }
+                    }
+                    Step::Retry(k) => {
+                        let Some(id) = ids.get(&k).cloned() else { continue };
+                        let got = ops::retry(&c, &id, now).unwrap().unwrap();
+                        let next = transitions::retry(&model[&id], now);
+                        prop_assert_eq!(got.as_ref().err(), next.as_ref().err());
+                        if let Ok(n) = next {
+                            model.insert(id, n);
+                        }
+                    }
+                    Step::ClearInputs => {
+                        let n = ops::clear_expired_inputs(&c, now).unwrap();
+                        let mut cleared = 0;
+                        for m in model.values_mut() {
+                            if let Some(next) = transitions::clear_expired_inputs(m, now) {
+                                *m = next;
+                                cleared += 1;
+                            }
+                        }
+                        prop_assert_eq!(n, cleared);
                     }
                     Step::Finish { worker, how } => {
                         let owner = format!("w{worker}");
@@ -1596,38 +1591,21 @@ mod tests {
                             _ => Finish::Retry { not_before: now + 10, error: "503".into(), possibly_sent: true },
                         };
                         let ok = ops::finish(&c, &id, &owner, attempt, &finish, now).unwrap();
-                        let m = model.get_mut(&id).unwrap();
-                        let holds = m.state == JobState::InFlight
-                            && m.owner.as_deref() == Some(owner.as_str())
-                            && m.attempts == attempt;
-                        prop_assert_eq!(ok, holds, "a report counts only from the lease holder");
-                        if holds {
-                            m.owner = None;
-                            m.lease_until = None;
-                            match finish {
-                                Finish::Succeeded { .. } => m.state = JobState::Succeeded,
-                                Finish::Failed { .. } => m.state = JobState::Failed,
-                                                                Finish::Retry { not_before, possibly_sent, .. } => {
-                                    m.possibly_sent = possibly_sent;
-                                    if m.attempts >= max_attempts {
-                                        m.state = JobState::Dead;
-                                        m.runnable_at = None;
-                                    } else {
-                                        m.state = JobState::Queued;
-                                        m.runnable_at = Some(not_before);
-                                    }
-                                }
-                            }
+                        let before = &model[&id];
+                        let next = transitions::finish(before, &owner, attempt, &finish, now);
+                        let again = transitions::recorded(before, attempt, &finish);
+                        prop_assert_eq!(ok, next.is_some() || again, "a report counts only from the lease holder");
+                        if let Some(n) = next {
+                            model.insert(id, n);
                         }
                         held.remove(&owner);
                     }
                 }
-                // Every job the model knows is stored, in the model's state: nothing is lost.
+                // Every job the model knows is stored, as the transitions say: nothing is lost.
                 for (id, m) in &model {
-                    let j = ops::get(&c, id).unwrap().unwrap();
-                    prop_assert_eq!(j.state, m.state, "job {}", id);
-                    prop_assert_eq!(j.attempts, m.attempts);
-                    prop_assert!(j.attempts <= max_attempts);
+                    let stored = ops::lifecycle(&c, id).unwrap().unwrap();
+                    prop_assert_eq!(&stored, m, "job {}", id);
+                    prop_assert!(stored.attempts <= max_attempts);
                 }
             }
         }

@@ -173,3 +173,119 @@ impl Drop for NatsServer {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// the conformance harness: one case, two backends
+
+/// Which backend a conformance case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Nats,
+}
+
+/// The hosts of one conformance case (`tests/jobs_conformance.rs`,
+/// `tests/evidence_conformance.rs`): a temporary directory for SQLite files and, for NATS, a
+/// server and a stream prefix of the case's own. "Hosts" are separate store instances: for
+/// NATS, separate connections, as two sidecars or workers would have; for SQLite, separate
+/// stores on one directory. Each suite opens its own store on it.
+pub struct Hosts {
+    pub kind: Kind,
+    pub dir: tempfile::TempDir,
+    pub nats: Option<NatsServer>,
+    /// This case's stream prefix (cases may share a server).
+    pub prefix: String,
+}
+
+impl Hosts {
+    /// Hosts on the shared nats-server, when there is one; streams under `base`.
+    pub fn new(kind: Kind, base: &str) -> Option<Hosts> {
+        Hosts::on(kind, base, NatsServer::shared)
+    }
+
+    /// Hosts on a nats-server of their own, which the case may stop and start.
+    pub fn new_own(kind: Kind, base: &str) -> Option<Hosts> {
+        Hosts::on(kind, base, || NatsServer::start(&[]))
+    }
+
+    fn on(kind: Kind, base: &str, server: impl FnOnce() -> Option<NatsServer>) -> Option<Hosts> {
+        let nats = match kind {
+            Kind::Sqlite => None,
+            Kind::Nats => Some(server()?),
+        };
+        Some(Hosts {
+            kind,
+            dir: tempfile::tempdir().unwrap(),
+            nats,
+            prefix: unique_prefix(base),
+        })
+    }
+
+    /// Options for this case's server and prefix, the defaults for the rest.
+    pub fn nats_options(&self) -> toolgate::storage::nats::NatsOptions {
+        let server = self.nats.as_ref().expect("a NATS case");
+        toolgate::storage::nats::NatsOptions::new(vec![server.url()], self.prefix.as_str())
+    }
+
+    /// The server (NATS cases only).
+    pub fn server(&mut self) -> &mut NatsServer {
+        self.nats.as_mut().expect("a NATS case")
+    }
+}
+
+/// Open a store with `open` until it opens: the server may still be starting JetStream. Tries
+/// for 15 s, then panics naming `what`.
+pub async fn open_until_up<
+    T,
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+>(
+    what: &str,
+    mut open: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match open().await {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("waiting for nats-server: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot open the NATS {what}: {e}"),
+        }
+    }
+}
+
+/// Run `scenario` against both backends, as `<name>::sqlite` and `<name>::nats`, on hosts with
+/// streams under the suite's `PREFIX`; with `own`, the NATS case gets a server of its own (it
+/// stops and starts it).
+#[allow(unused_macros)]
+macro_rules! both {
+    ($name:ident, $scenario:ident) => {
+        both!($name, $scenario, new);
+    };
+    ($name:ident, $scenario:ident, own) => {
+        both!($name, $scenario, new_own);
+    };
+    ($name:ident, $scenario:ident, $hosts:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(h) = Hosts::new(Kind::Sqlite, PREFIX) {
+                    $scenario(h).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                if let Some(h) = Hosts::$hosts(Kind::Nats, PREFIX) {
+                    $scenario(h).await;
+                }
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both;

@@ -1,9 +1,16 @@
-//! The worker: claims runnable jobs with a lease, runs them through the same provider
-//! adapters as live calls, and records how each attempt ended.
+//! The job worker (SPEC §4 and §10): claims runnable jobs of the [`crate::workflow`] queue with
+//! a lease, runs them through the same provider adapters as live calls, and records how each
+//! attempt ended. It runs inside a sidecar (`workflow.worker = true`) or alone as
+//! `toolgate worker`; [`housekeeping`] is the periodic upkeep of the queue and the evidence.
+//!
+//! It stands on the whole process ([`Runtime`]: config, jobs, evidence, connections,
+//! telemetry), which is why it lives here, above the queue it works, and not in it.
 //!
 //! Retries keep the job's action key, so Resend sees the same `Idempotency-Key` and webhook
 //! receivers the same `webhook-id` on every attempt. Wati has no such key: a job retried after
 //! an attempt that may have reached Wati is marked `at_least_once`.
+
+pub mod housekeeping;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +21,6 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{Finish, Job};
 use crate::bindings::Resolution;
 use crate::catalog::Action;
 use crate::clock::now_ms;
@@ -24,6 +30,7 @@ use crate::evidence;
 use crate::providers::{self, Accepted, ActionContext, Prepared, ProviderError};
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
+use crate::workflow::{Finish, Job};
 
 /// Longest idle wait between looks at the queue (a safety net behind the wake-ups).
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -253,7 +260,7 @@ async fn record_finish(
     job: &Job,
     owner: &str,
     finish: Finish,
-) -> Result<bool, super::store::StoreError> {
+) -> Result<bool, crate::storage::StoreError> {
     let lease_end = job.lease_until.unwrap_or_else(now_ms);
     let mut pause = RECORD_RETRY.0;
     let mut tries = 1u32;
@@ -271,8 +278,7 @@ async fn record_finish(
             }
             Err(e) => e,
         };
-        let closed = matches!(e, super::store::StoreError::Closed);
-        if closed || now_ms() + pause.as_millis() as i64 >= lease_end {
+        if !e.retryable() || now_ms() + pause.as_millis() as i64 >= lease_end {
             return Err(e);
         }
         if tries == 1 {

@@ -22,7 +22,7 @@ use crate::runtime::Runtime;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How often the queue repairs what hosts that died left behind (NATS only; see
-/// [`super::store::JobStore::sweep`]).
+/// [`crate::workflow::store::JobStore::sweep`]).
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// How often this host looks for its own writes to catch up on (a cheap, in-memory check;
