@@ -637,11 +637,13 @@ async fn a_connection_reset_is_an_unknown_outcome() {
 #[tokio::test]
 async fn a_cancelled_call_in_flight_completes_and_reports_the_true_outcome() {
     let env = Env::start().await;
-    env.webhook.push(Reply::slow(500));
+    // The receiver takes the request at once and answers after 500 ms.
+    env.webhook
+        .push(Reply::AnswerLate(Duration::from_millis(500)));
     let mut s = env.session("c-cancel", json!({})).await;
     s.send_call("call_01", "notify_team", json!({"reason": "billing"}))
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    requests_reach(&env.webhook, 1, "the call to be in flight at the receiver").await;
     s.client
         .send(&json!({"type": "tool.cancel", "id": "call_01", "reason": "barge_in"}))
         .await
@@ -664,7 +666,7 @@ async fn a_cancelled_call_in_flight_completes_and_reports_the_true_outcome() {
         .send(&json!({"type": "tool.cancel", "id": "call_01"}))
         .await
         .unwrap();
-    s.expect_silence(Duration::from_millis(200)).await;
+    s.expect_pong_next().await;
 }
 
 #[tokio::test]

@@ -193,7 +193,14 @@ async fn a_disabled_connection_is_disconnected_and_never_called() {
         .call("call_1", "notify_team", json!({"reason": "billing"}))
         .await;
     assert_eq!(a.error().as_deref(), Some("connection_unavailable"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The validator's first pass checks every enabled connection together: once the others
+    // have been checked, a check of this one would have been made too.
+    for id in ["acme-resend", "acme-wati", "beta-wati"] {
+        wait_until(&format!("{id} to be validated"), EVENT_WAIT, || async {
+            (!env.connection(id).await["validated_at"].is_null()).then_some(())
+        })
+        .await;
+    }
     assert!(env.webhook.all_requests().is_empty());
 }
 
@@ -327,9 +334,25 @@ async fn a_worker_holds_jobs_for_a_refused_connection_without_spending_their_att
         .await
         .unwrap();
     // The worker looks at it (at the end of the call, then every second) but never sends or
-    // counts an attempt.
-    tokio::time::sleep(Duration::from_millis(2300)).await;
-    let j = env.job(&job).await;
+    // counts an attempt: each look hands it back, held until a later time.
+    let held_until = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let (held_until, job_id, env_ref) = (&held_until, &job, &env);
+    let j = wait_until(
+        "the worker to look at the held job three times",
+        EVENT_WAIT,
+        || async move {
+            let j = env_ref.job(job_id).await;
+            let held = j["state"] == "queued"
+                && j["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("acme-wati is error"));
+            if held {
+                held_until.borrow_mut().insert(j["runnable_at"].to_string());
+            }
+            (held_until.borrow().len() >= 3).then_some(j)
+        },
+    )
+    .await;
     assert_eq!(j["state"], "queued", "{j}");
     assert_eq!(j["attempts"], 0, "{j}");
     assert!(

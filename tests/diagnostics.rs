@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 use toolgate::tooling::mock::Reply;
@@ -113,7 +111,18 @@ async fn seed(env: &Env) {
     }
     end(&mut s).await;
     // The evidence is complete once the live requests behind the deferrals have ended.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.invocations_when(
+        "c-dx-slow",
+        "the five deferred calls' records to be final",
+        |list| {
+            let calls: Vec<&Value> = list
+                .iter()
+                .filter(|i| i["source_type"] == "agent")
+                .collect();
+            calls.len() == 5 && calls.iter().all(|i| i["final"] == true)
+        },
+    )
+    .await;
     env.server.runtime().evidence.flush().await;
 }
 

@@ -297,8 +297,8 @@ async fn a_deferred_call_becomes_final_when_its_job_succeeds_with_the_attempts_l
     );
     assert_eq!(w["provider_message_id"], r["provider_message_id"]);
 
-    // The record stays final: nothing later changes it.
-    sleep(Duration::from_millis(300)).await;
+    // The record stays final: nothing later changes it (no event says nothing will).
+    quiet_for(Duration::from_millis(300)).await;
     assert_eq!(record(&env, &id).await, r);
     end(&mut s).await;
 }
@@ -307,11 +307,13 @@ async fn a_deferred_call_becomes_final_when_its_job_succeeds_with_the_attempts_l
 async fn cancelled_calls_record_who_cancelled_and_whether_anything_was_sent() {
     let env = Env::start().await;
     let mut s = env.session("c-ev-cancel", json!({})).await;
-    // A live call whose request is already out when the caller barges in.
-    env.webhook.push(Reply::slow(500));
+    // A live call whose request is already out when the caller barges in (the receiver
+    // takes it at once and answers after 500 ms).
+    env.webhook
+        .push(Reply::AnswerLate(Duration::from_millis(500)));
     s.send_call("call_01", "escalate_now", json!({"reason": "angry"}))
         .await;
-    sleep(Duration::from_millis(100)).await;
+    requests_reach(&env.webhook, 1, "the call to be in flight at the receiver").await;
     s.client
         .send(&json!({"type": "tool.cancel", "id": "call_01", "reason": "barge_in"}))
         .await
@@ -343,7 +345,8 @@ async fn cancelled_calls_record_who_cancelled_and_whether_anything_was_sent() {
     assert_eq!(r["cancelled"]["provider_outcome"], "not_sent");
     assert_eq!(r["cancelled"]["reason"], "barge_in");
     end(&mut s).await;
-    sleep(Duration::from_millis(300)).await;
+    // Its job is closed; nothing marks that the worker will never send it after the call.
+    quiet_for(Duration::from_millis(300)).await;
     assert_eq!(
         env.webhook.requests().len(),
         1,
@@ -852,11 +855,13 @@ async fn duplicates_and_calls_refused_before_their_guards_are_on_record() {
 #[tokio::test]
 async fn a_call_still_running_when_the_session_ends_is_recorded_unanswered() {
     let env = Env::start().await;
-    env.webhook.push(Reply::slow(400));
+    // The receiver takes the request at once and answers after 400 ms.
+    env.webhook
+        .push(Reply::AnswerLate(Duration::from_millis(400)));
     let mut s = env.session("c-ev-gone", json!({})).await;
     s.send_call("call_1", "escalate_now", json!({"reason": "angry"}))
         .await;
-    sleep(Duration::from_millis(50)).await;
+    requests_reach(&env.webhook, 1, "the call to be in flight at the receiver").await;
     end(&mut s).await;
     // The tool.call's id is known only from the request; find the record through the call.
     let deadline = Instant::now() + SETTLE;

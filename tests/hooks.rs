@@ -184,7 +184,8 @@ async fn refusals_run_nothing() {
     )
     .await;
     assert_eq!(s, 401);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Refused before anything ran; no event marks that nothing started in the background.
+    quiet_for(Duration::from_millis(200)).await;
     assert!(env.resend.requests().is_empty());
     assert!(env.webhook.requests().is_empty());
     let (_, calls) = env.admin("GET", "/v1/invocations", Some(ADMIN_TOKEN)).await;
@@ -357,7 +358,11 @@ async fn a_slow_provider_is_answered_at_the_budget_and_sent_once_after() {
     assert_eq!(r["status"], "queued", "{b}");
     let sent = env.resend.wait_for_requests(1, WAIT).await;
     assert_eq!(sent.len(), 1);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the record is final the live request has closed the job: nothing is left to send.
+    env.invocations_when("vc-slow", "the call's records to be final", |l| {
+        !l.is_empty() && l.iter().all(|i| i["final"] == true)
+    })
+    .await;
     assert_eq!(env.resend.requests().len(), 1, "sent once");
 }
 

@@ -85,7 +85,18 @@ async fn logs_carry_no_secrets_and_no_caller_pii() {
         .await
         .unwrap();
     s.client.abort();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The dropped socket is logged too.
+    let logged = &buf;
+    wait_until(
+        "the dropped socket to be logged",
+        EVENT_WAIT,
+        || async move {
+            let logs = String::from_utf8_lossy(&logged.0.lock().unwrap()).into_owned();
+            logs.contains("socket gone without session.end")
+                .then_some(())
+        },
+    )
+    .await;
     for shown in [validated.to_string(), listed.to_string(), metrics]
         .into_iter()
         .chain(frames)

@@ -20,13 +20,16 @@ async fn scrape(env: &Env) -> String {
         .unwrap()
 }
 
-/// The value of one series (the whole line up to the value must match).
-fn value(text: &str, series: &str) -> f64 {
+/// The value of one series, if it is there (the whole line up to the value must match).
+fn series(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
+        .map(|v| v.parse().unwrap())
+}
+
+/// The value of one series (the whole line up to the value must match).
+fn value(text: &str, name: &str) -> f64 {
+    series(text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 #[tokio::test]
@@ -76,9 +79,15 @@ async fn every_spec_metric_is_exported_with_buckets_and_bounded_labels() {
         .await
         .unwrap();
     s.client.recv(WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let text = scrape(&env).await;
+    // The session is counted as ended once it has let go of its call.
+    let text = wait_until("the ended session in the metrics", EVENT_WAIT, || async {
+        let text = scrape(&env).await;
+        let ended = series(&text, "toolgate_sessions_total{end=\"ended\"}").unwrap_or(0.0);
+        let active = series(&text, "toolgate_sessions_active").unwrap_or(1.0);
+        (ended >= 1.0 && active == 0.0).then_some(text)
+    })
+    .await;
     for name in [
         "toolgate_sessions_active",
         "toolgate_sessions_total",

@@ -273,7 +273,9 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let m = mocks().await;
-    m.resend.set_default(Reply::slow(1000));
+    // Resend takes each request at once and answers after 1 s.
+    m.resend
+        .set_default(Reply::AnswerLate(Duration::from_secs(1)));
     let config = write_config(dir.path(), &m);
     let mut sidecar = start(&config);
     // A call that already ended, leaving a live request that outlives its session.
@@ -306,9 +308,10 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    requests_reach(&m.resend, 2, "the second live request to be in flight").await;
     sidecar.signal("-TERM");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The session with nothing in flight is closed at once, after the listener has stopped.
+    assert_eq!(holding.closed(WAIT).await.unwrap(), Some(1001));
     assert!(
         CallClient::connect(&sidecar.url(), Some(ACME_TOKEN))
             .await
@@ -320,7 +323,6 @@ async fn sigterm_drains_in_flight_calls_persists_them_and_exits_0() {
     let frames = c.until_result("call_1", WAIT).await.unwrap();
     assert_eq!(frames.last().unwrap().frame["status"], "deferred");
     assert_eq!(c.closed(WAIT).await.unwrap(), Some(1001));
-    assert_eq!(holding.closed(WAIT).await.unwrap(), Some(1001));
     let status = sidecar.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
     assert_eq!(m.resend.delivered(), 2);
@@ -362,7 +364,20 @@ async fn toolgate_worker_runs_jobs_without_a_listener() {
     assert_eq!(r["status"], "deferred");
     c.send(&json!({"type": "session.end"})).await.unwrap();
     assert_eq!(c.recv(WAIT).await.unwrap().ty(), "session.ended");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The call's end makes its job runnable; a worker would take it from then on, and no
+    // event marks that none will.
+    wait_until(
+        "the ended call's job to be runnable",
+        EVENT_WAIT,
+        || async {
+            let jobs = sidecar.jobs().await;
+            jobs.iter()
+                .any(|j| j["state"] == "queued" && j["runnable_at"].is_i64())
+                .then_some(())
+        },
+    )
+    .await;
+    quiet_for(Duration::from_millis(500)).await;
     assert!(
         m.webhook.requests().is_empty(),
         "serve runs no worker with workflow.worker = false"

@@ -290,7 +290,10 @@ async fn a_reconnect_within_the_grace_resumes_and_receives_results() {
     let reqs = env.resend.wait_for_requests(1, WAIT).await;
     assert_eq!(reqs.len(), 1);
     s.client.abort();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.invocations_when("c-resume", "the call's result to complete", |l| {
+        l.iter().any(|i| i["final"] == true)
+    })
+    .await;
 
     let (mut client, ready) = resume(&env, "c-resume").await;
     assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);
@@ -325,7 +328,7 @@ async fn after_the_grace_a_dropped_session_is_gone() {
             .await;
     let s = env.session("c-gone", json!({})).await;
     s.client.abort();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    env.no_active_sessions().await;
     let mut client = env.connect().await;
     let ready = start(&mut client, "c-gone", "support-bot", json!({})).await;
     assert_eq!(ready.ty(), "session.ready");
@@ -587,7 +590,7 @@ async fn a_silent_socket_is_noticed_and_its_session_ends() {
     .await;
     // A media server that hangs: it neither reads (so never answers pings) nor closes.
     let hung = env.session("c-hung", json!({})).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    env.no_active_sessions().await;
     let mut client = env.connect().await;
     let ready = start(&mut client, "c-hung", "support-bot", json!({})).await;
     assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);

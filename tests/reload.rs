@@ -288,15 +288,19 @@ async fn secrets_are_read_again_on_reload_and_changed_connections_revalidated() 
 async fn a_call_in_flight_across_a_reload_finishes_and_rotated_credentials_are_scrubbed() {
     let s = setup().await;
     let (mut live, _) = s.session("c-inflight").await;
-    // A call still waiting on the provider while the config is reloaded.
-    s.wati.push(toolgate::tooling::mock::Reply::slow(600));
+    // A call still waiting on the provider while the config is reloaded (Wati takes it at
+    // once and answers after 600 ms).
+    s.wati.push(toolgate::tooling::mock::Reply::AnswerLate(
+        Duration::from_millis(600),
+    ));
+    let before = s.wati.requests().len();
     live.send(
         &json!({"type": "tool.call", "id": "slow", "name": "whatsapp_note",
                       "arguments": {"text": "on its way"}}),
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    requests_reach(&s.wati, before + 1, "the call to be in flight at Wati").await;
     std::fs::write(&s.path, with_new_function(&s.base)).unwrap();
     let (status, body) = s.reload().await;
     assert_eq!(status, 200, "{body}");

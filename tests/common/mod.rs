@@ -113,6 +113,37 @@ impl Env {
 
 pub const CALLER: &str = "+14155550100";
 pub const WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for something that will happen: generous, since waiting returns as soon
+/// as it does (the tests share a slow machine).
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// Poll `check` every 20 ms until it gives `Some`, and return that; fail naming `what` if it
+/// has not after `within`.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {within:?} for {what}; it never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Let `d` pass while nothing is expected, to show that something does NOT happen when no
+/// event marks that it never will (a frame a timer would send, a request a background task
+/// would make). A longer `d` proves more; it can only slow a test down, never make it flaky.
+/// Where a later event would show it (a pong after the frames before it), wait for that.
+pub async fn quiet_for(d: Duration) {
+    tokio::time::sleep(d).await;
+}
 
 fn env(name: &str) -> Option<String> {
     Some(
@@ -248,6 +279,37 @@ impl Env {
         }
     }
 
+    /// Wait until no session is active any more (each has ended and let go of its call id).
+    pub async fn no_active_sessions(&self) {
+        let rt = self.server.runtime();
+        wait_until("every session to end", EVENT_WAIT, || async {
+            (rt.active_sessions
+                .load(std::sync::atomic::Ordering::Acquire)
+                == 0)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// A call's invocation records once `ready` holds for the list (the writer is
+    /// asynchronous).
+    pub async fn invocations_when(
+        &self,
+        call_id: &str,
+        what: &str,
+        ready: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let path = format!("/v1/invocations?call_id={call_id}");
+        let path = &path;
+        let ready = &ready;
+        wait_until(what, EVENT_WAIT, || async move {
+            let (status, body) = self.admin("GET", path, Some(ADMIN_TOKEN)).await;
+            let list = body["invocations"].as_array()?;
+            (status == 200 && ready(list)).then(|| list.clone())
+        })
+        .await
+    }
+
     pub async fn connect(&self) -> CallClient {
         CallClient::connect(&self.url(), Some(ACME_TOKEN))
             .await
@@ -261,6 +323,21 @@ impl Env {
         assert_eq!(ready.ty(), "session.ready", "{:?}", ready.frame);
         Session { client, ready }
     }
+}
+
+/// Wait until `mock` has received `n` action requests in all; fail naming `what` if not.
+pub async fn requests_reach(
+    mock: &MockProvider,
+    n: usize,
+    what: &str,
+) -> Vec<toolgate::tooling::mock::Recorded> {
+    let reqs = mock.wait_for_requests(n, EVENT_WAIT).await;
+    assert!(
+        reqs.len() >= n,
+        "waited {EVENT_WAIT:?} for {what}: {} of {n} requests arrived",
+        reqs.len()
+    );
+    reqs
 }
 
 pub async fn start(
@@ -382,11 +459,26 @@ impl Session {
         r
     }
 
-    /// Nothing arrives within `d`.
+    /// Nothing arrives within `d`: for frames a timer would send (a filler), where no later
+    /// frame shows they will not come (see [`quiet_for`]). For what an earlier inbound frame
+    /// would have caused, [`Session::expect_pong_next`] proves it without waiting.
     pub async fn expect_silence(&mut self, d: Duration) {
         match self.client.recv(d).await {
             Err(toolgate::tooling::client::ClientError::Timeout(_)) => {}
             other => panic!("expected silence, got {other:?}"),
         }
+    }
+
+    /// Send a `ping`; the next frame must be its `pong`. Frames are handled in order, so
+    /// anything the frames sent before caused (an answer, an error) would have come first.
+    pub async fn expect_pong_next(&mut self) {
+        self.client.send(&json!({"type": "ping"})).await.unwrap();
+        let r = self.client.recv(WAIT).await.unwrap();
+        assert_eq!(
+            r.ty(),
+            "pong",
+            "expected nothing before the pong: {:?}",
+            r.frame
+        );
     }
 }
