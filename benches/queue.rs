@@ -156,6 +156,10 @@ fn rounds(
         for i in 0..3 {
             if i == 1 {
                 // Let the index finish reading the bucket.
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "a benchmark's own thread, between rounds"
+                )]
                 std::thread::sleep(Duration::from_secs(3));
             }
             let t = Instant::now();

@@ -209,7 +209,7 @@ fn evidence_encoding(c: &mut Criterion) {
         call_id: "c-8f2e",
         function: &function.name,
         idempotency_key: "tg_0123456789abcdef0123456789abcdef",
-        now: std::time::SystemTime::now(),
+        now: toolgate::clock::now(),
     };
     let req =
         toolgate::providers::prepare(conn, function.action, &checked.resolution, &ctx).unwrap();

@@ -11,8 +11,15 @@ pub type Millis = i64;
 
 /// The wall clock in [`Millis`].
 pub fn now_ms() -> Millis {
-    SystemTime::now()
+    now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as Millis)
         .unwrap_or(0)
+}
+
+/// The wall clock, for what needs a [`SystemTime`] (a provider's HTTP date, a signature's
+/// timestamp). The one place that reads it.
+#[allow(clippy::disallowed_methods, reason = "the clock itself")]
+pub fn now() -> SystemTime {
+    SystemTime::now()
 }

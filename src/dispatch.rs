@@ -21,7 +21,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -558,7 +558,7 @@ async fn run_inner(call: &LiveCall, rt: &Arc<Runtime>, events: &Events) -> Ended
         call_id: &call.ctx.call_id,
         function: &function.name,
         idempotency_key: &call.key,
-        now: SystemTime::now(),
+        now: crate::clock::now(),
     };
     let req = match providers::prepare(&conn, function.action, &call.inputs, &ctx) {
         Ok(req) => Arc::new(req),

@@ -35,12 +35,7 @@
 //! Tooling stands apart in [`tooling`]: loopback providers that behave like the real APIs
 //! (used by the demo, the tests and the load generator), scenarios, replay, the demo and a
 //! protocol client. Nothing on a live call's path imports it.
-#![forbid(unsafe_code)]
-#![warn(missing_docs)]
-// Large `Err` values (provider errors with their message, fields and body for the evidence;
-// ready-made HTTP error responses) travel the cold path only, once per failure; keeping their
-// detail is worth more than a smaller `Result`.
-#![allow(clippy::result_large_err)]
+// Lint levels are the workspace's (`[workspace.lints]` in Cargo.toml, bans in clippy.toml).
 
 /// Print a line to stdout, ignoring a closed pipe (`toolgate check-config x | head` must not
 /// panic): for the command line's verbs and the demo.

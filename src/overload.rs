@@ -83,6 +83,7 @@ impl Overload {
                         runtime.spawn(async move { probe.probed() });
                     }
                     drop(me);
+                    #[allow(clippy::disallowed_methods, reason = "the probe's own thread")]
                     std::thread::sleep(TICK);
                 }
             });
@@ -148,6 +149,10 @@ mod tests {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "blocking the runtime is what is tested"
+    )]
     async fn a_busy_runtime_sheds_and_a_free_one_does_not() {
         let load = Overload::new(Some(Duration::from_millis(20)));
         load.start(tokio::runtime::Handle::current());

@@ -175,6 +175,10 @@ fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
             Instant::now() < deadline,
             "serve did not exit after SIGTERM"
         );
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a test waiting for a child process"
+        )]
         std::thread::sleep(Duration::from_millis(50));
     }
 }

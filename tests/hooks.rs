@@ -98,10 +98,7 @@ fn retell_signature(body: &str, key: &str, ms: i64) -> String {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    toolgate::clock::now_ms()
 }
 
 fn retell_call(call_id: &str, name: &str, args: Value, said: &[(&str, &str)]) -> String {

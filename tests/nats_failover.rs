@@ -61,6 +61,10 @@ impl Proc {
                 assert!(status.success(), "the worker exits cleanly: {status}");
                 return;
             }
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a test waiting for a child process"
+            )]
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = c.kill();

@@ -31,6 +31,10 @@ fn stop(mut child: Child) {
             assert!(status.success(), "the worker exits cleanly: {status}");
             return;
         }
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a test waiting for a child process"
+        )]
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();

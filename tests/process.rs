@@ -126,6 +126,10 @@ impl Sidecar {
                 return status;
             }
             assert!(Instant::now() < deadline, "toolgate did not exit");
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a test waiting for a child process"
+            )]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -409,6 +413,10 @@ async fn toolgate_worker_runs_jobs_without_a_listener() {
             break status;
         }
         assert!(Instant::now() < deadline, "toolgate worker did not exit");
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a test waiting for a child process"
+        )]
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

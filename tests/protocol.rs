@@ -421,6 +421,10 @@ async fn a_saturated_sidecar_sheds_new_calls_with_one_result_each() {
         let stop = stop.clone();
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "blocking the runtime is what is tested"
+                )]
                 std::thread::sleep(Duration::from_millis(40));
                 tokio::task::yield_now().await;
             }

@@ -4,7 +4,6 @@
 //! behind the owned functions.
 
 // tungstenite's handshake callbacks return an HTTP response as their error.
-#![allow(clippy::result_large_err)]
 
 mod common;
 

@@ -8,7 +8,6 @@
 //! `TOOLGATE_REQUIRE_SDKS=1` makes that a failure.
 
 // tungstenite's handshake callbacks return an HTTP response as their error.
-#![allow(clippy::result_large_err)]
 
 mod common;
 

@@ -313,6 +313,10 @@ impl Sampler {
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..10 {
+                            #[allow(
+                                clippy::disallowed_methods,
+                                reason = "the sampler's own thread"
+                            )]
                             std::thread::sleep(Duration::from_millis(100));
                             if stop.load(Ordering::Relaxed) {
                                 return;

@@ -599,14 +599,7 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
     }
 
     // Through the relay: a ticket per call, then the ticket URL as the SDK would use it.
-    let call_id_prefix = format!(
-        "ltr-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    );
+    let call_id_prefix = crate::run::call_id_prefix("ltr");
     let rss_before = sampler.sidecar_rss_mib();
     let opening = Instant::now();
     let tickets = Arc::new(tickets);

@@ -288,14 +288,7 @@ impl Bench {
                 m.addr, args.mock_latency, args.mock_error_rate
             );
         }
-        let call_id_prefix = format!(
-            "lt-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        );
+        let call_id_prefix = call_id_prefix("lt");
         Ok(Bench {
             args,
             threads,
@@ -589,6 +582,20 @@ pub async fn run(args: Args, threads: usize) -> Result<Outcome, String> {
         window,
         None,
     )
+}
+
+/// Call ids unique to this run: `tag`, the process id and the start second, so runs against
+/// one long-lived sidecar never reuse a call id.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the load generator keeps its own clock, apart from the sidecar it measures"
+)]
+pub fn call_id_prefix(tag: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{tag}-{}-{secs}", std::process::id())
 }
 
 #[cfg(test)]

@@ -138,6 +138,7 @@ pub fn pace(
                 break;
             }
             // Wake up now and then to notice `stop` during long gaps.
+            #[allow(clippy::disallowed_methods, reason = "the pacer's own thread")]
             std::thread::sleep((due - now).min(Duration::from_millis(100)));
         }
         dispatch(n as u32);

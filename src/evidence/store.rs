@@ -871,6 +871,7 @@ fn writer_loop(
     let mut position = *applied.borrow();
     while let Ok(first) = rx.recv() {
         if matches!(first, Msg::Event(_) | Msg::Apply(..)) {
+            #[allow(clippy::disallowed_methods, reason = "the writer's own thread")]
             std::thread::sleep(LINGER);
         }
         // Rows, each with its stream sequence when it came from the stream.
@@ -905,6 +906,7 @@ fn writer_loop(
             let mut result = commit(conn, &events, moved, delay);
             if let Err(e) = &result {
                 warn!(error = %e, events = events.len(), "evidence batch refused; retrying once");
+                #[allow(clippy::disallowed_methods, reason = "the writer's own thread")]
                 std::thread::sleep(Duration::from_millis(50));
                 result = commit(conn, &events, moved, delay);
             }
@@ -954,6 +956,7 @@ fn commit(
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     if !delay.is_zero() {
         // A disk that stalls mid-commit, holding this file's write lock.
+        #[allow(clippy::disallowed_methods, reason = "the writer's own thread")]
         std::thread::sleep(delay);
     }
     let at: u64 = match position {

@@ -534,7 +534,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         }
         if let Ok(when) = httpdate::parse_http_date(v) {
             return Some(
-                when.duration_since(SystemTime::now())
+                when.duration_since(crate::clock::now())
                     .unwrap_or(Duration::ZERO),
             );
         }
@@ -668,7 +668,7 @@ mod tests {
         h.insert("ratelimit-reset", HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
         let mut h = HeaderMap::new();
-        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let later = httpdate::fmt_http_date(crate::clock::now() + Duration::from_secs(120));
         h.insert("retry-after", HeaderValue::from_str(&later).unwrap());
         let d = retry_after(&h).unwrap();
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));

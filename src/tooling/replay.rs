@@ -9,7 +9,7 @@
 //! request goes to a simulated provider (a loopback mock that behaves like the real API), never
 //! the real one unless `live` is asked for.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -249,7 +249,7 @@ pub async fn replay(config: &Config, record: &Invocation, live: bool) -> Result<
         call_id: &record.call_id,
         function: &function.name,
         idempotency_key: &key,
-        now: SystemTime::now(),
+        now: crate::clock::now(),
     };
     let req = providers::prepare(&conn, function.action, &checked.resolution, &ctx)
         .map_err(|e| format!("the request cannot be built: {}", e.message))?;

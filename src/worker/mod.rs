@@ -13,7 +13,7 @@
 pub mod housekeeping;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -344,7 +344,7 @@ async fn execute(rt: &Runtime, snap: &Snapshot, job: &Job, owner: &str, probe: b
         call_id: &job.call_id,
         function: &job.function,
         idempotency_key: &job.idempotency_key,
-        now: SystemTime::now(),
+        now: crate::clock::now(),
     };
     let budget = Duration::from_millis(job.hard_timeout_ms);
     let req = match providers::prepare(conn, action, &inputs, &ctx) {

@@ -51,7 +51,7 @@ struct Own {
 
 /// A stream prefix no other test uses: tests that share a server keep their streams apart.
 pub fn unique_prefix(base: &str) -> String {
-    let nanos = std::time::SystemTime::now()
+    let nanos = toolgate::clock::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
@@ -132,6 +132,10 @@ impl NatsServer {
                 own.port,
                 std::fs::read_to_string(own.dir.path().join("server.log")).unwrap_or_default()
             );
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "a test waiting for a child process"
+            )]
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -155,6 +159,10 @@ impl NatsServer {
                 if let Ok(Some(_)) = c.try_wait() {
                     return;
                 }
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "a test waiting for a child process"
+                )]
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = c.kill();
