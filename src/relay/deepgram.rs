@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde_json::{Value, json};
 
-use super::{Dialect, Effects, Pass, SessionFrame, frame_type};
+use super::{Dialect, Effects, Pass, frame_type};
 use crate::protocol::{Arguments, Inbound, Role, ToolCall, ToolCancel, Transcript};
 
 /// One relayed Deepgram Voice Agent session.
@@ -215,37 +215,27 @@ impl Dialect for Deepgram {
         }
     }
 
-    fn on_session(&mut self, frame: SessionFrame, fx: &mut Effects) {
-        match frame.ty.as_str() {
-            "tool.filler" => {
-                let (Some(id), Some(text)) = (frame.id, frame.text) else {
-                    return;
-                };
-                if !self.calls.contains_key(&id) {
-                    return;
-                }
-                fx.upstream
-                    .push(json!({"type": "InjectAgentMessage", "message": text}).to_string());
-                self.injected.push_back(text);
-            }
-            "tool.result" => {
-                let (Some(id), Some(output)) = (frame.id, frame.output) else {
-                    return;
-                };
-                let Some(name) = self.calls.remove(&id) else {
-                    return;
-                };
-                if frame.status.as_deref() == Some("cancelled") {
-                    // Deepgram cancelled it: it expects no response.
-                    return;
-                }
-                fx.upstream.push(
-                    json!({"type": "FunctionCallResponse", "id": id, "name": name, "content": output})
-                        .to_string(),
-                );
-            }
-            _ => {}
+    fn on_filler(&mut self, id: String, text: String, fx: &mut Effects) {
+        if !self.calls.contains_key(&id) {
+            return;
         }
+        fx.upstream
+            .push(json!({"type": "InjectAgentMessage", "message": text}).to_string());
+        self.injected.push_back(text);
+    }
+
+    fn on_result(&mut self, id: String, status: Option<String>, output: String, fx: &mut Effects) {
+        let Some(name) = self.calls.remove(&id) else {
+            return;
+        };
+        if status.as_deref() == Some("cancelled") {
+            // Deepgram cancelled it: it expects no response.
+            return;
+        }
+        fx.upstream.push(
+            json!({"type": "FunctionCallResponse", "id": id, "name": name, "content": output})
+                .to_string(),
+        );
     }
 }
 

@@ -141,8 +141,36 @@ pub(crate) trait Dialect: Send {
     fn on_client(&mut self, text: &str, fx: &mut Effects) -> Pass;
     /// A text frame from the upstream.
     fn on_upstream(&mut self, text: &str, fx: &mut Effects) -> Pass;
-    /// A frame from the session (a filler, a result, an error).
-    fn on_session(&mut self, frame: SessionFrame, fx: &mut Effects);
+    /// A `tool.filler` from the session: `text` to be spoken for call `id`.
+    fn on_filler(&mut self, id: String, text: String, fx: &mut Effects);
+    /// A `tool.result` from the session: `output` for the model, with its `status`.
+    fn on_result(&mut self, id: String, status: Option<String>, output: String, fx: &mut Effects);
+    /// An `error` frame from the session: a relayed frame was refused.
+    fn on_error(&mut self, code: Option<String>, message: Option<String>) {
+        tracing::debug!(
+            code = code.as_deref().unwrap_or(""),
+            message = message.as_deref().unwrap_or(""),
+            "the session refused a relayed frame"
+        );
+    }
+    /// A frame from the session (a filler, a result, an error), handed to the method for its
+    /// type; a frame without the fields its type needs is dropped.
+    fn on_session(&mut self, frame: SessionFrame, fx: &mut Effects) {
+        match (frame.ty.as_str(), frame.id) {
+            ("tool.filler", Some(id)) => {
+                if let Some(text) = frame.text {
+                    self.on_filler(id, text, fx);
+                }
+            }
+            ("tool.result", Some(id)) => {
+                if let Some(output) = frame.output {
+                    self.on_result(id, frame.status, output, fx);
+                }
+            }
+            ("error", _) => self.on_error(frame.code, frame.message),
+            _ => {}
+        }
+    }
 }
 
 /// The top-level `type` of a JSON object, read without building anything else: pass-through

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
-use super::{Dialect, Effects, Pass, SessionFrame, frame_type};
+use super::{Dialect, Effects, Pass, frame_type};
 use crate::protocol::{Arguments, Inbound, Role, ToolCall, ToolCancel, Transcript};
 
 /// Prefix of the `event_id`s toolgate gives its own client events, so the upstream's errors
@@ -370,56 +370,39 @@ impl Dialect for OpenAi {
         }
     }
 
-    fn on_session(&mut self, frame: SessionFrame, fx: &mut Effects) {
-        match frame.ty.as_str() {
-            "tool.filler" => {
-                let (Some(id), Some(text)) = (frame.id, frame.text) else {
-                    return;
-                };
-                let unanswered = self.calls.get(&id).is_some_and(|(_, a)| !a);
-                if !unanswered || self.active.is_some() || self.requested {
-                    return;
-                }
-                let event_id = self.event_id("filler");
-                fx.upstream.push(
-                    json!({"type": "response.create", "event_id": event_id, "response": {
-                        "conversation": "none",
-                        "input": [],
-                        "instructions": format!("Say exactly this, and nothing else: {text}"),
-                        "metadata": {"toolgate": "filler"},
-                    }})
-                    .to_string(),
-                );
-                self.requested = true;
-            }
-            "tool.result" => {
-                let (Some(id), Some(output)) = (frame.id, frame.output) else {
-                    return;
-                };
-                let Some(call) = self.calls.get_mut(&id) else {
-                    return;
-                };
-                call.1 = true;
-                let event_id = self.event_id("output");
-                fx.upstream.push(
-                    json!({"type": "conversation.item.create", "event_id": event_id, "item": {
-                        "type": "function_call_output",
-                        "call_id": id,
-                        "output": output,
-                    }})
-                    .to_string(),
-                );
-                self.maybe_continue(fx);
-            }
-            "error" => {
-                tracing::debug!(
-                    code = frame.code.as_deref().unwrap_or(""),
-                    message = frame.message.as_deref().unwrap_or(""),
-                    "the session refused a relayed frame"
-                );
-            }
-            _ => {}
+    fn on_filler(&mut self, id: String, text: String, fx: &mut Effects) {
+        let unanswered = self.calls.get(&id).is_some_and(|(_, a)| !a);
+        if !unanswered || self.active.is_some() || self.requested {
+            return;
         }
+        let event_id = self.event_id("filler");
+        fx.upstream.push(
+            json!({"type": "response.create", "event_id": event_id, "response": {
+                "conversation": "none",
+                "input": [],
+                "instructions": format!("Say exactly this, and nothing else: {text}"),
+                "metadata": {"toolgate": "filler"},
+            }})
+            .to_string(),
+        );
+        self.requested = true;
+    }
+
+    fn on_result(&mut self, id: String, _status: Option<String>, output: String, fx: &mut Effects) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        call.1 = true;
+        let event_id = self.event_id("output");
+        fx.upstream.push(
+            json!({"type": "conversation.item.create", "event_id": event_id, "item": {
+                "type": "function_call_output",
+                "call_id": id,
+                "output": output,
+            }})
+            .to_string(),
+        );
+        self.maybe_continue(fx);
     }
 }
 
@@ -434,6 +417,7 @@ fn turn(role: Role, text: &str) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::SessionFrame;
 
     fn relay() -> OpenAi {
         let mut r = OpenAi::new(false);
