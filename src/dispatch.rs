@@ -36,7 +36,7 @@ use crate::guards::{Guard, Rejection, Verdict};
 use crate::providers::{self, Accepted, ActionContext, Delivery, Prepared, ProviderError};
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry;
-use crate::workflow::store::LEASE_MARGIN;
+use crate::workflow::transitions::LEASE_MARGIN;
 use crate::workflow::{DeferReason, Finish, Job, JobState, NewJob, Start};
 
 /// Most filler lines per tool call.

@@ -274,7 +274,7 @@ fn drain_time(config: &Config) -> Duration {
         .flat_map(|a| a.functions.iter().map(|f| f.timing.hard_timeout))
         .max()
         .unwrap_or(Duration::from_secs(10))
-        + toolgate::workflow::store::LEASE_MARGIN
+        + toolgate::workflow::transitions::LEASE_MARGIN
 }
 
 fn tools(

@@ -70,7 +70,7 @@ pub fn queue_ack_wait(config: &Config) -> std::time::Duration {
         .chain(std::iter::once(config.defaults.timing.hard_timeout))
         .max()
         .unwrap_or_default();
-    (longest + crate::workflow::store::LEASE_MARGIN + std::time::Duration::from_secs(1))
+    (longest + crate::workflow::transitions::LEASE_MARGIN + std::time::Duration::from_secs(1))
         .max(std::time::Duration::from_secs(5))
 }
 

@@ -24,7 +24,8 @@ use toolgate::clock::{Millis, now_ms};
 use toolgate::config::NatsAuth;
 use toolgate::providers::{Delivery, FailureKind, ProviderError};
 use toolgate::storage::nats::NatsOptions;
-use toolgate::workflow::store::{JobStore, LEASE_MARGIN};
+use toolgate::workflow::store::JobStore;
+use toolgate::workflow::transitions::LEASE_MARGIN;
 use toolgate::workflow::transitions::{self, Lifecycle, Verdict};
 use toolgate::workflow::{DeferReason, Finish, Job, JobState, NewJob, RetryRefused, Start};
 

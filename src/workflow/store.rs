@@ -22,6 +22,7 @@ use tokio::sync::{Notify, oneshot};
 use tracing::{error, info, warn};
 
 use super::nats::NatsJobs;
+use super::transitions::LEASE_MARGIN;
 use super::transitions::{self, Lifecycle};
 use super::{Finish, Head, Job, JobState, NewJob, RetryRefused, Start, job_id};
 use crate::clock::Millis;
@@ -29,9 +30,6 @@ use crate::config::StorageSettings;
 use crate::storage::StoreError;
 use crate::storage::nats::NatsOptions;
 use crate::storage::sqlite::{self, BUSY_TIMEOUT, Reader, connect};
-
-/// How long past its budget a lease lasts: room for the attempt to report back.
-pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Most operations per commit.
 const MAX_BATCH: usize = 512;

@@ -14,11 +14,15 @@
 //! number: a lease that lapsed and was taken over (even by the same owner) fences off the old
 //! holder's reports.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::store::LEASE_MARGIN;
 use super::{Finish, FirstState, JobState, NewJob, RetryRefused, keeps_inputs};
 use crate::clock::Millis;
+
+/// How long past its budget a lease lasts: room for the attempt to report back.
+pub const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The error a job records when its last attempt's lease lapsed with no attempts left.
 pub const LAPSED: &str = "the last attempt never reported back (its lease lapsed)";
