@@ -276,7 +276,17 @@ impl<'a> Ck<'a> {
                     },
                     (None, Some(Value::String(file))) => {
                         let full = self.opts.base_dir.join(file);
-                        match std::fs::read_to_string(&full) {
+                        match read_secret_file(&full) {
+                            Ok(s) if s.len() as u64 > MAX_SECRET_FILE => {
+                                self.err(
+                                    at(path, "file"),
+                                    format!(
+                                        "{file} is larger than {} KiB: a secret file holds one credential",
+                                        MAX_SECRET_FILE / 1024
+                                    ),
+                                );
+                                None
+                            }
                             Ok(s) => {
                                 let s = s.trim_end_matches(['\n', '\r']);
                                 if s.is_empty() {
@@ -431,4 +441,19 @@ impl<'a> Ck<'a> {
             );
         }
     }
+}
+
+/// The largest secret file read (`{ file = "PATH" }`): a credential is far smaller, and a path
+/// that names a log, a device or a pipe by mistake must not be read whole into memory.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// A secret file's text, at most one byte past [`MAX_SECRET_FILE`] (enough to tell it is too
+/// large).
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }

@@ -356,6 +356,21 @@ fn secrets_come_from_env_and_files_and_literals_warn() {
 }
 
 #[test]
+fn a_secret_file_that_is_no_credential_is_refused_not_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("big.log"), "x".repeat(200 * 1024)).unwrap();
+    let text = GOOD.replace("{ env = \"KEY\" }", "{ file = \"big.log\" }");
+    let e = Config::from_toml(&text, &LoadOptions::new(dir.path()).with_env(env)).unwrap_err();
+    let p: Vec<String> = e.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        p,
+        vec![
+            "connections[0].api_key.file: big.log is larger than 64 KiB: a secret file holds one credential"
+        ]
+    );
+}
+
+#[test]
 fn secret_values_never_appear_in_problems_or_debug_output() {
     let text = GOOD.replace(
         "session_tokens = [{ env = \"TOKEN\" }]",
