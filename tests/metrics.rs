@@ -38,8 +38,9 @@ async fn every_spec_metric_is_exported_with_buckets_and_bounded_labels() {
     let mut s = env.session("c-metrics-7f2", order_vars()).await;
     s.say("Yes please, email me the summary.").await;
     s.consent("email", true).await;
-    // A slow provider: a filler at 200 ms, the result at about 400 ms.
-    env.resend.push(Reply::slow(400));
+    // A slow provider: a filler at 200 ms, the result at about 350 ms, midway between the
+    // first filler and the repeat at 500 ms (a loaded machine has 150 ms either way).
+    env.resend.push(Reply::slow(350));
     let slow = s
         .call(
             "call_1",
