@@ -16,7 +16,7 @@ const QUIET: [&str; 6] = [
     "rustls=warn",
 ];
 
-/// The log filter for `spec` (an `EnvFilter` directive list), with [`QUIET`] applied on top.
+/// The log filter for `spec` (an `EnvFilter` directive list), with `QUIET` applied on top.
 pub fn log_filter(spec: &str) -> EnvFilter {
     let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
     for q in QUIET {

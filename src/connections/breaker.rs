@@ -104,7 +104,7 @@ impl Breaker {
     }
 
     /// May a request go now? At most one caller gets [`Admit::Probe`] per penalty, or per
-    /// [`PROBE_GRACE`] when a probe never reports back.
+    /// `PROBE_GRACE` when a probe never reports back.
     pub fn admit(&self, now: Instant) -> Admit {
         let mut inner = self.inner.lock().expect("breaker lock");
         match inner.state {

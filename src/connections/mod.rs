@@ -1,10 +1,10 @@
 //! Integration connections at run time (SPEC §1, §5): status, circuit breaker, rate limit.
 //!
 //! Status is `pending` until validated, `connected`, `error` or `disconnected` (disabled). An
-//! `error` says *why* ([`Trouble`](crate::providers::Trouble)): refused credentials or a bad
-//! configuration make calls fail fast with `connection_unavailable` until validation succeeds
-//! again; an unreachable provider is treated like an open circuit (deferrable calls are queued,
-//! live ones fail fast), because the credentials are not known to be wrong.
+//! `error` says *why* ([`Trouble`]): refused credentials or a bad configuration make calls
+//! fail fast with `connection_unavailable` until validation succeeds again; an unreachable
+//! provider is treated like an open circuit (deferrable calls are queued, live ones fail fast),
+//! because the credentials are not known to be wrong.
 //!
 //! Each connection also has a [`breaker::Breaker`] and a [`rate::Limiter`]; every provider
 //! request, live or from the worker, is reported through [`Registry::record`].

@@ -3,19 +3,19 @@
 //!
 //! - **Stream `P_EVIDENCE`** (`P` = `storage.stream_prefix`; file storage, limits retention,
 //!   max age `evidence.retain_days`, replicas `storage.replicas`) holds every evidence event
-//!   of every host as JSON ([`super::store::Row`]), by subject:
+//!   of every host as JSON (`store::Row`), by subject:
 //!   `P.evidence.call.<org>.<call id>` for what belongs to a call (its start and end, its
 //!   transcript turns and consent events, its invocation records) and `P.evidence.job.<job id>`
 //!   for a workflow job's end (which knows its job, not its call). Ids are made into subject
 //!   tokens by [`token`].
 //! - **Its own thread.** The stream's client (with its connection task), the publisher and the
-//!   materializer run on a runtime of their own ([`lane`], one thread), not on the runtime
+//!   materializer run on a runtime of their own (`lane`, one thread), not on the runtime
 //!   that serves tool calls. Each event is serialized, published and acknowledged, then
 //!   delivered back, parsed and handed to the writer: in a load test that was about 30 % of
 //!   what the tool-call runtime's two threads did, and on a machine short of CPU tool calls
 //!   queued behind it. On its own thread it costs the same CPU, but never a place in front
 //!   of a tool call.
-//! - **Publishing.** [`Link::submit`] never waits: the event goes to a bounded queue
+//! - **Publishing.** `Link::submit` never waits: the event goes to a bounded queue
 //!   ([`super::store::QUEUE`]) drained by one publisher task, which publishes in submission
 //!   order, keeps up to [`IN_FLIGHT`] acknowledgements outstanding and awaits them in the
 //!   background. A full queue, a publish NATS refuses or an acknowledgement that does not come

@@ -15,7 +15,7 @@
 //!   the same request waits for, or gets, the first request's outcome; nothing is sent twice.
 //! - The request is held until every result, never past the hook's `max_hold_ms`; the session's
 //!   budget (`defer_after_ms` in `auto` mode) answers before that.
-//! - The answer is in the platform's shape ([`vapi`], [`retell`], [`elevenlabs`]).
+//! - The answer is in the platform's shape (`vapi`, `retell`, `elevenlabs`).
 //!
 //! A session ends after `idle_end_ms` without a request, or at the platform's end-of-call
 //! message.

@@ -14,8 +14,8 @@
 //!    expired) and the upstream WebSocket is opened with the client's own `Authorization` and
 //!    `Sec-WebSocket-Protocol`, *before* the client's upgrade is answered, so an upstream that
 //!    refuses is answered with its own status (or 502 when unreachable).
-//! 3. [`pump`] moves frames: pass-through frames are forwarded as they came (their bytes are
-//!    not copied, and only a text frame's top-level `type` is read); a [`Dialect`] rewrites the
+//! 3. `pump` moves frames: pass-through frames are forwarded as they came (their bytes are
+//!    not copied, and only a text frame's top-level `type` is read); a `Dialect` rewrites the
 //!    few frames it must (the tool list in the session settings) and hides the owned calls'
 //!    events from the client.
 //!
