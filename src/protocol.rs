@@ -343,41 +343,34 @@ impl RawArguments for serde_json::Value {
     }
 }
 
-/// Every field any inbound frame may carry, borrowed from the frame text where possible.
+/// Every field any inbound frame may carry. What is only compared (the type, the role) is
+/// borrowed from the frame text where possible; what a frame keeps is read as its own string.
 #[derive(Deserialize)]
 struct RawFrame<'a, A> {
     #[serde(rename = "type", borrow)]
     ty: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    call_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    agent: Option<Cow<'a, str>>,
+    call_id: Option<String>,
+    agent: Option<String>,
     caller: Option<Caller>,
     variables: Option<IndexMap<String, VarValue>>,
     #[serde(borrow)]
     role: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    text: Option<Cow<'a, str>>,
+    text: Option<String>,
     #[serde(rename = "final")]
     is_final: Option<bool>,
-    #[serde(borrow)]
-    scope: Option<Cow<'a, str>>,
+    scope: Option<String>,
     granted: Option<bool>,
-    #[serde(borrow)]
-    source: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
+    source: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
     arguments: Option<A>,
-    #[serde(borrow)]
-    reason: Option<Cow<'a, str>>,
+    reason: Option<String>,
 }
 
 /// Decode one text frame.
 pub fn decode(text: &str) -> Result<Inbound, FrameError> {
     let raw: RawFrame<'_, &RawValue> = serde_json::from_str(text).map_err(json_error)?;
-    let reference = raw.id.as_deref().map(str::to_owned);
+    let reference = raw.id.clone();
     decode_raw(raw).map_err(|mut e| {
         e.reference = reference;
         e
@@ -391,7 +384,7 @@ pub fn decode(text: &str) -> Result<Inbound, FrameError> {
 pub fn decode_simd(buf: &mut [u8]) -> Result<Inbound, FrameError> {
     let raw: RawFrame<'_, serde_json::Value> = simd_json::serde::from_slice(buf)
         .map_err(|e| FrameError::new(ErrorCode::BadJson, e.to_string()))?;
-    let reference = raw.id.as_deref().map(str::to_owned);
+    let reference = raw.id.clone();
     decode_raw(raw).map_err(|mut e| {
         e.reference = reference;
         e
@@ -417,7 +410,6 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
     let ty = raw
         .ty
         .ok_or_else(|| FrameError::new(ErrorCode::MissingField, "every frame needs a `type`"))?;
-    let owned = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
     match ty.as_ref() {
         "session.start" => {
             let call_id = raw
@@ -439,8 +431,8 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             plain_id("call_id", &call_id)?;
             plain_id("agent", &agent)?;
             Ok(Inbound::SessionStart(SessionStart {
-                call_id: call_id.into_owned(),
-                agent: agent.into_owned(),
+                call_id,
+                agent,
                 caller: raw.caller.unwrap_or_default(),
                 variables: raw.variables.unwrap_or_default(),
             }))
@@ -457,7 +449,9 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
                 }
                 None => return Err(FrameError::missing("role", "transcript")),
             };
-            let text = owned(raw.text).ok_or_else(|| FrameError::missing("text", "transcript"))?;
+            let text = raw
+                .text
+                .ok_or_else(|| FrameError::missing("text", "transcript"))?;
             Ok(Inbound::Transcript(Transcript {
                 role,
                 text,
@@ -465,19 +459,25 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             }))
         }
         "consent" => {
-            let scope = owned(raw.scope).ok_or_else(|| FrameError::missing("scope", "consent"))?;
+            let scope = raw
+                .scope
+                .ok_or_else(|| FrameError::missing("scope", "consent"))?;
             let granted = raw
                 .granted
                 .ok_or_else(|| FrameError::missing("granted", "consent"))?;
             Ok(Inbound::Consent(Consent {
                 scope,
                 granted,
-                source: owned(raw.source),
+                source: raw.source,
             }))
         }
         "tool.call" => {
-            let id = owned(raw.id).ok_or_else(|| FrameError::missing("id", "tool.call"))?;
-            let name = owned(raw.name).ok_or_else(|| FrameError::missing("name", "tool.call"))?;
+            let id = raw
+                .id
+                .ok_or_else(|| FrameError::missing("id", "tool.call"))?;
+            let name = raw
+                .name
+                .ok_or_else(|| FrameError::missing("name", "tool.call"))?;
             if id.is_empty() {
                 return Err(FrameError::new(ErrorCode::BadFrame, "`id` is empty"));
             }
@@ -494,16 +494,16 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             }))
         }
         "tool.cancel" => {
-            let id = owned(raw.id).ok_or_else(|| FrameError::missing("id", "tool.cancel"))?;
+            let id = raw
+                .id
+                .ok_or_else(|| FrameError::missing("id", "tool.cancel"))?;
             plain_id("id", &id)?;
             Ok(Inbound::ToolCancel(ToolCancel {
                 id,
-                reason: owned(raw.reason),
+                reason: raw.reason,
             }))
         }
-        "session.end" => Ok(Inbound::SessionEnd {
-            reason: owned(raw.reason),
-        }),
+        "session.end" => Ok(Inbound::SessionEnd { reason: raw.reason }),
         "ping" => Ok(Inbound::Ping),
         other => Err(FrameError::new(
             ErrorCode::UnknownType,

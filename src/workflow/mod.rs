@@ -411,6 +411,16 @@ impl Job {
     }
 }
 
+/// The lease of one attempt at a job, as its holder names it when it reports: the job, the
+/// owner, and the attempt it was taken for. A lease that lapsed and was taken over (even by the
+/// same owner) is another attempt's, so a report naming the old one is fenced off.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lease<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) owner: &'a str,
+    pub(crate) attempt: u32,
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {

@@ -56,7 +56,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::transitions::{self, Lifecycle, Verdict};
-use super::{Finish, Head, Job, JobState, NewJob, RetryRefused, job_id};
+use super::{Finish, Head, Job, JobState, Lease, NewJob, RetryRefused, job_id};
 use crate::bindings::ResolvedInput;
 use crate::clock::{Millis, now_ms};
 use crate::storage::StoreError;
@@ -862,12 +862,11 @@ impl NatsJobs {
 
     pub(crate) async fn finish(
         &self,
-        id: &str,
-        owner: &str,
-        attempt: u32,
+        lease: Lease<'_>,
         finish: &Finish,
         now: Millis,
     ) -> Result<bool, StoreError> {
+        let Lease { id, owner, attempt } = lease;
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -899,13 +898,12 @@ impl NatsJobs {
 
     pub(crate) async fn put_back(
         &self,
-        id: &str,
-        owner: &str,
-        attempt: u32,
+        lease: Lease<'_>,
         not_before: Millis,
         why: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
+        let Lease { id, owner, attempt } = lease;
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
@@ -928,11 +926,10 @@ impl NatsJobs {
 
     pub(crate) async fn mark_sending(
         &self,
-        id: &str,
-        owner: &str,
-        attempt: u32,
+        lease: Lease<'_>,
         now: Millis,
     ) -> Result<bool, StoreError> {
+        let Lease { id, owner, attempt } = lease;
         self.usable()?;
         Ok(matches!(
             self.step(id, |r| transitions::mark_sending(r, owner, attempt, now))

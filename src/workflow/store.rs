@@ -24,7 +24,7 @@ use tracing::{error, info, warn};
 use super::nats::NatsJobs;
 use super::transitions::LEASE_MARGIN;
 use super::transitions::{self, Lifecycle};
-use super::{Finish, Head, Job, JobState, NewJob, RetryRefused, Start, job_id};
+use super::{Finish, Head, Job, JobState, Lease, NewJob, RetryRefused, Start, job_id};
 use crate::clock::Millis;
 use crate::config::StorageSettings;
 use crate::storage::StoreError;
@@ -246,6 +246,18 @@ impl Drop for SqliteJobs {
     }
 }
 
+/// One operation of [`JobStore`] on the backend that serves: `$sqlite` with the SQLite backend
+/// bound to `$s`, or the future `$nats` with the NATS backend bound to `$n`, boxed (see
+/// [`JobStore`]) and awaited.
+macro_rules! on_backend {
+    ($store:expr, $s:pat => $sqlite:expr, $n:pat => $nats:expr $(,)?) => {
+        match &$store.backend {
+            Backend::Sqlite($s) => $sqlite,
+            Backend::Nats($n) => Box::pin($nats).await,
+        }
+    };
+}
+
 impl JobStore {
     /// Open (creating) the SQLite store at `path`.
     pub fn open(path: &Path) -> Result<JobStore, StoreError> {
@@ -303,29 +315,35 @@ impl JobStore {
         }
     }
 
-    /// Store a job durably and return it (the existing one when its key is already queued).
-    pub async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
-        let notify = matches!(job.start, Start::RunnableAt(_));
-        let stored = match &self.backend {
-            Backend::Sqlite(s) => s.write(move |tx| ops::enqueue(tx, &job, now)).await?,
-            Backend::Nats(n) => Box::pin(n.enqueue(job, now)).await?,
-        };
-        if notify {
+    /// Wake the claimers waiting in this process ([`JobStore::runnable`]) when `runnable`: the
+    /// write just made a job runnable.
+    fn wake_if(&self, runnable: bool) {
+        if runnable {
             self.runnable.notify_waiters();
         }
+    }
+
+    /// Store a job durably and return it (the existing one when its key is already queued).
+    pub async fn enqueue(&self, job: NewJob, now: Millis) -> Result<Job, StoreError> {
+        let runnable = matches!(job.start, Start::RunnableAt(_));
+        let stored = on_backend!(self,
+            s => s.write(move |tx| ops::enqueue(tx, &job, now)).await,
+            n => n.enqueue(job, now),
+        )?;
+        self.wake_if(runnable);
         Ok(stored)
     }
 
     /// Lease the next runnable job to `owner`, if any. On NATS this waits up to the claim wait
     /// ([`NatsOptions::claim_wait`]) for a job to become runnable.
     pub async fn claim(&self, owner: &str, now: Millis) -> Result<Option<Job>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
+        on_backend!(self,
+            s => {
                 let owner = owner.to_owned();
                 s.write(move |tx| ops::claim(tx, &owner, now)).await
-            }
-            Backend::Nats(n) => Box::pin(n.claim(owner, now)).await,
-        }
+            },
+            n => n.claim(owner, now),
+        )
     }
 
     /// Record how attempt number `attempt` ended; `false` when `owner` no longer holds the
@@ -339,17 +357,14 @@ impl JobStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         let retried = matches!(finish, Finish::Retry { .. });
-        let done = match &self.backend {
-            Backend::Sqlite(s) => {
+        let done = on_backend!(self,
+            s => {
                 let (id, owner) = (id.to_owned(), owner.to_owned());
-                s.write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now))
-                    .await?
-            }
-            Backend::Nats(n) => Box::pin(n.finish(id, owner, attempt, &finish, now)).await?,
-        };
-        if retried {
-            self.runnable.notify_waiters();
-        }
+                s.write(move |tx| ops::finish(tx, &id, &owner, attempt, &finish, now)).await
+            },
+            n => n.finish(Lease { id, owner, attempt }, &finish, now),
+        )?;
+        self.wake_if(retried);
         Ok(done)
     }
 
@@ -364,19 +379,15 @@ impl JobStore {
         why: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        let done = match &self.backend {
-            Backend::Sqlite(s) => {
+        let done = on_backend!(self,
+            s => {
                 let (id, owner, why) = (id.to_owned(), owner.to_owned(), why.to_owned());
                 s.write(move |tx| ops::put_back(tx, &id, &owner, attempt, not_before, &why, now))
-                    .await?
-            }
-            Backend::Nats(n) => {
-                Box::pin(n.put_back(id, owner, attempt, not_before, why, now)).await?
-            }
-        };
-        if done {
-            self.runnable.notify_waiters();
-        }
+                    .await
+            },
+            n => n.put_back(Lease { id, owner, attempt }, not_before, why, now),
+        )?;
+        self.wake_if(done);
         Ok(done)
     }
 
@@ -391,14 +402,13 @@ impl JobStore {
         attempt: u32,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
+        on_backend!(self,
+            s => {
                 let (id, owner) = (id.to_owned(), owner.to_owned());
-                s.write(move |tx| ops::mark_sending(tx, &id, &owner, attempt, now))
-                    .await
-            }
-            Backend::Nats(n) => Box::pin(n.mark_sending(id, owner, attempt, now)).await,
-        }
+                s.write(move |tx| ops::mark_sending(tx, &id, &owner, attempt, now)).await
+            },
+            n => n.mark_sending(Lease { id, owner, attempt }, now),
+        )
     }
 
     /// Make the held jobs of a call runnable (its session ended).
@@ -408,17 +418,14 @@ impl JobStore {
         call_id: &str,
         now: Millis,
     ) -> Result<usize, StoreError> {
-        let n = match &self.backend {
-            Backend::Sqlite(s) => {
+        let n = on_backend!(self,
+            s => {
                 let (org, call_id) = (org.to_owned(), call_id.to_owned());
-                s.write(move |tx| ops::release(tx, Some((&org, &call_id)), now))
-                    .await?
-            }
-            Backend::Nats(n) => Box::pin(n.release_call(org, call_id, now)).await?,
-        };
-        if n > 0 {
-            self.runnable.notify_waiters();
-        }
+                s.write(move |tx| ops::release(tx, Some((&org, &call_id)), now)).await
+            },
+            n => n.release_call(org, call_id, now),
+        )?;
+        self.wake_if(n > 0);
         Ok(n)
     }
 
@@ -426,13 +433,11 @@ impl JobStore {
     /// SQLite that is every held job (no session of a previous process survives); on NATS,
     /// the held jobs of sidecars that stopped beating (their sessions died with them).
     pub async fn release_all_held(&self, now: Millis) -> Result<usize, StoreError> {
-        let n = match &self.backend {
-            Backend::Sqlite(s) => s.write(move |tx| ops::release(tx, None, now)).await?,
-            Backend::Nats(n) => Box::pin(n.release_orphaned(now, true)).await?,
-        };
-        if n > 0 {
-            self.runnable.notify_waiters();
-        }
+        let n = on_backend!(self,
+            s => s.write(move |tx| ops::release(tx, None, now)).await,
+            n => n.release_orphaned(now, true),
+        )?;
+        self.wake_if(n > 0);
         Ok(n)
     }
 
@@ -442,13 +447,8 @@ impl JobStore {
     /// republishes the notice of a runnable job whose notice was lost between two writes. Returns how many jobs it
     /// touched.
     pub async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
-        let n = match &self.backend {
-            Backend::Sqlite(_) => 0,
-            Backend::Nats(n) => Box::pin(n.sweep(now)).await?,
-        };
-        if n > 0 {
-            self.runnable.notify_waiters();
-        }
+        let n = on_backend!(self, _ => Ok(0), n => n.sweep(now))?;
+        self.wake_if(n > 0);
         Ok(n)
     }
 
@@ -464,13 +464,8 @@ impl JobStore {
     /// Catch up on this host's writes that failed while NATS was away (the first part of
     /// [`JobStore::sweep`], cheap enough to run as soon as the store answers again).
     pub async fn repair_local(&self, now: Millis) -> Result<usize, StoreError> {
-        let n = match &self.backend {
-            Backend::Sqlite(_) => 0,
-            Backend::Nats(n) => Box::pin(n.repair_local(now)).await?,
-        };
-        if n > 0 {
-            self.runnable.notify_waiters();
-        }
+        let n = on_backend!(self, _ => Ok(0), n => n.repair_local(now))?;
+        self.wake_if(n > 0);
         Ok(n)
     }
 
@@ -481,14 +476,13 @@ impl JobStore {
         why: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
+        on_backend!(self,
+            s => {
                 let (id, why) = (id.to_owned(), why.to_owned());
-                s.write(move |tx| ops::cancel_unsent(tx, &id, &why, now))
-                    .await
-            }
-            Backend::Nats(n) => Box::pin(n.cancel_unsent(id, why, now)).await,
-        }
+                s.write(move |tx| ops::cancel_unsent(tx, &id, &why, now)).await
+            },
+            n => n.cancel_unsent(id, why, now),
+        )
     }
 
     /// Put a `failed` or `dead` job back in the queue; `None` when there is no such job,
@@ -498,45 +492,40 @@ impl JobStore {
         id: &str,
         now: Millis,
     ) -> Result<Option<Result<Job, RetryRefused>>, StoreError> {
-        let r = match &self.backend {
-            Backend::Sqlite(s) => {
+        let r = on_backend!(self,
+            s => {
                 let id = id.to_owned();
-                s.write(move |tx| ops::retry(tx, &id, now)).await?
-            }
-            Backend::Nats(n) => Box::pin(n.retry(id, now)).await?,
-        };
-        if matches!(r, Some(Ok(_))) {
-            self.runnable.notify_waiters();
-        }
+                s.write(move |tx| ops::retry(tx, &id, now)).await
+            },
+            n => n.retry(id, now),
+        )?;
+        self.wake_if(matches!(r, Some(Ok(_))));
         Ok(r)
     }
 
     /// One job.
     pub async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
+        on_backend!(self,
+            s => {
                 let id = id.to_owned();
                 s.reader.read(move |c| ops::get(c, &id)).await
-            }
-            Backend::Nats(n) => Box::pin(n.get(id)).await,
-        }
+            },
+            n => n.get(id),
+        )
     }
 
     /// Clear the raw inputs of `failed` and `dead` jobs whose retry window
     /// (`workflow.retry_window_ms`) has passed; how many.
     pub async fn clear_expired_inputs(&self, now: Millis) -> Result<usize, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.write(move |tx| ops::clear_expired_inputs(tx, now)).await,
-            Backend::Nats(n) => Box::pin(n.clear_expired_inputs(now)).await,
-        }
+        on_backend!(self,
+            s => s.write(move |tx| ops::clear_expired_inputs(tx, now)).await,
+            n => n.clear_expired_inputs(now),
+        )
     }
 
     /// Delete jobs that reached a final state before `before`.
     pub async fn prune(&self, before: Millis) -> Result<usize, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.prune(before).await,
-            Backend::Nats(n) => Box::pin(n.prune(before)).await,
-        }
+        on_backend!(self, s => s.prune(before).await, n => n.prune(before))
     }
 
     /// How many counts the NATS backend's state index answered without reading every job
@@ -551,19 +540,13 @@ impl JobStore {
 
     /// Whether the store answers a trivial read.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.ping().await,
-            Backend::Nats(n) => Box::pin(n.ping()).await,
-        }
+        on_backend!(self, s => s.ping().await, n => n.ping())
     }
 
     /// Whether an accepted action can be made durable now: on SQLite a write committed through
     /// the writer (on NATS, JetStream answering: its own disk is the server's business).
     pub async fn writable(&self) -> Result<(), StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.probe_write().await,
-            Backend::Nats(n) => Box::pin(n.ping()).await,
-        }
+        on_backend!(self, s => s.probe_write().await, n => n.ping())
     }
 
     /// Jobs, newest first, optionally of one state and one org.
@@ -573,22 +556,19 @@ impl JobStore {
         org: Option<String>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => {
+        on_backend!(self,
+            s => {
                 s.reader
                     .read(move |c| ops::list(c, state, org.as_deref(), limit))
                     .await
-            }
-            Backend::Nats(n) => Box::pin(n.list(state, org.as_deref(), limit)).await,
-        }
+            },
+            n => n.list(state, org.as_deref(), limit),
+        )
     }
 
     /// How many jobs are in each state.
     pub async fn counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.reader.read(ops::counts).await,
-            Backend::Nats(n) => Box::pin(n.counts()).await,
-        }
+        on_backend!(self, s => s.reader.read(ops::counts).await, n => n.counts())
     }
 
     /// When the next job becomes claimable (a runnable time or a lease lapsing). On NATS the
@@ -605,10 +585,7 @@ impl JobStore {
     /// answers every queued write; on NATS pending acknowledgements are flushed and this
     /// sidecar's heartbeat is withdrawn.
     pub async fn close(&self) {
-        match &self.backend {
-            Backend::Sqlite(s) => s.close().await,
-            Backend::Nats(n) => Box::pin(n.close()).await,
-        }
+        on_backend!(self, s => s.close().await, n => n.close())
     }
 }
 
