@@ -22,8 +22,8 @@ use toolgate::call_state::Entry;
 use toolgate::clock::now_ms;
 use toolgate::evidence::store::EvidenceStore;
 use toolgate::evidence::{
-    Event, GuardRecord, InputRecord, Invocation, RequestRecord, ResponseRecord, SourceType,
-    Timeline, TurnRecord,
+    CallTurn, Event, GuardRecord, InputRecord, Invocation, RequestRecord, ResponseRecord,
+    SourceType, Timeline, TurnRecord,
 };
 use toolgate::protocol::Role;
 
@@ -141,17 +141,17 @@ fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
         if i > 0 && i % wave == 0 {
             rt.block_on(store.flush());
         }
-        store.submit(Event::History {
+        store.submit(Event::History(CallTurn {
             org: "acme".into(),
             call_id: format!("c-{}", i / 4),
-            entry: Entry::Turn {
+            turn: Entry::Turn {
                 role: Role::Caller,
                 text: "Yes please, send it to ana@example.com or +14155550100.".into(),
                 is_final: true,
                 at: Duration::from_millis(i as u64),
             },
             started_at: now_ms(),
-        });
+        }));
         store.submit(Event::Invocation(Box::new(r)));
     }
     let submitted = start.elapsed();

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use toolgate::call_state::Entry;
 use toolgate::clock::Millis;
 use toolgate::evidence::store::{EvidenceStore, Query};
-use toolgate::evidence::{Event, Final, Invocation, SourceType, Timeline};
+use toolgate::evidence::{
+    CallEnd, CallStart, CallTurn, Event, Final, Invocation, SourceType, Timeline,
+};
 use toolgate::protocol::Role;
 use toolgate::storage::nats::NatsOptions;
 
@@ -118,37 +120,37 @@ fn fin(id: &str, status: &str, at: Millis) -> Final {
 }
 
 fn started(org: &str, call: &str, at: Millis) -> Event {
-    Event::CallStarted {
+    Event::CallStarted(CallStart {
         org: org.into(),
         call_id: call.into(),
         agent: "bot".into(),
         caller: Some("+4915*******89".into()),
-        channel: "v1",
+        channel: "v1".into(),
         at,
-    }
+    })
 }
 
 fn turn(org: &str, call: &str, started_at: Millis, ms: u64, text: &str) -> Event {
-    Event::History {
+    Event::History(CallTurn {
         org: org.into(),
         call_id: call.into(),
-        entry: Entry::Turn {
+        turn: Entry::Turn {
             role: Role::Caller,
             text: text.into(),
             is_final: true,
             at: Duration::from_millis(ms),
         },
         started_at,
-    }
+    })
 }
 
 fn ended(org: &str, call: &str, at: Millis) -> Event {
-    Event::CallEnded {
+    Event::CallEnded(CallEnd {
         org: org.into(),
         call_id: call.into(),
         reason: "hangup".into(),
         at,
-    }
+    })
 }
 
 /// One complete call: start, two turns, three tool calls (one deferred and finished later by

@@ -10,8 +10,8 @@ use common::*;
 use toolgate::bindings::{Resolved, ResolvedInput, ValueSource};
 use toolgate::catalog::Action;
 use toolgate::clock::{Millis, now_ms};
-use toolgate::evidence::Event;
 use toolgate::evidence::store::EvidenceStore;
+use toolgate::evidence::{CallEnd, CallStart, Event};
 use toolgate::workflow::store::JobStore;
 use toolgate::workflow::{DeferReason, Finish, NewJob, Start};
 
@@ -60,20 +60,20 @@ async fn finished_job(store: &JobStore, key: &str, age: Millis) -> String {
 /// A whole call, started `age` ago.
 fn call(store: &EvidenceStore, call_id: &str, age: Millis) {
     let at = now_ms() - age;
-    store.submit(Event::CallStarted {
+    store.submit(Event::CallStarted(CallStart {
         org: "acme".into(),
         call_id: call_id.into(),
         agent: "support-bot".into(),
         caller: None,
-        channel: "v1",
+        channel: "v1".into(),
         at,
-    });
-    store.submit(Event::CallEnded {
+    }));
+    store.submit(Event::CallEnded(CallEnd {
         org: "acme".into(),
         call_id: call_id.into(),
         reason: "hangup".into(),
         at: at + 60_000,
-    });
+    }));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

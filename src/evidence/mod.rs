@@ -283,47 +283,78 @@ pub struct Final {
     pub at: Millis,
 }
 
+/// A session's start, as the store keeps it and the evidence stream carries it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallStart {
+    /// Org.
+    pub org: String,
+    /// Call id.
+    pub call_id: String,
+    /// Agent.
+    pub agent: String,
+    /// The caller's number, masked.
+    pub caller: Option<String>,
+    /// How the call reached toolgate (`v1`, `openai_realtime`, `vapi`, ...). Absent in events
+    /// of an older version: a v1 call.
+    #[serde(default = "v1_channel")]
+    pub channel: String,
+    /// When.
+    pub at: Millis,
+}
+
+fn v1_channel() -> String {
+    "v1".to_owned()
+}
+
+/// A session's end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallEnd {
+    /// Org.
+    pub org: String,
+    /// Call id.
+    pub call_id: String,
+    /// Why (`hangup`, `disconnected`, `shutdown`).
+    pub reason: String,
+    /// When.
+    pub at: Millis,
+}
+
+/// A history entry of a call: as it arrived ([`Entry`]) or as the store keeps it, redacted
+/// ([`TurnRecord`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CallTurn<T> {
+    /// Org.
+    pub org: String,
+    /// Call id.
+    pub call_id: String,
+    /// When the session started, ms since the epoch (the entry's time is relative).
+    pub started_at: Millis,
+    /// The entry.
+    pub turn: T,
+}
+
+impl<T> CallTurn<T> {
+    /// The same turn of the same call, its entry turned into another form.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> CallTurn<U> {
+        CallTurn {
+            org: self.org,
+            call_id: self.call_id,
+            started_at: self.started_at,
+            turn: f(self.turn),
+        }
+    }
+}
+
 /// What feeds the evidence store.
 #[derive(Debug, Clone)]
 pub enum Event {
     /// A session started.
-    CallStarted {
-        /// Org.
-        org: String,
-        /// Call id.
-        call_id: String,
-        /// Agent.
-        agent: String,
-        /// The caller's number, masked.
-        caller: Option<String>,
-        /// How the call reached toolgate (`v1`, `openai_realtime`, `vapi`, ...).
-        channel: &'static str,
-        /// When.
-        at: Millis,
-    },
+    CallStarted(CallStart),
     /// A transcript turn or consent event, as it arrived: the writer redacts it before
     /// storing it, so the session spends no time on it.
-    History {
-        /// Org.
-        org: String,
-        /// Call id.
-        call_id: String,
-        /// The entry.
-        entry: Entry,
-        /// When the session started, ms since the epoch (the entry's time is relative).
-        started_at: Millis,
-    },
+    History(CallTurn<Entry>),
     /// A session ended.
-    CallEnded {
-        /// Org.
-        org: String,
-        /// Call id.
-        call_id: String,
-        /// Why (`hangup`, `disconnected`, `shutdown`).
-        reason: String,
-        /// When.
-        at: Millis,
-    },
+    CallEnded(CallEnd),
     /// An invocation record (inserted, or replaced while not final).
     Invocation(Box<Invocation>),
     /// A workflow job reached its end.

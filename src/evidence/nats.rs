@@ -54,8 +54,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Event;
 use super::store::{Msg, QUEUE, Row, count_drops};
+use super::{CallEnd, CallStart, CallTurn, Event};
 use crate::storage::StoreError;
 use crate::storage::nats::{JetStream, NatsOptions};
 
@@ -120,9 +120,9 @@ pub fn stream_name(prefix: &str) -> String {
 /// The subject a row is published on.
 fn subject(prefix: &str, row: &Row) -> String {
     match row {
-        Row::CallStarted { org, call_id, .. }
-        | Row::Turn { org, call_id, .. }
-        | Row::CallEnded { org, call_id, .. } => call_subject(prefix, org, call_id),
+        Row::CallStarted(CallStart { org, call_id, .. })
+        | Row::Turn(CallTurn { org, call_id, .. })
+        | Row::CallEnded(CallEnd { org, call_id, .. }) => call_subject(prefix, org, call_id),
         Row::Invocation(i) => call_subject(prefix, &i.org_id, &i.call_id),
         Row::Final(f) => format!("{prefix}.evidence.job.{}", token(&f.job_id)),
     }

@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, warn};
 
-use super::{Event, Final, Invocation, TurnRecord};
+use super::{CallEnd, CallStart, CallTurn, Event, Final, Invocation, TurnRecord};
 use crate::clock::Millis;
 use crate::storage::StoreError;
 use crate::storage::nats::NatsOptions;
@@ -86,80 +86,23 @@ pub struct EvidenceStore {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(crate) enum Row {
     /// A session started.
-    CallStarted {
-        org: String,
-        call_id: String,
-        agent: String,
-        caller: Option<String>,
-        /// Absent in events of an older version: a v1 call.
-        #[serde(default = "v1_channel")]
-        channel: String,
-        at: Millis,
-    },
+    CallStarted(CallStart),
     /// A transcript turn or consent event, redacted.
-    Turn {
-        org: String,
-        call_id: String,
-        started_at: Millis,
-        turn: TurnRecord,
-    },
+    Turn(CallTurn<TurnRecord>),
     /// A session ended.
-    CallEnded {
-        org: String,
-        call_id: String,
-        reason: String,
-        at: Millis,
-    },
+    CallEnded(CallEnd),
     /// An invocation record.
     Invocation(Box<Invocation>),
     /// A job's end.
     Final(Box<Final>),
 }
 
-fn v1_channel() -> String {
-    "v1".to_owned()
-}
-
 impl From<Event> for Row {
     fn from(e: Event) -> Row {
         match e {
-            Event::CallStarted {
-                org,
-                call_id,
-                agent,
-                caller,
-                channel,
-                at,
-            } => Row::CallStarted {
-                org,
-                call_id,
-                agent,
-                caller,
-                channel: channel.to_owned(),
-                at,
-            },
-            Event::History {
-                org,
-                call_id,
-                entry,
-                started_at,
-            } => Row::Turn {
-                org,
-                call_id,
-                started_at,
-                turn: super::turn_record(&entry),
-            },
-            Event::CallEnded {
-                org,
-                call_id,
-                reason,
-                at,
-            } => Row::CallEnded {
-                org,
-                call_id,
-                reason,
-                at,
-            },
+            Event::CallStarted(c) => Row::CallStarted(c),
+            Event::History(h) => Row::Turn(h.map(|entry| super::turn_record(&entry))),
+            Event::CallEnded(c) => Row::CallEnded(c),
             Event::Invocation(i) => Row::Invocation(i),
             Event::Final(f) => Row::Final(f),
         }
@@ -1037,26 +980,19 @@ fn prune_in_chunks(conn: &mut Connection, before: Millis) -> rusqlite::Result<us
 
 fn apply(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
     match r {
-        Row::CallStarted {
-            org,
-            call_id,
-            agent,
-            caller,
-            channel,
-            at,
-        } => {
+        Row::CallStarted(c) => {
             tx.prepare_cached(
                 "INSERT INTO calls (org, call_id, agent, caller, started_at, channel) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
                  ON CONFLICT (org, call_id) DO UPDATE SET agent = ?3, ended_at = NULL, end_reason = NULL, channel = ?6",
             )?
-            .execute(params![org, call_id, agent, caller, at, channel])?;
+            .execute(params![c.org, c.call_id, c.agent, c.caller, c.at, c.channel])?;
         }
-        Row::Turn {
+        Row::Turn(CallTurn {
             org,
             call_id,
             started_at,
             turn,
-        } => {
+        }) => {
             let at = started_at + turn.at_ms as Millis;
             let data = json!({"type": if turn.role == "consent" { "consent" } else { "turn" },
                               "role": turn.role, "text": turn.text, "final": turn.is_final,
@@ -1066,16 +1002,11 @@ fn apply(tx: &rusqlite::Transaction<'_>, r: &Row) -> rusqlite::Result<()> {
             )?
             .execute(params![org, call_id, at, data.to_string()])?;
         }
-        Row::CallEnded {
-            org,
-            call_id,
-            reason,
-            at,
-        } => {
+        Row::CallEnded(c) => {
             tx.prepare_cached(
                 "UPDATE calls SET ended_at = ?3, end_reason = ?4 WHERE org = ?1 AND call_id = ?2",
             )?
-            .execute(params![org, call_id, at, reason])?;
+            .execute(params![c.org, c.call_id, c.at, c.reason])?;
         }
         Row::Invocation(inv) => {
             let record = serde_json::to_string(inv).expect("records serialize");
@@ -1301,14 +1232,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EvidenceStore::open(&dir.path().join("e.db"), Duration::ZERO).unwrap();
         for (call, at) in [("old", 1_000), ("new", 5_000)] {
-            store.submit(Event::CallStarted {
+            store.submit(Event::CallStarted(CallStart {
                 org: "acme".into(),
                 call_id: call.into(),
                 agent: "bot".into(),
                 caller: None,
-                channel: "v1",
+                channel: "v1".into(),
                 at,
-            });
+            }));
             store.submit(Event::Invocation(Box::new(inv(
                 &format!("inv_{call}"),
                 call,

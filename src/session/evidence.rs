@@ -14,7 +14,9 @@ use crate::answer::{Answer, ProviderOutcome};
 use crate::bindings::Resolution;
 use crate::clock::{Millis, now_ms};
 use crate::dispatch::{Outcome, ProviderTiming};
-use crate::evidence::{self, CancelRecord, Event, Final, Invocation, SourceType, Timeline};
+use crate::evidence::{
+    self, CallTurn, CancelRecord, Event, Final, Invocation, SourceType, Timeline,
+};
 use crate::guards::Verdict;
 use crate::protocol::ResultStatus;
 use crate::providers::Prepared;
@@ -61,12 +63,12 @@ pub(super) struct Notes {
 impl Session {
     /// Record a history entry (redacted by the store's writer, off this task).
     pub(super) fn record_history(&self, entry: &Entry) {
-        self.rt.evidence.submit(Event::History {
+        self.rt.evidence.submit(Event::History(CallTurn {
             org: self.key.0.clone(),
             call_id: self.ctx.call_id.clone(),
-            entry: entry.clone(),
             started_at: self.started_at,
-        });
+            turn: entry.clone(),
+        }));
     }
 
     /// The record of a tool call is due: written after the current frames are flushed.

@@ -34,6 +34,7 @@ use crate::call_state::{ActionState, Entry, History, Ledger, LedgerEntry};
 use crate::clock::{Millis, now_ms};
 use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
+use crate::evidence::{CallEnd, CallStart};
 use crate::guards::{self, CallView, Decision};
 use crate::protocol::{
     Channel, ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, ToolCall,
@@ -217,14 +218,14 @@ impl Session {
         info!("session started");
         self.rt
             .evidence
-            .submit(crate::evidence::Event::CallStarted {
+            .submit(crate::evidence::Event::CallStarted(CallStart {
                 org: self.key.0.clone(),
                 call_id: self.ctx.call_id.clone(),
                 agent: self.agent.id.clone(),
                 caller: self.ctx.caller.number.as_deref().map(crate::redact::phone),
-                channel: self.channel.as_str(),
+                channel: self.channel.as_str().to_owned(),
                 at: self.started_at,
-            });
+            }));
         let mut sock = Some(sock);
         self.push(self.ready_frame(false), Keep::LiveOnly);
         self.flush(&mut sock).await;
@@ -362,12 +363,14 @@ impl Session {
         }
         self.registered = false;
         crate::telemetry::session_ended(self.end_kind);
-        self.rt.evidence.submit(crate::evidence::Event::CallEnded {
-            org: self.key.0.clone(),
-            call_id: self.ctx.call_id.clone(),
-            reason: self.end_reason.take().unwrap_or_else(|| "closed".into()),
-            at: self.clock(Instant::now()),
-        });
+        self.rt
+            .evidence
+            .submit(crate::evidence::Event::CallEnded(CallEnd {
+                org: self.key.0.clone(),
+                call_id: self.ctx.call_id.clone(),
+                reason: self.end_reason.take().unwrap_or_else(|| "closed".into()),
+                at: self.clock(Instant::now()),
+            }));
         self.rt.sessions.remove(&self.key);
         self.rt.active_sessions.fetch_sub(1, Ordering::AcqRel);
         if let Some(mut n) = self.rt.org_sessions.get_mut(&self.key.0) {
