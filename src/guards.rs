@@ -389,9 +389,7 @@ fn action_key(ctx: &CallContext, function: &Function, r: &Resolution) -> String 
     let digest = h.finalize();
     let mut out = String::with_capacity(35);
     out.push_str("tg_");
-    for b in &digest[..16] {
-        out.push_str(&format!("{b:02x}"));
-    }
+    out.push_str(&hex::encode(&digest[..16]));
     out
 }
 

@@ -194,8 +194,7 @@ pub fn body(s: &str, keep: bool, secrets: &[&str]) -> serde_json::Value {
         return serde_json::Value::String(text(s, secrets).into_owned());
     }
     let digest = Sha256::digest(s.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    serde_json::json!({"length": s.chars().count(), "sha256": hex})
+    serde_json::json!({"length": s.chars().count(), "sha256": hex::encode(&digest[..8])})
 }
 
 /// A JSON payload with every string redacted: body keys by [`body`], everything else by

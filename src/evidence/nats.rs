@@ -107,8 +107,7 @@ pub fn token(id: &str) -> String {
         )
     } else {
         let digest = Sha256::digest(id.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("~~{hex}")
+        format!("~~{}", hex::encode(digest))
     }
 }
 

@@ -180,8 +180,7 @@ fn derived_id(call_id: &str, name: &str, args: &Arguments) -> String {
         h.update([0]);
     }
     let d = h.finalize();
-    let hex: String = d[..12].iter().map(|b| format!("{b:02x}")).collect();
-    format!("hk_{hex}")
+    format!("hk_{}", hex::encode(&d[..12]))
 }
 
 /// JSON with object keys sorted, at every depth.

@@ -254,12 +254,7 @@ fn valid_id(id: &str) -> bool {
 /// The `P_KEYS` key of an action key: its SHA-256 (action keys may hold any character).
 fn key_of(idempotency_key: &str) -> String {
     let digest = Sha256::digest(idempotency_key.as_bytes());
-    let mut out = String::with_capacity(2 + 64);
-    out.push_str("k_");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("k_{}", hex::encode(digest))
 }
 
 fn until(at: Millis, now: Millis) -> Duration {
