@@ -171,6 +171,29 @@ async fn a_succeeded_call_has_a_complete_redacted_record() {
 }
 
 #[tokio::test]
+async fn a_webhook_record_keeps_the_id_and_time_the_receiver_got_and_hides_the_signature() {
+    let env = Env::start().await;
+    let mut s = env.session("c-ev-hook", json!({})).await;
+    let a = s
+        .call("call_01", "notify_team", json!({"reason": "billing"}))
+        .await;
+    assert_eq!(a.status(), "succeeded");
+    let sent = &env.webhook.requests()[0];
+    let r = record(&env, &inv_id(&a)).await;
+    let headers = &r["request_payload_redacted"]["headers"];
+    assert_eq!(headers["webhook-id"], sent.header("webhook-id").unwrap());
+    assert_eq!(
+        headers["webhook-timestamp"],
+        sent.header("webhook-timestamp").unwrap()
+    );
+    assert_eq!(headers["webhook-signature"], "v1,[signature]");
+    // The body is still masked: the caller's number it carries is not on record.
+    let body = r["request_payload_redacted"]["body"].to_string();
+    assert!(!body.contains(&CALLER[2..]), "{body}");
+    end(&mut s).await;
+}
+
+#[tokio::test]
 async fn a_call_missing_a_value_records_every_verdict_and_the_missing_field() {
     let env = Env::start().await;
     let mut s = env.session("c-ev-missing", order_vars()).await;

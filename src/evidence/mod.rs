@@ -477,6 +477,11 @@ pub fn request(req: &Prepared, keep_bodies: bool, secrets: &[&str]) -> RequestRe
                 } else if h.name == "webhook-signature" {
                     // A signature is not a credential, but it proves nothing to a reader.
                     "v1,[signature]".to_owned()
+                } else if matches!(h.name, "webhook-id" | "webhook-timestamp") {
+                    // Written by toolgate, never from the call: a digest of the action key and
+                    // the send time in seconds. Masked as text, the time reads as a phone
+                    // number and the receiver's copy can no longer be matched with it.
+                    h.value.clone()
                 } else {
                     redact::text(&h.value, secrets).into_owned()
                 };
