@@ -222,7 +222,7 @@ pub struct LiveCall {
     pub snap: Arc<Snapshot>,
 }
 
-/// How an accepted call goes out, decided in memory before it is spawned.
+/// How an accepted call goes out, decided in memory before it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// Send it now; `probe` when it is the one request an open circuit lets through.
@@ -351,7 +351,7 @@ pub async fn run(mut call: LiveCall, rt: Arc<Runtime>, events: Events) {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".to_owned());
-            tracing::error!(id = %call.id, panic = %what, "tool call task failed; answering it as an internal error");
+            tracing::error!(id = %call.id, panic = %what, "tool call failed inside toolgate; answering it as an internal error");
             (Outcome::Internal(what), ProviderTiming::default(), None)
         }
     };
@@ -478,7 +478,7 @@ impl Run<'_> {
         );
         if let Err(e) = result {
             e.redact_for(conn);
-            debug!(function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
+            debug!(id = %self.call.id, function = %self.function.name, connection = %conn.id, kind = e.kind.code(), delivery = ?e.delivery, "provider request failed");
         }
         self.call
             .snap

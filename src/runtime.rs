@@ -35,7 +35,7 @@ pub type SessionKey = (String, String);
 pub enum RuntimeError {
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    Client(#[from] crate::providers::ClientError),
     /// The job store could not be opened.
     #[error("{}", .0.of_store("job store"))]
     JobStore(StoreError),

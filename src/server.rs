@@ -229,9 +229,9 @@ impl Server {
 
     /// Shut down without losing anything accepted, within `drain` overall: stop accepting
     /// calls and stop the worker claiming; let every session finish its in-flight tool calls
-    /// (an `auto` call is deferred at its budget) and close with 1001; wait for every tool
-    /// call's task, including live requests that outlived their session and must close their
-    /// jobs, and for the worker's running attempts; flush and close the job store; last, stop
+    /// (an `auto` call is deferred at its budget) and close with 1001; wait for every
+    /// session's task (it runs its tool calls), including live requests that outlived their
+    /// session's end and must close their jobs, and for the worker's running attempts; flush and close the job store; last, stop
     /// the admin API (which answered health checks until then).
     pub async fn shutdown(self, drain: Duration) {
         let deadline = tokio::time::Instant::now() + drain;
@@ -257,7 +257,7 @@ impl Server {
             .is_err()
         {
             warn!(
-                left = self.runtime.tasks.len(),
+                tasks = self.runtime.tasks.len(),
                 "tool calls still running at the end of the drain; their jobs' leases will lapse and the worker will take them over"
             );
         }

@@ -2,7 +2,7 @@
 //!
 //! Each adapter is two pure functions, `prepare` (inputs to an HTTP request) and `interpret`
 //! (HTTP response to [`Accepted`] or a classified [`ProviderError`]); [`send`] between them is
-//! the only I/O, through one pooled [`reqwest::Client`]. Providers know nothing of sessions or
+//! the only I/O, through one pooled [`Client`]. Providers know nothing of sessions or
 //! budgets: the caller decides how long to wait by dropping the future.
 //!
 //! Errors are classified the way the rest of toolgate needs to decide between `failed`, a
@@ -10,6 +10,7 @@
 //! may help (`retryable`), and whether the request was *not sent*, *possibly sent* or
 //! *answered* ([`Delivery`]).
 
+mod client;
 pub mod resend;
 pub mod wati;
 pub mod webhook;
@@ -20,6 +21,8 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
+
+pub use client::{Client, ClientError, send};
 
 use crate::bindings::{Resolution, Resolved};
 use crate::catalog::{Action, Provider};
@@ -299,7 +302,7 @@ pub struct Prepared {
     /// Headers, credentials marked.
     pub headers: Vec<Header>,
     /// JSON body, when there is one.
-    pub body: Option<Vec<u8>>,
+    pub body: Option<Bytes>,
 }
 
 impl Prepared {
@@ -343,7 +346,11 @@ impl Prepared {
     }
 
     fn json(mut self, body: &impl serde::Serialize) -> Self {
-        self.body = Some(serde_json::to_vec(body).expect("request bodies serialize"));
+        self.body = Some(
+            serde_json::to_vec(body)
+                .expect("request bodies serialize")
+                .into(),
+        );
         self.header("content-type", "application/json")
     }
 }
@@ -370,28 +377,6 @@ pub struct RawResponse {
     pub headers: HeaderMap,
     /// Body, at most [`MAX_RESPONSE_BYTES`].
     pub body: Bytes,
-}
-
-/// The pooled HTTP client every provider request goes through.
-#[derive(Debug, Clone)]
-pub struct Client {
-    http: reqwest::Client,
-}
-
-impl Client {
-    /// Build the pooled client (rustls with the ring provider, no redirects, short connects).
-    pub fn new() -> Result<Client, reqwest::Error> {
-        // Installing twice is harmless: the first provider stays.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(Client { http })
-    }
 }
 
 /// Build the request for an action.
@@ -428,92 +413,6 @@ pub fn interpret(action: Action, raw: RawResponse) -> Result<Accepted, ProviderE
         Provider::Resend => resend::interpret(raw),
         Provider::Wati => wati::interpret(raw),
         Provider::Webhook => webhook::interpret(raw),
-    }
-}
-
-/// Send a prepared request. The caller bounds the time by dropping the future.
-pub async fn send(client: &Client, req: &Prepared) -> Result<RawResponse, ProviderError> {
-    let mut builder = client.http.request(req.method.clone(), req.url.clone());
-    for h in &req.headers {
-        builder = builder.header(h.name, &h.value);
-    }
-    if let Some(body) = &req.body {
-        builder = builder.body(body.clone());
-    }
-    let mut resp = builder.send().await.map_err(transport_error)?;
-    let status = resp.status().as_u16();
-    let headers = std::mem::take(resp.headers_mut());
-    let mut body = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if room <= chunk.len() {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // The status line arrived, so the provider has the request: whatever it did,
-                // it did. Reading the rest failed, so treat the answer as unknown.
-                let mut err = ProviderError::new(
-                    FailureKind::BadResponse,
-                    Delivery::PossiblySent,
-                    format!("the response body broke off: {}", describe(&e)),
-                );
-                err.http_status = Some(status);
-                // Unknown, but safe to send again when the request carries the provider's
-                // idempotency key (Resend's `Idempotency-Key`, a webhook's `webhook-id`): the
-                // repeat gets the first one's outcome. Without one (Wati), only a 5xx is.
-                let keyed = req
-                    .headers
-                    .iter()
-                    .any(|h| h.name == "idempotency-key" || h.name == "webhook-id");
-                err.retryable = status >= 500 || (keyed && (200..300).contains(&status));
-                return Err(err);
-            }
-        }
-    }
-    Ok(RawResponse {
-        status,
-        headers,
-        body: Bytes::from(body),
-    })
-}
-
-fn transport_error(e: reqwest::Error) -> ProviderError {
-    let text = describe(&e);
-    if e.is_connect() {
-        ProviderError::new(
-            FailureKind::Unavailable,
-            Delivery::NotSent,
-            format!("cannot connect: {text}"),
-        )
-    } else if e.is_timeout() {
-        ProviderError::new(FailureKind::Timeout, Delivery::PossiblySent, text)
-    } else {
-        ProviderError::new(
-            FailureKind::Unavailable,
-            Delivery::PossiblySent,
-            format!("the connection failed: {text}"),
-        )
-    }
-}
-
-/// The error chain without the URL (which may carry a phone number in its query).
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
     }
 }
 

@@ -128,7 +128,7 @@ pub fn prepare(
         value: signature,
         secret: false,
     });
-    req.body = Some(body);
+    req.body = Some(body.into());
     Ok(req)
 }
 

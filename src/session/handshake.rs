@@ -69,7 +69,8 @@ pub async fn serve_connection(
                             let span = info_span!("session", call_id = %call_id, org = %org, agent = %session.agent.id);
                             // A task of its own, so the session does not carry this
                             // handshake's state for the whole call.
-                            tokio::spawn(session.run(Box::new(sock)).instrument(span));
+                            // Tracked: a shutdown waits for the calls it runs.
+                            rt.tasks.spawn(session.run(Box::new(sock)).instrument(span));
                             return;
                         }
                         Open::Resume(tx) => match tx.try_send(Box::new(sock)) {
@@ -152,7 +153,7 @@ pub fn attach(
             let agent = session.agent.clone();
             let sock = Socket::local(LocalPeer { rx, tx }, &rt.server);
             let span = info_span!("session", call_id = %call_id, org = %org, agent = %agent.id, channel = channel.as_str());
-            tokio::spawn(session.run(Box::new(sock)).instrument(span));
+            rt.tasks.spawn(session.run(Box::new(sock)).instrument(span));
             Ok(Attached {
                 to_session,
                 from_session,
@@ -263,6 +264,7 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                 deferred: 0,
                 events_tx: None,
                 events_rx: None,
+                running: None,
                 reattach_rx: None,
                 attached,
                 outbox: Vec::new(),

@@ -1,8 +1,9 @@
 //! Sessions: one live call over one WebSocket (SPEC §2).
 //!
-//! One task owns a session: its socket, its history and its ledger of actions. Frames from the
-//! media server and events from running tool calls ([`dispatch::Event`]) meet in a single
-//! `select!` loop, so session state needs no locks and, because each call's fillers and its
+//! One task owns a session: its socket, its history, its ledger of actions and its running tool
+//! calls, which it polls itself (a call costs no task, and its result wakes no other). Frames
+//! from the media server and events from running tool calls ([`dispatch::Event`]) meet in a
+//! single `select!` loop, so session state needs no locks and, because each call's fillers and its
 //! result travel through the same FIFO channel, a filler can never follow its result.
 //!
 //! When the socket drops without `session.end`, the session lives on for
@@ -15,13 +16,18 @@ mod outcome;
 mod socket;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
+use sync_wrapper::SyncWrapper;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::WebSocketStream;
@@ -85,6 +91,21 @@ async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<Box<Event>>>) -> Opt
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The tool calls running on their session's task ([`dispatch::run`]). Only ever reached
+/// through `&mut`, so the session stays `Sync` without the calls' futures being so.
+type Running = SyncWrapper<FuturesUnordered<Pin<Box<dyn Future<Output = ()> + Send>>>>;
+
+/// Drive the session's running calls until one finishes (never, while none runs). Each
+/// reports through the session's events; the finished future has nothing more to say.
+async fn next_finished(running: &mut Option<Running>) {
+    match running.as_mut().map(SyncWrapper::get_mut) {
+        Some(calls) if !calls.is_empty() => {
+            calls.next().await;
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -185,6 +206,9 @@ struct Session {
     /// (an idle session does not pay for a channel).
     events_tx: Option<dispatch::Events>,
     events_rx: Option<mpsc::UnboundedReceiver<Box<Event>>>,
+    /// The session's tool calls in flight, polled by its own task: a call costs no task of its
+    /// own, and its result wakes no other (made at the first tool call).
+    running: Option<Running>,
     /// Resuming sockets, while the socket is gone ([`SessionHandle::reattach`]).
     reattach_rx: Option<mpsc::Receiver<Box<Socket>>>,
     attached: Arc<AtomicBool>,
@@ -298,6 +322,7 @@ impl Session {
                     }
                 },
                 Some(event) = recv_event(&mut self.events_rx) => self.on_event(event, phase == Phase::Ended).await,
+                () = next_finished(&mut self.running) => {}
                 Some(resumed) = recv_some(&mut self.reattach_rx), if matches!(phase, Phase::Detached { .. }) => {
                     info!(kept = self.outbox.len(), "session resumed");
                     sock = Some(resumed);
@@ -770,13 +795,13 @@ impl Session {
             plan: plan.expect("a call that proceeds was planned"),
             snap,
         };
-        // One span per invocation, inside the session's: every line the call's task logs says
-        // which call, which tool call and which function.
-        let span = tracing::info_span!("invocation", id = %live.id, invocation_id = %live.invocation_id, function = %call.name);
+        // The call runs on this session's task, inside its span (every line it logs names the
+        // tool call it is about).
         let events = self.events();
-        self.rt
-            .tasks
-            .spawn(dispatch::run(live, self.rt.clone(), events).instrument(span));
+        self.running
+            .get_or_insert_with(|| SyncWrapper::new(FuturesUnordered::new()))
+            .get_mut()
+            .push(Box::pin(dispatch::run(live, self.rt.clone(), events)));
     }
 
     /// The call's answer is decided: write it to the media server when `deliver` (the session
