@@ -13,7 +13,6 @@ pub mod breaker;
 pub mod rate;
 pub mod validate;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -224,7 +223,8 @@ impl Health {
 /// The connections of a running sidecar, by id.
 #[derive(Debug)]
 pub struct Registry {
-    by_id: HashMap<String, (Arc<Connection>, Arc<Health>)>,
+    /// foldhash, not SipHash: read several times per tool call.
+    by_id: foldhash::HashMap<String, (Arc<Connection>, Arc<Health>)>,
     /// The longest a provider's "slow down" may pause a connection
     /// (`defaults.max_retry_after_ms`).
     max_pause: Duration,

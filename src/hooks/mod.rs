@@ -24,7 +24,6 @@ mod elevenlabs;
 mod retell;
 mod vapi;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +86,7 @@ struct HookCall {
 }
 
 struct CallState {
-    results: HashMap<String, Slot>,
+    results: foldhash::HashMap<String, Slot>,
     /// How many transcript turns of the platform's list were merged already.
     turns_seen: usize,
     last_request: Instant,
@@ -377,7 +376,7 @@ fn implicit_session(
     let call = Arc::new(HookCall {
         to_session: attached.to_session,
         state: Mutex::new(CallState {
-            results: HashMap::new(),
+            results: Default::default(),
             turns_seen: 0,
             last_request: Instant::now(),
         }),

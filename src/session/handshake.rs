@@ -3,7 +3,6 @@
 //! org's agent, a call id already live, the sidecar or the org at its session limit). Adapters
 //! open sessions the same way, in-process ([`attach`], SPEC §13).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -258,7 +257,7 @@ fn open(start: SessionStart, org: &str, channel: Channel, rt: &Arc<Runtime>) -> 
                     max_bytes: rt.server.max_history_bytes,
                 }),
                 ledger: Ledger::default(),
-                calls: HashMap::new(),
+                calls: Default::default(),
                 inflight: 0,
                 invocations: 0,
                 deferred: 0,

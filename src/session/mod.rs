@@ -15,7 +15,6 @@ mod handshake;
 mod outcome;
 mod socket;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -197,7 +196,8 @@ struct Session {
     started_at: Millis,
     history: History,
     ledger: Ledger,
-    calls: HashMap<String, Slot>,
+    /// By tool call id; foldhash, not SipHash: looked up several times per tool call.
+    calls: foldhash::HashMap<String, Slot>,
     inflight: usize,
     invocations: u32,
     deferred: u32,
