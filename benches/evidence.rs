@@ -22,7 +22,7 @@ use toolgate::call_state::Entry;
 use toolgate::clock::now_ms;
 use toolgate::evidence::store::EvidenceStore;
 use toolgate::evidence::{
-    CallTurn, Event, GuardRecord, InputRecord, Invocation, RequestRecord, ResponseRecord,
+    CallTurn, Event, GuardRecord, InputRecord, Invocation, RawJson, RequestRecord, ResponseRecord,
     SourceType, Timeline, TurnRecord,
 };
 use toolgate::protocol::Role;
@@ -90,11 +90,11 @@ fn record(n: u64) -> Invocation {
             method: "POST".into(),
             url: "https://api.resend.com/emails".into(),
             headers,
-            body: Some(
-                json!({"from": "Acme <s***@acme.test>", "to": "a***@example.com",
+            body: Some(RawJson::of(
+                &json!({"from": "Acme <s***@acme.test>", "to": "a***@example.com",
                                "subject": {"length": 17, "sha256": "1a6eab5ceecfc715"},
                                "text": {"length": 44, "sha256": "42a2451514ce2fce"}}),
-            ),
+            )),
         }),
         response_payload_redacted: Some(ResponseRecord {
             status: Some(200),

@@ -247,6 +247,191 @@ pub fn json(
     value
 }
 
+/// [`json`] for a payload as the bytes that were sent, written straight back as JSON text: one
+/// pass, no tree built, no map hashed (a provider request's body is redacted for every tool
+/// call). `None` when the bytes are not one JSON value. One pass means a `{name, value}`
+/// pair names its value only when `name` comes first, as every provider adapter writes it.
+pub fn json_text(
+    raw: &[u8],
+    keep_bodies: bool,
+    secrets: &[&str],
+) -> Option<Box<serde_json::value::RawValue>> {
+    use serde::de::DeserializeSeed;
+    let mut out = Vec::with_capacity(raw.len() + 32);
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    Transcode {
+        key: None,
+        keep: keep_bodies,
+        secrets,
+        out: &mut out,
+        seen: None,
+    }
+    .deserialize(&mut de)
+    .ok()?;
+    de.end().ok()?;
+    serde_json::value::RawValue::from_string(String::from_utf8(out).ok()?).ok()
+}
+
+/// One JSON value of [`json_text`], redacted under its key, written to `out`.
+struct Transcode<'a> {
+    key: Option<&'a str>,
+    keep: bool,
+    secrets: &'a [&'a str],
+    out: &'a mut Vec<u8>,
+    /// Where a `name` entry leaves its text, for the `value` beside it.
+    seen: Option<&'a mut Option<String>>,
+}
+
+impl Transcode<'_> {
+    fn string(&mut self, s: &str) {
+        if let Some(seen) = self.seen.as_mut() {
+            **seen = Some(s.to_owned());
+        }
+        if self.key.is_some_and(|k| BODY_KEYS.contains(&k)) {
+            write_json(self.out, &body(s, self.keep, self.secrets));
+        } else {
+            write_json(self.out, &text(s, self.secrets));
+        }
+    }
+
+    fn number(&mut self, n: serde_json::Number) {
+        let digits = n.to_string();
+        if digits.len() >= 7 {
+            write_json(self.out, &phone(&digits));
+        } else {
+            self.out.extend_from_slice(digits.as_bytes());
+        }
+    }
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing to a Vec cannot fail, and strings and values always serialize.
+    let _ = serde_json::to_writer(out, v);
+}
+
+/// A map key, borrowed from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Transcode<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.out
+            .extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.out.extend_from_slice(b"null");
+        Ok(())
+    }
+    fn visit_u64<E>(mut self, v: u64) -> Result<(), E> {
+        self.number(v.into());
+        Ok(())
+    }
+    fn visit_i64<E>(mut self, v: i64) -> Result<(), E> {
+        self.number(v.into());
+        Ok(())
+    }
+    fn visit_f64<E>(mut self, v: f64) -> Result<(), E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.number(n),
+            None => self.out.extend_from_slice(b"null"),
+        }
+        Ok(())
+    }
+    fn visit_str<E>(mut self, v: &str) -> Result<(), E> {
+        self.string(v);
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.out.push(b'[');
+        let mut first = true;
+        loop {
+            let at = self.out.len();
+            if !first {
+                self.out.push(b',');
+            }
+            let item = Transcode {
+                key: self.key,
+                keep: self.keep,
+                secrets: self.secrets,
+                out: &mut *self.out,
+                seen: None,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                self.out.truncate(at);
+                break;
+            }
+            first = false;
+        }
+        self.out.push(b']');
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.out.push(b'{');
+        // Wati template parameters are `{name, value}` pairs: the name says what the value is.
+        let mut named: Option<String> = None;
+        let mut first = true;
+        while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+            if !first {
+                self.out.push(b',');
+            }
+            first = false;
+            write_json(self.out, k.as_ref());
+            self.out.push(b':');
+            let mut seen = None;
+            let key = if k == "value" {
+                named.as_deref().unwrap_or("value")
+            } else {
+                k.as_ref()
+            };
+            map.next_value_seed(Transcode {
+                key: Some(key),
+                keep: self.keep,
+                secrets: self.secrets,
+                out: &mut *self.out,
+                seen: (k == "name").then_some(&mut seen),
+            })?;
+            if let Some(name) = seen {
+                named = Some(name);
+            }
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+}
+
 /// Whether a query parameter's name says its value is a credential (`token`, `api_key`,
 /// `sig`, `X-Amz-Signature`, ...).
 fn is_secret_key(key: &str) -> bool {
@@ -540,6 +725,93 @@ mod tests {
             prop_assert!(!out.contains(&address), "{}", out);
             prop_assert!(!out.contains(&format!("{local}@")), "{}", out);
             prop_assert!(!out.contains(&secret), "{}", out);
+        }
+    }
+
+    /// [`json_text`] writes what [`json`] builds, for every payload whose `{name, value}`
+    /// pairs put `name` first.
+    fn same_as_the_tree(v: &serde_json::Value, keep: bool, secrets: &[&str]) {
+        let bytes = serde_json::to_vec(v).unwrap();
+        // The tree as the sidecar built it: from the bytes (floats parse back as serde_json
+        // reads them).
+        let parsed = serde_json::from_slice(&bytes).unwrap();
+        let tree = serde_json::to_string(&json(parsed, keep, secrets)).unwrap();
+        let text = json_text(&bytes, keep, secrets).expect("JSON in, JSON out");
+        assert_eq!(text.get(), tree);
+    }
+
+    #[test]
+    fn payloads_redacted_as_text_read_as_the_tree_does() {
+        let v = serde_json::json!({
+            "from": "Acme <support@acme.test>",
+            "to": ["ana@example.com", "bo@example.com"],
+            "subject": "Your order",
+            "text": "Call me on +14155550100 with key sk_live_abcdef",
+            "parameters": [{"name": "order_id", "value": "A-1042"}, {"name": "note", "value": "secret plan"}],
+            "phone": 14155550100u64, "short": 42, "neg": -9_876_543, "ratio": 0.5, "big": 12345.678,
+            "flags": [true, false, null], "empty": {}, "none": [],
+            "esc": "tab\t quote\" slash\\ \u{e9} \u{2028}",
+            "nested": {"data": {"message": "hi", "inputs": {"name": "message_text", "value": "call 4155550100"}}}
+        });
+        for keep in [false, true] {
+            same_as_the_tree(&v, keep, &["sk_live_abcdef"]);
+        }
+        assert!(json_text(b"{\"a\": 1", false, &[]).is_none(), "cut short");
+        assert!(json_text(b"{} {}", false, &[]).is_none(), "two values");
+        assert!(json_text(b"not json", false, &[]).is_none());
+        assert_eq!(json_text(b" [1, 2] ", false, &[]).unwrap().get(), "[1,2]");
+    }
+
+    fn any_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1.0e12f64..1.0e12).prop_map(Value::from),
+            "[a-z0-9 @.+_\"\\\n\u{e9}-]{0,24}".prop_map(Value::String),
+            Just(Value::String(
+                "reach ana@example.com or +14155550100".into()
+            )),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let key = prop_oneof![
+                Just("name".to_owned()),
+                Just("value".to_owned()),
+                Just("text".to_owned()),
+                Just("message".to_owned()),
+                "[a-z_]{1,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+                prop::collection::vec((key, inner), 0..6).prop_map(|entries| {
+                    let mut m = serde_json::Map::new();
+                    for (k, v) in entries {
+                        m.insert(k, v);
+                    }
+                    // One pass names a value by a `name` written before it.
+                    if let Some(name) = m.shift_remove("name") {
+                        let mut first = serde_json::Map::new();
+                        first.insert("name".into(), name);
+                        first.extend(m);
+                        m = first;
+                    }
+                    serde_json::Value::Object(m)
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn redacting_as_text_matches_the_tree(v in any_json(), keep in any::<bool>()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let parsed = serde_json::from_slice(&bytes).unwrap();
+            let tree = serde_json::to_string(&json(parsed, keep, &["hunter2pass"])).unwrap();
+            let text = json_text(&bytes, keep, &["hunter2pass"]).unwrap();
+            prop_assert_eq!(text.get(), tree);
         }
     }
 }

@@ -79,7 +79,50 @@ pub struct RequestRecord {
     /// Headers; credentials read `[redacted]`.
     pub headers: IndexMap<String, String>,
     /// JSON body, redacted.
-    pub body: Option<Value>,
+    pub body: Option<RawJson>,
+}
+
+/// JSON kept as the text it was written as: a request body is redacted straight from the bytes
+/// sent ([`redact::json_text`]) and stored as it comes out, never built into a tree. Reads
+/// (the API, the evidence stream) take any JSON value.
+#[derive(Debug, Clone)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// A value, as compact JSON.
+    pub fn of(v: &Value) -> RawJson {
+        RawJson(serde_json::value::to_raw_value(v).expect("JSON values serialize"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value.
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    /// Through a value: a raw value cannot be read from inside an internally tagged enum (the
+    /// evidence stream's events), and reads are not on a tool call's path.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RawJson, D::Error> {
+        Ok(RawJson::of(&Value::deserialize(d)?))
+    }
 }
 
 /// The provider's answer, redacted and cut to 4 KiB.
@@ -491,9 +534,13 @@ pub fn request(req: &Prepared, keep_bodies: bool, secrets: &[&str]) -> RequestRe
         body: req
             .body
             .as_ref()
-            .map(|b| match serde_json::from_slice::<Value>(b) {
-                Ok(v) => redact::json(v, keep_bodies, secrets),
-                Err(_) => redact::body(&String::from_utf8_lossy(b), keep_bodies, secrets),
+            .map(|b| match redact::json_text(b, keep_bodies, secrets) {
+                Some(json) => RawJson(json),
+                None => RawJson::of(&redact::body(
+                    &String::from_utf8_lossy(b),
+                    keep_bodies,
+                    secrets,
+                )),
             }),
     }
 }

@@ -205,7 +205,11 @@ fn action_view(inv: &Invocation, attempts: &[&Invocation], start: Millis) -> Act
             .iter()
             .map(|(k, v)| (k.clone(), value_text(&v.value), v.source.clone()))
             .collect(),
-        request: inv.request_payload_redacted.as_ref().map(pretty),
+        // Through a value, so the body is indented with the rest (it is kept as compact text).
+        request: inv
+            .request_payload_redacted
+            .as_ref()
+            .map(|r| pretty(&serde_json::to_value(r).unwrap_or_default())),
         response: inv.response_payload_redacted.as_ref().map(pretty),
         attempts: attempts
             .iter()

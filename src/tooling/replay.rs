@@ -322,7 +322,10 @@ pub fn render(r: &Replayed) -> String {
             "  request: {} {} {}\n",
             req.method,
             req.url,
-            req.body.as_ref().map(Value::to_string).unwrap_or_default()
+            req.body
+                .as_ref()
+                .map(|b| b.get().to_owned())
+                .unwrap_or_default()
         ));
     }
     if let Some(a) = &r.answer {
