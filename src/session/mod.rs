@@ -478,7 +478,20 @@ impl Session {
     async fn flush(&mut self, sock: &mut Option<Box<Socket>>) {
         for (frame, keep) in std::mem::take(&mut self.pending) {
             let written = match sock.as_mut() {
-                Some(s) => s.send(frame.clone()).await,
+                Some(s) => {
+                    // A media server slow to read holds this write for up to
+                    // `write_timeout_ms`: the calls keep running meanwhile (their timers, their
+                    // handoffs), and what they report waits in the channel behind this frame.
+                    let send = s.send(frame.clone());
+                    tokio::pin!(send);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            written = &mut send => break written,
+                            () = next_finished(&mut self.running) => {}
+                        }
+                    }
+                }
                 None => false,
             };
             if !written {
