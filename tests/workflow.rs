@@ -765,3 +765,87 @@ async fn a_body_broken_after_a_200_is_retried_with_the_same_idempotency_key() {
         "one email: the provider answered the retry from its idempotency record"
     );
 }
+
+/// A media server that stops reading holds the session's writes (up to `write_timeout_ms`),
+/// not its tool calls: a call slower than its budget is still handed off on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_media_server_that_stops_reading_does_not_hold_up_a_handoff() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    // A budget long enough for the socket to fill first.
+    let env = Env::start_with(|t| {
+        t.replace("[server]\n", "[server]\nwrite_timeout_ms = 60000\n")
+            .replace(
+                "timing = { filler_after_ms = 200, defer_after_ms = 400, hard_timeout_ms = 1500 }",
+                "timing = { filler_after_ms = 200, defer_after_ms = 2000, hard_timeout_ms = 8000 }",
+            )
+    })
+    .await;
+    env.resend.push(Reply::slow(6000));
+    // A socket whose receive buffer is as small as the kernel allows: the session's writes
+    // block once it stops reading.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(1024).unwrap();
+    sock.connect(&env.server.ws_addr.into()).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let stream = tokio::net::TcpStream::from_std(sock.into()).unwrap();
+    let mut request = env.url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ACME_TOKEN}").parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let frame = |v: serde_json::Value| Message::text(v.to_string());
+    tx.send(frame(
+        json!({"type": "session.start", "call_id": "c-stuck", "agent": "support-bot",
+                          "caller": {"number": CALLER}, "variables": order_vars()}),
+    ))
+    .await
+    .unwrap();
+    let ready = rx.next().await.unwrap().unwrap();
+    assert!(
+        ready.to_text().unwrap().contains("session.ready"),
+        "{ready:?}"
+    );
+    tx.send(frame(
+        json!({"type": "tool.call", "id": "call_01", "name": "email_later",
+                          "arguments": json!({"summary": "Ships Friday."}).to_string()}),
+    ))
+    .await
+    .unwrap();
+    // Each of these is answered with an error frame the client never reads, until the
+    // session's write waits on the full socket.
+    let flood = tokio::spawn(async move {
+        let again =
+            frame(json!({"type": "session.start", "call_id": "c-stuck", "agent": "support-bot"}));
+        for _ in 0..100_000 {
+            if tx.send(again.clone()).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let job = wait_until(
+        "the call handed off while its socket is full",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = env
+                .admin("GET", "/v1/jobs?limit=10", Some(ADMIN_TOKEN))
+                .await;
+            body["jobs"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(job["reason"], "budget", "{job}");
+    assert!(
+        !flood.is_finished(),
+        "the session kept reading: its writes never waited, so this proves nothing"
+    );
+    flood.abort();
+    drop(rx);
+}
