@@ -208,7 +208,7 @@ pub fn json(
     use serde_json::Value;
     fn walk(v: &mut Value, key: Option<&str>, keep: bool, secrets: &[&str]) {
         match v {
-            Value::String(s) if key.is_some_and(|k| BODY_KEYS.contains(&k)) => {
+            Value::String(s) if is_body_key(key) => {
                 *v = body(s, keep, secrets);
             }
             Value::String(s) => {
@@ -217,9 +217,8 @@ pub fn json(
                 }
             }
             Value::Number(n) => {
-                let digits = n.to_string();
-                if digits.len() >= 7 {
-                    *v = Value::String(phone(&digits));
+                if let Some(masked) = masked_number(&n.to_string()) {
+                    *v = Value::String(masked);
                 }
             }
             Value::Array(items) => {
@@ -228,16 +227,9 @@ pub fn json(
                 }
             }
             Value::Object(map) => {
-                // Wati template parameters are `{name, value}` pairs: the name says what the
-                // value is.
                 let named = map.get("name").and_then(Value::as_str).map(str::to_owned);
                 for (k, item) in map.iter_mut() {
-                    let key = if k == "value" {
-                        named.as_deref().or(Some(k))
-                    } else {
-                        Some(k.as_str())
-                    };
-                    walk(item, key, keep, secrets);
+                    walk(item, Some(key_of(k, named.as_deref())), keep, secrets);
                 }
             }
             _ => {}
@@ -245,6 +237,22 @@ pub fn json(
     }
     walk(&mut value, None, keep_bodies, secrets);
     value
+}
+
+/// Whether a string under `key` is a free-text body ([`body`]) rather than text ([`text`]).
+fn is_body_key(key: Option<&str>) -> bool {
+    key.is_some_and(|k| BODY_KEYS.contains(&k))
+}
+
+/// A number (as JSON writes it) long enough to be a phone number, masked; `None` keeps it.
+fn masked_number(digits: &str) -> Option<String> {
+    (digits.len() >= 7).then(|| phone(digits))
+}
+
+/// The key a value is redacted under: Wati template parameters are `{name, value}` pairs, and
+/// the name (`named`, when the object has a string `name`) says what the value is.
+fn key_of<'a>(k: &'a str, named: Option<&'a str>) -> &'a str {
+    if k == "value" { named.unwrap_or(k) } else { k }
 }
 
 /// [`json`] for a payload as the bytes that were sent, written straight back as JSON text: one
@@ -287,7 +295,7 @@ impl Transcode<'_> {
         if let Some(seen) = self.seen.as_mut() {
             **seen = Some(s.to_owned());
         }
-        if self.key.is_some_and(|k| BODY_KEYS.contains(&k)) {
+        if is_body_key(self.key) {
             write_json(self.out, &body(s, self.keep, self.secrets));
         } else {
             write_json(self.out, &text(s, self.secrets));
@@ -296,10 +304,9 @@ impl Transcode<'_> {
 
     fn number(&mut self, n: serde_json::Number) {
         let digits = n.to_string();
-        if digits.len() >= 7 {
-            write_json(self.out, &phone(&digits));
-        } else {
-            self.out.extend_from_slice(digits.as_bytes());
+        match masked_number(&digits) {
+            Some(masked) => write_json(self.out, &masked),
+            None => self.out.extend_from_slice(digits.as_bytes()),
         }
     }
 }
@@ -400,7 +407,7 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         self.out.push(b'{');
-        // Wati template parameters are `{name, value}` pairs: the name says what the value is.
+        // A `name` entry's text, for the `value` after it ([`key_of`]).
         let mut named: Option<String> = None;
         let mut first = true;
         while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
@@ -411,13 +418,8 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
             write_json(self.out, k.as_ref());
             self.out.push(b':');
             let mut seen = None;
-            let key = if k == "value" {
-                named.as_deref().unwrap_or("value")
-            } else {
-                k.as_ref()
-            };
             map.next_value_seed(Transcode {
-                key: Some(key),
+                key: Some(key_of(&k, named.as_deref())),
                 keep: self.keep,
                 secrets: self.secrets,
                 out: &mut *self.out,

@@ -98,11 +98,6 @@ impl RawJson {
     pub fn get(&self) -> &str {
         self.0.get()
     }
-
-    /// The value.
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.0.get()).unwrap_or_default()
-    }
 }
 
 impl PartialEq for RawJson {
