@@ -1,7 +1,9 @@
 //! Logging: `TOOLGATE_LOG` picks the filter (default `info`), `TOOLGATE_LOG_FORMAT=json`
-//! switches to one JSON object per line. Fields first, a short message; no secrets or raw PII
-//! in any line (call ids and config names only).
+//! switches to one JSON object per line; the text format is coloured only on a terminal.
+//! Fields first, a short message; no secrets or raw PII in any line (call ids and config names
+//! only).
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Dependencies whose verbose levels print raw traffic: WebSocket handshakes (a relay's upstream
@@ -30,9 +32,13 @@ pub fn init_tracing(default: &str) {
     let spec = std::env::var("TOOLGATE_LOG").unwrap_or_else(|_| default.to_owned());
     let filter = log_filter(&spec);
     let json = std::env::var("TOOLGATE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    // Colour only for a terminal: a log written to a file, a pipe or the journal stays plain
+    // text (and `NO_COLOR` turns it off on a terminal too).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false);
     let _ = if json {
         builder.json().flatten_event(true).try_init()

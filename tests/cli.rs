@@ -183,6 +183,49 @@ fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
     }
 }
 
+/// A log read through a pipe (a file, the journal, a collector) is plain text: no terminal
+/// colour codes around the level or the fields.
+#[cfg(unix)]
+#[test]
+fn a_log_written_to_a_pipe_has_no_colour_codes() {
+    let dir = good_dir();
+    let cfg = write(dir.path(), "toolgate.toml", GOOD);
+    let mut child = toolgate()
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .env("TOOLGATE_LOG", "info")
+        .env_remove("TOOLGATE_LOG_FORMAT")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut log = String::new();
+    let mut serving = None;
+    while serving.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if line.contains("toolgate serving") {
+            serving = Some(line.clone());
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let serving = serving.unwrap_or_else(|| panic!("serve did not log its addresses: {log}"));
+    assert!(
+        !log.contains('\x1b'),
+        "colour codes in a piped log: {log:?}"
+    );
+    assert!(serving.contains(" INFO "), "{serving}");
+    assert!(
+        serving.contains(" admin="),
+        "fields as key=value: {serving}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validate_prints_one_line_per_connection_and_fails_when_one_does() {
     use toolgate::tooling::mock::MockProvider;
