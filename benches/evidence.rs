@@ -148,7 +148,7 @@ fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
                 role: Role::Caller,
                 text: "Yes please, send it to ana@example.com or +14155550100.".into(),
                 is_final: true,
-                at: Duration::from_millis(i as u64),
+                at_ms: i as u32,
             },
             started_at: now_ms(),
         }));

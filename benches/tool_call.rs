@@ -105,7 +105,7 @@ fn fixture() -> Fixture {
             role,
             text: text.into(),
             is_final: true,
-            at: Duration::ZERO,
+            at_ms: 0,
         });
     }
     Fixture {

@@ -6,6 +6,9 @@ use std::time::Duration;
 use crate::protocol::Role;
 
 /// One entry of the call history.
+///
+/// Kept small (40 bytes): every live call holds its history for the whole call, so boxed
+/// strings (no spare capacity) and milliseconds in a `u32` (49 days) rather than a `Duration`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// A transcript turn.
@@ -13,23 +16,28 @@ pub enum Entry {
         /// Who spoke.
         role: Role,
         /// What was said.
-        text: String,
+        text: Box<str>,
         /// Whether the speech-to-text result is final.
         is_final: bool,
-        /// Time since the session started.
-        at: Duration,
+        /// Time since the session started, in milliseconds.
+        at_ms: u32,
     },
     /// An explicit consent decision.
     Consent {
         /// The scope.
-        scope: String,
+        scope: Box<str>,
         /// Granted or refused.
         granted: bool,
         /// Where it came from.
-        source: Option<String>,
-        /// Time since the session started.
-        at: Duration,
+        source: Option<Box<str>>,
+        /// Time since the session started, in milliseconds.
+        at_ms: u32,
     },
+}
+
+/// Milliseconds since the session started, as history entries keep them.
+pub fn since_start_ms(at: Duration) -> u32 {
+    u32::try_from(at.as_millis()).unwrap_or(u32::MAX)
 }
 
 /// The call history: transcript turns and consent events in arrival order.
@@ -151,7 +159,7 @@ impl History {
                 text,
                 is_final: true,
                 ..
-            } => Some(text.as_str()),
+            } => Some(&**text),
             _ => None,
         })
     }
@@ -251,8 +259,14 @@ mod tests {
             role: Role::Caller,
             text: text.into(),
             is_final: true,
-            at: Duration::ZERO,
+            at_ms: 0,
         }
+    }
+
+    /// Every live call keeps its history for the whole call (docs/performance.md, "Memory").
+    #[test]
+    fn an_entry_stays_at_40_bytes() {
+        assert_eq!(std::mem::size_of::<Entry>(), 40);
     }
 
     #[test]
@@ -265,7 +279,7 @@ mod tests {
             scope: "email".into(),
             granted: true,
             source: None,
-            at: Duration::ZERO,
+            at_ms: 0,
         });
         for i in 0..1000 {
             h.push_with_denies(turn(&format!("turn {i}")), Some(i % 2));
@@ -276,7 +290,7 @@ mod tests {
             "the event stays"
         );
         assert!(
-            matches!(&h.entries()[h.entries().len() - 1], Entry::Turn { text, .. } if text == "turn 999")
+            matches!(&h.entries()[h.entries().len() - 1], Entry::Turn { text, .. } if &**text == "turn 999")
         );
         let (turns, bytes) = h.dropped();
         assert_eq!(turns as usize + h.entries().len() - 1, 1000);

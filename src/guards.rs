@@ -445,13 +445,13 @@ fn consent(rule: &ConsentRule, history: &History, function: Option<usize>) -> (b
                 role: crate::protocol::Role::Agent,
                 text,
                 ..
-            } => Some(text.as_str()),
+            } => Some(&**text),
             _ => None,
         })
     };
     let last_event = entries
         .iter()
-        .rposition(|e| matches!(e, Entry::Consent { scope, .. } if *scope == rule.scope));
+        .rposition(|e| matches!(e, Entry::Consent { scope, .. } if **scope == *rule.scope));
     let mut caller_turns = 0usize;
     for (i, entry) in entries.iter().enumerate().rev() {
         let within = caller_turns < rule.within_turns;
@@ -464,7 +464,7 @@ fn consent(rule: &ConsentRule, history: &History, function: Option<usize>) -> (b
                 granted,
                 source,
                 ..
-            } if *scope == rule.scope => {
+            } if **scope == *rule.scope => {
                 let via = source.as_deref().unwrap_or("event");
                 return if *granted {
                     (true, format!("consent event granted ({via})"))
@@ -624,7 +624,6 @@ mod tests {
     use crate::config::{DEFAULT_ALLOW, DEFAULT_DENY};
     use crate::protocol::Role;
     use regex::RegexSetBuilder;
-    use std::time::Duration;
 
     fn rule(within: usize) -> ConsentRule {
         let set = |p: &[&str]| {
@@ -646,7 +645,7 @@ mod tests {
             role,
             text: text.into(),
             is_final: true,
-            at: Duration::ZERO,
+            at_ms: 0,
         });
     }
 
@@ -655,7 +654,7 @@ mod tests {
             scope: "whatsapp".into(),
             granted,
             source: Some("dtmf".into()),
-            at: Duration::ZERO,
+            at_ms: 0,
         });
     }
 
@@ -717,7 +716,7 @@ mod tests {
                     role: Role::Caller,
                     text: text.into(),
                     is_final: true,
-                    at: Duration::ZERO,
+                    at_ms: 0,
                 },
                 Some(u64::from(denied) << 2),
             )
@@ -776,7 +775,7 @@ mod tests {
             role: Role::Caller,
             text: "yes".into(),
             is_final: false,
-            at: Duration::ZERO,
+            at_ms: 0,
         });
         assert!(!consent(&rule(3), &h, None).0);
     }

@@ -297,8 +297,9 @@ pub struct ToolCancel {
 /// A decoded frame from the media server.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
-    /// `session.start`
-    SessionStart(SessionStart),
+    /// `session.start` (boxed: it is the largest frame and comes once a call, and every frame
+    /// is moved through the session's wait for the next one at this enum's size)
+    SessionStart(Box<SessionStart>),
     /// `transcript`
     Transcript(Transcript),
     /// `consent`
@@ -430,12 +431,12 @@ fn decode_raw<A: RawArguments>(raw: RawFrame<'_, A>) -> Result<Inbound, FrameErr
             }
             plain_id("call_id", &call_id)?;
             plain_id("agent", &agent)?;
-            Ok(Inbound::SessionStart(SessionStart {
+            Ok(Inbound::SessionStart(Box::new(SessionStart {
                 call_id,
                 agent,
                 caller: raw.caller.unwrap_or_default(),
                 variables: raw.variables.unwrap_or_default(),
-            }))
+            })))
         }
         "transcript" => {
             let role = match raw.role.as_deref() {
@@ -671,6 +672,17 @@ impl Outbound<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each frame passes through the session's wait at this size: `session.start`, the largest
+    /// and once a call, is boxed so the others stay small (docs/performance.md, "Memory").
+    #[test]
+    fn an_inbound_frame_stays_small() {
+        assert!(
+            std::mem::size_of::<Inbound>() <= 96,
+            "{} bytes",
+            std::mem::size_of::<Inbound>()
+        );
+    }
 
     #[test]
     fn decodes_every_inbound_example_from_the_spec() {

@@ -138,7 +138,7 @@ fn turn(org: &str, call: &str, started_at: Millis, ms: u64, text: &str) -> Event
             role: Role::Caller,
             text: text.into(),
             is_final: true,
-            at: Duration::from_millis(ms),
+            at_ms: ms as u32,
         },
         started_at,
     })

@@ -406,7 +406,7 @@ pub fn turn_record(entry: &Entry) -> TurnRecord {
             role,
             text,
             is_final,
-            at,
+            at_ms,
         } => TurnRecord {
             role: match role {
                 crate::protocol::Role::Caller => "caller".into(),
@@ -414,13 +414,13 @@ pub fn turn_record(entry: &Entry) -> TurnRecord {
             },
             text: redact::text(text, &[]).into_owned(),
             is_final: *is_final,
-            at_ms: at.as_millis() as u64,
+            at_ms: u64::from(*at_ms),
         },
         Entry::Consent {
             scope,
             granted,
             source,
-            at,
+            at_ms,
         } => TurnRecord {
             role: "consent".into(),
             text: format!(
@@ -429,7 +429,7 @@ pub fn turn_record(entry: &Entry) -> TurnRecord {
                 source.as_deref().unwrap_or("event")
             ),
             is_final: true,
-            at_ms: at.as_millis() as u64,
+            at_ms: u64::from(*at_ms),
         },
     }
 }

@@ -234,7 +234,7 @@ pub async fn issue(req: Request<Incoming>, org: &str, rt: &Runtime) -> HttpRespo
         Some(_) => {}
     }
     let ttl = snap.config.relay.ticket_ttl;
-    let Some(ticket) = rt.tickets.issue(org.to_owned(), start, ttl) else {
+    let Some(ticket) = rt.tickets.issue(org.to_owned(), *start, ttl) else {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded",

@@ -60,7 +60,7 @@ pub async fn serve_connection(
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
-                    match open(start.clone(), &org, Channel::V1, &rt) {
+                    match open((*start).clone(), &org, Channel::V1, &rt) {
                         Open::New(session, call_id) => {
                             // Not held for the whole call (the session has its own copy).
                             drop(start);

@@ -108,6 +108,14 @@ async fn next_finished(running: &mut Option<Running>) {
     }
 }
 
+/// The end of the disconnect grace, once the socket is gone (never, while it is live).
+async fn grace_over(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_opt(sock: &mut Option<Box<Socket>>) -> Incoming {
     match sock {
         Some(s) => s.next().await,
@@ -164,8 +172,9 @@ struct Handoff {
 enum Phase {
     /// Its socket is attached (or has just gone: the loop then starts the grace).
     Live,
-    /// The socket went without `session.end`: a resume may come until `until`.
-    Detached { until: Instant },
+    /// The socket went without `session.end`: a resume may come until the disconnect grace
+    /// is over.
+    Detached,
     /// Ended: nothing more is read; calls in flight finish and are recorded.
     Ended,
 }
@@ -253,9 +262,12 @@ impl Session {
         let mut sock = Some(sock);
         self.push(self.ready_frame(false), Keep::LiveOnly);
         self.flush(&mut sock).await;
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
         let mut phase = Phase::Live;
-        let shutdown = self.rt.shutdown.clone();
+        // Made once and kept, boxed, beside the loop rather than in each wait: a call's task
+        // (its future) is what an idle call costs, and a future made anew at every wake would
+        // also take the shared shutdown token's lock each time.
+        let mut shutdown = Box::pin(self.rt.shutdown.clone().cancelled_owned());
+        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             if phase == Phase::Ended && self.inflight == 0 {
                 break;
@@ -281,19 +293,14 @@ impl Session {
                     h.reattach = Some(tx);
                     self.attached.store(false, Ordering::Release);
                 }
-                let grace = self.rt.server.disconnect_grace;
+                let wait = self.rt.server.disconnect_grace;
                 info!(
-                    grace_ms = grace.as_millis() as u64,
+                    grace_ms = wait.as_millis() as u64,
                     "socket gone without session.end; waiting for a reconnect"
                 );
-                phase = Phase::Detached {
-                    until: Instant::now() + grace,
-                };
+                phase = Phase::Detached;
+                grace = Some(Box::pin(sleep_until(Instant::now() + wait)));
             }
-            let grace = match phase {
-                Phase::Detached { until } => until,
-                Phase::Live | Phase::Ended => far,
-            };
             tokio::select! {
                 incoming = next_opt(&mut sock) => match incoming {
                     Incoming::Frame(frame, received) => {
@@ -323,10 +330,11 @@ impl Session {
                 },
                 Some(event) = recv_event(&mut self.events_rx) => self.on_event(event, phase == Phase::Ended).await,
                 () = next_finished(&mut self.running) => {}
-                Some(resumed) = recv_some(&mut self.reattach_rx), if matches!(phase, Phase::Detached { .. }) => {
+                Some(resumed) = recv_some(&mut self.reattach_rx), if matches!(phase, Phase::Detached) => {
                     info!(kept = self.outbox.len(), "session resumed");
                     sock = Some(resumed);
                     phase = Phase::Live;
+                    grace = None;
                     if let Some(mut h) = self.rt.sessions.get_mut(&self.key) {
                         h.reattach = None;
                         self.attached.store(true, Ordering::Release);
@@ -340,10 +348,11 @@ impl Session {
                         self.push(frame, Keep::Always);
                     }
                 }
-                _ = shutdown.cancelled(), if !self.draining => self.draining = true,
-                _ = sleep_until(grace), if matches!(phase, Phase::Detached { .. }) => {
-                                        info!(inflight = self.inflight, "disconnect grace over; session ended");
-                                        self.end_reason = Some("disconnected".into());
+                _ = &mut shutdown, if !self.draining => self.draining = true,
+                () = grace_over(&mut grace), if matches!(phase, Phase::Detached) => {
+                    grace = None;
+                    info!(inflight = self.inflight, "disconnect grace over; session ended");
+                    self.end_reason = Some("disconnected".into());
                     self.end_kind = "disconnected";
                     phase = Phase::Ended;
                     self.outbox.clear();
@@ -549,19 +558,19 @@ impl Session {
                 });
                 let entry = Entry::Turn {
                     role: t.role,
-                    text,
+                    text: text.into_boxed_str(),
                     is_final: t.is_final,
-                    at,
+                    at_ms: crate::call_state::since_start_ms(at),
                 };
                 self.record_history(&entry);
                 self.history.push_with_denies(entry, denies);
             }
             Inbound::Consent(c) => {
                 let entry = Entry::Consent {
-                    scope: c.scope,
+                    scope: c.scope.into_boxed_str(),
                     granted: c.granted,
-                    source: c.source,
-                    at,
+                    source: c.source.map(String::into_boxed_str),
+                    at_ms: crate::call_state::since_start_ms(at),
                 };
                 self.record_history(&entry);
                 self.history.push(entry);

@@ -217,7 +217,8 @@ impl Socket {
                         debug!(idle_ms = now.duration_since(self.last_seen).as_millis() as u64, "peer silent past idle_timeout_ms");
                         return Incoming::Gone;
                     }
-                    if !write_ws(ws, self.live.write_timeout, Message::Ping(Default::default())).await {
+                    // Boxed: a ping is rare, and its write would otherwise size every wait.
+                    if !Box::pin(write_ws(ws, self.live.write_timeout, Message::Ping(Default::default()))).await {
                         return Incoming::Gone;
                     }
                     self.next_ping = now + self.live.ping_every;

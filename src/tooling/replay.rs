@@ -9,8 +9,6 @@
 //! request goes to a simulated provider (a loopback mock that behaves like the real API), never
 //! the real one unless `live` is asked for.
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 
 use crate::call_state::{Entry, History, Ledger};
@@ -59,7 +57,7 @@ const SIM_WEBHOOK_SECRET: &str = "whsec_cmVwbGF5LXNpZ25pbmcta2V5LTAxMjM0NTY3ODk=
 fn history(record: &Invocation) -> History {
     let mut h = History::default();
     for t in &record.transcript_context {
-        let at = Duration::from_millis(t.at_ms);
+        let at_ms = u32::try_from(t.at_ms).unwrap_or(u32::MAX);
         let entry = match t.role.as_str() {
             "caller" | "agent" => Entry::Turn {
                 role: if t.role == "caller" {
@@ -67,21 +65,21 @@ fn history(record: &Invocation) -> History {
                 } else {
                     Role::Agent
                 },
-                text: t.text.clone(),
+                text: t.text.as_str().into(),
                 is_final: t.is_final,
-                at,
+                at_ms,
             },
             // "scope: granted (source)"
             _ => {
                 let (scope, rest) = t.text.split_once(": ").unwrap_or((&t.text, ""));
                 let source = rest
                     .split_once(" (")
-                    .map(|(_, s)| s.trim_end_matches(')').to_owned());
+                    .map(|(_, s)| s.trim_end_matches(')').into());
                 Entry::Consent {
-                    scope: scope.to_owned(),
+                    scope: scope.into(),
                     granted: rest.starts_with("granted"),
                     source,
-                    at,
+                    at_ms,
                 }
             }
         };
