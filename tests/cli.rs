@@ -122,20 +122,29 @@ fn serve_with_a_bad_config_never_starts() {
     );
 }
 
+/// `toolgate serve` at `info`, its log (`format`: `TOOLGATE_LOG_FORMAT`, or the default text)
+/// on a pipe.
+fn serve_logging_to_a_pipe(cfg: &std::path::Path, format: Option<&str>) -> std::process::Child {
+    let mut cmd = toolgate();
+    cmd.args(["serve", "--config"])
+        .arg(cfg)
+        .env("TOOLGATE_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    match format {
+        Some(f) => cmd.env("TOOLGATE_LOG_FORMAT", f),
+        None => cmd.env_remove("TOOLGATE_LOG_FORMAT"),
+    };
+    cmd.spawn().unwrap()
+}
+
 #[cfg(unix)]
 #[test]
 fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
     let dir = good_dir();
     let cfg = write(dir.path(), "toolgate.toml", GOOD);
-    let mut child = toolgate()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("TOOLGATE_LOG", "info")
-        .env("TOOLGATE_LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging_to_a_pipe(&cfg, Some("json"));
     // The first log line names the bound addresses.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -190,16 +199,7 @@ fn serve_answers_health_checks_and_exits_cleanly_on_sigterm() {
 fn a_log_written_to_a_pipe_has_no_colour_codes() {
     let dir = good_dir();
     let cfg = write(dir.path(), "toolgate.toml", GOOD);
-    let mut child = toolgate()
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .env("TOOLGATE_LOG", "info")
-        .env_remove("TOOLGATE_LOG_FORMAT")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging_to_a_pipe(&cfg, None);
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut log = String::new();
