@@ -412,8 +412,15 @@ impl EvidenceStore {
         let writer_dropped = dropped.clone();
         let (applied_tx, applied) = watch::channel(position);
         let thread = sqlite::spawn_writer("toolgate-evidence", "the evidence writer", move || {
-            yield_to_tool_calls();
-            writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx)
+            let mut priority = Priority::lower();
+            writer_loop(
+                &mut writer,
+                rx,
+                writer_delay,
+                &writer_dropped,
+                &applied_tx,
+                &mut priority,
+            )
         })?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
@@ -788,19 +795,130 @@ fn timeline_of(inv: &Invocation) -> Vec<(Millis, Value)> {
     out
 }
 
-/// Nice value of the writer thread: on a busy machine the tool-call threads preempt its
-/// commits instead of queueing behind them (evidence may wait; a caller may not).
+/// Nice value of the writer thread when it runs as an ordinary thread: on a busy machine the
+/// tool-call threads preempt its commits instead of queueing behind them (evidence may wait; a
+/// caller may not).
 const WRITER_NICE: i32 = 10;
 
-/// Lower this thread's CPU priority (Linux: a thread's own nice value). Best effort.
-fn yield_to_tool_calls() {
+/// The writer thread's CPU priority.
+///
+/// On Linux the writer runs under `SCHED_IDLE` while it keeps up: it gets only CPU time that no
+/// runtime worker wants, so a tool call never waits for a CPU behind one of its commits (at
+/// 5,000 calls/s this halved the added p99; docs/performance.md, "The evidence writer"). A
+/// batch that comes up full ([`MAX_BATCH`]) means the machine has had no idle time for a
+/// while and evidence is piling up: the writer then runs as an ordinary thread at nice 10
+/// until a batch is less than half full, so it never falls so far behind that its queue fills.
+/// Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows nice 0; without
+/// either, the writer stays an ordinary thread at nice 10 throughout.
+struct Priority {
+    /// Whether this thread may return from `SCHED_IDLE` (so it may use it).
+    idle_ok: bool,
+    /// Whether it runs under `SCHED_IDLE` now.
+    idle: bool,
+}
+
+impl Priority {
+    /// Set the calling thread's priority for its start: `SCHED_IDLE` when it may come back
+    /// from it, nice 10 otherwise. Best effort: a refusal leaves the thread as it was.
     #[cfg(target_os = "linux")]
-    {
+    fn lower() -> Priority {
         let tid = rustix::thread::gettid();
-        if let Err(e) = rustix::process::setpriority_process(Some(tid), WRITER_NICE) {
+        let nice = |n: i32| rustix::process::setpriority_process(Some(tid), n);
+        let started_at = rustix::process::getpriority_process(Some(tid)).unwrap_or(-1);
+        if let Err(e) = nice(WRITER_NICE) {
             tracing::debug!(error = %e, "cannot lower the evidence writer's priority");
+            return Priority {
+                idle_ok: false,
+                idle: false,
+            };
+        }
+        // Coming back from nice 10 to 0 takes what leaving SCHED_IDLE takes (the kernel's
+        // `can_nice` for the thread's nice value, 0 here): try it before going idle.
+        let mut p = Priority {
+            idle_ok: started_at == 0 && nice(0).is_ok(),
+            idle: false,
+        };
+        if p.idle_ok {
+            p.go_idle();
+        }
+        p
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn lower() -> Priority {
+        Priority {
+            idle_ok: false,
+            idle: false,
         }
     }
+
+    /// After each commit: `events` is how many the batch held.
+    fn after_batch(&mut self, events: usize) {
+        if !self.idle_ok {
+            return;
+        }
+        if self.idle && events >= MAX_BATCH {
+            self.go_ordinary();
+        } else if !self.idle && events < MAX_BATCH / 2 {
+            self.go_idle();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn go_idle(&mut self) {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        // Under SCHED_IDLE the nice value does not count; the crate sets it to 0.
+        match set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            Ok(()) => self.idle = true,
+            Err(e) => {
+                tracing::debug!(error = ?e, "the evidence writer cannot run at idle priority; it stays at nice 10");
+                self.idle_ok = false;
+                let tid = rustix::thread::gettid();
+                let _ = rustix::process::setpriority_process(Some(tid), WRITER_NICE);
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn go_ordinary(&mut self) {
+        use thread_priority::unix::{
+            NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+            thread_native_id,
+        };
+        // SCHED_OTHER at the crate's lowest priority (nice 19), then nice 10.
+        let back = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+        );
+        match back {
+            Ok(()) => {
+                self.idle = false;
+                let tid = rustix::thread::gettid();
+                let _ = rustix::process::setpriority_process(Some(tid), WRITER_NICE);
+                tracing::debug!(
+                    "the evidence writer is behind; it runs as an ordinary thread until it has caught up"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "the evidence writer is behind and cannot leave idle priority");
+                self.idle_ok = false;
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn go_idle(&mut self) {}
+
+    #[cfg(not(target_os = "linux"))]
+    fn go_ordinary(&mut self) {}
 }
 
 fn writer_loop(
@@ -809,6 +927,7 @@ fn writer_loop(
     delay: Duration,
     dropped: &AtomicU64,
     applied: &watch::Sender<u64>,
+    priority: &mut Priority,
 ) {
     // The last stream sequence handled: redelivered messages at or below it are skipped.
     let mut position = *applied.borrow();
@@ -865,6 +984,7 @@ fn writer_loop(
             // keeps its old position, so a restart applies it again).
             position = upto;
             applied.send_replace(position);
+            priority.after_batch(events.len());
         }
         for f in flushes {
             let _ = f.send(());
@@ -1332,6 +1452,113 @@ mod tests {
         ))));
         assert_eq!(store.dropped(), 1);
         assert!(matches!(store.prune(0).await, Err(StoreError::Closed)));
+    }
+
+    /// The scheduling policy (0 ordinary, 5 `SCHED_IDLE`) and nice value of this process's
+    /// evidence writer thread (`None` until the thread has named itself).
+    #[cfg(target_os = "linux")]
+    fn writer_policy() -> Option<(u32, i32)> {
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim_end() != "toolgate-eviden" {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+            // Fields after the name: state is field 3, nice 19, policy 41.
+            let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            return Some((rest[38].parse().unwrap(), rest[16].parse().unwrap()));
+        }
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writer_idles_while_it_keeps_up_and_catches_up_as_an_ordinary_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each commit stalls 50 ms, so events pile up behind it.
+        let store =
+            EvidenceStore::open(&dir.path().join("e.db"), Duration::from_millis(50)).unwrap();
+        let event = |n: usize| {
+            Event::Invocation(Box::new(inv(
+                &format!("inv_{n:06}"),
+                "c1",
+                n as Millis,
+                "succeeded",
+            )))
+        };
+        // The thread names itself, then sets its priority, as it starts.
+        let mut started = None;
+        for _ in 0..500 {
+            started = writer_policy().filter(|p| *p != (0, 0));
+            if started.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let started = started.expect("the writer thread sets its priority");
+        // May a thread of this process come back from nice 10 to 0 (what leaving SCHED_IDLE
+        // takes)? Asked on a thread of its own.
+        let may_come_back = std::thread::spawn(|| {
+            let tid = rustix::thread::gettid();
+            rustix::process::setpriority_process(Some(tid), 10).is_ok()
+                && rustix::process::setpriority_process(Some(tid), 0).is_ok()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(
+            started.0 == 5,
+            may_come_back,
+            "idle priority exactly when it can be left"
+        );
+        if !may_come_back {
+            // Without the right to leave SCHED_IDLE again (no CAP_SYS_NICE, RLIMIT_NICE below
+            // 20), the writer is an ordinary thread at nice 10 throughout.
+            assert_eq!(
+                started,
+                (0, WRITER_NICE),
+                "the writer's policy and nice value"
+            );
+            eprintln!("this process may not leave SCHED_IDLE: checked the nice-10 fallback only");
+            return;
+        }
+        // 2,000 events fill whole batches (512): the writer is behind, and works as an
+        // ordinary thread at nice 10 while it catches up.
+        for n in 0..2_000 {
+            store.submit(event(n));
+        }
+        let mut seen = Vec::new();
+        for _ in 0..5_000 {
+            let now = writer_policy().unwrap();
+            if now.0 == 0 {
+                seen.push(now);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            seen,
+            [(0, WRITER_NICE)],
+            "a full batch makes the writer ordinary, at nice 10"
+        );
+        store.flush().await;
+        // A small batch: it has caught up, and is back to idle time only.
+        store.submit(event(2_000));
+        store.flush().await;
+        assert_eq!(
+            writer_policy().unwrap().0,
+            5,
+            "a small batch puts the writer back on SCHED_IDLE"
+        );
+        assert_eq!(store.dropped(), 0);
+        let page = store
+            .invocations(Query {
+                limit: 10,
+                ..Query::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.invocations[0].invocation_id, "inv_002000");
     }
 
     #[test]
