@@ -9,6 +9,7 @@
 
 pub mod nats;
 pub mod page;
+mod priority;
 pub mod store;
 
 use indexmap::IndexMap;
