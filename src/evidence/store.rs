@@ -413,15 +413,7 @@ impl EvidenceStore {
         let writer_dropped = dropped.clone();
         let (applied_tx, applied) = watch::channel(position);
         let thread = sqlite::spawn_writer("toolgate-evidence", "the evidence writer", move || {
-            let mut priority = Priority::lower();
-            writer_loop(
-                &mut writer,
-                rx,
-                writer_delay,
-                &writer_dropped,
-                &applied_tx,
-                &mut priority,
-            )
+            writer_loop(&mut writer, rx, writer_delay, &writer_dropped, &applied_tx)
         })?;
         Ok(EvidenceStore {
             sender: Mutex::new(Some(tx)),
@@ -802,8 +794,8 @@ fn writer_loop(
     delay: Duration,
     dropped: &AtomicU64,
     applied: &watch::Sender<u64>,
-    priority: &mut Priority,
 ) {
+    let mut priority = Priority::lower();
     // The last stream sequence handled: redelivered messages at or below it are skipped.
     let mut position = *applied.borrow();
     while let Ok(first) = rx.recv() {
