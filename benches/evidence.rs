@@ -4,7 +4,12 @@
 //! 1. `writer`: realistic invocation records (redacted request and response, guards, inputs,
 //!    transcript context) and transcript turns submitted back to back; records/s from the first
 //!    submit until all are committed.
-//! 2. `tool_call`: sequential tool calls through an in-process sidecar (real WebSocket), once
+//! 2. `steady`: the writer's own CPU time per record (its thread's, from the kernel's
+//!    scheduler statistics) when records arrive as they do under load: a record of the load
+//!    generator's tool call (2.6 KB of JSON) for each of 200 live calls in turn, 20 at a time
+//!    (what 1,000 calls/s brings in the writer's 20 ms of gathering), each batch committed
+//!    before the next is submitted.
+//! 3. `tool_call`: sequential tool calls through an in-process sidecar (real WebSocket), once
 //!    with the normal writer and once with a writer that stalls inside every commit, holding its
 //!    file's write lock (a disk that stalls). Two kinds of call: a live one (loopback provider
 //!    that answers at once) and a deferred one (`mode = "workflow"`: the job is written and
@@ -170,6 +175,53 @@ fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
     rt.block_on(store.close());
 }
 
+/// A record of the load generator's tool call, as the sidecar writes it.
+const LOADTEST_RECORD: &str = include_str!("loadtest-record.json");
+
+/// The writer thread's time on a CPU so far (user and system), from the scheduler.
+fn writer_cpu() -> Duration {
+    for task in std::fs::read_dir("/proc/self/task").expect("a /proc to read") {
+        let task = task.unwrap().path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if comm.trim_end() == "toolgate-eviden" {
+            let stat = std::fs::read_to_string(task.join("schedstat")).unwrap();
+            let ns: u64 = stat.split(' ').next().unwrap().parse().unwrap();
+            return Duration::from_nanos(ns);
+        }
+    }
+    panic!("no evidence writer thread");
+}
+
+fn steady(dir: &std::path::Path, n: usize, rt: &tokio::runtime::Runtime) {
+    const CALLS: usize = 200;
+    const BATCH: usize = 20;
+    let store = EvidenceStore::open(&dir.join("steady.db"), Duration::ZERO).unwrap();
+    let template: Invocation = serde_json::from_str(LOADTEST_RECORD).unwrap();
+    let before = writer_cpu();
+    let start = Instant::now();
+    for i in 0..n {
+        let mut r = template.clone();
+        r.invocation_id = toolgate::evidence::invocation_id();
+        r.call_id = format!("lt-4711-1796412645-{}", i % CALLS);
+        r.received_at = now_ms();
+        store.submit(Event::Invocation(Box::new(r)));
+        if (i + 1) % BATCH == 0 {
+            rt.block_on(store.flush());
+        }
+    }
+    rt.block_on(store.flush());
+    let cpu = writer_cpu() - before;
+    println!(
+        "steady: {n} records of {} bytes over {CALLS} calls, {BATCH} per commit, in {:.1} s: \
+         the writer's CPU {:.1} us per record (dropped {})",
+        LOADTEST_RECORD.trim_end().len(),
+        start.elapsed().as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64,
+        store.dropped()
+    );
+    rt.block_on(store.close());
+}
+
 /// A workflow-mode function beside the demo's: answered `deferred` once its job is stored.
 const LOG_NOTE: &str = "[[agents.functions]]
 name = \"log_note\"
@@ -255,7 +307,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::var_os("EVIDENCE_BENCH_STEADY_ONLY").is_some() {
+        steady(dir.path(), 20_000, &rt);
+        return;
+    }
     writer(dir.path(), if quick { 2_000 } else { 100_000 }, &rt);
+    steady(dir.path(), if quick { 400 } else { 20_000 }, &rt);
 
     let calls = if quick { 200 } else { 5_000 };
     let stall = Duration::from_millis(250);

@@ -21,6 +21,7 @@
 //! message.
 
 mod elevenlabs;
+mod loose;
 mod retell;
 mod vapi;
 
@@ -219,12 +220,16 @@ pub(crate) fn variables(v: Option<&serde_json::Value>) -> IndexMap<String, VarVa
     out
 }
 
-/// Arguments as a platform sends them: an object, or a string holding one.
-pub(crate) fn arguments(v: Option<&serde_json::Value>) -> Arguments {
-    match v {
-        None | Some(serde_json::Value::Null) => Arguments::Absent,
-        Some(serde_json::Value::String(s)) => Arguments::Text(s.clone()),
-        Some(other) => Arguments::Json(other.to_string()),
+/// Arguments as a platform sends them: an object (kept as the JSON text it came as), or a
+/// string holding one.
+pub(crate) fn arguments(v: Option<&serde_json::value::RawValue>) -> Arguments {
+    match v.map(serde_json::value::RawValue::get) {
+        None | Some("null") => Arguments::Absent,
+        // A raw value that opens with a quote is a whole JSON string: it reads as one.
+        Some(raw) if raw.starts_with('"') => {
+            Arguments::Text(serde_json::from_str(raw).unwrap_or_default())
+        }
+        Some(raw) => Arguments::Json(raw.to_owned()),
     }
 }
 
