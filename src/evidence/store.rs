@@ -47,8 +47,16 @@ use crate::storage::sqlite::{self, Reader};
 /// Events the queue holds before new ones are dropped.
 pub const QUEUE: usize = 65_536;
 
-/// Most events per commit: bounds how long the job store may wait for the file's write lock.
+/// Most events per commit: bounds how long another process sharing the file (a `toolgate
+/// worker`) may wait for its write lock.
 pub(super) const MAX_BATCH: usize = 512;
+
+/// How long the writer waits for the file's write lock when another process sharing the file
+/// holds it (the sidecar's and a `toolgate worker`'s writers share it), before a batch counts
+/// as refused. Longer than other connections' wait: the other writer may be an evidence
+/// writer at idle CPU priority, starved mid-commit on a saturated machine for seconds, and
+/// evidence waits better than it gets lost; nothing on a tool call's path waits for it.
+const WRITE_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// How long the writer lets events gather after the first one of a batch. Under load it turns
 /// a commit (and a thread wake-up) per event into one per few milliseconds, which leaves the
@@ -399,6 +407,7 @@ impl EvidenceStore {
     ) -> Result<EvidenceStore, StoreError> {
         sqlite::create_parent(path)?;
         let mut writer = sqlite::connect(path)?;
+        writer.busy_timeout(WRITE_LOCK_WAIT)?;
         writer.pragma_update(None, "synchronous", "NORMAL")?;
         writer.execute_batch(SCHEMA)?;
         writer.execute_batch(DROPPED_INDEXES)?;
@@ -1206,6 +1215,40 @@ mod tests {
         };
         assert_eq!(listed(&store, q("succeeded")).await, 1);
         assert_eq!(listed(&store, q("deferred")).await, 0);
+        store.close().await;
+    }
+
+    /// Another process's writer (a `toolgate worker`'s, or a sidecar's starved at idle CPU
+    /// priority) holds the file's write lock for longer than two ordinary lock waits: the
+    /// batch waits for it and is written, not counted lost.
+    #[tokio::test]
+    async fn a_batch_waits_out_another_writer_holding_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.db");
+        let store = EvidenceStore::open(&path, Duration::ZERO).unwrap();
+        let (locked_tx, locked) = std::sync::mpsc::channel();
+        let other = std::thread::spawn(move || {
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            let tx = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            locked_tx.send(()).unwrap();
+            // Past a 5 s wait, a 50 ms pause and a second 5 s wait.
+            #[allow(clippy::disallowed_methods, reason = "the test's helper thread")]
+            std::thread::sleep(sqlite::BUSY_TIMEOUT * 2 + Duration::from_millis(500));
+            tx.commit().unwrap();
+        });
+        locked.recv().unwrap();
+        store.submit(Event::Invocation(Box::new(inv(
+            "inv_a",
+            "c1",
+            10,
+            "succeeded",
+        ))));
+        store.flush().await;
+        other.join().unwrap();
+        assert_eq!(store.dropped(), 0);
+        assert!(store.invocation("inv_a").await.unwrap().is_some());
         store.close().await;
     }
 
