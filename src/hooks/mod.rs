@@ -82,7 +82,7 @@ enum Slot {
 
 /// One platform call's implicit session.
 struct HookCall {
-    to_session: mpsc::Sender<Inbound>,
+    to_session: session::ToSession,
     state: Mutex<CallState>,
 }
 

@@ -11,7 +11,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{Instrument, info_span};
 
-use super::socket::{Incoming, LocalPeer, Socket};
+use super::socket::{Incoming, LocalPeer, Socket, ToSession};
 use super::{LocalOut, Session, SessionHandle, Ws, error_frame};
 use crate::bindings::CallContext;
 use crate::call_state::{self, History, Ledger};
@@ -130,7 +130,7 @@ enum Open {
 pub struct Attached {
     /// Frames to the session. Dropping it detaches (the session then ends after
     /// `server.disconnect_grace_ms`); send `session.end` to end it at once.
-    pub to_session: mpsc::Sender<Inbound>,
+    pub to_session: ToSession,
     /// What the session answers: `session.ready`, fillers, results, errors, and how it closed.
     pub from_session: mpsc::UnboundedReceiver<LocalOut>,
     /// The session's agent.
@@ -154,7 +154,7 @@ pub fn attach(
             let span = info_span!("session", call_id = %call_id, org = %org, agent = %agent.id, channel = channel.as_str());
             rt.tasks.spawn(session.run(Box::new(sock)).instrument(span));
             Ok(Attached {
-                to_session,
+                to_session: ToSession(to_session),
                 from_session,
                 agent,
             })

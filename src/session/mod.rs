@@ -47,8 +47,8 @@ use crate::protocol::{
 use crate::runtime::{Runtime, SessionKey};
 pub use handshake::{Attached, attach, serve_connection};
 use outcome::Told;
-pub use socket::LocalOut;
 use socket::{Incoming, Socket};
+pub use socket::{LocalOut, ToSession};
 
 /// The server side of a media server's WebSocket.
 pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
