@@ -38,7 +38,7 @@ struct Message<'a> {
     tool_calls: List<Item<ToolCall<'a>>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Call<'a> {
     #[serde(borrow, default)]
     id: Text<'a>,
@@ -74,7 +74,7 @@ struct Turn<'a> {
     message: Text<'a>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct ToolCall<'a> {
     #[serde(borrow, default)]
     id: Text<'a>,
@@ -98,11 +98,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, HttpResponse> {
         .0
         .ok_or_else(|| bad("a Vapi server message is {\"message\": {...}}"))?;
     let ty = m.kind.get().ok_or_else(|| bad("message.type is missing"))?;
-    let call = m.call.0.unwrap_or_else(|| Call {
-        id: Text::default(),
-        customer: Obj::default(),
-        overrides: Obj::default(),
-    });
+    let call = m.call.0.unwrap_or_default();
     let call_id = call
         .id
         .get()
@@ -151,10 +147,7 @@ pub(super) fn parse(body: &[u8]) -> Result<Parsed, HttpResponse> {
         .or(m.tool_calls.0)
         .ok_or_else(|| bad("message.toolCallList is missing"))?;
     for c in list {
-        let c = c.0.unwrap_or_else(|| ToolCall {
-            id: Text::default(),
-            function: Obj::default(),
-        });
+        let c = c.0.unwrap_or_default();
         let id =
             c.id.get()
                 .filter(|s| !s.is_empty() && s.len() <= 128)
