@@ -10,13 +10,18 @@
 //! [`TICK`] and measures how long it waited to be polled.
 //!
 //! What share of new calls to shed follows the delay, as a router's queue management does:
-//! each probe that waited longer than `server.shed_after_delay_ms` (default 20 ms; 0 turns
-//! shedding off) right after another that did raises the share by an eighth (one slow moment
-//! of a busy machine sheds nothing), each that waited less than half of it halves the share,
-//! and a probe in between leaves it. Under more load than CPU the share settles
-//! where the calls admitted are about what the CPU can serve on time, instead of swinging
-//! between admitting everything and refusing everything. A probe still waiting four times the
-//! threshold when a call arrives sheds that call outright (the runtime is stuck).
+//! each probe that waited longer than `server.shed_after_delay_ms` (default 5 ms, the p99
+//! budget of a call's added latency; 0 turns shedding off) right after another that did
+//! raises the share by an eighth ([`RAISE`]; one slow moment of a busy machine sheds
+//! nothing), each that waited less than half of it lowers the share by a sixty-fourth
+//! ([`EASE`]), and a probe in between leaves it. Even on a saturated machine most probes
+//! are quick (the workers are preempted by other processes rather than queued behind their
+//! own tasks), so the share falls slowly: a quick probe amid the slow ones takes back an
+//! eighth of one raise, not half of everything, and a share built up in a burst is gone
+//! about 0.64 s into calm. Under more load than CPU the share settles where the calls
+//! admitted are about what the CPU can serve on time, instead of swinging between admitting
+//! everything and refusing everything. A probe still waiting four times the threshold when
+//! a call arrives sheds that call outright (the runtime is stuck).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,6 +32,12 @@ pub const TICK: Duration = Duration::from_millis(10);
 
 /// The share of calls shed, in parts of [`FULL`].
 const FULL: u32 = 1 << 16;
+
+/// What two slow probes in a row add to the share shed.
+const RAISE: u32 = FULL / 8;
+
+/// What a quick probe takes off the share shed.
+const EASE: u32 = FULL / 64;
 
 /// The runtime's load, as the probe sees it.
 #[derive(Debug)]
@@ -105,17 +116,13 @@ impl Overload {
         let Some(threshold) = self.threshold.map(|t| t.as_nanos() as u64) else {
             return;
         };
-        let share = self.share.load(Ordering::Relaxed);
         let high = waited > threshold;
         let again = self.was_high.swap(high, Ordering::Relaxed);
-        let next = if high && again {
-            (share + FULL / 8).min(FULL)
-        } else if waited < threshold / 2 {
-            share / 2
-        } else {
-            share
-        };
-        self.share.store(next, Ordering::Relaxed);
+        let share = self.share.load(Ordering::Relaxed);
+        self.share.store(
+            next_share(share, waited, again, threshold),
+            Ordering::Relaxed,
+        );
     }
 
     /// The share of new calls being shed, from 0 to 1.
@@ -141,6 +148,18 @@ impl Overload {
         let n = self.asked.fetch_add(1, Ordering::Relaxed);
         let spot = n.wrapping_mul(0x9E37_79B9) >> 16;
         (spot < share).then(|| Duration::from_micros(self.last_delay_us.load(Ordering::Relaxed)))
+    }
+}
+
+/// The share to shed after a probe that waited `waited` ns, `again` when the probe before it
+/// waited longer than `threshold` too.
+fn next_share(share: u32, waited: u64, again: bool, threshold: u64) -> u32 {
+    if waited > threshold && again {
+        (share + RAISE).min(FULL)
+    } else if waited < threshold / 2 {
+        share.saturating_sub(EASE)
+    } else {
+        share
     }
 }
 
@@ -202,6 +221,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_share_climbs_on_slow_pairs_amid_quick_probes_and_falls_back_in_calm() {
+        const MS: u64 = 1_000_000;
+        let t = 5 * MS;
+        // Replays probe waits (ns) through the rule, from nothing shed.
+        let replay = |share: u32, waits: &[u64]| {
+            let (mut share, mut was_high) = (share, false);
+            for &w in waits {
+                share = next_share(share, w, was_high, t);
+                was_high = w > t;
+            }
+            share
+        };
+        assert_eq!(replay(0, &[9 * MS]), 0, "one slow probe sheds nothing");
+        assert_eq!(replay(0, &[9 * MS, 9 * MS]), RAISE, "two in a row raise");
+        assert_eq!(
+            replay(RAISE, &[3 * MS; 10]),
+            RAISE,
+            "between T/2 and T: no change"
+        );
+        // A saturated machine: most probes quick, a slow pair now and then (three quick
+        // probes for each pair here). Halving on each quick one kept the share near nothing;
+        // now it climbs.
+        let mut saturated = Vec::new();
+        for _ in 0..20 {
+            saturated.extend([9 * MS, 9 * MS, 50_000, 80_000, 40_000]);
+        }
+        let share = replay(0, &saturated);
+        assert!(share > FULL / 2, "{share} of {FULL}");
+        // Calm: all of it is gone within 64 quick probes (0.64 s), and not after one.
+        assert!(replay(share, &[50_000]) > share / 2);
+        assert_eq!(replay(FULL, &[50_000; 64]), 0);
+        assert_eq!(replay(FULL, &[50_000; 200]), 0, "never below nothing");
+        assert_eq!(
+            replay(FULL - EASE, &[9 * MS; 4]),
+            FULL,
+            "never above everything"
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub struct ServerSettings {
     /// Most unanswered tool calls per session before `overloaded` (`max_inflight_per_session`).
     pub max_inflight_per_session: usize,
     /// New tool calls are answered `overloaded` while the runtime's scheduling delay is above
-    /// this (`shed_after_delay_ms`, default 20; 0: never), see [`crate::overload`].
+    /// this (`shed_after_delay_ms`, default 5; 0: never), see [`crate::overload`].
     pub shed_after_delay: Option<Duration>,
     /// Frames per second a session may send before `rate_limited` (`max_frames_per_second`).
     pub max_frames_per_second: u32,

@@ -488,7 +488,7 @@ fn map_bindings_keep_order_and_types() {
 #[test]
 fn load_shedding_has_a_default_and_can_be_turned_off() {
     let c = Config::from_toml(GOOD, &opts()).unwrap();
-    assert_eq!(c.server.shed_after_delay, Some(Duration::from_millis(20)));
+    assert_eq!(c.server.shed_after_delay, Some(Duration::from_millis(5)));
     let c = Config::from_toml(
         &format!("[server]\nshed_after_delay_ms = 0\n{GOOD}"),
         &opts(),

@@ -83,10 +83,7 @@ pub(super) fn parse_server(ck: &mut Ck<'_>, t: &Table) -> ServerSettings {
         max_inflight_per_session: ck
             .uint(t, P, "max_inflight_per_session", 1, 1024)
             .unwrap_or(16) as usize,
-        shed_after_delay: match ck
-            .uint(t, P, "shed_after_delay_ms", 0, 60_000)
-            .unwrap_or(20)
-        {
+        shed_after_delay: match ck.uint(t, P, "shed_after_delay_ms", 0, 60_000).unwrap_or(5) {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         },
