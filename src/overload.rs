@@ -12,9 +12,9 @@
 //! What share of new calls to shed follows the delay, as a router's queue management does:
 //! each probe that waited longer than `server.shed_after_delay_ms` (default 5 ms, the p99
 //! budget of a call's added latency; 0 turns shedding off) right after another that did
-//! raises the share by an eighth ([`RAISE`]; one slow moment of a busy machine sheds
+//! raises the share by an eighth (`RAISE`; one slow moment of a busy machine sheds
 //! nothing), each that waited less than half of it lowers the share by a sixty-fourth
-//! ([`EASE`]), and a probe in between leaves it. Even on a saturated machine most probes
+//! (`EASE`), and a probe in between leaves it. Even on a saturated machine most probes
 //! are quick (the workers are preempted by other processes rather than queued behind their
 //! own tasks), so the share falls slowly: a quick probe amid the slow ones takes back an
 //! eighth of one raise, not half of everything, and a share built up in a burst is gone
