@@ -178,18 +178,24 @@ fn writer(dir: &std::path::Path, n: u64, rt: &tokio::runtime::Runtime) {
 /// A record of the load generator's tool call, as the sidecar writes it.
 const LOADTEST_RECORD: &str = include_str!("loadtest-record.json");
 
-/// The writer thread's time on a CPU so far (user and system), from the scheduler.
+/// The writer thread's time on a CPU so far (user and system), from the scheduler. A thread
+/// names itself once it runs, so a writer just started may take a moment to be found.
 fn writer_cpu() -> Duration {
-    for task in std::fs::read_dir("/proc/self/task").expect("a /proc to read") {
-        let task = task.unwrap().path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if comm.trim_end() == "toolgate-eviden" {
-            let stat = std::fs::read_to_string(task.join("schedstat")).unwrap();
-            let ns: u64 = stat.split(' ').next().unwrap().parse().unwrap();
-            return Duration::from_nanos(ns);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for task in std::fs::read_dir("/proc/self/task").expect("a /proc to read") {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim_end() == "toolgate-eviden" {
+                let stat = std::fs::read_to_string(task.join("schedstat")).unwrap();
+                let ns: u64 = stat.split(' ').next().unwrap().parse().unwrap();
+                return Duration::from_nanos(ns);
+            }
         }
+        assert!(Instant::now() < deadline, "no evidence writer thread");
+        #[allow(clippy::disallowed_methods, reason = "a bench's main thread, waiting")]
+        std::thread::sleep(Duration::from_millis(1));
     }
-    panic!("no evidence writer thread");
 }
 
 fn steady(dir: &std::path::Path, n: usize, rt: &tokio::runtime::Runtime) {
