@@ -23,7 +23,7 @@ use crate::connections::{Registry, Status, validate};
 use crate::evidence::store::EvidenceStore;
 use crate::providers;
 use crate::providers::Trouble;
-use crate::session::SessionHandle;
+use crate::session::socket::SessionHandle;
 use crate::storage::StoreError;
 use crate::workflow::store::JobStore;
 
@@ -244,9 +244,9 @@ pub struct Runtime {
     /// Woken when connections need validating now (after a reload).
     pub validate_now: Notify,
     /// Relay tickets issued and not yet used (SPEC §13.2).
-    pub tickets: crate::relay::Tickets,
+    pub tickets: crate::relay::tickets::Tickets,
     /// Webhook calls' implicit sessions (SPEC §13.1).
-    pub hooks: crate::hooks::Calls,
+    pub hooks: crate::hooks::calls::Calls,
     /// Whether new tool calls are to be shed (the runtime's scheduling delay).
     pub overload: Arc<crate::overload::Overload>,
     config_path: Option<PathBuf>,

@@ -11,6 +11,7 @@ pub mod nats;
 pub mod page;
 mod priority;
 pub mod store;
+mod writer;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //!
 //! - **Stream `P_EVIDENCE`** (`P` = `storage.stream_prefix`; file storage, limits retention,
 //!   max age `evidence.retain_days`, replicas `storage.replicas`) holds every evidence event
-//!   of every host as JSON (`store::Row`), by subject:
+//!   of every host as JSON (`writer::Row`), by subject:
 //!   `P.evidence.call.<org>.<call id>` for what belongs to a call (its start and end, its
 //!   transcript turns and consent events, its invocation records) and `P.evidence.job.<job id>`
 //!   for a workflow job's end (which knows its job, not its call). Ids are made into subject
@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::store::{Msg, QUEUE, Row, count_drops};
+use super::writer::{Msg, QUEUE, Row, count_drops};
 use super::{CallEnd, CallStart, CallTurn, Event};
 use crate::storage::StoreError;
 use crate::storage::nats::{JetStream, NatsOptions};

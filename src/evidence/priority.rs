@@ -1,7 +1,5 @@
 //! The evidence writer thread's CPU priority: evidence may wait, a caller may not.
 
-use super::store::MAX_BATCH;
-
 /// Nice value of the writer thread when it runs as an ordinary thread: on a busy machine the
 /// tool-call threads preempt its commits instead of queueing behind them.
 pub(super) const WRITER_NICE: i32 = 10;
@@ -11,7 +9,7 @@ pub(super) const WRITER_NICE: i32 = 10;
 /// On Linux the writer runs under `SCHED_IDLE` while it keeps up: it gets only CPU time that no
 /// runtime worker wants, so a tool call never waits for a CPU behind one of its commits (at
 /// 1,000 and 5,000 calls/s this lowered the added p99 by about a third; docs/performance.md,
-/// "The evidence writer"). A batch that comes up full ([`MAX_BATCH`]) means the machine has had
+/// "The evidence writer"). A batch that comes up full (the writer's most per commit) means the machine has had
 /// no idle time for a while and evidence is piling up: the writer then runs as an ordinary
 /// thread at nice 10 until a batch is less than half full, so it never falls so far behind
 /// that its queue fills. Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
@@ -46,14 +44,14 @@ impl Priority {
         p
     }
 
-    /// After each commit: `events` is how many the batch held.
-    pub(super) fn after_batch(&mut self, events: usize) {
+    /// After each commit: `events` is how many the batch held, of at most `most`.
+    pub(super) fn after_batch(&mut self, events: usize, most: usize) {
         if !self.idle_ok {
             return;
         }
-        if self.idle && events >= MAX_BATCH {
+        if self.idle && events >= most {
             self.switch(false);
-        } else if !self.idle && events < MAX_BATCH / 2 {
+        } else if !self.idle && events < most / 2 {
             self.switch(true);
         }
     }

@@ -20,6 +20,7 @@
 //! A session ends after `idle_end_ms` without a request, or at the platform's end-of-call
 //! message.
 
+pub(crate) mod calls;
 mod elevenlabs;
 mod loose;
 mod retell;
@@ -28,7 +29,6 @@ mod vapi;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use indexmap::IndexMap;
@@ -45,6 +45,9 @@ use crate::protocol::{
 };
 use crate::runtime::Runtime;
 use crate::session::{self, LocalOut};
+pub use calls::Calls;
+pub(crate) use calls::Outcome;
+use calls::{CallState, HookCall, Slot};
 
 /// Largest request body a hook reads.
 pub const MAX_BODY: usize = 1 << 20;
@@ -64,47 +67,6 @@ pub(crate) struct Parsed {
     pub calls: Vec<(Option<String>, String, Arguments)>,
     /// The platform says the call is over.
     pub ended: bool,
-}
-
-/// One tool call's answer.
-#[derive(Debug, Clone)]
-pub(crate) struct Outcome {
-    /// The `tool.result` status.
-    pub status: String,
-    /// The §2 output string.
-    pub output: String,
-}
-
-enum Slot {
-    Pending(Vec<oneshot::Sender<Outcome>>),
-    Done(Outcome),
-}
-
-/// One platform call's implicit session.
-struct HookCall {
-    to_session: session::ToSession,
-    state: Mutex<CallState>,
-}
-
-struct CallState {
-    results: foldhash::HashMap<String, Slot>,
-    /// How many transcript turns of the platform's list were merged already.
-    turns_seen: usize,
-    last_request: Instant,
-}
-
-/// The implicit sessions of webhook calls, by (hook id, platform call id).
-#[derive(Default)]
-pub struct Calls {
-    by_key: DashMap<(String, String), Arc<HookCall>>,
-}
-
-impl std::fmt::Debug for Calls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Calls")
-            .field("live", &self.by_key.len())
-            .finish()
-    }
 }
 
 /// The route of a hook: `/v1/hooks/{id}` or `/v1/hooks/{id}/{function}`.

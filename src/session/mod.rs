@@ -13,7 +13,7 @@
 mod evidence;
 mod handshake;
 mod outcome;
-mod socket;
+pub(crate) mod socket;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,13 +23,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use sync_wrapper::SyncWrapper;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{Instrument, debug, info};
 
@@ -41,41 +38,12 @@ use crate::config::{Agent, DEFAULT_FILLER};
 use crate::dispatch::{self, Event, LiveCall, Outcome, Plan};
 use crate::evidence::{CallEnd, CallStart};
 use crate::guards::{self, CallView, Decision};
-use crate::protocol::{
-    Channel, ErrorCode, FrameError, Inbound, Outbound, PROTOCOL_VERSION, ToolCall,
-};
+use crate::protocol::{Channel, ErrorCode, Inbound, Outbound, PROTOCOL_VERSION, ToolCall};
 use crate::runtime::{Runtime, SessionKey};
 pub use handshake::{Attached, attach, serve_connection};
 use outcome::Told;
-use socket::{Incoming, Socket};
-pub use socket::{LocalOut, ToSession};
-
-/// The server side of a media server's WebSocket.
-pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
-/// A live session's entry in the registry: how a reconnecting socket finds it.
-#[derive(Debug)]
-pub struct SessionHandle {
-    attached: Arc<AtomicBool>,
-    /// Where a resuming socket goes: made when the socket drops, not for every session
-    /// (a channel costs ~0.8 KiB). Boxed: the channel's first block holds 32 slots.
-    reattach: Option<mpsc::Sender<Box<Socket>>>,
-    agent_id: String,
-}
-
-fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
-    crate::telemetry::protocol_error(code.as_str());
-    Outbound::Error {
-        code,
-        message,
-        reference,
-    }
-    .encode()
-}
-
-fn frame_error(e: &FrameError) -> String {
-    error_frame(e.code, &e.message, e.reference.as_deref())
-}
+use socket::{Incoming, Socket, error_frame};
+pub use socket::{LocalOut, SessionHandle, ToSession, Ws};
 
 /// The next resuming socket, once there is a channel for them (never, while there is not).
 async fn recv_some(rx: &mut Option<mpsc::Receiver<Box<Socket>>>) -> Option<Box<Socket>> {

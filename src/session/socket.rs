@@ -3,21 +3,51 @@
 //! [`Incoming`], the server pings an idle peer, and a peer that stops answering or stops
 //! reading is declared gone instead of holding its session forever.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::debug;
 
-use tokio::sync::mpsc;
-
-use super::{Ws, error_frame, frame_error};
 use crate::config::ServerSettings;
-use crate::protocol::{self, ErrorCode, Inbound};
+use crate::protocol::{self, ErrorCode, FrameError, Inbound, Outbound};
+
+/// The server side of a media server's WebSocket.
+pub type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+/// A live session's entry in the registry: how a reconnecting socket finds it.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub(super) attached: Arc<AtomicBool>,
+    /// Where a resuming socket goes: made when the socket drops, not for every session
+    /// (a channel costs ~0.8 KiB). Boxed: the channel's first block holds 32 slots.
+    pub(super) reattach: Option<mpsc::Sender<Box<Socket>>>,
+    pub(super) agent_id: String,
+}
+
+pub(super) fn error_frame(code: ErrorCode, message: &str, reference: Option<&str>) -> String {
+    crate::telemetry::protocol_error(code.as_str());
+    Outbound::Error {
+        code,
+        message,
+        reference,
+    }
+    .encode()
+}
+
+fn frame_error(e: &FrameError) -> String {
+    error_frame(e.code, &e.message, e.reference.as_deref())
+}
 
 const BINARY_MESSAGE: &str = "binary frames are not supported; send JSON text frames";
 
