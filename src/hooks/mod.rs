@@ -34,7 +34,7 @@ use hyper::{Request, StatusCode};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
@@ -369,7 +369,7 @@ async fn follow(
     rt: Arc<Runtime>,
     key: (String, String),
     call: Arc<HookCall>,
-    mut from_session: mpsc::UnboundedReceiver<LocalOut>,
+    mut from_session: session::FromSession,
     idle_end: Duration,
 ) {
     #[derive(Deserialize)]

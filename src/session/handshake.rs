@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{Instrument, info_span};
 
 use super::socket::{Incoming, LocalPeer, Socket, ToSession};
-use super::{LocalOut, Session, SessionHandle, Ws, error_frame};
+use super::{FromSession, Session, SessionHandle, Ws, error_frame};
 use crate::bindings::CallContext;
 use crate::call_state::{self, History, Ledger};
 use crate::clock::now_ms;
@@ -132,7 +132,7 @@ pub struct Attached {
     /// `server.disconnect_grace_ms`); send `session.end` to end it at once.
     pub to_session: ToSession,
     /// What the session answers: `session.ready`, fillers, results, errors, and how it closed.
-    pub from_session: mpsc::UnboundedReceiver<LocalOut>,
+    pub from_session: FromSession,
     /// The session's agent.
     pub agent: Arc<Agent>,
 }
@@ -155,7 +155,7 @@ pub fn attach(
             rt.tasks.spawn(session.run(Box::new(sock)).instrument(span));
             Ok(Attached {
                 to_session: ToSession(to_session),
-                from_session,
+                from_session: FromSession(from_session),
                 agent,
             })
         }

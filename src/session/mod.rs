@@ -42,8 +42,8 @@ use crate::protocol::{Channel, ErrorCode, Inbound, Outbound, PROTOCOL_VERSION, T
 use crate::runtime::{Runtime, SessionKey};
 pub use handshake::{Attached, attach, serve_connection};
 use outcome::Told;
+pub use socket::{FromSession, LocalOut, SessionHandle, ToSession, Ws};
 use socket::{Incoming, Socket, error_frame};
-pub use socket::{LocalOut, SessionHandle, ToSession, Ws};
 
 /// The next resuming socket, once there is a channel for them (never, while there is not).
 async fn recv_some(rx: &mut Option<mpsc::Receiver<Box<Socket>>>) -> Option<Box<Socket>> {

@@ -144,11 +144,23 @@ impl ToSession {
     }
 }
 
+/// What an adapter reads from its session: its frames boxed in the channel, as
+/// [`ToSession`]'s are (32 pointers of buffer per call rather than 32 frames).
+#[derive(Debug)]
+pub struct FromSession(pub(crate) mpsc::UnboundedReceiver<Box<LocalOut>>);
+
+impl FromSession {
+    /// The session's next frame, or how it closed; `None` once it is gone. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<LocalOut> {
+        self.0.recv().await.map(|out| *out)
+    }
+}
+
 /// An adapter's end of a session: decoded frames in, v1 frames out. No WebSocket framing, no
 /// JSON decoding on the way in; liveness is the adapter's business.
 pub(crate) struct LocalPeer {
     pub(crate) rx: mpsc::Receiver<Box<Inbound>>,
-    pub(crate) tx: mpsc::UnboundedSender<LocalOut>,
+    pub(crate) tx: mpsc::UnboundedSender<Box<LocalOut>>,
 }
 
 // The WebSocket is the common case and the adapter's peer a small one: boxing the socket would
@@ -278,7 +290,7 @@ impl Socket {
     pub(crate) async fn send(&mut self, text: String) -> bool {
         match &mut self.wire {
             Wire::Ws(ws) => write_ws(ws, self.live.write_timeout, Message::text(text)).await,
-            Wire::Local(peer) => peer.tx.send(LocalOut::Frame(text)).is_ok(),
+            Wire::Local(peer) => peer.tx.send(Box::new(LocalOut::Frame(text))).is_ok(),
         }
     }
 
@@ -287,7 +299,7 @@ impl Socket {
         match &mut self.wire {
             Wire::Ws(ws) => close_ws(ws, self.live.write_timeout, code, reason).await,
             Wire::Local(peer) => {
-                let _ = peer.tx.send(LocalOut::Closed(code));
+                let _ = peer.tx.send(Box::new(LocalOut::Closed(code)));
             }
         }
     }
