@@ -9,11 +9,12 @@ pub(super) const WRITER_NICE: i32 = 10;
 /// On Linux the writer runs under `SCHED_IDLE` while it keeps up: it gets only CPU time that no
 /// runtime worker wants, so a tool call never waits for a CPU behind one of its commits (at
 /// 1,000 and 5,000 calls/s this lowered the added p99 by about a third; docs/performance.md,
-/// "The evidence writer"). A batch that comes up full (the writer's most per commit) means the machine has had
-/// no idle time for a while and evidence is piling up: the writer then runs as an ordinary
-/// thread at nice 10 until a batch is less than half full, so it never falls so far behind
-/// that its queue fills. Leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` that
-/// allows nice 0; without either, the writer stays an ordinary thread at nice 10 throughout.
+/// "The evidence writer"). A batch that comes up full (the most the writer puts in one commit)
+/// means the machine has had no idle time for a while and evidence is piling up: the writer
+/// then runs as an ordinary thread at nice 10 until a batch is less than half full, so it
+/// never falls so far behind that its queue fills. Leaving `SCHED_IDLE` needs `CAP_SYS_NICE`
+/// or an `RLIMIT_NICE` that allows nice 0; without either, the writer stays an ordinary thread
+/// at nice 10 throughout.
 #[derive(Default)]
 pub(super) struct Priority {
     /// Whether this thread may return from `SCHED_IDLE` (so it may use it).
