@@ -2,6 +2,11 @@
 //! `session.start`) read and write it: frames are screened (rate limit, binary, decode) into
 //! [`Incoming`], the server pings an idle peer, and a peer that stops answering or stops
 //! reading is declared gone instead of holding its session forever.
+//!
+//! Beside it, what the rest of the process knows of a session's wire: the `error` frames,
+//! the adapters' channels in and out ([`ToSession`], [`FromSession`]), and the session's
+//! entry in the runtime's registry ([`SessionHandle`]), kept here so the runtime can hold it
+//! without importing the session's run loop.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
